@@ -1,0 +1,305 @@
+//! The chunked transfer coding (RFC 9112 §7.1), as a push decoder that only finds
+//! where a message ends.
+//!
+//! The proxy relays chunked bodies byte for byte, so the decoder never copies data:
+//! it walks the framing (sizes, extensions, CRLFs, trailers) one byte at a time and
+//! skips chunk data in bulk. It is strict: lines end in CRLF, sizes are bare hex,
+//! extensions are `;token[=token|quoted-string]`, and trailers are bounded. Any
+//! deviation is an error, because a lenient reading that differs from the backend's
+//! is how requests get smuggled.
+
+/// Largest trailer section accepted, in bytes.
+pub const MAX_TRAILER_BYTES: u32 = 16 * 1024;
+
+/// Why a chunked body is malformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkError {
+    /// A byte that has no place at this point of the framing.
+    Syntax,
+    /// The chunk size does not fit in 64 bits.
+    SizeOverflow,
+    /// The trailer section is longer than `MAX_TRAILER_BYTES`.
+    TrailerTooLarge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Before the first hex digit of a chunk size.
+    SizeStart,
+    /// Inside the hex digits.
+    Size,
+    /// After `;`, expecting an extension name.
+    ExtNameStart,
+    ExtName,
+    /// After `=`, expecting a token or a quoted string.
+    ExtValueStart,
+    ExtToken,
+    ExtQuoted,
+    /// After a backslash inside a quoted string.
+    ExtQuotedPair,
+    /// After the closing quote: `;` or CR.
+    ExtAfterQuoted,
+    /// Saw CR after the size line, need LF.
+    SizeLf,
+    /// Inside chunk data; `remaining` bytes to go.
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final CRLF).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    /// Saw the CR of the final empty line.
+    FinalLf,
+    Done,
+}
+
+/// Finds the end of a chunked body. Feed it bytes in order; it says how many of
+/// them belong to the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkedDecoder {
+    state: State,
+    /// Chunk size being parsed, then data bytes left in the current chunk.
+    remaining: u64,
+    trailer_bytes: u32,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// tchar (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// qdtext (RFC 9110 §5.6.4): HTAB, SP and visible characters except `"` and `\`.
+fn is_qdtext(b: u8) -> bool {
+    b == b'\t'
+        || b == b' '
+        || b == 0x21
+        || (0x23..=0x5b).contains(&b)
+        || (0x5d..=0x7e).contains(&b)
+        || b >= 0x80
+}
+
+impl ChunkedDecoder {
+    pub fn new() -> ChunkedDecoder {
+        ChunkedDecoder {
+            state: State::SizeStart,
+            remaining: 0,
+            trailer_bytes: 0,
+        }
+    }
+
+    /// The last chunk and the trailer section have been consumed.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Consume framing and data from `buf`; returns the number of bytes that belong
+    /// to the body. Stops at the end of the body: bytes after it are not consumed.
+    pub fn feed(&mut self, buf: &[u8]) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < buf.len() {
+            if self.state == State::Data {
+                let take = self.remaining.min((buf.len() - i) as u64);
+                self.remaining -= take;
+                i += take as usize;
+                if self.remaining == 0 {
+                    self.state = State::DataCr;
+                }
+                continue;
+            }
+            if self.state == State::Done {
+                break;
+            }
+            self.step(buf[i])?;
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    /// Advance by one framing byte.
+    fn step(&mut self, b: u8) -> Result<(), ChunkError> {
+        use State::*;
+        self.state = match self.state {
+            SizeStart | Size => match hex_value(b) {
+                Some(d) => {
+                    self.remaining = self
+                        .remaining
+                        .checked_mul(16)
+                        .and_then(|v| v.checked_add(u64::from(d)))
+                        .ok_or(ChunkError::SizeOverflow)?;
+                    Size
+                }
+                None if self.state == SizeStart => return Err(ChunkError::Syntax),
+                None => match b {
+                    b';' => ExtNameStart,
+                    b'\r' => SizeLf,
+                    _ => return Err(ChunkError::Syntax),
+                },
+            },
+            ExtNameStart | ExtName if is_tchar(b) => ExtName,
+            ExtName => match b {
+                b'=' => ExtValueStart,
+                b';' => ExtNameStart,
+                b'\r' => SizeLf,
+                _ => return Err(ChunkError::Syntax),
+            },
+            ExtValueStart if b == b'"' => ExtQuoted,
+            ExtValueStart | ExtToken if is_tchar(b) => ExtToken,
+            ExtToken => match b {
+                b';' => ExtNameStart,
+                b'\r' => SizeLf,
+                _ => return Err(ChunkError::Syntax),
+            },
+            ExtQuoted => match b {
+                b'"' => ExtAfterQuoted,
+                b'\\' => ExtQuotedPair,
+                _ if is_qdtext(b) => ExtQuoted,
+                _ => return Err(ChunkError::Syntax),
+            },
+            ExtQuotedPair if b == b'\t' || (0x20..=0x7e).contains(&b) || b >= 0x80 => ExtQuoted,
+            ExtAfterQuoted => match b {
+                b';' => ExtNameStart,
+                b'\r' => SizeLf,
+                _ => return Err(ChunkError::Syntax),
+            },
+            SizeLf if b == b'\n' => {
+                if self.remaining == 0 {
+                    TrailerStart
+                } else {
+                    Data
+                }
+            }
+            DataCr if b == b'\r' => DataLf,
+            DataLf if b == b'\n' => SizeStart,
+            TrailerStart if b == b'\r' => FinalLf,
+            TrailerStart | TrailerLine => {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > MAX_TRAILER_BYTES {
+                    return Err(ChunkError::TrailerTooLarge);
+                }
+                match b {
+                    b'\r' => TrailerLf,
+                    b'\n' | 0 => return Err(ChunkError::Syntax),
+                    _ => TrailerLine,
+                }
+            }
+            TrailerLf if b == b'\n' => TrailerStart,
+            FinalLf if b == b'\n' => Done,
+            _ => return Err(ChunkError::Syntax),
+        };
+        Ok(())
+    }
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed the whole input at once and one byte at a time; both must agree.
+    fn decode(input: &[u8]) -> Result<(usize, bool), ChunkError> {
+        let mut whole = ChunkedDecoder::new();
+        let n = whole.feed(input)?;
+        let mut bytewise = ChunkedDecoder::new();
+        let mut m = 0;
+        for b in input {
+            let k = bytewise.feed(std::slice::from_ref(b))?;
+            m += k;
+            if k == 0 {
+                break;
+            }
+        }
+        assert_eq!(
+            (n, whole.is_done()),
+            (m, bytewise.is_done()),
+            "split feeding disagrees"
+        );
+        Ok((n, whole.is_done()))
+    }
+
+    #[test]
+    fn valid_bodies() {
+        let cases: &[(&[u8], usize, bool)] = &[
+            (b"0\r\n\r\n", 5, true),
+            (b"5\r\nhello\r\n0\r\n\r\n", 15, true),
+            (b"5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1", 15, true),
+            (b"A\r\n0123456789\r\n0\r\n\r\n", 20, true),
+            (b"a\r\n0123456789\r\n00\r\n\r\n", 21, true),
+            (b"5;name=value\r\nhello\r\n0\r\n\r\n", 26, true),
+            (b"5;a;b=c;d=\"x;y \\\"z\"\r\nhello\r\n0\r\n\r\n", 33, true),
+            (b"0\r\nExpires: never\r\n\r\n", 21, true),
+            (b"5\r\nhel", 6, false),
+            (b"5\r\nhello\r\n", 10, false),
+        ];
+        for (input, consumed, done) in cases {
+            assert_eq!(
+                decode(input),
+                Ok((*consumed, *done)),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_bodies() {
+        let cases: &[(&[u8], ChunkError)] = &[
+            (b"\r\n", ChunkError::Syntax),
+            (b"x\r\n", ChunkError::Syntax),
+            (b"5 \r\nhello\r\n", ChunkError::Syntax),
+            (b" 5\r\nhello\r\n", ChunkError::Syntax),
+            (b"5\nhello\r\n", ChunkError::Syntax),
+            (b"5\r\nhelloX\r\n", ChunkError::Syntax),
+            (b"5\r\nhello\rX", ChunkError::Syntax),
+            (b"5\r\nhello\n0\r\n\r\n", ChunkError::Syntax),
+            (b"5;\r\nhello\r\n", ChunkError::Syntax),
+            (b"5 ;a\r\nhello\r\n", ChunkError::Syntax),
+            (b"5;a=\"x\r\nhello\r\n", ChunkError::Syntax),
+            (b"5;a=\"x\"y\r\n", ChunkError::Syntax),
+            (b"0\r\nX: y\n\r\n", ChunkError::Syntax),
+            (b"0\r\n\n", ChunkError::Syntax),
+            (b"-1\r\n", ChunkError::Syntax),
+            (b"0x5\r\n", ChunkError::Syntax),
+            (b"10000000000000000\r\n", ChunkError::SizeOverflow),
+        ];
+        for (input, err) in cases {
+            assert_eq!(
+                decode(input),
+                Err(*err),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn large_chunk_is_skipped_in_bulk() {
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(d.feed(b"ffffffff\r\n").unwrap(), 10);
+        let data = vec![b'x'; 1 << 20];
+        assert_eq!(d.feed(&data).unwrap(), data.len());
+        assert!(!d.is_done());
+    }
+
+    #[test]
+    fn trailer_limit() {
+        let mut d = ChunkedDecoder::new();
+        d.feed(b"0\r\n").unwrap();
+        let line = vec![b'a'; MAX_TRAILER_BYTES as usize + 1];
+        assert_eq!(d.feed(&line), Err(ChunkError::TrailerTooLarge));
+    }
+}

@@ -1,0 +1,212 @@
+//! Validated configuration, and the parsing of addresses given on the command line.
+//!
+//! Everything here runs once at start; errors name the flag and the problem in one
+//! line, because the CLI prints them as they are and exits with code 2.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Default for `--max-header-bytes`.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Bounds for `--max-header-bytes`: below 1 KiB real browsers fail, above 1 MiB a
+/// single connection could pin too much memory.
+pub const MIN_HEADER_BYTES: usize = 1024;
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// One backend of the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Where to connect (resolved once at start).
+    pub addr: SocketAddr,
+    /// `host:port` as the operator wrote it, sent as Host with `--rewrite-host`.
+    pub authority: String,
+}
+
+/// Everything a proxy needs to start.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Addresses to listen on; every worker binds each of them (SO_REUSEPORT).
+    /// Port 0 is allowed here (tests): the first bind picks the port, the rest share it.
+    pub listen: Vec<SocketAddr>,
+    pub backends: Vec<Backend>,
+    pub workers: usize,
+    pub max_header_bytes: usize,
+    pub rewrite_host: bool,
+}
+
+impl ProxyConfig {
+    /// A configuration with the defaults of the CLI.
+    pub fn new(listen: Vec<SocketAddr>, backends: Vec<Backend>) -> ProxyConfig {
+        ProxyConfig {
+            listen,
+            backends,
+            workers: available_cores(),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            rewrite_host: false,
+        }
+    }
+}
+
+/// Number of cores this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A problem with one flag's value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl fmt::Display for FlagError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.flag, self.problem)
+        } else {
+            write!(f, "{} {}: {}", self.flag, self.value, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for FlagError {}
+
+fn flag_error(flag: &'static str, value: &str, problem: impl Into<String>) -> FlagError {
+    FlagError {
+        flag,
+        value: value.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Resolve `host:port` (a name or an IP literal, `[v6]:port` for IPv6) to its first
+/// address. Port 0 is refused: a listener or backend on a random port is a mistake
+/// on the command line.
+pub fn resolve(flag: &'static str, text: &str) -> Result<SocketAddr, FlagError> {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => (h, p),
+        _ => return Err(flag_error(flag, text, "expected host:port")),
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| flag_error(flag, text, "port must be a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(flag_error(flag, text, "port 0 is not allowed"));
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host.contains(['[', ']', '/', ' ']) {
+        return Err(flag_error(flag, text, "not a valid host name"));
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| flag_error(flag, text, "name has no addresses")),
+        Err(e) => Err(flag_error(flag, text, format!("cannot resolve: {e}"))),
+    }
+}
+
+/// Parse a `--backend` value: `host:port` or `http://host:port` (a trailing `/` is
+/// fine; any other path, or any other scheme, is refused).
+pub fn parse_backend(text: &str) -> Result<Backend, FlagError> {
+    let rest = match text.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) => {
+            return Err(flag_error(
+                "--backend",
+                text,
+                format!("scheme {scheme}:// is not supported, only http://"),
+            ));
+        }
+        None => text,
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err(flag_error(
+            "--backend",
+            text,
+            "a backend is host:port, without a path",
+        ));
+    }
+    let addr = resolve("--backend", authority).map_err(|mut e| {
+        e.value = text.to_string();
+        e
+    })?;
+    Ok(Backend {
+        addr,
+        authority: authority.to_string(),
+    })
+}
+
+/// Parse a `--listen` value.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, FlagError> {
+    resolve("--listen", text)
+}
+
+/// Check the numeric flags of `serve`.
+pub fn check_limits(workers: usize, max_header_bytes: usize) -> Result<(), FlagError> {
+    if workers == 0 {
+        return Err(flag_error("--workers", "0", "must be at least 1"));
+    }
+    if workers > 1024 {
+        return Err(flag_error(
+            "--workers",
+            &workers.to_string(),
+            "must be at most 1024",
+        ));
+    }
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
+        return Err(flag_error(
+            "--max-header-bytes",
+            &max_header_bytes.to_string(),
+            format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends() {
+        let b = parse_backend("127.0.0.1:9000").unwrap();
+        assert_eq!(b.addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(b.authority, "127.0.0.1:9000");
+        let b = parse_backend("http://localhost:9001/").unwrap();
+        assert_eq!(b.addr.port(), 9001);
+        assert!(b.addr.ip().is_loopback());
+        assert_eq!(b.authority, "localhost:9001");
+        assert_eq!(
+            parse_backend("[::1]:80").unwrap().addr,
+            "[::1]:80".parse().unwrap()
+        );
+        for bad in [
+            "https://a:1",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:x",
+            "http://a:1/p",
+            ":80",
+            "127.0.0.1:70000",
+        ] {
+            let e = parse_backend(bad).unwrap_err();
+            assert_eq!(e.flag, "--backend", "{bad}");
+            assert!(e.to_string().starts_with("--backend "), "{e}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        assert!(check_limits(1, DEFAULT_MAX_HEADER_BYTES).is_ok());
+        assert_eq!(check_limits(0, 16384).unwrap_err().flag, "--workers");
+        assert_eq!(check_limits(1, 10).unwrap_err().flag, "--max-header-bytes");
+    }
+}

@@ -1,0 +1,684 @@
+//! Message framing rules of HTTP/1.1 (RFC 9112 §6), as pure functions with no I/O.
+//!
+//! This module owns every decision about where a message ends and whether a
+//! connection may carry another one: which of Content-Length, Transfer-Encoding or
+//! connection close delimits a body, which header combinations are ambiguous
+//! (and so rejected), and what the Connection header asks for. The proxy, the
+//! built-in origin and the tests all go through here, so a framing rule lives in
+//! exactly one place.
+
+use crate::chunked::{ChunkError, ChunkedDecoder};
+
+/// How the body of one message is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all (no framing headers on a request; HEAD, 1xx, 204, 304 responses).
+    None,
+    /// Exactly this many bytes follow the head.
+    Length(u64),
+    /// Chunked transfer coding; the message ends at the last chunk and trailer section.
+    Chunked,
+    /// The body runs until the sender closes the connection (responses only).
+    UntilClose,
+}
+
+/// Why a request is refused before anything of it is forwarded. Each maps to one
+/// status code; see `status()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Malformed or ambiguous message: 400.
+    BadRequest,
+    /// The client took too long to send its head: 408.
+    Timeout,
+    /// The head is larger than the limit, or has too many fields: 431.
+    HeadTooLarge,
+    /// Transfer coding or method we do not implement: 501.
+    NotImplemented,
+    /// No backend could be reached, or it answered with garbage: 502.
+    BadGateway,
+    /// The backend did not answer in time: 504.
+    GatewayTimeout,
+    /// HTTP version other than 1.0 and 1.1: 505.
+    VersionNotSupported,
+}
+
+impl Reject {
+    /// The status code sent for this refusal.
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::BadRequest => 400,
+            Reject::Timeout => 408,
+            Reject::HeadTooLarge => 431,
+            Reject::NotImplemented => 501,
+            Reject::BadGateway => 502,
+            Reject::GatewayTimeout => 504,
+            Reject::VersionNotSupported => 505,
+        }
+    }
+
+    /// The complete local response: short body, Content-Length and `Connection: close`.
+    pub fn response(self) -> &'static [u8] {
+        match self {
+            Reject::BadRequest => b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Request\n",
+            Reject::Timeout => b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nRequest Timeout\n",
+            Reject::HeadTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n",
+            Reject::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n",
+            Reject::BadGateway => b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Gateway\n",
+            Reject::GatewayTimeout => b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nGateway Timeout\n",
+            Reject::VersionNotSupported => b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nContent-Length: 27\r\nConnection: close\r\n\r\nHTTP Version Not Supported\n",
+        }
+    }
+}
+
+/// What the proxy needs to know about a valid request head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub framing: Framing,
+    /// The client may send another request on this connection (RFC 9112 §9.3).
+    pub keep_alive: bool,
+    /// HEAD: the response has no body whatever its headers say (RFC 9110 §9.3.2).
+    pub is_head: bool,
+    /// `Expect: 100-continue` was sent (RFC 9110 §10.1.1).
+    pub expect_continue: bool,
+}
+
+/// What the proxy needs to know about a valid response head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseInfo {
+    pub status: u16,
+    pub framing: Framing,
+    /// The backend will accept another request on this connection.
+    pub reusable: bool,
+}
+
+/// The header fields whose names matter for framing and hop-by-hop handling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Host,
+    Expect,
+    /// Hop-by-hop by definition (RFC 9110 §7.6.1): never forwarded.
+    HopByHop,
+    XForwardedFor,
+    XForwardedProto,
+    Other,
+}
+
+/// Classify a field name, case-insensitively, by length first so most names cost one compare.
+pub fn field_kind(name: &str) -> FieldKind {
+    let n = name.as_bytes();
+    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    match n.len() {
+        2 if is("te") => FieldKind::HopByHop,
+        4 if is("host") => FieldKind::Host,
+        6 if is("expect") => FieldKind::Expect,
+        7 if is("upgrade") => FieldKind::HopByHop,
+        7 if is("trailer") => FieldKind::HopByHop,
+        10 if is("connection") => FieldKind::Connection,
+        10 if is("keep-alive") => FieldKind::HopByHop,
+        14 if is("content-length") => FieldKind::ContentLength,
+        15 if is("x-forwarded-for") => FieldKind::XForwardedFor,
+        16 if is("proxy-connection") => FieldKind::HopByHop,
+        17 if is("transfer-encoding") => FieldKind::TransferEncoding,
+        17 if is("x-forwarded-proto") => FieldKind::XForwardedProto,
+        _ => FieldKind::Other,
+    }
+}
+
+/// Iterate the elements of a comma-separated field value (RFC 9110 §5.6.1), with
+/// optional whitespace trimmed and empty elements skipped.
+pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
+}
+
+/// Strip optional whitespace (SP / HTAB) from both ends.
+pub fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Does any Connection field in `headers` list `name` as a connection option?
+/// Such fields are hop-by-hop (RFC 9110 §7.6.1) and are not forwarded.
+pub fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| field_kind(h.name) == FieldKind::Connection)
+        .any(|h| list_elements(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+/// Parse a Content-Length value: 1*DIGIT, or a list of identical such values
+/// (RFC 9112 §6.3 item 5). Anything else is invalid.
+pub fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let mut result: Option<u64> = None;
+    let mut elements = 0;
+    for element in value.split(|&b| b == b',') {
+        let element = trim_ows(element);
+        if element.is_empty() {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &b in element {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        }
+        match result {
+            Some(prev) if prev != n => return None,
+            _ => result = Some(n),
+        }
+        elements += 1;
+    }
+    if elements == 0 { None } else { result }
+}
+
+/// Summary of all Transfer-Encoding fields of a message, in order (RFC 9112 §6.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Codings {
+    present: bool,
+    /// Number of codings listed in all fields together.
+    count: u32,
+    /// How many of them are `chunked`.
+    chunked: u32,
+    /// The final coding is `chunked` (with no parameters).
+    chunked_last: bool,
+    /// A coding we do not know, or a malformed element.
+    unknown: bool,
+}
+
+impl Codings {
+    fn add_field(&mut self, value: &[u8]) {
+        self.present = true;
+        for element in list_elements(value) {
+            self.count += 1;
+            let is_chunked = element.eq_ignore_ascii_case(b"chunked");
+            if is_chunked {
+                self.chunked += 1;
+            } else if !is_known_coding(element) {
+                self.unknown = true;
+            }
+            self.chunked_last = is_chunked;
+        }
+    }
+
+    /// Chunked applied once and last: the only framing a recipient can rely on.
+    fn chunked_is_final_once(&self) -> bool {
+        self.chunked_last && self.chunked == 1
+    }
+}
+
+/// Codings registered for Transfer-Encoding that we pass through to the backend.
+fn is_known_coding(element: &[u8]) -> bool {
+    // A coding may carry parameters ("gzip;q=1" is not valid here, but a parameter
+    // on a known coding is still that coding); only the name decides.
+    let name = match element.iter().position(|&b| b == b';') {
+        Some(i) => trim_ows(&element[..i]),
+        None => element,
+    };
+    ["gzip", "x-gzip", "deflate", "compress", "x-compress"]
+        .iter()
+        .any(|known| name.eq_ignore_ascii_case(known.as_bytes()))
+}
+
+/// Decide the framing and connection handling of a parsed request head, or why it
+/// must be refused. Rules: RFC 9112 §6.1, §6.3, §9.3; RFC 9110 §7.2.
+pub fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Reject> {
+    let version = req.version.ok_or(Reject::BadRequest)?;
+    let method = req.method.ok_or(Reject::BadRequest)?;
+    if method == "CONNECT" {
+        // Tunnelling is not implemented.
+        return Err(Reject::NotImplemented);
+    }
+    let mut content_length: Option<u64> = None;
+    let mut codings = Codings::default();
+    let mut hosts = 0u32;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        match field_kind(h.name) {
+            FieldKind::ContentLength => {
+                let n = parse_content_length(h.value).ok_or(Reject::BadRequest)?;
+                if content_length.is_some_and(|prev| prev != n) {
+                    return Err(Reject::BadRequest);
+                }
+                content_length = Some(n);
+            }
+            FieldKind::TransferEncoding => codings.add_field(h.value),
+            FieldKind::Connection => {
+                for token in list_elements(h.value) {
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            FieldKind::Host => hosts += 1,
+            FieldKind::Expect => {
+                expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue")
+            }
+            _ => {}
+        }
+    }
+    // RFC 9112 §3.2: a 1.1 request needs exactly one Host; more than one is always an error.
+    if hosts > 1 || (version == 1 && hosts == 0) {
+        return Err(Reject::BadRequest);
+    }
+    let framing = if codings.present {
+        // §6.1: TE with CL is a smuggling vector; TE in 1.0 cannot be trusted;
+        // without chunked last (exactly once) the length cannot be determined.
+        if content_length.is_some() || version == 0 || !codings.chunked_is_final_once() {
+            return Err(Reject::BadRequest);
+        }
+        if codings.unknown {
+            return Err(Reject::NotImplemented);
+        }
+        Framing::Chunked
+    } else {
+        match content_length {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    let keep_alive = if version == 1 {
+        !close
+    } else {
+        keep_alive_token && !close
+    };
+    Ok(RequestInfo {
+        version,
+        framing,
+        keep_alive,
+        is_head: method == "HEAD",
+        expect_continue,
+    })
+}
+
+/// Decide the framing of a parsed response head (RFC 9112 §6.3), given the request
+/// it answers. `Err` means the response is malformed and becomes a 502.
+pub fn analyze_response(
+    resp: &httparse::Response<'_, '_>,
+    request_is_head: bool,
+) -> Result<ResponseInfo, ()> {
+    let version = resp.version.ok_or(())?;
+    let status = resp.code.ok_or(())?;
+    if !(100..=999).contains(&status) {
+        return Err(());
+    }
+    let mut content_length: Option<u64> = None;
+    let mut codings = Codings::default();
+    let mut close = false;
+    let mut keep_alive_token = false;
+    for h in resp.headers.iter() {
+        match field_kind(h.name) {
+            FieldKind::ContentLength => {
+                let n = parse_content_length(h.value).ok_or(())?;
+                if content_length.is_some_and(|prev| prev != n) {
+                    return Err(());
+                }
+                content_length = Some(n);
+            }
+            FieldKind::TransferEncoding => codings.add_field(h.value),
+            FieldKind::Connection => {
+                for token in list_elements(h.value) {
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            _ => {}
+        }
+    }
+    // Both framing headers at once "ought to be handled as an error" (§6.3 item 3);
+    // a proxy that guessed would open the door to response splitting.
+    if codings.present && (content_length.is_some() || version == 0 || codings.chunked > 1) {
+        return Err(());
+    }
+    let bodiless =
+        request_is_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if bodiless {
+        Framing::None
+    } else if codings.present {
+        if codings.chunked_last {
+            Framing::Chunked
+        } else {
+            // §6.3 item 4: a response whose final coding is not chunked is delimited by close.
+            Framing::UntilClose
+        }
+    } else {
+        match content_length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    // Backends answering 1.0 (even with keep-alive) are not pooled: 1.0 keep-alive
+    // is an extension with too many broken implementations to rely on.
+    let _ = keep_alive_token;
+    let reusable = version == 1 && !close && framing != Framing::UntilClose;
+    Ok(ResponseInfo {
+        status,
+        framing,
+        reusable,
+    })
+}
+
+/// Line endings in a head must be CRLF. httparse also accepts a bare LF; a proxy must
+/// not, because a backend that reads the head differently is a smuggling vector
+/// (RFC 9112 §2.2 lets recipients accept it, which is exactly the ambiguity).
+pub fn has_bare_lf(head: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in head {
+        if b == b'\n' && prev != b'\r' {
+            return true;
+        }
+        prev = b;
+    }
+    false
+}
+
+/// Classify an httparse error on a request. A version that looks like `HTTP/x.y`
+/// but is not 1.0 or 1.1 gets 505; everything else is malformed.
+pub fn classify_parse_error(err: httparse::Error, head: &[u8]) -> Reject {
+    match err {
+        httparse::Error::TooManyHeaders => Reject::HeadTooLarge,
+        httparse::Error::Version if looks_like_other_version(head) => Reject::VersionNotSupported,
+        _ => Reject::BadRequest,
+    }
+}
+
+/// Does the request line end in a well-formed `HTTP/DIGIT.DIGIT` version?
+fn looks_like_other_version(head: &[u8]) -> bool {
+    let line_end = head
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(head.len());
+    let line = &head[..line_end];
+    match line.iter().rposition(|&b| b == b' ') {
+        Some(sp) => matches!(
+            &line[sp + 1..],
+            [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+                if major.is_ascii_digit() && minor.is_ascii_digit()
+        ),
+        None => false,
+    }
+}
+
+/// Tracks how much of a body remains, for any framing: the proxy feeds it the bytes
+/// it has buffered and learns how many belong to the current message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyScanner {
+    /// Bytes still expected of a Content-Length body (0: done).
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Every byte belongs to the body until the peer closes.
+    UntilClose,
+}
+
+impl BodyScanner {
+    pub fn new(framing: Framing) -> BodyScanner {
+        match framing {
+            Framing::None => BodyScanner::Length(0),
+            Framing::Length(n) => BodyScanner::Length(n),
+            Framing::Chunked => BodyScanner::Chunked(ChunkedDecoder::new()),
+            Framing::UntilClose => BodyScanner::UntilClose,
+        }
+    }
+
+    /// Consume bytes from the front of `buf` that belong to this body; returns how
+    /// many. Stops at the end of the message, leaving the rest for the next one.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<usize, ChunkError> {
+        match self {
+            BodyScanner::Length(remaining) => {
+                let n = (*remaining).min(buf.len() as u64);
+                *remaining -= n;
+                Ok(n as usize)
+            }
+            BodyScanner::Chunked(decoder) => decoder.feed(buf),
+            BodyScanner::UntilClose => Ok(buf.len()),
+        }
+    }
+
+    /// The whole body has been seen (never true for a close-delimited body).
+    pub fn is_done(&self) -> bool {
+        match self {
+            BodyScanner::Length(remaining) => *remaining == 0,
+            BodyScanner::Chunked(decoder) => decoder.is_done(),
+            BodyScanner::UntilClose => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &[u8]) -> Result<RequestInfo, Reject> {
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(raw) {
+            Ok(httparse::Status::Complete(_)) => analyze_request(&req),
+            Ok(httparse::Status::Partial) => panic!("test head incomplete"),
+            Err(e) => Err(classify_parse_error(e, raw)),
+        }
+    }
+
+    fn response(raw: &[u8], head: bool) -> Result<ResponseInfo, ()> {
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(raw) {
+            Ok(httparse::Status::Complete(_)) => analyze_response(&resp, head),
+            _ => Err(()),
+        }
+    }
+
+    #[test]
+    fn request_framing_table() {
+        use Framing::*;
+        let ok: &[(&[u8], Framing, bool)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", None, true),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", None, false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, Close\r\n\r\n", None, false),
+            (b"GET / HTTP/1.0\r\n\r\n", None, false),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", None, true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Length(5), true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", None, true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\n\r\n", Length(7), true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Length(5), true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Length(5), true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Chunked, true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, CHUNKED\r\n\r\n", Chunked, true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", Chunked, true),
+        ];
+        for (raw, framing, keep_alive) in ok {
+            let info = request(raw)
+                .unwrap_or_else(|e| panic!("{:?}: {e:?}", String::from_utf8_lossy(raw)));
+            assert_eq!(info.framing, *framing, "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                info.keep_alive,
+                *keep_alive,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn request_rejections_table() {
+        use Reject::*;
+        let bad: &[(&[u8], Reject)] = &[
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5a\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 2\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: pigeons\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: pigeons, chunked\r\n\r\n", NotImplemented),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\n\r\n", NotImplemented),
+            (b"GET / HTTP/1.1\r\n\r\n", BadRequest),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BadRequest),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", NotImplemented),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", VersionNotSupported),
+            (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", VersionNotSupported),
+            (b"GET / HTXP/1.1\r\nHost: a\r\n\r\n", BadRequest),
+            (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", BadRequest),
+            (b"GET / HTTP/1.1\r\nHo\x01st: a\r\n\r\n", BadRequest),
+        ];
+        for (raw, reject) in bad {
+            assert_eq!(
+                request(raw),
+                Err(*reject),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..100 {
+            raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        assert_eq!(request(&raw), Err(Reject::HeadTooLarge));
+    }
+
+    #[test]
+    fn response_framing_table() {
+        use Framing::*;
+        let ok: &[(&[u8], bool, Framing, bool)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                false,
+                Length(3),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                true,
+                None,
+                true,
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", false, None, true),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                false,
+                None,
+                true,
+            ),
+            (b"HTTP/1.1 100 Continue\r\n\r\n", false, None, true),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                Chunked,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                false,
+                UntilClose,
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\n\r\n", false, UntilClose, false),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                false,
+                Length(1),
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+                false,
+                Length(1),
+                false,
+            ),
+        ];
+        for (raw, head, framing, reusable) in ok {
+            let info = response(raw, *head).unwrap();
+            assert_eq!(info.framing, *framing, "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                info.reusable,
+                *reusable,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                response(raw, false),
+                Err(()),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn bare_lf_detection() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\n\r\n"));
+    }
+
+    #[test]
+    fn content_length_values() {
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b" 42 "), Some(42));
+        assert_eq!(
+            parse_content_length(b"18446744073709551615"),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_content_length(b"18446744073709551616"), None);
+        assert_eq!(parse_content_length(b"4,4"), Some(4));
+        assert_eq!(parse_content_length(b"4,"), None);
+        assert_eq!(parse_content_length(b""), None);
+        assert_eq!(parse_content_length(b"0x10"), None);
+    }
+
+    #[test]
+    fn body_scanner_stops_at_message_end() {
+        let mut s = BodyScanner::new(Framing::Length(5));
+        assert_eq!(s.scan(b"abc").unwrap(), 3);
+        assert!(!s.is_done());
+        assert_eq!(s.scan(b"deGET").unwrap(), 2);
+        assert!(s.is_done());
+        let mut s = BodyScanner::new(Framing::Chunked);
+        assert_eq!(s.scan(b"3\r\nabc\r\n0\r\n\r\nGET").unwrap(), 13);
+        assert!(s.is_done());
+        let mut s = BodyScanner::new(Framing::None);
+        assert!(s.is_done());
+        assert_eq!(s.scan(b"GET").unwrap(), 0);
+    }
+
+    #[test]
+    fn field_kinds() {
+        assert_eq!(field_kind("content-LENGTH"), FieldKind::ContentLength);
+        assert_eq!(field_kind("TE"), FieldKind::HopByHop);
+        assert_eq!(field_kind("Keep-Alive"), FieldKind::HopByHop);
+        assert_eq!(field_kind("X-Forwarded-For"), FieldKind::XForwardedFor);
+        assert_eq!(field_kind("Accept"), FieldKind::Other);
+    }
+}

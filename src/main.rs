@@ -1,0 +1,216 @@
+//! The `corelb` command line: `serve`, `backend` and `demo`.
+//!
+//! Bad input never panics: every problem is one line on stderr and exit code 2.
+
+use std::process::ExitCode;
+
+use argh::FromArgs;
+use corelb::config::{self, DEFAULT_MAX_HEADER_BYTES};
+use corelb::demo::Demo;
+use corelb::{Origin, Proxy, ProxyConfig};
+
+#[derive(FromArgs)]
+/// corelb: a thread-per-core HTTP/1.1 load balancer.
+struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Serve(Serve),
+    Backend(BackendCmd),
+    Demo(DemoCmd),
+}
+
+#[derive(FromArgs)]
+/// Balance HTTP/1.1 requests over backends, round-robin.
+#[argh(subcommand, name = "serve")]
+struct Serve {
+    /// a backend, as host:port or http://host:port; repeat for more (at least one)
+    #[argh(option)]
+    backend: Vec<String>,
+    /// address to listen on, as host:port; repeatable (default 127.0.0.1:8080)
+    #[argh(option)]
+    listen: Vec<String>,
+    /// worker threads, one event loop and one listening socket each (default: cores)
+    #[argh(option)]
+    workers: Option<usize>,
+    /// largest request head accepted, in bytes; a larger one gets 431 (default 16384)
+    #[argh(option, default = "DEFAULT_MAX_HEADER_BYTES")]
+    max_header_bytes: usize,
+    /// send the backend's host:port as Host instead of the client's Host
+    #[argh(switch)]
+    rewrite_host: bool,
+}
+
+#[derive(FromArgs)]
+/// Run the built-in HTTP/1.1 origin: / names it, /size/N sends N bytes,
+/// /status/CODE answers CODE, /echo returns the request it received.
+#[argh(subcommand, name = "backend")]
+struct BackendCmd {
+    /// address to listen on, as host:port
+    #[argh(option)]
+    listen: String,
+    /// body of the catch-all route (default: "backend ADDR")
+    #[argh(option)]
+    body: Option<String>,
+    /// worker threads (default 1)
+    #[argh(option, default = "1")]
+    workers: usize,
+}
+
+#[derive(FromArgs)]
+/// Start two built-in backends on loopback and the balancer in front of them.
+#[argh(subcommand, name = "demo")]
+struct DemoCmd {
+    /// address for the balancer (default 127.0.0.1:8080)
+    #[argh(option, default = "String::from(\"127.0.0.1:8080\")")]
+    listen: String,
+}
+
+/// Print one line on stderr and return exit code 2.
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("corelb: {msg}");
+    ExitCode::from(2)
+}
+
+/// Block until SIGINT or SIGTERM.
+fn wait_for_stop_signal() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let _ = signals.forever().next();
+    Ok(())
+}
+
+fn serve(args: Serve) -> ExitCode {
+    if args.backend.is_empty() {
+        return usage_error("--backend: at least one backend is required");
+    }
+    let workers = args.workers.unwrap_or_else(config::available_cores);
+    if let Err(e) = config::check_limits(workers, args.max_header_bytes) {
+        return usage_error(e);
+    }
+    let backends = match args
+        .backend
+        .iter()
+        .map(|b| config::parse_backend(b))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(b) => b,
+        Err(e) => return usage_error(e),
+    };
+    let listen_text = if args.listen.is_empty() {
+        vec!["127.0.0.1:8080".to_string()]
+    } else {
+        args.listen
+    };
+    let listen = match listen_text
+        .iter()
+        .map(|l| config::parse_listen(l))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(l) => l,
+        Err(e) => return usage_error(e),
+    };
+    let mut cfg = ProxyConfig::new(listen, backends);
+    cfg.workers = workers;
+    cfg.max_header_bytes = args.max_header_bytes;
+    cfg.rewrite_host = args.rewrite_host;
+    let proxy = match Proxy::start(cfg.clone()) {
+        Ok(p) => p,
+        Err(e) => return usage_error(e),
+    };
+    let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
+    let backends: Vec<&str> = cfg.backends.iter().map(|b| b.authority.as_str()).collect();
+    eprintln!(
+        "corelb: listening on {} with {} workers, balancing over {}",
+        addrs.join(", "),
+        workers,
+        backends.join(", ")
+    );
+    if let Err(e) = wait_for_stop_signal() {
+        return usage_error(e);
+    }
+    let counts = proxy.counts();
+    proxy.shutdown();
+    for (i, c) in counts.iter().enumerate() {
+        eprintln!(
+            "corelb: worker {i}: {} connections, {} requests",
+            c.accepted, c.requests
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn backend(args: BackendCmd) -> ExitCode {
+    let listen = match config::parse_listen(&args.listen) {
+        Ok(l) => l,
+        Err(e) => return usage_error(e),
+    };
+    if args.workers == 0 {
+        return usage_error("--workers 0: must be at least 1");
+    }
+    let origin = match Origin::start(listen, args.workers, args.body) {
+        Ok(o) => o,
+        Err(e) => return usage_error(e),
+    };
+    eprintln!("corelb backend: listening on {}", origin.local_addr());
+    if let Err(e) = wait_for_stop_signal() {
+        return usage_error(e);
+    }
+    origin.shutdown();
+    ExitCode::SUCCESS
+}
+
+fn demo(args: DemoCmd) -> ExitCode {
+    let listen = match config::parse_listen(&args.listen) {
+        Ok(l) => l,
+        Err(e) => return usage_error(e),
+    };
+    let demo = match Demo::start(listen) {
+        Ok(d) => d,
+        Err(e) => return usage_error(e),
+    };
+    println!("{}", demo.banner());
+    if let Err(e) = wait_for_stop_signal() {
+        return usage_error(e);
+    }
+    let requests = demo.shutdown();
+    println!("\nstopped after {requests} requests");
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    // Lossy conversion: a non-UTF-8 argument must be an error message, not a panic.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cli = match Cli::from_args(&["corelb"], strs.get(1..).unwrap_or(&[])) {
+        Ok(cli) => cli,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    print!("{}", early.output);
+                    ExitCode::SUCCESS
+                }
+                // argh's messages can span lines; the contract is one line.
+                Err(()) => usage_error(
+                    early
+                        .output
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+            };
+        }
+    };
+    match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Backend(a) => backend(a),
+        Command::Demo(a) => demo(a),
+    }
+}

@@ -1,0 +1,261 @@
+//! Listening sockets and worker threads, shared by the proxy and the built-in origin.
+//!
+//! Every worker owns one SO_REUSEPORT socket per listen address, so the kernel
+//! spreads new connections over the workers and no accept lock exists. Workers are
+//! told what to do over a crossbeam channel and woken with a mio::Waker; this module
+//! owns that plumbing and the error type of every step that can fail at start.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpListener;
+use mio::{Interest, Poll, Token, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Kernel accept queue length per socket.
+const BACKLOG: i32 = 1024;
+
+/// Token of the waker that the control plane uses to interrupt `poll`.
+pub const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+
+/// Token of the i-th listener of a worker. Connection tokens count up from 0, so the
+/// top of the range never collides with them.
+pub fn listener_token(i: usize) -> Token {
+    Token(usize::MAX - 2 - i)
+}
+
+/// The inverse of `listener_token`.
+pub fn listener_index(token: Token, listeners: usize) -> Option<usize> {
+    let i = (usize::MAX - 2).checked_sub(token.0)?;
+    (i < listeners).then_some(i)
+}
+
+/// Which step of starting up failed.
+#[derive(Debug)]
+pub enum StartError {
+    /// Another socket already listens there (a plain bind without SO_REUSEPORT failed).
+    AddrInUse { addr: SocketAddr },
+    /// Creating, configuring, binding or listening on a socket failed.
+    Listen {
+        addr: SocketAddr,
+        step: &'static str,
+        source: io::Error,
+    },
+    /// The event loop or its waker could not be created.
+    Poll(io::Error),
+    /// A worker thread could not be spawned.
+    Spawn(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::AddrInUse { addr } => write!(f, "--listen {addr}: address already in use"),
+            StartError::Listen { addr, step, source } => {
+                write!(f, "--listen {addr}: {step} failed: {source}")
+            }
+            StartError::Poll(e) => write!(f, "cannot create event loop: {e}"),
+            StartError::Spawn(e) => write!(f, "cannot start worker thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn socket_for(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
+    let step = |step: &'static str| move |source| StartError::Listen { addr, step, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(step("socket"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(step("set SO_REUSEADDR"))?;
+    if reuse_port {
+        socket
+            .set_reuse_port(true)
+            .map_err(step("set SO_REUSEPORT"))?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(step("set IPV6_V6ONLY"))?;
+    }
+    socket
+        .set_nonblocking(true)
+        .map_err(step("set O_NONBLOCK"))?;
+    Ok(socket)
+}
+
+/// Fail early if something already listens on `addr`. SO_REUSEPORT would let us
+/// share a port with another process of the same user (another corelb, say) and
+/// silently split its traffic; a bind without it conflicts with any listener.
+fn check_free(addr: SocketAddr) -> Result<(), StartError> {
+    let probe = socket_for(addr, false)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(StartError::AddrInUse { addr }),
+        Err(source) => Err(StartError::Listen {
+            addr,
+            step: "bind",
+            source,
+        }),
+    }
+}
+
+fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let socket = socket_for(addr, true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AddrInUse => StartError::AddrInUse { addr },
+            _ => StartError::Listen {
+                addr,
+                step: "bind",
+                source,
+            },
+        })?;
+    socket
+        .listen(BACKLOG)
+        .map_err(|source| StartError::Listen {
+            addr,
+            step: "listen",
+            source,
+        })?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Bind every listen address once per worker. Returns the bound addresses (port 0
+/// resolved to the port the first bind got) and the listeners, one Vec per worker.
+pub fn bind_listeners(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<TcpListener>>), StartError> {
+    let mut bound = Vec::with_capacity(addrs.len());
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for &addr in addrs {
+        if addr.port() != 0 {
+            check_free(addr)?;
+        }
+        let first = bind_one(addr)?;
+        let actual = first.local_addr().map_err(|source| StartError::Listen {
+            addr,
+            step: "getsockname",
+            source,
+        })?;
+        bound.push(actual);
+        per_worker[0].push(first);
+        for listeners in per_worker.iter_mut().skip(1) {
+            listeners.push(bind_one(actual)?);
+        }
+    }
+    Ok((bound, per_worker))
+}
+
+/// A message from the control plane to a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Close everything and return from the loop.
+    Shutdown,
+}
+
+/// What a worker thread starts with.
+pub struct WorkerContext {
+    pub id: usize,
+    pub poll: Poll,
+    pub listeners: Vec<TcpListener>,
+    pub control: Receiver<Control>,
+}
+
+impl WorkerContext {
+    /// Register the listeners (readable, edge-triggered, once for their lifetime).
+    pub fn register_listeners(&mut self) -> io::Result<()> {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            self.poll
+                .registry()
+                .register(l, listener_token(i), Interest::READABLE)?;
+        }
+        Ok(())
+    }
+}
+
+struct WorkerHandle {
+    control: Sender<Control>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A set of running worker threads; dropping it shuts them down and joins them.
+pub struct Workers {
+    handles: Vec<WorkerHandle>,
+}
+
+impl Workers {
+    /// Start one named thread per listener set, each running `run`.
+    pub fn spawn<F>(
+        name: &str,
+        listeners: Vec<Vec<TcpListener>>,
+        run: F,
+    ) -> Result<Workers, StartError>
+    where
+        F: Fn(WorkerContext) + Send + Sync + 'static,
+    {
+        let run = Arc::new(run);
+        let mut workers = Workers {
+            handles: Vec::new(),
+        };
+        for (id, listeners) in listeners.into_iter().enumerate() {
+            let poll = Poll::new().map_err(StartError::Poll)?;
+            let waker =
+                Arc::new(Waker::new(poll.registry(), WAKER_TOKEN).map_err(StartError::Poll)?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let ctx = WorkerContext {
+                id,
+                poll,
+                listeners,
+                control: rx,
+            };
+            let run = Arc::clone(&run);
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-{id}"))
+                .spawn(move || run(ctx))
+                .map_err(StartError::Spawn)?;
+            workers.handles.push(WorkerHandle {
+                control: tx,
+                waker,
+                thread: Some(thread),
+            });
+        }
+        Ok(workers)
+    }
+
+    /// Number of worker threads.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// True when no worker runs.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Tell every worker to stop, then wait for them.
+    pub fn shutdown(&mut self) {
+        for h in &self.handles {
+            // A worker that already exited has dropped its receiver; nothing to do then.
+            let _ = h.control.send(Control::Shutdown);
+            let _ = h.waker.wake();
+        }
+        for h in &mut self.handles {
+            if let Some(t) = h.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,456 @@
+//! The built-in origin server (`corelb backend`): a small, fast HTTP/1.1 server for
+//! the demo, the tests and the benchmarks.
+//!
+//! One mio loop per worker, like the proxy. It keeps connections alive, answers
+//! pipelined requests in order, reads and discards request bodies (Content-Length
+//! and chunked, through the same framing code as the proxy), and has four routes:
+//! - any path: 200 with a short body naming the backend;
+//! - `/size/N`: N bytes of body, streamed from a static pattern (so 1 GiB costs no memory);
+//! - `/status/CODE`: that status;
+//! - `/echo`: the request head and body it received, as the response body.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Token};
+use slab::Slab;
+
+use crate::buffer::Buf;
+use crate::framing::{BodyScanner, Framing, RequestInfo, analyze_request};
+use crate::net::{self, Control, StartError, WorkerContext, Workers};
+
+const READ_BUF: usize = 64 * 1024;
+/// Largest body `/echo` returns; longer ones get 413.
+const MAX_ECHO: usize = 8 * 1024 * 1024;
+/// Stop parsing further pipelined requests while this much output is queued.
+const MAX_QUEUED_OUTPUT: usize = 256 * 1024;
+
+/// The body pattern of `/size/N`: byte i is `b'a' + i % 26`.
+fn pattern_byte(i: u64) -> u8 {
+    b'a' + (i % 26) as u8
+}
+
+/// 64 KiB of the pattern plus 26 bytes, so any offset modulo 26 starts a full slice.
+fn pattern_block() -> &'static [u8] {
+    static BLOCK: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BLOCK.get_or_init(|| (0..(64 * 1024 + 26) as u64).map(pattern_byte).collect())
+}
+
+/// Counters of a running origin.
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// A running origin; dropping it stops it.
+pub struct Origin {
+    workers: Workers,
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+}
+
+impl Origin {
+    /// Start an origin on `listen` (port 0 picks a free port) with `workers` loops.
+    /// `body` replaces the default body ("backend ADDR\n") of the catch-all route.
+    pub fn start(
+        listen: SocketAddr,
+        workers: usize,
+        body: Option<String>,
+    ) -> Result<Origin, StartError> {
+        let (addrs, listeners) = net::bind_listeners(&[listen], workers.max(1))?;
+        let addr = addrs[0];
+        let body: Arc<[u8]> = body
+            .unwrap_or_else(|| format!("backend {addr}\n"))
+            .into_bytes()
+            .into();
+        let counters = Arc::new(Counters::default());
+        let c = Arc::clone(&counters);
+        let workers = Workers::spawn("origin", listeners, move |ctx| {
+            if let Err(e) = run(ctx, Arc::clone(&body), &c) {
+                eprintln!("corelb backend: worker stopped: {e}");
+            }
+        })?;
+        Ok(Origin {
+            workers,
+            addr,
+            counters,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.counters.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.counters.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn shutdown(mut self) {
+        self.workers.shutdown();
+    }
+}
+
+/// A request whose head is parsed and whose body is still being read.
+struct InFlight {
+    info: RequestInfo,
+    body: BodyScanner,
+    route: Route,
+    /// For `/echo`: the raw head and body so far.
+    echo: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Hello,
+    Size(u64),
+    Status(u16),
+    Echo,
+    BadRoute,
+}
+
+fn route(path: &str) -> Route {
+    let path = path.split('?').next().unwrap_or("");
+    if path == "/echo" {
+        Route::Echo
+    } else if let Some(n) = path.strip_prefix("/size/") {
+        n.parse().map_or(Route::BadRoute, Route::Size)
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        match code.parse::<u16>() {
+            Ok(c) if (200..=599).contains(&c) => Route::Status(c),
+            _ => Route::BadRoute,
+        }
+    } else {
+        Route::Hello
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        404 => "Not Found",
+        413 => "Content Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+struct Conn {
+    sock: TcpStream,
+    inbuf: Buf,
+    out: Vec<u8>,
+    out_sent: usize,
+    /// Pattern bytes of a `/size/N` body still to send, and how many were sent.
+    fill_left: u64,
+    fill_sent: u64,
+    current: Option<InFlight>,
+    close_after_flush: bool,
+    eof: bool,
+}
+
+fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Result<()> {
+    ctx.register_listeners()?;
+    let mut conns: Slab<Conn> = Slab::new();
+    let mut events = Events::with_capacity(1024);
+    loop {
+        if let Err(e) = ctx.poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for ev in events.iter() {
+            let t = ev.token();
+            if t == net::WAKER_TOKEN {
+                if ctx.control.try_iter().any(|c| c == Control::Shutdown) {
+                    return Ok(());
+                }
+            } else if let Some(i) = net::listener_index(t, ctx.listeners.len()) {
+                loop {
+                    match ctx.listeners[i].accept() {
+                        Ok((mut sock, _)) => {
+                            let _ = sock.set_nodelay(true);
+                            let entry = conns.vacant_entry();
+                            let token = Token(entry.key());
+                            if ctx
+                                .poll
+                                .registry()
+                                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+                                .is_ok()
+                            {
+                                counters.connections.fetch_add(1, Ordering::Relaxed);
+                                entry.insert(Conn {
+                                    sock,
+                                    inbuf: Buf::with_capacity(READ_BUF),
+                                    out: Vec::new(),
+                                    out_sent: 0,
+                                    fill_left: 0,
+                                    fill_sent: 0,
+                                    current: None,
+                                    close_after_flush: false,
+                                    eof: false,
+                                });
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    }
+                }
+            } else if let Some(conn) = conns.get_mut(t.0) {
+                if !serve(conn, &body, counters) {
+                    conns.remove(t.0);
+                }
+            }
+        }
+    }
+}
+
+/// Make all the progress possible on one connection; false means close it.
+fn serve(c: &mut Conn, body: &[u8], counters: &Counters) -> bool {
+    loop {
+        let mut progress = false;
+        if !c.eof
+            && !c.inbuf.is_full()
+            && c.out.len() - c.out_sent < MAX_QUEUED_OUTPUT
+            && c.fill_left == 0
+        {
+            match c.inbuf.read_from(&mut c.sock) {
+                Ok((0, _)) => {
+                    c.eof = true;
+                    progress = true;
+                }
+                Ok(_) => progress = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                Err(_) => return false,
+            }
+        }
+        while !c.close_after_flush
+            && c.fill_left == 0
+            && c.out.len() - c.out_sent < MAX_QUEUED_OUTPUT
+        {
+            match handle_input(c, body, counters) {
+                Some(true) => progress = true,
+                Some(false) => break,
+                None => {
+                    c.close_after_flush = true;
+                    progress = true;
+                }
+            }
+        }
+        match flush(c) {
+            Ok(p) => progress |= p,
+            Err(_) => return false,
+        }
+        let flushed = c.out_sent == c.out.len() && c.fill_left == 0;
+        if flushed && (c.close_after_flush || (c.eof && c.current.is_none())) {
+            return false;
+        }
+        if c.eof && c.current.is_some() && c.inbuf.is_empty() {
+            return false;
+        }
+        if !progress {
+            return true;
+        }
+    }
+}
+
+/// Write queued output, then pattern bytes. Returns whether anything was written.
+fn flush(c: &mut Conn) -> io::Result<bool> {
+    let mut progress = false;
+    loop {
+        let chunk: &[u8] = if c.out_sent < c.out.len() {
+            &c.out[c.out_sent..]
+        } else if c.fill_left > 0 {
+            let start = (c.fill_sent % 26) as usize;
+            let len = (c.fill_left).min(64 * 1024) as usize;
+            &pattern_block()[start..start + len]
+        } else {
+            c.out.clear();
+            c.out_sent = 0;
+            return Ok(progress);
+        };
+        match c.sock.write(chunk) {
+            Ok(n) => {
+                progress = true;
+                if c.out_sent < c.out.len() {
+                    c.out_sent += n;
+                } else {
+                    c.fill_left -= n as u64;
+                    c.fill_sent += n as u64;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Parse what is buffered: a head, or body bytes of the request in flight. Returns
+/// Some(true) on progress, Some(false) when more input is needed, None on a request
+/// so bad the connection must close (its error response is already queued).
+fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> {
+    if c.current.is_none() {
+        if c.inbuf.is_empty() {
+            return Some(false);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(c.inbuf.filled()) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if !c.inbuf.is_full() => return Some(false),
+            _ => {
+                respond(c, 400, false, b"bad request\n", true, 1);
+                return None;
+            }
+        };
+        let info = match analyze_request(&req) {
+            Ok(info) => info,
+            Err(reject) => {
+                respond(c, reject.status(), false, b"bad request\n", true, 1);
+                return None;
+            }
+        };
+        let route = route(req.path.unwrap_or("/"));
+        let echo = if route == Route::Echo {
+            c.inbuf.filled()[..n].to_vec()
+        } else {
+            Vec::new()
+        };
+        if info.expect_continue && info.framing != Framing::None && info.version == 1 {
+            c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        c.inbuf.consume(n);
+        c.current = Some(InFlight {
+            info,
+            body: BodyScanner::new(info.framing),
+            route,
+            echo,
+        });
+        return Some(true);
+    }
+    let inflight = c.current.as_mut().expect("checked above");
+    if !inflight.body.is_done() {
+        if c.inbuf.is_empty() {
+            return Some(false);
+        }
+        let n = match inflight.body.scan(c.inbuf.filled()) {
+            Ok(n) => n,
+            Err(_) => {
+                respond(c, 400, false, b"bad chunked body\n", true, 1);
+                return None;
+            }
+        };
+        if inflight.route == Route::Echo {
+            if inflight.echo.len() + n > MAX_ECHO {
+                respond(c, 413, false, b"echo body too large\n", true, 1);
+                return None;
+            }
+            inflight.echo.extend_from_slice(&c.inbuf.filled()[..n]);
+        }
+        c.inbuf.consume(n);
+        if !inflight.body.is_done() {
+            return Some(n > 0);
+        }
+    }
+    let done = c.current.take().expect("checked above");
+    counters.requests.fetch_add(1, Ordering::Relaxed);
+    let close = !done.info.keep_alive;
+    let head_only = done.info.is_head;
+    let v = done.info.version;
+    match done.route {
+        Route::Hello => respond(c, 200, head_only, body, close, v),
+        Route::Echo => respond(c, 200, head_only, &done.echo, close, v),
+        Route::Status(code) => {
+            let text = format!("status {code}\n");
+            respond(c, code, head_only, text.as_bytes(), close, v)
+        }
+        Route::BadRoute => respond(c, 400, head_only, b"bad route\n", close, v),
+        Route::Size(n) => {
+            write_head(c, 200, Some(n), close, v);
+            if !head_only {
+                c.fill_left = n;
+                c.fill_sent = 0;
+            }
+        }
+    }
+    if close {
+        c.close_after_flush = true;
+    }
+    Some(true)
+}
+
+fn write_head(c: &mut Conn, code: u16, len: Option<u64>, close: bool, version: u8) {
+    let _ = write!(
+        c.out,
+        "HTTP/1.1 {code} {}\r\nContent-Type: text/plain\r\n",
+        reason(code)
+    );
+    if let Some(n) = len {
+        let _ = write!(c.out, "Content-Length: {n}\r\n");
+    }
+    if close {
+        c.out.extend_from_slice(b"Connection: close\r\n");
+    } else if version == 0 {
+        c.out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    c.out.extend_from_slice(b"\r\n");
+}
+
+/// Queue a complete response. 204 and 304 carry no body (and no length);
+/// `head_only` (a HEAD request) keeps the length but drops the body.
+fn respond(c: &mut Conn, code: u16, head_only: bool, body: &[u8], close: bool, version: u8) {
+    let bodiless = code == 204 || code == 304;
+    let len = if bodiless {
+        None
+    } else {
+        Some(body.len() as u64)
+    };
+    write_head(c, code, len, close, version);
+    if !bodiless && !head_only {
+        c.out.extend_from_slice(body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/"), Route::Hello);
+        assert_eq!(route("/anything?x=1"), Route::Hello);
+        assert_eq!(route("/size/10"), Route::Size(10));
+        assert_eq!(route("/size/x"), Route::BadRoute);
+        assert_eq!(route("/status/204"), Route::Status(204));
+        assert_eq!(route("/status/100"), Route::BadRoute);
+        assert_eq!(route("/echo"), Route::Echo);
+    }
+
+    #[test]
+    fn pattern_slices_line_up() {
+        let block = pattern_block();
+        for start in 0..26u64 {
+            assert_eq!(block[start as usize], pattern_byte(start));
+        }
+    }
+}

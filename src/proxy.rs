@@ -1,0 +1,1142 @@
+//! The load balancer: one mio event loop per worker thread, relaying HTTP/1.1
+//! exchanges between clients and a pool of backends.
+//!
+//! A worker owns everything it touches: its listeners, a slab of client sessions,
+//! a slab of upstream connections, an idle pool per backend and a buffer pool. The
+//! only state shared between workers is `Shared`: the backend list (read-only), the
+//! round-robin counter (one atomic add per request) and per-worker counters.
+//!
+//! Every socket is registered once, edge-triggered, for both directions, and its
+//! readiness is cached (`Ready`): an operation is tried only while the cache says it
+//! may succeed, and a `WouldBlock` clears the flag until the next event. A session
+//! is driven by `Worker::pump`, which steps its state machine until nothing moves.
+//!
+//! A session's life: `Phase::Head` (waiting for a request head, holding no buffers
+//! when idle) -> `Phase::Exchange` (request streamed to a backend, response streamed
+//! back) -> `Head` again for keep-alive, or `Closing` (flush, shut down our side)
+//! -> `Draining` (discard what the client still sends, so our last response is not
+//! destroyed by a reset) -> closed.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Token};
+use slab::Slab;
+
+use crate::buffer::{Buf, Pool};
+use crate::config::{Backend, ProxyConfig};
+use crate::framing::{
+    BodyScanner, Framing, Reject, RequestInfo, analyze_request, analyze_response,
+    classify_parse_error, has_bare_lf,
+};
+use crate::net::{self, Control, StartError, WorkerContext, Workers};
+use crate::rewrite::{self, ClientConnection, Forwarding};
+
+/// Most header fields accepted in a request or response head (more: 431 / 502).
+pub const MAX_HEADERS: usize = 100;
+/// Smallest per-direction buffer; bigger heads limits get bigger buffers.
+const MIN_BUF_SIZE: usize = 32 * 1024;
+/// An idle keep-alive client is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client must finish its request head this long after its first byte (else 408).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A new backend connection must be established this fast (else 504).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An exchange may make no progress at all for this long (else 504, or close).
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a closing client may keep sending before we close anyway.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes discarded from a closing client.
+const MAX_DRAIN_BYTES: usize = 1 << 20;
+/// Idle backend connections are closed after this long.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most idle connections kept per backend per worker.
+const MAX_IDLE_PER_BACKEND: usize = 256;
+/// How often timers are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Buffer sets kept for reuse per worker.
+const MAX_FREE_BUFS: usize = 1024;
+
+/// A counter on its own cache line, so two workers' counters never share one.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+/// Per-worker counters, written by their worker only and read by anyone.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub accepted: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+/// What every worker reads: the backend set and the round-robin counter.
+struct Shared {
+    backends: Vec<Backend>,
+    next_backend: Padded<AtomicUsize>,
+    stats: Vec<Padded<WorkerStats>>,
+    max_header_bytes: usize,
+    rewrite_host: bool,
+}
+
+impl Shared {
+    /// Round-robin across all workers: one atomic add per request.
+    fn pick_backend(&self) -> usize {
+        self.next_backend.0.fetch_add(1, Ordering::Relaxed) % self.backends.len()
+    }
+}
+
+/// A snapshot of one worker's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerCounts {
+    pub accepted: u64,
+    pub requests: u64,
+}
+
+/// A running proxy. Dropping it (or `shutdown`) stops every worker.
+pub struct Proxy {
+    workers: Workers,
+    addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Bind every listen address once per worker and start the workers.
+    pub fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
+        assert!(
+            !config.backends.is_empty(),
+            "ProxyConfig needs at least one backend"
+        );
+        let workers = config.workers.max(1);
+        let (addrs, listeners) = net::bind_listeners(&config.listen, workers)?;
+        let shared = Arc::new(Shared {
+            backends: config.backends,
+            next_backend: Padded(AtomicUsize::new(0)),
+            stats: (0..workers).map(|_| Padded::default()).collect(),
+            max_header_bytes: config.max_header_bytes,
+            rewrite_host: config.rewrite_host,
+        });
+        let for_workers = Arc::clone(&shared);
+        let workers = Workers::spawn("corelb", listeners, move |ctx| {
+            if let Err(e) = Worker::run(ctx, Arc::clone(&for_workers)) {
+                eprintln!("corelb: worker stopped: {e}");
+            }
+        })?;
+        Ok(Proxy {
+            workers,
+            addrs,
+            shared,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Accepted connections and completed requests, per worker.
+    pub fn counts(&self) -> Vec<WorkerCounts> {
+        self.shared
+            .stats
+            .iter()
+            .map(|s| WorkerCounts {
+                accepted: s.0.accepted.load(Ordering::Relaxed),
+                requests: s.0.requests.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Stop every worker and wait for them.
+    pub fn shutdown(mut self) {
+        self.workers.shutdown();
+    }
+}
+
+/// Cached readiness of one socket (edge-triggered: flags stay set until an
+/// operation returns WouldBlock).
+#[derive(Clone, Copy, Debug, Default)]
+struct Ready {
+    readable: bool,
+    writable: bool,
+    /// The peer has shut down its side: keep reading until end of stream.
+    read_closed: bool,
+}
+
+impl Ready {
+    fn update(&mut self, ev: &mio::event::Event) {
+        // An error or hang-up is reported through the next read or write.
+        self.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        self.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+        self.read_closed |= ev.is_read_closed();
+    }
+}
+
+/// Outcome of one read into a buffer.
+enum ReadOutcome {
+    Data,
+    Eof,
+    Blocked,
+}
+
+/// Read once into `buf`, keeping `ready` in step. A short read on a socket whose peer
+/// has not closed means the kernel queue is empty (Linux, epoll edge-triggered: new
+/// data raises a new edge), so the flag is cleared without a read that fails.
+fn read_into(sock: &mut TcpStream, buf: &mut Buf, ready: &mut Ready) -> io::Result<ReadOutcome> {
+    match buf.read_from(sock) {
+        Ok((0, _)) => Ok(ReadOutcome::Eof),
+        Ok((_, short)) => {
+            if short && !ready.read_closed {
+                ready.readable = false;
+            }
+            Ok(ReadOutcome::Data)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            ready.readable = false;
+            Ok(ReadOutcome::Blocked)
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadOutcome::Blocked),
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `head` then `body` with one writev; returns bytes written (0 when blocked).
+fn write_two(
+    sock: &mut TcpStream,
+    head: &[u8],
+    body: &[u8],
+    ready: &mut Ready,
+) -> io::Result<usize> {
+    let total = head.len() + body.len();
+    let result = if head.is_empty() {
+        sock.write(body)
+    } else if body.is_empty() {
+        sock.write(head)
+    } else {
+        sock.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+    };
+    match result {
+        Ok(n) => {
+            if n < total {
+                ready.writable = false;
+            }
+            Ok(n)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            ready.writable = false;
+            Ok(0)
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// The buffers of a session with something in flight.
+struct Bufs {
+    /// Bytes from the client: request head, body, and any pipelined requests.
+    req: Buf,
+    /// Bytes from the backend: response head and body.
+    resp: Buf,
+    /// The rewritten request head, and how much of it the backend has taken.
+    req_head: Vec<u8>,
+    req_head_sent: usize,
+    /// Response heads (interim and final, or a local error), and how much is written.
+    resp_head: Vec<u8>,
+    resp_head_sent: usize,
+}
+
+impl Bufs {
+    fn new(size: usize) -> Box<Bufs> {
+        Box::new(Bufs {
+            req: Buf::with_capacity(size),
+            resp: Buf::with_capacity(size),
+            req_head: Vec::with_capacity(1024),
+            req_head_sent: 0,
+            resp_head: Vec::with_capacity(1024),
+            resp_head_sent: 0,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// A request is being relayed to a backend and its response back.
+    Exchange,
+    /// Writing our last bytes, then shutting down our side.
+    Closing,
+    /// Our side is shut; discarding input until the client closes.
+    Draining,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RespState {
+    /// No final response head yet: a local error response can still be sent.
+    Waiting,
+    /// The final head is queued; its body is being relayed.
+    Body,
+}
+
+/// What to do with a session whose step failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fail {
+    /// Close the client (and its backend connection) now.
+    Close,
+    /// Answer with this local response if no response has started, then close.
+    Reject(Reject),
+    /// The reused backend connection was stale: send the request again on a new one.
+    Retry,
+}
+
+type Step = Result<bool, Fail>;
+
+/// One client connection and the exchange in progress on it.
+struct Client {
+    sock: TcpStream,
+    ip: IpAddr,
+    ready: Ready,
+    bufs: Option<Box<Bufs>>,
+    phase: Phase,
+    deadline: Instant,
+    /// The client has shut down its sending side.
+    eof: bool,
+    drained: usize,
+    // The current exchange.
+    req: RequestInfo,
+    req_body: BodyScanner,
+    /// Bytes at the front of `bufs.req` known to be request body, not yet sent.
+    req_pending: usize,
+    req_done: bool,
+    resp: RespState,
+    resp_body: BodyScanner,
+    /// Bytes at the front of `bufs.resp` known to be response body, not yet written.
+    resp_pending: usize,
+    resp_until_close: bool,
+    upstream_reusable: bool,
+    close_after: bool,
+    upstream: Option<usize>,
+    backend: usize,
+    retried: bool,
+}
+
+/// One connection to a backend, either serving a client or idle in the pool.
+struct Upstream {
+    sock: TcpStream,
+    backend: usize,
+    ready: Ready,
+    connected: bool,
+    /// It carried an earlier exchange: a failure before any byte may mean it went stale.
+    reused: bool,
+    /// Bytes arrived for the current exchange.
+    received: bool,
+    eof: bool,
+    client: Option<usize>,
+    idle_since: Instant,
+}
+
+fn client_token(key: usize) -> Token {
+    Token(key << 1)
+}
+
+fn upstream_token(key: usize) -> Token {
+    Token((key << 1) | 1)
+}
+
+struct Worker {
+    id: usize,
+    ctx: WorkerContext,
+    shared: Arc<Shared>,
+    clients: Slab<Client>,
+    upstreams: Slab<Upstream>,
+    /// Idle backend connections per backend, most recently used last (LIFO).
+    idle: Vec<Vec<usize>>,
+    bufs: Pool<Box<Bufs>>,
+    now: Instant,
+    accept_paused: bool,
+    expired: Vec<usize>,
+}
+
+impl Worker {
+    fn run(mut ctx: WorkerContext, shared: Arc<Shared>) -> io::Result<()> {
+        ctx.register_listeners()?;
+        let buf_size = MIN_BUF_SIZE.max(shared.max_header_bytes);
+        let mut w = Worker {
+            id: ctx.id,
+            idle: vec![Vec::new(); shared.backends.len()],
+            ctx,
+            shared,
+            clients: Slab::with_capacity(1024),
+            upstreams: Slab::with_capacity(1024),
+            bufs: Pool::new(buf_size, MAX_FREE_BUFS, Bufs::new),
+            now: Instant::now(),
+            accept_paused: false,
+            expired: Vec::new(),
+        };
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = w.now + SWEEP_INTERVAL;
+        loop {
+            let timeout = next_sweep.saturating_duration_since(w.now);
+            if let Err(e) = w.ctx.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            w.now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    net::WAKER_TOKEN => {
+                        if w.ctx.control.try_iter().any(|c| c == Control::Shutdown) {
+                            return Ok(());
+                        }
+                    }
+                    t => match net::listener_index(t, w.ctx.listeners.len()) {
+                        Some(i) => w.accept(i),
+                        None if t.0 & 1 == 0 => {
+                            let ck = t.0 >> 1;
+                            if let Some(c) = w.clients.get_mut(ck) {
+                                c.ready.update(ev);
+                                w.drive(ck);
+                            }
+                        }
+                        None => w.on_upstream_event(t.0 >> 1, ev),
+                    },
+                }
+            }
+            if w.now >= next_sweep {
+                w.sweep();
+                next_sweep = w.now + SWEEP_INTERVAL;
+            }
+        }
+    }
+
+    fn stats(&self) -> &WorkerStats {
+        &self.shared.stats[self.id].0
+    }
+
+    fn accept(&mut self, i: usize) {
+        loop {
+            let (sock, peer) = match self.ctx.listeners[i].accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(_) => {
+                    // Out of descriptors or memory: try again on the next sweep rather
+                    // than spin; the listener's edge will not fire again by itself.
+                    self.accept_paused = true;
+                    return;
+                }
+            };
+            self.accept_paused = false;
+            let _ = sock.set_nodelay(true);
+            let entry = self.clients.vacant_entry();
+            let key = entry.key();
+            let mut sock = sock;
+            if self
+                .ctx
+                .poll
+                .registry()
+                .register(
+                    &mut sock,
+                    client_token(key),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            entry.insert(Client {
+                sock,
+                ip: peer.ip(),
+                ready: Ready::default(),
+                bufs: None,
+                phase: Phase::Head,
+                deadline: self.now + IDLE_TIMEOUT,
+                eof: false,
+                drained: 0,
+                req: RequestInfo {
+                    version: 1,
+                    framing: Framing::None,
+                    keep_alive: true,
+                    is_head: false,
+                    expect_continue: false,
+                },
+                req_body: BodyScanner::new(Framing::None),
+                req_pending: 0,
+                req_done: true,
+                resp: RespState::Waiting,
+                resp_body: BodyScanner::new(Framing::None),
+                resp_pending: 0,
+                resp_until_close: false,
+                upstream_reusable: false,
+                close_after: false,
+                upstream: None,
+                backend: 0,
+                retried: false,
+            });
+            self.stats().accepted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_upstream_event(&mut self, uk: usize, ev: &mio::event::Event) {
+        let Some(u) = self.upstreams.get_mut(uk) else {
+            return;
+        };
+        u.ready.update(ev);
+        match u.client {
+            Some(ck) => self.drive(ck),
+            None => self.check_idle_upstream(uk),
+        }
+    }
+
+    /// An idle pooled connection became readable: the backend closed it, or sent
+    /// bytes nobody asked for. Either way it cannot be reused.
+    fn check_idle_upstream(&mut self, uk: usize) {
+        let u = &mut self.upstreams[uk];
+        if !u.ready.readable {
+            return;
+        }
+        let mut scratch = [0u8; 64];
+        match u.sock.read(&mut scratch) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.ready.readable = false,
+            _ => {
+                let backend = u.backend;
+                self.idle[backend].retain(|&k| k != uk);
+                self.upstreams.remove(uk);
+            }
+        }
+    }
+
+    /// Run a session until it can make no more progress, handling failures.
+    fn drive(&mut self, ck: usize) {
+        loop {
+            match self.pump(ck) {
+                Ok(()) => break,
+                Err(fail) => {
+                    if !self.fail(ck, fail) {
+                        return;
+                    }
+                }
+            }
+        }
+        let now = self.now;
+        let c = &mut self.clients[ck];
+        if c.phase == Phase::Exchange {
+            let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
+            if !connecting {
+                c.deadline = now + EXCHANGE_TIMEOUT;
+            }
+        }
+    }
+
+    fn pump(&mut self, ck: usize) -> Result<(), Fail> {
+        loop {
+            let progress = match self.clients[ck].phase {
+                Phase::Head => self.step_head(ck)?,
+                Phase::Exchange => self.step_exchange(ck)?,
+                Phase::Closing => self.step_closing(ck)?,
+                Phase::Draining => self.step_draining(ck)?,
+            };
+            if !progress {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handle a failed step; returns whether the session still exists.
+    fn fail(&mut self, ck: usize, fail: Fail) -> bool {
+        match fail {
+            Fail::Close => {
+                self.close_client(ck);
+                false
+            }
+            Fail::Reject(reject) => {
+                let now = self.now;
+                let c = &mut self.clients[ck];
+                if c.resp == RespState::Body
+                    || c.phase == Phase::Closing
+                    || c.phase == Phase::Draining
+                {
+                    // Part of a response is already out: closing is the only signal left.
+                    self.close_client(ck);
+                    return false;
+                }
+                if let Some(uk) = c.upstream.take() {
+                    self.upstreams.remove(uk);
+                }
+                let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
+                bufs.resp.clear();
+                bufs.resp_head.clear();
+                bufs.resp_head.extend_from_slice(reject.response());
+                bufs.resp_head_sent = 0;
+                c.resp_pending = 0;
+                c.phase = Phase::Closing;
+                c.deadline = now + LINGER_TIMEOUT;
+                true
+            }
+            Fail::Retry => {
+                let c = &mut self.clients[ck];
+                c.retried = true;
+                if let Some(uk) = c.upstream.take() {
+                    self.upstreams.remove(uk);
+                }
+                if let Some(bufs) = c.bufs.as_mut() {
+                    bufs.req_head_sent = 0;
+                    bufs.resp.clear();
+                }
+                let backend = c.backend;
+                match self.connect_upstream(ck, backend, false) {
+                    Ok(()) => true,
+                    Err(f) => self.fail(ck, f),
+                }
+            }
+        }
+    }
+
+    fn close_client(&mut self, ck: usize) {
+        let mut c = self.clients.remove(ck);
+        if let Some(uk) = c.upstream.take() {
+            self.upstreams.remove(uk);
+        }
+        if let Some(bufs) = c.bufs.take() {
+            self.bufs.give(bufs);
+        }
+    }
+
+    /// Waiting for a request head: read, parse, and start the exchange.
+    fn step_head(&mut self, ck: usize) -> Step {
+        let c = &mut self.clients[ck];
+        if c.bufs.is_none() {
+            if !c.ready.readable && !c.eof {
+                return Ok(false);
+            }
+            c.bufs = Some(self.bufs.take());
+        }
+        let bufs = c.bufs.as_mut().expect("buffers were just ensured");
+        if !bufs.req.is_empty() {
+            if let Some((n, info, backend)) = parse_request_head(bufs, c.ip, &self.shared)? {
+                bufs.req.consume(n);
+                self.start_exchange(ck, info, backend)?;
+                return Ok(true);
+            }
+        }
+        if c.eof {
+            // End of stream between requests, or in the middle of a head.
+            return Err(Fail::Close);
+        }
+        if c.ready.readable {
+            if bufs.req.is_empty() {
+                c.deadline = self.now + HEADER_TIMEOUT;
+            }
+            return match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
+                Ok(ReadOutcome::Data) => Ok(true),
+                Ok(ReadOutcome::Eof) => {
+                    c.eof = true;
+                    Ok(true)
+                }
+                Ok(ReadOutcome::Blocked) => {
+                    if bufs.req.is_empty() {
+                        c.deadline = self.now + IDLE_TIMEOUT;
+                    }
+                    Ok(false)
+                }
+                Err(_) => Err(Fail::Close),
+            };
+        }
+        if bufs.req.is_empty() {
+            // Idle keep-alive connection: it holds no buffers.
+            let bufs = c.bufs.take().expect("checked above");
+            self.bufs.give(bufs);
+        }
+        Ok(false)
+    }
+
+    fn start_exchange(&mut self, ck: usize, info: RequestInfo, backend: usize) -> Result<(), Fail> {
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.as_mut().expect("a parsed head has buffers");
+        bufs.req_head_sent = 0;
+        bufs.resp_head.clear();
+        bufs.resp_head_sent = 0;
+        bufs.resp.clear();
+        c.req = info;
+        c.req_body = BodyScanner::new(info.framing);
+        c.req_pending = 0;
+        c.req_done = false;
+        c.resp = RespState::Waiting;
+        c.resp_body = BodyScanner::new(Framing::None);
+        c.resp_pending = 0;
+        c.resp_until_close = false;
+        c.upstream_reusable = false;
+        c.close_after = !info.keep_alive;
+        c.retried = false;
+        c.backend = backend;
+        c.phase = Phase::Exchange;
+        c.deadline = self.now + EXCHANGE_TIMEOUT;
+        self.connect_upstream(ck, backend, true)
+    }
+
+    /// Give the client a backend connection: an idle pooled one if `reuse` allows and
+    /// one exists (LIFO: the most recently used is the least likely to be stale),
+    /// else a new non-blocking connect.
+    fn connect_upstream(&mut self, ck: usize, backend: usize, reuse: bool) -> Result<(), Fail> {
+        let pooled = if reuse {
+            self.idle[backend].pop()
+        } else {
+            None
+        };
+        let uk = match pooled {
+            Some(uk) => {
+                let u = &mut self.upstreams[uk];
+                u.client = Some(ck);
+                u.received = false;
+                uk
+            }
+            None => {
+                let addr = self.shared.backends[backend].addr;
+                let mut sock =
+                    TcpStream::connect(addr).map_err(|_| Fail::Reject(Reject::BadGateway))?;
+                let _ = sock.set_nodelay(true);
+                let entry = self.upstreams.vacant_entry();
+                let uk = entry.key();
+                self.ctx
+                    .poll
+                    .registry()
+                    .register(
+                        &mut sock,
+                        upstream_token(uk),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .map_err(|_| Fail::Reject(Reject::BadGateway))?;
+                entry.insert(Upstream {
+                    sock,
+                    backend,
+                    ready: Ready::default(),
+                    connected: false,
+                    reused: false,
+                    received: false,
+                    eof: false,
+                    client: Some(ck),
+                    idle_since: self.now,
+                });
+                self.clients[ck].deadline = self.now + CONNECT_TIMEOUT;
+                uk
+            }
+        };
+        self.clients[ck].upstream = Some(uk);
+        Ok(())
+    }
+
+    /// Relay one exchange: client -> backend (request) and backend -> client (response).
+    fn step_exchange(&mut self, ck: usize) -> Step {
+        let c = &mut self.clients[ck];
+        let Some(uk) = c.upstream else {
+            return Err(Fail::Reject(Reject::BadGateway));
+        };
+        let u = &mut self.upstreams[uk];
+        let bufs = c.bufs.as_mut().expect("an exchange has buffers");
+        let mut progress = false;
+
+        if !u.connected && (u.ready.writable || u.ready.readable) {
+            match u.sock.take_error() {
+                Ok(None) => {}
+                _ => return Err(Fail::Reject(Reject::BadGateway)),
+            }
+            match u.sock.peer_addr() {
+                Ok(_) => {
+                    u.connected = true;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                    u.ready.readable = false;
+                    u.ready.writable = false;
+                }
+                Err(_) => return Err(Fail::Reject(Reject::BadGateway)),
+            }
+        }
+
+        // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
+        if c.ready.readable && !c.eof && !bufs.req.is_full() {
+            match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
+                Ok(ReadOutcome::Data) => progress = true,
+                Ok(ReadOutcome::Eof) => {
+                    c.eof = true;
+                    if !c.req_done && !c.req_body.is_done() {
+                        // The client gave up in the middle of its request body.
+                        return Err(Fail::Close);
+                    }
+                    progress = true;
+                }
+                Ok(ReadOutcome::Blocked) => {}
+                Err(_) => return Err(Fail::Close),
+            }
+        }
+        if !c.req_body.is_done() && bufs.req.len() > c.req_pending {
+            let n = c
+                .req_body
+                .scan(&bufs.req.filled()[c.req_pending..])
+                .map_err(|_| Fail::Reject(Reject::BadRequest))?;
+            c.req_pending += n;
+            progress |= n > 0;
+        }
+
+        // Buffer -> backend: the rewritten head, then body bytes as they are known.
+        if u.connected && !c.req_done {
+            let head = &bufs.req_head[bufs.req_head_sent..];
+            if u.ready.writable && (!head.is_empty() || c.req_pending > 0) {
+                let body = &bufs.req.filled()[..c.req_pending];
+                match write_two(&mut u.sock, head, body, &mut u.ready) {
+                    Ok(n) => {
+                        let from_head = n.min(head.len());
+                        bufs.req_head_sent += from_head;
+                        bufs.req.consume(n - from_head);
+                        c.req_pending -= n - from_head;
+                        progress |= n > 0;
+                    }
+                    Err(_) => return Err(self_retry_or(c, u, Reject::BadGateway)),
+                }
+            }
+            if bufs.req_head_sent == bufs.req_head.len()
+                && c.req_pending == 0
+                && c.req_body.is_done()
+            {
+                c.req_done = true;
+                progress = true;
+            }
+        }
+
+        // Backend -> buffer.
+        if u.connected && u.ready.readable && !u.eof && !bufs.resp.is_full() {
+            match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
+                Ok(ReadOutcome::Data) => {
+                    u.received = true;
+                    progress = true;
+                }
+                Ok(ReadOutcome::Eof) => {
+                    u.eof = true;
+                    progress = true;
+                }
+                Ok(ReadOutcome::Blocked) => {}
+                Err(_) => {
+                    // Reset: treat like end of stream, but never reuse.
+                    u.eof = true;
+                    u.connected = true;
+                    progress = true;
+                }
+            }
+        }
+
+        if c.resp == RespState::Waiting {
+            if !bufs.resp.is_empty() {
+                match parse_response_head(bufs, &c.req, &mut c.close_after)? {
+                    Some(head) => {
+                        progress = true;
+                        if let Some(framing) = head.final_framing {
+                            c.resp = RespState::Body;
+                            c.resp_body = BodyScanner::new(framing);
+                            c.resp_until_close = framing == Framing::UntilClose;
+                            c.upstream_reusable = head.reusable;
+                        }
+                    }
+                    None if bufs.resp.is_full() => return Err(Fail::Reject(Reject::BadGateway)),
+                    None if u.eof => return Err(Fail::Reject(Reject::BadGateway)),
+                    None => {}
+                }
+            } else if u.eof {
+                return Err(self_retry_or(c, u, Reject::BadGateway));
+            }
+        }
+
+        if c.resp == RespState::Body && !c.resp_body.is_done() && bufs.resp.len() > c.resp_pending {
+            let n = c
+                .resp_body
+                .scan(&bufs.resp.filled()[c.resp_pending..])
+                .map_err(|_| Fail::Close)?;
+            c.resp_pending += n;
+            progress |= n > 0;
+        }
+
+        // Buffer -> client: queued heads (interim and final), then body bytes.
+        let head = &bufs.resp_head[bufs.resp_head_sent..];
+        if c.ready.writable && (!head.is_empty() || c.resp_pending > 0) {
+            let body = &bufs.resp.filled()[..c.resp_pending];
+            match write_two(&mut c.sock, head, body, &mut c.ready) {
+                Ok(n) => {
+                    let from_head = n.min(head.len());
+                    bufs.resp_head_sent += from_head;
+                    bufs.resp.consume(n - from_head);
+                    c.resp_pending -= n - from_head;
+                    progress |= n > 0;
+                }
+                Err(_) => return Err(Fail::Close),
+            }
+        }
+        if bufs.resp_head_sent == bufs.resp_head.len() {
+            bufs.resp_head.clear();
+            bufs.resp_head_sent = 0;
+        }
+
+        if c.resp == RespState::Body && bufs.resp_head.is_empty() && c.resp_pending == 0 {
+            if c.resp_body.is_done() || (c.resp_until_close && u.eof && bufs.resp.is_empty()) {
+                self.finish_exchange(ck);
+                return Ok(true);
+            }
+            if u.eof {
+                // The backend closed in the middle of a delimited body: the client must
+                // see the truncation, and only a close says so.
+                return Err(Fail::Close);
+            }
+        }
+        Ok(progress)
+    }
+
+    /// The response has been written in full: recycle or close the backend
+    /// connection, then wait for the next request or close.
+    fn finish_exchange(&mut self, ck: usize) {
+        self.stats().requests.fetch_add(1, Ordering::Relaxed);
+        let now = self.now;
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.as_mut().expect("an exchange has buffers");
+        if let Some(uk) = c.upstream.take() {
+            let u = &mut self.upstreams[uk];
+            let idle = &mut self.idle[u.backend];
+            if c.upstream_reusable
+                && c.req_done
+                && !u.eof
+                && bufs.resp.is_empty()
+                && idle.len() < MAX_IDLE_PER_BACKEND
+            {
+                u.client = None;
+                u.reused = true;
+                u.idle_since = now;
+                idle.push(uk);
+            } else {
+                self.upstreams.remove(uk);
+            }
+        }
+        bufs.resp.clear();
+        c.resp = RespState::Waiting;
+        if c.close_after || !c.req_done {
+            c.phase = Phase::Closing;
+            c.deadline = now + LINGER_TIMEOUT;
+        } else {
+            c.phase = Phase::Head;
+            c.deadline = now + IDLE_TIMEOUT;
+        }
+    }
+
+    /// Flush what is queued for the client, then shut down our sending side.
+    fn step_closing(&mut self, ck: usize) -> Step {
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
+        let head = &bufs.resp_head[bufs.resp_head_sent..];
+        if !head.is_empty() {
+            if !c.ready.writable {
+                return Ok(false);
+            }
+            let n = write_two(&mut c.sock, head, &[], &mut c.ready).map_err(|_| Fail::Close)?;
+            bufs.resp_head_sent += n;
+            if bufs.resp_head_sent < bufs.resp_head.len() {
+                return Ok(n > 0);
+            }
+        }
+        bufs.resp_head.clear();
+        bufs.resp_head_sent = 0;
+        if c.eof {
+            return Err(Fail::Close);
+        }
+        // Shut down our side and read until the client closes: closing with unread
+        // input would send a reset that can destroy the response in flight.
+        let _ = c.sock.shutdown(Shutdown::Write);
+        c.phase = Phase::Draining;
+        c.drained = 0;
+        Ok(true)
+    }
+
+    fn step_draining(&mut self, ck: usize) -> Step {
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
+        if !c.ready.readable {
+            return Ok(false);
+        }
+        bufs.req.clear();
+        match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
+            Ok(ReadOutcome::Data) => {
+                c.drained += bufs.req.len();
+                bufs.req.clear();
+                if c.drained > MAX_DRAIN_BYTES {
+                    return Err(Fail::Close);
+                }
+                Ok(true)
+            }
+            Ok(ReadOutcome::Blocked) => Ok(false),
+            Ok(ReadOutcome::Eof) | Err(_) => Err(Fail::Close),
+        }
+    }
+
+    /// Timers: expired sessions, stale idle backend connections, paused accepts.
+    fn sweep(&mut self) {
+        let now = self.now;
+        self.expired.clear();
+        self.expired.extend(
+            self.clients
+                .iter()
+                .filter(|(_, c)| c.deadline <= now)
+                .map(|(k, _)| k),
+        );
+        for i in 0..self.expired.len() {
+            let ck = self.expired[i];
+            let c = &self.clients[ck];
+            let fail = match c.phase {
+                Phase::Head if c.bufs.as_ref().is_some_and(|b| !b.req.is_empty()) => {
+                    Fail::Reject(Reject::Timeout)
+                }
+                Phase::Exchange if c.resp == RespState::Waiting => {
+                    Fail::Reject(Reject::GatewayTimeout)
+                }
+                _ => Fail::Close,
+            };
+            if self.fail(ck, fail) {
+                self.drive(ck);
+            }
+        }
+        for b in 0..self.idle.len() {
+            let upstreams = &mut self.upstreams;
+            self.idle[b].retain(|&uk| {
+                let keep = now.duration_since(upstreams[uk].idle_since) < UPSTREAM_IDLE_TIMEOUT;
+                if !keep {
+                    upstreams.remove(uk);
+                }
+                keep
+            });
+        }
+        if self.accept_paused {
+            for i in 0..self.ctx.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+}
+
+/// If a reused backend connection failed before sending anything, the request can
+/// be sent again on a new connection once, provided it had no body (a body has
+/// already left the buffer). Otherwise answer with `reject`.
+fn self_retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
+    if u.reused && !u.received && !c.retried && c.req.framing == Framing::None {
+        Fail::Retry
+    } else {
+        Fail::Reject(reject)
+    }
+}
+
+/// Parse the request head at the front of `bufs.req`. On success the backend is
+/// chosen and the rewritten head is in `bufs.req_head`; returns the head's length
+/// in the buffer, what it says, and the backend.
+fn parse_request_head(
+    bufs: &mut Bufs,
+    client_ip: IpAddr,
+    shared: &Shared,
+) -> Result<Option<(usize, RequestInfo, usize)>, Fail> {
+    let data = bufs.req.filled();
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if data.len() >= shared.max_header_bytes => {
+            return Err(Fail::Reject(Reject::HeadTooLarge));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Fail::Reject(classify_parse_error(e, data))),
+    };
+    if n > shared.max_header_bytes {
+        return Err(Fail::Reject(Reject::HeadTooLarge));
+    }
+    if has_bare_lf(&data[..n]) {
+        return Err(Fail::Reject(Reject::BadRequest));
+    }
+    let info = analyze_request(&req).map_err(Fail::Reject)?;
+    let backend = shared.pick_backend();
+    let fwd = Forwarding {
+        client_ip,
+        host: shared
+            .rewrite_host
+            .then(|| shared.backends[backend].authority.as_str()),
+    };
+    rewrite::write_request_head(&mut bufs.req_head, &req, &info, fwd);
+    Ok(Some((n, info, backend)))
+}
+
+/// A parsed response head.
+struct ResponseHead {
+    /// `Some` for the final response (its body framing); `None` for an interim 1xx.
+    final_framing: Option<Framing>,
+    reusable: bool,
+}
+
+fn parse_response_head(
+    bufs: &mut Bufs,
+    req: &RequestInfo,
+    close_after: &mut bool,
+) -> Result<Option<ResponseHead>, Fail> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(bufs.resp.filled()) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Fail::Reject(Reject::BadGateway)),
+    };
+    if has_bare_lf(&bufs.resp.filled()[..n]) {
+        return Err(Fail::Reject(Reject::BadGateway));
+    }
+    let info =
+        analyze_response(&resp, req.is_head).map_err(|_| Fail::Reject(Reject::BadGateway))?;
+    if (100..200).contains(&info.status) {
+        if info.status == 101 {
+            // We strip Upgrade, so a switch is a backend error, not a tunnel.
+            return Err(Fail::Reject(Reject::BadGateway));
+        }
+        // Interim responses go to 1.1 clients only (RFC 9110 §15.2).
+        if req.version == 1 {
+            rewrite::write_response_head(
+                &mut bufs.resp_head,
+                &resp,
+                None,
+                ClientConnection::KeepAlive11,
+            );
+        }
+        bufs.resp.consume(n);
+        return Ok(Some(ResponseHead {
+            final_framing: None,
+            reusable: false,
+        }));
+    }
+    if req.version == 0 && info.framing == Framing::Chunked {
+        // A 1.0 client cannot read chunked, and the backend was asked in 1.0.
+        return Err(Fail::Reject(Reject::BadGateway));
+    }
+    if info.framing == Framing::UntilClose {
+        *close_after = true;
+    }
+    let conn = if *close_after {
+        ClientConnection::Close
+    } else if req.version == 0 {
+        ClientConnection::KeepAlive10
+    } else {
+        ClientConnection::KeepAlive11
+    };
+    let content_length = rewrite::response_content_length(&resp);
+    rewrite::write_response_head(&mut bufs.resp_head, &resp, content_length, conn);
+    bufs.resp.consume(n);
+    Ok(Some(ResponseHead {
+        final_framing: Some(info.framing),
+        reusable: info.reusable,
+    }))
+}

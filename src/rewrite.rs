@@ -1,0 +1,231 @@
+//! Writing the heads the proxy sends: the request head toward the backend and the
+//! response head toward the client.
+//!
+//! Both strip hop-by-hop fields (RFC 9110 §7.6.1): Connection and every field it
+//! names, Keep-Alive, Proxy-Connection, TE, Trailer and Upgrade. Content-Length
+//! is written once in normal form, so a list like `5, 5` never reaches a peer that
+//! might read it differently. Writing goes into a caller-owned Vec whose capacity is
+//! reused, so a steady stream of requests allocates nothing.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use crate::framing::{FieldKind, Framing, RequestInfo, field_kind, list_elements};
+
+/// Does some Connection field name an option other than `close` / `keep-alive`?
+/// Only then must every other field be checked against it; usually none does.
+fn has_connection_options(headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .filter(|h| field_kind(h.name) == FieldKind::Connection)
+        .flat_map(|h| list_elements(h.value))
+        .any(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+}
+
+/// Is `name` listed as an option in any Connection field?
+fn named_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    crate::framing::named_by_connection(headers, name)
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Where the proxy is sending a request, for the fields it adds.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarding<'a> {
+    /// The client's address, appended to X-Forwarded-For.
+    pub client_ip: IpAddr,
+    /// Replace Host with this (`--rewrite-host`); `None` keeps the client's.
+    pub host: Option<&'a str>,
+}
+
+/// Write the request head sent to the backend. The request line keeps the client's
+/// method, target and version (a 1.0 request stays 1.0, so the backend will not
+/// answer it with chunked, which a 1.0 client could not read).
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    req: &httparse::Request<'_, '_>,
+    info: &RequestInfo,
+    fwd: Forwarding<'_>,
+) {
+    out.clear();
+    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+    out.extend_from_slice(if info.version == 0 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    let check_options = has_connection_options(req.headers);
+    let mut forwarded_for = false;
+    for h in req.headers.iter() {
+        match field_kind(h.name) {
+            FieldKind::Connection | FieldKind::HopByHop | FieldKind::ContentLength => {}
+            FieldKind::XForwardedProto => {}
+            FieldKind::XForwardedFor => forwarded_for = true,
+            FieldKind::Host if fwd.host.is_some() => {}
+            FieldKind::Host | FieldKind::TransferEncoding => {
+                put_field(out, h.name.as_bytes(), h.value)
+            }
+            FieldKind::Expect | FieldKind::Other => {
+                if !(check_options && named_in_connection(req.headers, h.name)) {
+                    put_field(out, h.name.as_bytes(), h.value);
+                }
+            }
+        }
+    }
+    if let Some(host) = fwd.host {
+        put_field(out, b"Host", host.as_bytes());
+    }
+    if let Framing::Length(n) = info.framing {
+        let _ = write!(out, "Content-Length: {n}\r\n");
+    }
+    if info.version == 0 {
+        // Ask a 1.0-speaking exchange to keep the backend connection open.
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if forwarded_for {
+        for h in req
+            .headers
+            .iter()
+            .filter(|h| field_kind(h.name) == FieldKind::XForwardedFor)
+        {
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    let _ = write!(out, "{}\r\n", fwd.client_ip);
+    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
+}
+
+/// How the client connection continues after a response, which decides the
+/// Connection field the proxy adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientConnection {
+    /// HTTP/1.1 persistent: no field needed.
+    KeepAlive11,
+    /// HTTP/1.0 client that asked for keep-alive: say yes explicitly.
+    KeepAlive10,
+    /// The proxy closes after this response.
+    Close,
+}
+
+/// Write the response head sent to the client: the proxy's own version, the
+/// backend's status and reason, its end-to-end fields, and our Connection field.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    resp: &httparse::Response<'_, '_>,
+    content_length: Option<u64>,
+    conn: ClientConnection,
+) {
+    let status = resp.code.unwrap_or(502);
+    let _ = write!(out, "HTTP/1.1 {status} ");
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let check_options = has_connection_options(resp.headers);
+    for h in resp.headers.iter() {
+        match field_kind(h.name) {
+            FieldKind::Connection | FieldKind::HopByHop | FieldKind::ContentLength => {}
+            _ => {
+                if !(check_options && named_in_connection(resp.headers, h.name)) {
+                    put_field(out, h.name.as_bytes(), h.value);
+                }
+            }
+        }
+    }
+    if let Some(n) = content_length {
+        let _ = write!(out, "Content-Length: {n}\r\n");
+    }
+    match conn {
+        ClientConnection::KeepAlive11 => {}
+        ClientConnection::KeepAlive10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        ClientConnection::Close => out.extend_from_slice(b"Connection: close\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The Content-Length of a response head (already validated by `analyze_response`).
+pub fn response_content_length(resp: &httparse::Response<'_, '_>) -> Option<u64> {
+    resp.headers
+        .iter()
+        .find(|h| field_kind(h.name) == FieldKind::ContentLength)
+        .and_then(|h| crate::framing::parse_content_length(h.value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::analyze_request;
+
+    fn rewrite(raw: &[u8], host: Option<&str>) -> String {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(raw).unwrap().is_complete());
+        let info = analyze_request(&req).unwrap();
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            client_ip: "10.1.2.3".parse().unwrap(),
+            host,
+        };
+        write_request_head(&mut out, &req, &info, fwd);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_adds_forwarding() {
+        let out = rewrite(
+            b"GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: websocket\r\nProxy-Connection: x\r\nTrailer: y\r\nAccept: */*\r\nX-Forwarded-Proto: https\r\n\r\n",
+            None,
+        );
+        assert_eq!(
+            out,
+            "GET /a?b HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn appends_to_existing_forwarded_for_and_rewrites_host() {
+        let out = rewrite(
+            b"POST / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nContent-Length: 3, 3\r\n\r\n",
+            Some("backend:81"),
+        );
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: backend:81\r\nContent-Length: 3\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn http10_keeps_version_and_asks_for_keep_alive() {
+        let out = rewrite(b"GET / HTTP/1.0\r\n\r\n", None);
+        assert_eq!(
+            out,
+            "GET / HTTP/1.0\r\nConnection: keep-alive\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_head_strips_and_sets_connection() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nContent-Length: 2\r\nServer: s\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        assert!(resp.parse(raw).unwrap().is_complete());
+        let mut out = Vec::new();
+        write_response_head(
+            &mut out,
+            &resp,
+            response_content_length(&resp),
+            ClientConnection::KeepAlive10,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
+        );
+    }
+}
