@@ -133,7 +133,7 @@ mod tests {
 
     #[test]
     fn pool_reuses_and_bounds() {
-        let mut p: Pool<Vec<u8>> = Pool::new(4, 1, |n| Vec::with_capacity(n));
+        let mut p: Pool<Vec<u8>> = Pool::new(4, 1, Vec::with_capacity);
         let a = p.take();
         let b = p.take();
         p.give(a);

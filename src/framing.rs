@@ -84,6 +84,10 @@ pub struct RequestInfo {
     pub expect_continue: bool,
 }
 
+/// A response head that cannot be relayed safely; the proxy answers 502 instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadResponse;
+
 /// What the proxy needs to know about a valid response head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponseInfo {
@@ -309,11 +313,11 @@ pub fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, R
 pub fn analyze_response(
     resp: &httparse::Response<'_, '_>,
     request_is_head: bool,
-) -> Result<ResponseInfo, ()> {
-    let version = resp.version.ok_or(())?;
-    let status = resp.code.ok_or(())?;
+) -> Result<ResponseInfo, BadResponse> {
+    let version = resp.version.ok_or(BadResponse)?;
+    let status = resp.code.ok_or(BadResponse)?;
     if !(100..=999).contains(&status) {
-        return Err(());
+        return Err(BadResponse);
     }
     let mut content_length: Option<u64> = None;
     let mut codings = Codings::default();
@@ -322,9 +326,9 @@ pub fn analyze_response(
     for h in resp.headers.iter() {
         match field_kind(h.name) {
             FieldKind::ContentLength => {
-                let n = parse_content_length(h.value).ok_or(())?;
+                let n = parse_content_length(h.value).ok_or(BadResponse)?;
                 if content_length.is_some_and(|prev| prev != n) {
-                    return Err(());
+                    return Err(BadResponse);
                 }
                 content_length = Some(n);
             }
@@ -341,7 +345,7 @@ pub fn analyze_response(
     // Both framing headers at once "ought to be handled as an error" (§6.3 item 3);
     // a proxy that guessed would open the door to response splitting.
     if codings.present && (content_length.is_some() || version == 0 || codings.chunked > 1) {
-        return Err(());
+        return Err(BadResponse);
     }
     let bodiless =
         request_is_head || (100..200).contains(&status) || status == 204 || status == 304;
@@ -472,12 +476,12 @@ mod tests {
         }
     }
 
-    fn response(raw: &[u8], head: bool) -> Result<ResponseInfo, ()> {
+    fn response(raw: &[u8], head: bool) -> Result<ResponseInfo, BadResponse> {
         let mut headers = [httparse::EMPTY_HEADER; 100];
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(raw) {
             Ok(httparse::Status::Complete(_)) => analyze_response(&resp, head),
-            _ => Err(()),
+            _ => Err(BadResponse),
         }
     }
 
@@ -629,7 +633,7 @@ mod tests {
         ] {
             assert_eq!(
                 response(raw, false),
-                Err(()),
+                Err(BadResponse),
                 "{:?}",
                 String::from_utf8_lossy(raw)
             );

@@ -115,7 +115,7 @@ enum Route {
     Size(u64),
     Status(u16),
     Echo,
-    BadRoute,
+    Invalid,
 }
 
 fn route(path: &str) -> Route {
@@ -123,11 +123,11 @@ fn route(path: &str) -> Route {
     if path == "/echo" {
         Route::Echo
     } else if let Some(n) = path.strip_prefix("/size/") {
-        n.parse().map_or(Route::BadRoute, Route::Size)
+        n.parse().map_or(Route::Invalid, Route::Size)
     } else if let Some(code) = path.strip_prefix("/status/") {
         match code.parse::<u16>() {
             Ok(c) if (200..=599).contains(&c) => Route::Status(c),
-            _ => Route::BadRoute,
+            _ => Route::Invalid,
         }
     } else {
         Route::Hello
@@ -214,10 +214,10 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
                         Err(_) => break,
                     }
                 }
-            } else if let Some(conn) = conns.get_mut(t.0) {
-                if !serve(conn, &body, counters) {
-                    conns.remove(t.0);
-                }
+            } else if let Some(conn) = conns.get_mut(t.0)
+                && !serve(conn, &body, counters)
+            {
+                conns.remove(t.0);
             }
         }
     }
@@ -384,7 +384,7 @@ fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> 
             let text = format!("status {code}\n");
             respond(c, code, head_only, text.as_bytes(), close, v)
         }
-        Route::BadRoute => respond(c, 400, head_only, b"bad route\n", close, v),
+        Route::Invalid => respond(c, 400, head_only, b"bad route\n", close, v),
         Route::Size(n) => {
             write_head(c, 200, Some(n), close, v);
             if !head_only {
@@ -440,9 +440,9 @@ mod tests {
         assert_eq!(route("/"), Route::Hello);
         assert_eq!(route("/anything?x=1"), Route::Hello);
         assert_eq!(route("/size/10"), Route::Size(10));
-        assert_eq!(route("/size/x"), Route::BadRoute);
+        assert_eq!(route("/size/x"), Route::Invalid);
         assert_eq!(route("/status/204"), Route::Status(204));
-        assert_eq!(route("/status/100"), Route::BadRoute);
+        assert_eq!(route("/status/100"), Route::Invalid);
         assert_eq!(route("/echo"), Route::Echo);
     }
 

@@ -379,10 +379,10 @@ impl Worker {
         let mut next_sweep = w.now + SWEEP_INTERVAL;
         loop {
             let timeout = next_sweep.saturating_duration_since(w.now);
-            if let Err(e) = w.ctx.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
+            if let Err(e) = w.ctx.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e);
             }
             w.now = Instant::now();
             for ev in events.iter() {
@@ -586,6 +586,7 @@ impl Worker {
             Fail::Retry => {
                 let c = &mut self.clients[ck];
                 c.retried = true;
+                c.req_done = false;
                 if let Some(uk) = c.upstream.take() {
                     self.upstreams.remove(uk);
                 }
@@ -622,12 +623,12 @@ impl Worker {
             c.bufs = Some(self.bufs.take());
         }
         let bufs = c.bufs.as_mut().expect("buffers were just ensured");
-        if !bufs.req.is_empty() {
-            if let Some((n, info, backend)) = parse_request_head(bufs, c.ip, &self.shared)? {
-                bufs.req.consume(n);
-                self.start_exchange(ck, info, backend)?;
-                return Ok(true);
-            }
+        if !bufs.req.is_empty()
+            && let Some((n, info, backend)) = parse_request_head(bufs, c.ip, &self.shared)?
+        {
+            bufs.req.consume(n);
+            self.start_exchange(ck, info, backend)?;
+            return Ok(true);
         }
         if c.eof {
             // End of stream between requests, or in the middle of a head.

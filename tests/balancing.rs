@@ -1,0 +1,156 @@
+//! Round-robin, keep-alive reuse on both sides, pipelining, concurrency, and the
+//! spread of connections over workers.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use common::*;
+
+fn backend_names(proxy: SocketAddr, n: usize) -> Vec<String> {
+    let mut r = Reader::new(connect(proxy));
+    (0..n)
+        .map(|_| {
+            r.stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            let resp = r.response();
+            assert_eq!(resp.status, 200);
+            resp.text()
+        })
+        .collect()
+}
+
+#[test]
+fn round_robin_is_exact_over_two_and_three_backends() {
+    for n in [2, 3] {
+        let origins = origins(n);
+        let addrs: Vec<_> = origins.iter().map(|o| o.local_addr()).collect();
+        let proxy = proxy_for(&addrs, 2);
+        let names = backend_names(proxy.local_addrs()[0], 4 * n);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(
+                name,
+                &format!("backend {}\n", addrs[i % n]),
+                "request {i} of {names:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn keep_alive_reuses_connections_on_both_sides() {
+    let origins = origins(2);
+    let addrs: Vec<_> = origins.iter().map(|o| o.local_addr()).collect();
+    let proxy = proxy_for(&addrs, 1);
+    let names = backend_names(proxy.local_addrs()[0], 200);
+    assert_eq!(names.len(), 200);
+    let backend_conns: u64 = origins.iter().map(|o| o.connections()).sum();
+    let backend_reqs: u64 = origins.iter().map(|o| o.requests()).sum();
+    assert_eq!(backend_reqs, 200);
+    assert!(
+        backend_conns <= 4,
+        "200 requests over one client connection used {backend_conns} backend connections"
+    );
+    assert_eq!(
+        proxy.counts()[0].accepted,
+        1,
+        "the client connection was reused"
+    );
+}
+
+#[test]
+fn ten_pipelined_requests_in_one_write_are_answered_in_order() {
+    let origins = origins(2);
+    let addrs: Vec<_> = origins.iter().map(|o| o.local_addr()).collect();
+    let proxy = proxy_for(&addrs, 1);
+    let mut batch = Vec::new();
+    for i in 1..=10 {
+        batch.extend_from_slice(format!("GET /size/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(&batch).unwrap();
+    let mut r = Reader::new(s);
+    for i in 1..=10 {
+        let resp = r.response();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body.len(), i, "response {i} out of order");
+    }
+}
+
+#[test]
+fn pipelined_requests_then_half_close_are_all_answered() {
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 1);
+    let mut s = connect(proxy.local_addrs()[0]);
+    let mut batch = Vec::new();
+    for i in 1..=5 {
+        batch.extend_from_slice(format!("GET /size/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    s.write_all(&batch).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut r = Reader::new(s);
+    for i in 1..=5 {
+        assert_eq!(r.response().body.len(), i);
+    }
+    r.expect_closed();
+}
+
+#[test]
+fn two_hundred_clients_times_two_hundred_requests_all_match() {
+    let origins = origins(2);
+    let addrs: Vec<_> = origins.iter().map(|o| o.local_addr()).collect();
+    let proxy = proxy_for(&addrs, 2);
+    let addr = proxy.local_addrs()[0];
+    let threads: Vec<_> = (0..200)
+        .map(|client| {
+            std::thread::spawn(move || {
+                let mut r = Reader::new(connect(addr));
+                for i in 0..200 {
+                    let tag = format!("c{client}-r{i}");
+                    r.stream
+                        .write_all(
+                            format!("GET /echo?{tag} HTTP/1.1\r\nHost: t\r\nX-Tag: {tag}\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .unwrap();
+                    let resp = r.response();
+                    assert_eq!(resp.status, 200);
+                    let text = resp.text();
+                    assert!(
+                        text.starts_with(&format!("GET /echo?{tag} HTTP/1.1\r\n")),
+                        "{tag} got {text}"
+                    );
+                    assert!(
+                        text.contains(&format!("X-Tag: {tag}\r\n")),
+                        "{tag} got {text}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let total: u64 = proxy.counts().iter().map(|c| c.requests).sum();
+    assert_eq!(total, 40_000);
+}
+
+#[test]
+fn two_workers_share_the_connections() {
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 2);
+    let addr = proxy.local_addrs()[0];
+    // SO_REUSEPORT hashes each connection's 4-tuple; with 200 connections the
+    // chance that one worker gets none is 2^-199.
+    for _ in 0..200 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+    let counts = proxy.counts();
+    assert_eq!(counts.len(), 2);
+    assert_eq!(counts.iter().map(|c| c.accepted).sum::<u64>(), 200);
+    for (i, c) in counts.iter().enumerate() {
+        assert!(c.accepted > 0, "worker {i} accepted nothing: {counts:?}");
+    }
+}

@@ -1,0 +1,238 @@
+//! The `corelb` binary: bad input is one line on stderr and exit code 2; `serve`,
+//! `backend` and `demo` start, answer, and stop cleanly on a signal.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_corelb");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("corelb {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_usage_error(args: &[&str], mentions: &str) {
+    let (code, _, err) = run(args);
+    assert_eq!(code, 2, "corelb {args:?}: stderr {err:?}");
+    assert_eq!(err.lines().count(), 1, "corelb {args:?}: stderr {err:?}");
+    assert!(
+        err.contains(mentions),
+        "corelb {args:?}: {err:?} does not mention {mentions}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_code_2() {
+    assert_usage_error(&["serve"], "--backend");
+    assert_usage_error(&["serve", "--backend", "nonsense"], "--backend");
+    assert_usage_error(
+        &["serve", "--backend", "https://127.0.0.1:9000"],
+        "--backend",
+    );
+    assert_usage_error(&["serve", "--backend", "127.0.0.1:0"], "--backend");
+    assert_usage_error(&["serve", "--backend", "127.0.0.1:99999"], "--backend");
+    assert_usage_error(
+        &[
+            "serve",
+            "--backend",
+            "127.0.0.1:9000",
+            "--listen",
+            "nowhere",
+        ],
+        "--listen",
+    );
+    assert_usage_error(
+        &[
+            "serve",
+            "--backend",
+            "127.0.0.1:9000",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "--listen",
+    );
+    assert_usage_error(
+        &["serve", "--backend", "127.0.0.1:9000", "--workers", "0"],
+        "--workers",
+    );
+    assert_usage_error(
+        &["serve", "--backend", "127.0.0.1:9000", "--workers", "many"],
+        "--workers",
+    );
+    assert_usage_error(
+        &[
+            "serve",
+            "--backend",
+            "127.0.0.1:9000",
+            "--max-header-bytes",
+            "10",
+        ],
+        "--max-header-bytes",
+    );
+    assert_usage_error(
+        &["serve", "--backend", "127.0.0.1:9000", "--frobnicate"],
+        "--frobnicate",
+    );
+    assert_usage_error(&["backend"], "--listen");
+    assert_usage_error(&["launch"], "launch");
+    assert_usage_error(&[], "");
+}
+
+#[test]
+fn address_in_use_is_exit_code_2() {
+    let taken = TcpListener::bind(loopback()).unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_usage_error(
+        &["serve", "--backend", "127.0.0.1:9000", "--listen", &addr],
+        "in use",
+    );
+    assert_usage_error(&["backend", "--listen", &addr], "in use");
+    assert_usage_error(&["demo", "--listen", &addr], "in use");
+}
+
+#[test]
+fn help_goes_to_stdout_with_exit_code_0() {
+    let (code, out, _) = run(&["serve", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("--backend") && out.contains("--rewrite-host"),
+        "{out}"
+    );
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind(loopback()).unwrap().local_addr().unwrap()
+}
+
+/// Start the binary and wait until `addr` accepts connections.
+fn start(args: &[&str], addr: SocketAddr) -> Child {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "corelb {args:?} never listened on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Send `signal`, then expect a clean exit with code 0.
+fn stop(mut child: Child, signal: &str) -> std::process::Output {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("corelb did not stop on {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn serve_and_backend_run_and_stop_on_sigterm() {
+    let origin_addr = free_port();
+    let origin = start(
+        &[
+            "backend",
+            "--listen",
+            &origin_addr.to_string(),
+            "--body",
+            "hi there",
+        ],
+        origin_addr,
+    );
+    let proxy_addr = free_port();
+    let proxy = start(
+        &[
+            "serve",
+            "--backend",
+            &format!("http://{origin_addr}"),
+            "--listen",
+            &proxy_addr.to_string(),
+            "--workers",
+            "2",
+        ],
+        proxy_addr,
+    );
+    let resp = get(proxy_addr, "/");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "hi there");
+    let out = stop(proxy, "-TERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("worker 0:") && err.contains("worker 1:"),
+        "{err}"
+    );
+    stop(origin, "-TERM");
+}
+
+#[test]
+fn demo_alternates_backends_and_stops_on_ctrl_c() {
+    let addr = free_port();
+    let mut child = start(&["demo", "--listen", &addr.to_string()], addr);
+    let mut banner = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    while !banner.contains("Ctrl-C") {
+        assert!(
+            stdout.read_line(&mut banner).unwrap() > 0,
+            "banner ended early: {banner}"
+        );
+    }
+    assert!(
+        banner.contains("curl") && banner.contains("wrk"),
+        "{banner}"
+    );
+    let names: Vec<String> = (0..4).map(|_| get(addr, "/").text()).collect();
+    assert_ne!(names[0], names[1]);
+    assert_eq!(names[0], names[2]);
+    assert_eq!(names[1], names[3]);
+    let out = stop(child, "-INT");
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -1,0 +1,292 @@
+//! Test helpers: start origins and proxies in-process on 127.0.0.1:0, talk raw HTTP
+//! over std sockets with timeouts, and run scripted backends that misbehave on purpose.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use corelb::framing::{BodyScanner, Framing, analyze_response};
+use corelb::{Backend, Origin, Proxy, ProxyConfig};
+
+/// Every socket operation in a test gives up after this long.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn loopback() -> SocketAddr {
+    ([127, 0, 0, 1], 0).into()
+}
+
+pub fn origins(n: usize) -> Vec<Origin> {
+    (0..n)
+        .map(|_| Origin::start(loopback(), 1, None).expect("origin starts"))
+        .collect()
+}
+
+pub fn backend_of(addr: SocketAddr) -> Backend {
+    Backend {
+        addr,
+        authority: addr.to_string(),
+    }
+}
+
+pub fn proxy_for(addrs: &[SocketAddr], workers: usize) -> Proxy {
+    proxy_with(addrs, |c| c.workers = workers)
+}
+
+pub fn proxy_with(addrs: &[SocketAddr], tweak: impl FnOnce(&mut ProxyConfig)) -> Proxy {
+    let mut cfg = ProxyConfig::new(
+        vec![loopback()],
+        addrs.iter().map(|&a| backend_of(a)).collect(),
+    );
+    cfg.workers = 1;
+    tweak(&mut cfg);
+    Proxy::start(cfg).expect("proxy starts")
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// One response as read off the wire.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.split("\r\n").skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads responses from a stream, keeping bytes that arrive beyond one response.
+pub struct Reader {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    pub fn new(stream: TcpStream) -> Reader {
+        Reader {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!("read failed (timeout means the proxy hung): {e}"),
+        }
+    }
+
+    /// Read exactly one response (framing per RFC 9112; `head_request` for HEAD).
+    /// The body is kept unless `discard_body`, in which case only its length is
+    /// checked and `body` holds nothing.
+    pub fn response_opts(
+        &mut self,
+        head_request: bool,
+        discard_body: bool,
+    ) -> Option<(Response, u64)> {
+        let (status, head, framing) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 100];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp
+                .parse(&self.buf)
+                .expect("proxy sent a malformed response head")
+            {
+                httparse::Status::Complete(n) => {
+                    let info =
+                        analyze_response(&resp, head_request).expect("proxy sent bad framing");
+                    let head = String::from_utf8_lossy(&self.buf[..n]).into_owned();
+                    self.buf.drain(..n);
+                    break (info.status, head, info.framing);
+                }
+                httparse::Status::Partial => {
+                    if self.fill() == 0 {
+                        assert!(
+                            self.buf.is_empty(),
+                            "connection closed inside a response head"
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let mut scanner = BodyScanner::new(framing);
+        let mut body = Vec::new();
+        let mut length = 0u64;
+        loop {
+            let n = scanner
+                .scan(&self.buf)
+                .expect("proxy sent a bad chunked body");
+            length += n as u64;
+            if !discard_body {
+                body.extend_from_slice(&self.buf[..n]);
+            }
+            self.buf.drain(..n);
+            if scanner.is_done() {
+                break;
+            }
+            if self.fill() == 0 {
+                assert_eq!(
+                    framing,
+                    Framing::UntilClose,
+                    "connection closed inside a body"
+                );
+                break;
+            }
+        }
+        let resp = Response { status, head, body };
+        if (100..200).contains(&status) {
+            return self.response_opts(head_request, discard_body);
+        }
+        Some((resp, length))
+    }
+
+    pub fn response(&mut self) -> Response {
+        self.response_opts(false, false).expect("a response").0
+    }
+
+    /// After a response that ends the connection: nothing more arrives, then EOF.
+    pub fn expect_closed(&mut self) {
+        assert!(
+            self.buf.is_empty(),
+            "unexpected bytes after the response: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        let n = self.fill();
+        assert_eq!(
+            n,
+            0,
+            "expected the connection to close, got {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+    }
+}
+
+/// Send a raw request on a new connection and read one response.
+pub fn roundtrip(proxy: SocketAddr, raw: &[u8]) -> (Response, Reader) {
+    let mut s = connect(proxy);
+    s.write_all(raw).unwrap();
+    let mut r = Reader::new(s);
+    let resp = r.response();
+    (resp, r)
+}
+
+pub fn get(proxy: SocketAddr, path: &str) -> Response {
+    roundtrip(
+        proxy,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .0
+}
+
+/// A backend whose every connection is handled by `script`, in its own thread.
+/// Counts connections; stops when dropped.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Scripted {
+    pub fn start(script: impl Fn(TcpStream, usize) + Send + Sync + 'static) -> Scripted {
+        let listener = TcpListener::bind(loopback()).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, s) = (Arc::clone(&connections), Arc::clone(&stop));
+        let script = Arc::new(script);
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                        let n = c.fetch_add(1, Ordering::SeqCst);
+                        let script = Arc::clone(&script);
+                        std::thread::spawn(move || script(stream, n));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Scripted {
+            addr,
+            connections,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Read one request head (up to the empty line) from a scripted backend's stream.
+pub fn read_head(s: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Write then close our side and wait for the peer to close, so no reset is sent.
+pub fn write_and_close(mut s: TcpStream, bytes: &[u8]) {
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 1024];
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while Instant::now() < deadline {
+        match s.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Resident memory of this process, in KiB (Linux).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}

@@ -1,0 +1,309 @@
+//! Every refusal: the status on the wire, the connection closed after it, and
+//! nothing of the bad request forwarded. Then backends that fail: 502, never a hang.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Send `raw`, expect `status`, a closed connection, and no request at the backend.
+fn assert_rejected(raw: &[u8], status: u16) {
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 1);
+    let (resp, mut r) = roundtrip(proxy.local_addrs()[0], raw);
+    let shown = String::from_utf8_lossy(raw);
+    assert_eq!(resp.status, status, "{shown:?}");
+    assert_eq!(
+        resp.header("connection").as_deref(),
+        Some("close"),
+        "{shown:?}"
+    );
+    assert!(resp.header("content-length").is_some(), "{shown:?}");
+    assert!(!resp.body.is_empty(), "{shown:?}");
+    r.expect_closed();
+    assert_eq!(origins[0].connections(), 0, "{shown:?} reached the backend");
+}
+
+#[test]
+fn ambiguous_framing_is_400() {
+    let cases: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 0x3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3 3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n",
+    ];
+    for raw in cases {
+        assert_rejected(raw, 400);
+    }
+}
+
+#[test]
+fn malformed_heads_are_400() {
+    let cases: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : t\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: t\n\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nX: a\rb\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\n folded: x\r\n\r\n",
+        b"GET /\x7f HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"G(T / HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET / HTTX/1.1\r\nHost: t\r\n\r\n",
+    ];
+    for raw in cases {
+        assert_rejected(raw, 400);
+    }
+}
+
+#[test]
+fn bad_chunked_body_is_400_and_the_backend_connection_dropped() {
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 1);
+    let (resp, mut r) = roundtrip(
+        proxy.local_addrs()[0],
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(resp.status, 400);
+    r.expect_closed();
+    assert_eq!(
+        origins[0].requests(),
+        0,
+        "the backend answered a request with a broken body"
+    );
+}
+
+#[test]
+fn unknown_coding_and_connect_are_501() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: pigeons, chunked\r\n\r\n0\r\n\r\n",
+        501,
+    );
+    assert_rejected(
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        501,
+    );
+}
+
+#[test]
+fn other_http_versions_are_505() {
+    assert_rejected(b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505);
+    assert_rejected(b"GET / HTTP/1.2\r\nHost: t\r\n\r\n", 505);
+}
+
+#[test]
+fn oversized_heads_are_431() {
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_rejected(long.as_bytes(), 431);
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: t\r\n");
+    for i in 0..101 {
+        many.push_str(&format!("X-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_rejected(many.as_bytes(), 431);
+    // A head over the limit that never ends is refused without waiting for the end.
+    let endless = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Long: {}",
+        "a".repeat(20_000)
+    );
+    assert_rejected(endless.as_bytes(), 431);
+}
+
+#[test]
+fn max_header_bytes_is_configurable() {
+    let origins = origins(1);
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| c.max_header_bytes = 2048);
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(3000)
+    );
+    let (resp, _) = roundtrip(proxy.local_addrs()[0], head.as_bytes());
+    assert_eq!(resp.status, 431);
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(1500)
+    );
+    let (resp, _) = roundtrip(proxy.local_addrs()[0], head.as_bytes());
+    assert_eq!(resp.status, 200);
+}
+
+#[test]
+fn nothing_after_a_bad_request_is_forwarded() {
+    assert_rejected(
+        b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1, 2\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+        400,
+    );
+}
+
+fn closed_port() -> std::net::SocketAddr {
+    let l = TcpListener::bind(loopback()).unwrap();
+    l.local_addr().unwrap()
+}
+
+#[test]
+fn unreachable_backend_is_502_quickly() {
+    let proxy = proxy_for(&[closed_port()], 1);
+    let start = Instant::now();
+    let (resp, mut r) = roundtrip(proxy.local_addrs()[0], b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.status, 502);
+    r.expect_closed();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "502 took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn backend_reset_before_any_byte_is_502() {
+    let backend = Scripted::start(|mut s, _| {
+        let _ = read_head(&mut s);
+        // SO_LINGER 0: close sends a reset instead of a FIN.
+        let sock = socket2::SockRef::from(&s);
+        let _ = sock.set_linger(Some(Duration::ZERO));
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let (resp, mut r) = roundtrip(proxy.local_addrs()[0], b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.status, 502);
+    r.expect_closed();
+}
+
+#[test]
+fn backend_closing_without_answer_is_502() {
+    let backend = Scripted::start(|mut s, _| {
+        if read_head(&mut s).is_some() {
+            write_and_close(s, b"");
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let (resp, _) = roundtrip(proxy.local_addrs()[0], b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.status, 502);
+}
+
+#[test]
+fn malformed_backend_responses_are_502() {
+    let answers: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n",
+    ];
+    for answer in answers {
+        let answer = answer.to_vec();
+        let backend = Scripted::start(move |mut s, _| {
+            if read_head(&mut s).is_some() {
+                write_and_close(s, &answer);
+            }
+        });
+        let proxy = proxy_for(&[backend.addr], 1);
+        let (resp, mut r) = roundtrip(proxy.local_addrs()[0], b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(
+            resp.status,
+            502,
+            "{:?}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        r.expect_closed();
+    }
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_once_on_a_fresh_one() {
+    // First connection: answers one request, then closes when the second arrives
+    // without answering it (a keep-alive race the proxy cannot see coming).
+    let backend = Scripted::start(|mut s, n| {
+        if n == 0 {
+            if read_head(&mut s).is_some() {
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                    .unwrap();
+            }
+            let _ = read_head(&mut s);
+            let sock = socket2::SockRef::from(&s);
+            let _ = sock.set_linger(Some(Duration::ZERO));
+        } else {
+            while read_head(&mut s).is_some() {
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+                    .unwrap();
+            }
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut r = Reader::new(connect(proxy.local_addrs()[0]));
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().text(), "first");
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let resp = r.response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "fresh");
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn backend_closing_mid_body_closes_the_client() {
+    let backend = Scripted::start(|mut s, _| {
+        if read_head(&mut s).is_some() {
+            write_and_close(
+                s,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part",
+            );
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let mut buf = [0u8; 1024];
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        assert!(Instant::now() < deadline);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("only part"), "{text}");
+}
+
+#[test]
+fn one_bad_client_does_not_affect_another() {
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 1);
+    let addr = proxy.local_addrs()[0];
+    let mut good = Reader::new(connect(addr));
+    good.stream
+        .write_all(b"GET /size/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(good.response().status, 200);
+    let (bad, _) = roundtrip(addr, b"\x00\x01\x02garbage\r\n\r\n");
+    assert_eq!(bad.status, 400);
+    good.stream
+        .write_all(b"GET /size/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(good.response().text(), "ab");
+}
