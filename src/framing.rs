@@ -241,6 +241,14 @@ fn is_known_coding(element: &[u8]) -> bool {
 pub fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, Reject> {
     let version = req.version.ok_or(Reject::BadRequest)?;
     let method = req.method.ok_or(Reject::BadRequest)?;
+    // RFC 9112 §3.2: the target is ASCII (RFC 3986); httparse also lets raw UTF-8
+    // through, which backends decode in different ways.
+    if !req
+        .path
+        .is_some_and(|p| p.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(Reject::BadRequest);
+    }
     if method == "CONNECT" {
         // Tunnelling is not implemented.
         return Err(Reject::NotImplemented);
@@ -544,6 +552,7 @@ mod tests {
             (b"GET / HTXP/1.1\r\nHost: a\r\n\r\n", BadRequest),
             (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", BadRequest),
             (b"GET / HTTP/1.1\r\nHo\x01st: a\r\n\r\n", BadRequest),
+            ("GET /\u{3b4} HTTP/1.1\r\nHost: a\r\n\r\n".as_bytes(), BadRequest),
         ];
         for (raw, reject) in bad {
             assert_eq!(

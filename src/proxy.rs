@@ -562,10 +562,14 @@ impl Worker {
             Fail::Reject(reject) => {
                 let now = self.now;
                 let c = &mut self.clients[ck];
-                if c.resp == RespState::Body
-                    || c.phase == Phase::Closing
-                    || c.phase == Phase::Draining
-                {
+                // The final head may be queued but, while not one byte of it is out,
+                // the client can still get an error response instead.
+                let final_head_unsent = c
+                    .bufs
+                    .as_ref()
+                    .is_some_and(|b| b.resp_head_sent == 0 && !b.resp_head.is_empty());
+                let started = c.resp == RespState::Body && !final_head_unsent;
+                if started || c.phase == Phase::Closing || c.phase == Phase::Draining {
                     // Part of a response is already out: closing is the only signal left.
                     self.close_client(ck);
                     return false;
@@ -770,10 +774,6 @@ impl Worker {
                 Ok(ReadOutcome::Data) => progress = true,
                 Ok(ReadOutcome::Eof) => {
                     c.eof = true;
-                    if !c.req_done && !c.req_body.is_done() {
-                        // The client gave up in the middle of its request body.
-                        return Err(Fail::Close);
-                    }
                     progress = true;
                 }
                 Ok(ReadOutcome::Blocked) => {}
@@ -787,6 +787,11 @@ impl Worker {
                 .map_err(|_| Fail::Reject(Reject::BadRequest))?;
             c.req_pending += n;
             progress |= n > 0;
+        }
+        if c.eof && !c.req_body.is_done() {
+            // Everything buffered is scanned and the body is still short: the client
+            // gave up in the middle of its request.
+            return Err(Fail::Close);
         }
 
         // Buffer -> backend: the rewritten head, then body bytes as they are known.
@@ -860,7 +865,7 @@ impl Worker {
             let n = c
                 .resp_body
                 .scan(&bufs.resp.filled()[c.resp_pending..])
-                .map_err(|_| Fail::Close)?;
+                .map_err(|_| Fail::Reject(Reject::BadGateway))?;
             c.resp_pending += n;
             progress |= n > 0;
         }

@@ -283,3 +283,20 @@ fn host_is_kept_unless_rewrite_host() {
         resp.text()
     );
 }
+
+#[test]
+fn request_with_body_then_half_close_is_answered() {
+    // The proxy may read head, body and end of stream in one go: the body must be
+    // forwarded before the end of stream is judged.
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 1);
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nq=42")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut r = Reader::new(s);
+    let resp = r.response();
+    assert_eq!(resp.status, 200);
+    assert!(resp.text().ends_with("\r\n\r\nq=42"), "{}", resp.text());
+    r.expect_closed();
+}
