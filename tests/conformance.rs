@@ -279,7 +279,10 @@ fn statuses(mut bytes: &[u8], head_request: bool) -> (Vec<u16>, Option<u16>) {
 }
 
 /// A backend that records (method, target) of every complete request and answers 200.
-fn recording_backend() -> (Scripted, Arc<Mutex<Vec<(String, String)>>>) {
+/// (method, target) of each request a backend received, in order.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+fn recording_backend() -> (Scripted, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     let backend = Scripted::start(move |mut s, _| {
