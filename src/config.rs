@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 /// Default for `--max-header-bytes`.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -22,6 +23,55 @@ pub struct Backend {
     pub authority: String,
 }
 
+/// How long the proxy waits before giving up on a peer. Not on the command line
+/// yet; the defaults follow common proxy practice (nginx, HAProxy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// An idle keep-alive client is closed silently.
+    pub idle: Duration,
+    /// A client must complete its request head this long after its first byte: 408.
+    pub header: Duration,
+    /// A new backend connection must be established: 504.
+    pub connect: Duration,
+    /// An exchange may make no progress at all for this long: 504 if no response
+    /// has started, else the connection is closed.
+    pub exchange: Duration,
+    /// A closing client may keep sending this long before we close anyway.
+    pub linger: Duration,
+    /// Idle pooled backend connections are closed after this long.
+    pub upstream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            idle: Duration::from_secs(60),
+            header: Duration::from_secs(30),
+            connect: Duration::from_secs(5),
+            exchange: Duration::from_secs(60),
+            linger: Duration::from_secs(5),
+            upstream_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The shortest of them: timers are checked several times within it.
+    pub fn shortest(&self) -> Duration {
+        [
+            self.idle,
+            self.header,
+            self.connect,
+            self.exchange,
+            self.linger,
+            self.upstream_idle,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(1))
+    }
+}
+
 /// Everything a proxy needs to start.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
@@ -32,6 +82,7 @@ pub struct ProxyConfig {
     pub workers: usize,
     pub max_header_bytes: usize,
     pub rewrite_host: bool,
+    pub timeouts: Timeouts,
 }
 
 impl ProxyConfig {
@@ -43,6 +94,7 @@ impl ProxyConfig {
             workers: available_cores(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             rewrite_host: false,
+            timeouts: Timeouts::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! tests and benchmarks can start a proxy and origins in-process; the binary is a
 //! thin CLI over it.
 
+pub mod balance;
 pub mod buffer;
 pub mod chunked;
 pub mod config;

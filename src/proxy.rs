@@ -20,15 +20,16 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 
+use crate::balance::{Padded, RoundRobin};
 use crate::buffer::{Buf, Pool};
-use crate::config::{Backend, ProxyConfig};
+use crate::config::{Backend, ProxyConfig, Timeouts};
 use crate::framing::{
     BodyScanner, Framing, Reject, RequestInfo, analyze_request, analyze_response,
     classify_parse_error, has_bare_lf,
@@ -40,31 +41,14 @@ use crate::rewrite::{self, ClientConnection, Forwarding};
 pub const MAX_HEADERS: usize = 100;
 /// Smallest per-direction buffer; bigger heads limits get bigger buffers.
 const MIN_BUF_SIZE: usize = 32 * 1024;
-/// An idle keep-alive client is closed after this long.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A client must finish its request head this long after its first byte (else 408).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// A new backend connection must be established this fast (else 504).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// An exchange may make no progress at all for this long (else 504, or close).
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a closing client may keep sending before we close anyway.
-const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most bytes discarded from a closing client.
 const MAX_DRAIN_BYTES: usize = 1 << 20;
-/// Idle backend connections are closed after this long.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most idle connections kept per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 256;
-/// How often timers are checked.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest gap between timer checks (shorter when a timeout is shorter).
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Buffer sets kept for reuse per worker.
 const MAX_FREE_BUFS: usize = 1024;
-
-/// A counter on its own cache line, so two workers' counters never share one.
-#[repr(align(128))]
-#[derive(Default)]
-struct Padded<T>(T);
 
 /// Per-worker counters, written by their worker only and read by anyone.
 #[derive(Default)]
@@ -76,17 +60,11 @@ pub struct WorkerStats {
 /// What every worker reads: the backend set and the round-robin counter.
 struct Shared {
     backends: Vec<Backend>,
-    next_backend: Padded<AtomicUsize>,
+    selector: RoundRobin,
     stats: Vec<Padded<WorkerStats>>,
     max_header_bytes: usize,
     rewrite_host: bool,
-}
-
-impl Shared {
-    /// Round-robin across all workers: one atomic add per request.
-    fn pick_backend(&self) -> usize {
-        self.next_backend.0.fetch_add(1, Ordering::Relaxed) % self.backends.len()
-    }
+    timeouts: Timeouts,
 }
 
 /// A snapshot of one worker's counters.
@@ -113,11 +91,12 @@ impl Proxy {
         let workers = config.workers.max(1);
         let (addrs, listeners) = net::bind_listeners(&config.listen, workers)?;
         let shared = Arc::new(Shared {
+            selector: RoundRobin::new(config.backends.len()),
             backends: config.backends,
-            next_backend: Padded(AtomicUsize::new(0)),
             stats: (0..workers).map(|_| Padded::default()).collect(),
             max_header_bytes: config.max_header_bytes,
             rewrite_host: config.rewrite_host,
+            timeouts: config.timeouts,
         });
         let for_workers = Arc::clone(&shared);
         let workers = Workers::spawn("corelb", listeners, move |ctx| {
@@ -355,6 +334,7 @@ struct Worker {
     idle: Vec<Vec<usize>>,
     bufs: Pool<Box<Bufs>>,
     now: Instant,
+    timeouts: Timeouts,
     accept_paused: bool,
     expired: Vec<usize>,
 }
@@ -363,6 +343,7 @@ impl Worker {
     fn run(mut ctx: WorkerContext, shared: Arc<Shared>) -> io::Result<()> {
         ctx.register_listeners()?;
         let buf_size = MIN_BUF_SIZE.max(shared.max_header_bytes);
+        let timeouts = shared.timeouts;
         let mut w = Worker {
             id: ctx.id,
             idle: vec![Vec::new(); shared.backends.len()],
@@ -372,11 +353,13 @@ impl Worker {
             upstreams: Slab::with_capacity(1024),
             bufs: Pool::new(buf_size, MAX_FREE_BUFS, Bufs::new),
             now: Instant::now(),
+            timeouts,
             accept_paused: false,
             expired: Vec::new(),
         };
         let mut events = Events::with_capacity(1024);
-        let mut next_sweep = w.now + SWEEP_INTERVAL;
+        let sweep_interval = MAX_SWEEP_INTERVAL.min(w.timeouts.shortest() / 4);
+        let mut next_sweep = w.now + sweep_interval;
         loop {
             let timeout = next_sweep.saturating_duration_since(w.now);
             if let Err(e) = w.ctx.poll.poll(&mut events, Some(timeout))
@@ -407,7 +390,7 @@ impl Worker {
             }
             if w.now >= next_sweep {
                 w.sweep();
-                next_sweep = w.now + SWEEP_INTERVAL;
+                next_sweep = w.now + sweep_interval;
             }
         }
     }
@@ -460,7 +443,7 @@ impl Worker {
                 ready: Ready::default(),
                 bufs: None,
                 phase: Phase::Head,
-                deadline: self.now + IDLE_TIMEOUT,
+                deadline: self.now + self.timeouts.idle,
                 eof: false,
                 drained: 0,
                 req: RequestInfo {
@@ -533,7 +516,7 @@ impl Worker {
         if c.phase == Phase::Exchange {
             let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
             if !connecting {
-                c.deadline = now + EXCHANGE_TIMEOUT;
+                c.deadline = now + self.timeouts.exchange;
             }
         }
     }
@@ -584,7 +567,7 @@ impl Worker {
                 bufs.resp_head_sent = 0;
                 c.resp_pending = 0;
                 c.phase = Phase::Closing;
-                c.deadline = now + LINGER_TIMEOUT;
+                c.deadline = now + self.timeouts.linger;
                 true
             }
             Fail::Retry => {
@@ -640,7 +623,7 @@ impl Worker {
         }
         if c.ready.readable {
             if bufs.req.is_empty() {
-                c.deadline = self.now + HEADER_TIMEOUT;
+                c.deadline = self.now + self.timeouts.header;
             }
             return match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
                 Ok(ReadOutcome::Data) => Ok(true),
@@ -650,7 +633,7 @@ impl Worker {
                 }
                 Ok(ReadOutcome::Blocked) => {
                     if bufs.req.is_empty() {
-                        c.deadline = self.now + IDLE_TIMEOUT;
+                        c.deadline = self.now + self.timeouts.idle;
                     }
                     Ok(false)
                 }
@@ -685,7 +668,7 @@ impl Worker {
         c.retried = false;
         c.backend = backend;
         c.phase = Phase::Exchange;
-        c.deadline = self.now + EXCHANGE_TIMEOUT;
+        c.deadline = self.now + self.timeouts.exchange;
         self.connect_upstream(ck, backend, true)
     }
 
@@ -732,7 +715,7 @@ impl Worker {
                     client: Some(ck),
                     idle_since: self.now,
                 });
-                self.clients[ck].deadline = self.now + CONNECT_TIMEOUT;
+                self.clients[ck].deadline = self.now + self.timeouts.connect;
                 uk
             }
         };
@@ -932,10 +915,10 @@ impl Worker {
         c.resp = RespState::Waiting;
         if c.close_after || !c.req_done {
             c.phase = Phase::Closing;
-            c.deadline = now + LINGER_TIMEOUT;
+            c.deadline = now + self.timeouts.linger;
         } else {
             c.phase = Phase::Head;
-            c.deadline = now + IDLE_TIMEOUT;
+            c.deadline = now + self.timeouts.idle;
         }
     }
 
@@ -1014,10 +997,11 @@ impl Worker {
                 self.drive(ck);
             }
         }
+        let upstream_idle = self.timeouts.upstream_idle;
         for b in 0..self.idle.len() {
             let upstreams = &mut self.upstreams;
             self.idle[b].retain(|&uk| {
-                let keep = now.duration_since(upstreams[uk].idle_since) < UPSTREAM_IDLE_TIMEOUT;
+                let keep = now.duration_since(upstreams[uk].idle_since) < upstream_idle;
                 if !keep {
                     upstreams.remove(uk);
                 }
@@ -1069,7 +1053,7 @@ fn parse_request_head(
         return Err(Fail::Reject(Reject::BadRequest));
     }
     let info = analyze_request(&req).map_err(Fail::Reject)?;
-    let backend = shared.pick_backend();
+    let backend = shared.selector.pick();
     let fwd = Forwarding {
         client_ip,
         host: shared

@@ -1,0 +1,131 @@
+//! Nothing hangs: every wait has a timeout, shortened here so the tests are quick.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use corelb::config::Timeouts;
+
+fn short() -> Timeouts {
+    Timeouts {
+        idle: Duration::from_millis(300),
+        header: Duration::from_millis(300),
+        connect: Duration::from_millis(300),
+        exchange: Duration::from_millis(300),
+        linger: Duration::from_millis(300),
+        upstream_idle: Duration::from_millis(300),
+    }
+}
+
+#[test]
+fn slow_request_head_gets_408() {
+    let origins = origins(1);
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| c.timeouts = short());
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost:").unwrap();
+    let start = Instant::now();
+    let mut r = Reader::new(s);
+    let resp = r.response();
+    assert_eq!(resp.status, 408);
+    r.expect_closed();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(origins[0].connections(), 0);
+}
+
+#[test]
+fn idle_keep_alive_client_is_closed_silently() {
+    let origins = origins(1);
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| c.timeouts = short());
+    let mut r = Reader::new(connect(proxy.local_addrs()[0]));
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().status, 200);
+    let start = Instant::now();
+    r.expect_closed();
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn silent_backend_gets_504() {
+    let backend = Scripted::start(|mut s, _| {
+        let _ = read_head(&mut s);
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let proxy = proxy_with(&[backend.addr], |c| c.timeouts = short());
+    let start = Instant::now();
+    let (resp, mut r) = roundtrip(proxy.local_addrs()[0], b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.status, 504);
+    r.expect_closed();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn backend_stalling_mid_body_closes_the_client() {
+    let backend = Scripted::start(|mut s, _| {
+        if read_head(&mut s).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |c| c.timeouts = short());
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        got.ends_with(b"some"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
+fn idle_pooled_backend_connection_is_closed() {
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&closed);
+    let backend = Scripted::start(move |mut s, _| {
+        while read_head(&mut s).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+        // read_head returned None: the proxy closed the idle connection (or the
+        // 10 s read timeout passed, which the assertion below would catch).
+        flag.store(true, Ordering::SeqCst);
+    });
+    let proxy = proxy_with(&[backend.addr], |c| c.timeouts = short());
+    let mut r = Reader::new(connect(proxy.local_addrs()[0]));
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().text(), "ok");
+    let start = Instant::now();
+    while !closed.load(Ordering::SeqCst) {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "idle backend connection was kept"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
