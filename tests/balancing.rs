@@ -154,3 +154,30 @@ fn two_workers_share_the_connections() {
         assert!(c.accepted > 0, "worker {i} accepted nothing: {counts:?}");
     }
 }
+
+#[test]
+fn backends_answering_http10_or_close_are_not_pooled() {
+    for answer in [
+        &b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    ] {
+        // The backend would happily go on; the proxy must not ask it to.
+        let backend = Scripted::start(move |mut s, _| {
+            while read_head(&mut s).is_some() {
+                if s.write_all(answer).is_err() {
+                    return;
+                }
+            }
+        });
+        let proxy = proxy_for(&[backend.addr], 1);
+        let mut r = Reader::new(connect(proxy.local_addrs()[0]));
+        for _ in 0..3 {
+            r.stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let resp = r.response();
+            assert_eq!(resp.text(), "ok");
+            assert_eq!(resp.header("connection"), None, "the client connection stays keep-alive");
+        }
+        let conns = backend.connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(conns, 3, "{:?}", String::from_utf8_lossy(answer));
+    }
+}
