@@ -288,6 +288,12 @@ struct Client {
     req_body: BodyScanner,
     /// Bytes at the front of `bufs.req` known to be request body, not yet sent.
     req_pending: usize,
+    /// Body bytes before `req_pending`'s bytes that were sent on a reused backend
+    /// connection but are kept until its first response byte, to be sent again if it
+    /// turns out to be stale.
+    req_retained: usize,
+    /// Every byte of the request can still be sent again (nothing was released).
+    replayable: bool,
     req_done: bool,
     resp: RespState,
     resp_body: BodyScanner,
@@ -455,6 +461,8 @@ impl Worker {
                 },
                 req_body: BodyScanner::new(Framing::None),
                 req_pending: 0,
+                req_retained: 0,
+                replayable: false,
                 req_done: true,
                 resp: RespState::Waiting,
                 resp_body: BodyScanner::new(Framing::None),
@@ -581,6 +589,9 @@ impl Worker {
                     bufs.req_head_sent = 0;
                     bufs.resp.clear();
                 }
+                // What was sent is sent again, from the start.
+                c.req_pending += c.req_retained;
+                c.req_retained = 0;
                 let backend = c.backend;
                 match self.connect_upstream(ck, backend, false) {
                     Ok(()) => true,
@@ -658,6 +669,8 @@ impl Worker {
         c.req = info;
         c.req_body = BodyScanner::new(info.framing);
         c.req_pending = 0;
+        c.req_retained = 0;
+        c.replayable = true;
         c.req_done = false;
         c.resp = RespState::Waiting;
         c.resp_body = BodyScanner::new(Framing::None);
@@ -751,6 +764,13 @@ impl Worker {
             }
         }
 
+        // Bytes kept for a replay must not stall the upload: when they fill the
+        // buffer, let them go (this request can then no longer be retried).
+        if bufs.req.is_full() && c.req_retained > 0 {
+            bufs.req.consume(c.req_retained);
+            c.req_retained = 0;
+            c.replayable = false;
+        }
         // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
         if c.ready.readable && !c.eof && !bufs.req.is_full() {
             match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
@@ -763,10 +783,11 @@ impl Worker {
                 Err(_) => return Err(Fail::Close),
             }
         }
-        if !c.req_body.is_done() && bufs.req.len() > c.req_pending {
+        let known = c.req_retained + c.req_pending;
+        if !c.req_body.is_done() && bufs.req.len() > known {
             let n = c
                 .req_body
-                .scan(&bufs.req.filled()[c.req_pending..])
+                .scan(&bufs.req.filled()[known..])
                 .map_err(|_| Fail::Reject(Reject::BadRequest))?;
             c.req_pending += n;
             progress |= n > 0;
@@ -781,16 +802,21 @@ impl Worker {
         if u.connected && !c.req_done {
             let head = &bufs.req_head[bufs.req_head_sent..];
             if u.ready.writable && (!head.is_empty() || c.req_pending > 0) {
-                let body = &bufs.req.filled()[..c.req_pending];
+                let body = &bufs.req.filled()[c.req_retained..c.req_retained + c.req_pending];
                 match write_two(&mut u.sock, head, body, &mut u.ready) {
                     Ok(n) => {
                         let from_head = n.min(head.len());
+                        let from_body = n - from_head;
                         bufs.req_head_sent += from_head;
-                        bufs.req.consume(n - from_head);
-                        c.req_pending -= n - from_head;
+                        c.req_pending -= from_body;
+                        if c.replayable && u.reused && !c.retried {
+                            c.req_retained += from_body;
+                        } else {
+                            bufs.req.consume(from_body);
+                        }
                         progress |= n > 0;
                     }
-                    Err(_) => return Err(self_retry_or(c, u, Reject::BadGateway)),
+                    Err(_) => return Err(retry_or(c, u, Reject::BadGateway)),
                 }
             }
             if bufs.req_head_sent == bufs.req_head.len()
@@ -806,7 +832,11 @@ impl Worker {
         if u.connected && u.ready.readable && !u.eof && !bufs.resp.is_full() {
             match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
                 Ok(ReadOutcome::Data) => {
+                    // The backend is answering: the request will not be sent again.
                     u.received = true;
+                    bufs.req.consume(c.req_retained);
+                    c.req_retained = 0;
+                    c.replayable = false;
                     progress = true;
                 }
                 Ok(ReadOutcome::Eof) => {
@@ -840,7 +870,7 @@ impl Worker {
                     None => {}
                 }
             } else if u.eof {
-                return Err(self_retry_or(c, u, Reject::BadGateway));
+                return Err(retry_or(c, u, Reject::BadGateway));
             }
         }
 
@@ -1016,11 +1046,11 @@ impl Worker {
     }
 }
 
-/// If a reused backend connection failed before sending anything, the request can
-/// be sent again on a new connection once, provided it had no body (a body has
-/// already left the buffer). Otherwise answer with `reject`.
-fn self_retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
-    if u.reused && !u.received && !c.retried && c.req.framing == Framing::None {
+/// If a reused backend connection failed before sending anything, the request is
+/// sent again on a new connection, once, provided all of it is still at hand (see
+/// `Client::req_retained`). Otherwise answer with `reject`.
+fn retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
+    if u.reused && !u.received && !c.retried && c.replayable {
         Fail::Retry
     } else {
         Fail::Reject(reject)

@@ -172,12 +172,20 @@ fn backends_answering_http10_or_close_are_not_pooled() {
         let proxy = proxy_for(&[backend.addr], 1);
         let mut r = Reader::new(connect(proxy.local_addrs()[0]));
         for _ in 0..3 {
-            r.stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            r.stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
             let resp = r.response();
             assert_eq!(resp.text(), "ok");
-            assert_eq!(resp.header("connection"), None, "the client connection stays keep-alive");
+            assert_eq!(
+                resp.header("connection"),
+                None,
+                "the client connection stays keep-alive"
+            );
         }
-        let conns = backend.connections.load(std::sync::atomic::Ordering::SeqCst);
+        let conns = backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(conns, 3, "{:?}", String::from_utf8_lossy(answer));
     }
 }

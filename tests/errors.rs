@@ -307,3 +307,46 @@ fn one_bad_client_does_not_affect_another() {
         .unwrap();
     assert_eq!(good.response().text(), "ab");
 }
+
+#[test]
+fn stale_pooled_connection_is_retried_with_the_request_body() {
+    let backend = Scripted::start(|mut s, n| {
+        if n == 0 {
+            if read_head(&mut s).is_some() {
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                    .unwrap();
+            }
+            // Read the second request, body included, then vanish with a reset.
+            let _ = read_head(&mut s);
+            let mut body = [0u8; 11];
+            let _ = std::io::Read::read_exact(&mut s, &mut body);
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        } else {
+            let _ = read_head(&mut s);
+            let mut body = [0u8; 11];
+            std::io::Read::read_exact(&mut s, &mut body).unwrap();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{}",
+                String::from_utf8_lossy(&body)
+            );
+            s.write_all(reply.as_bytes()).unwrap();
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut r = Reader::new(connect(proxy.local_addrs()[0]));
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().text(), "first");
+    r.stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world")
+        .unwrap();
+    let resp = r.response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.text(),
+        "hello world",
+        "the body was sent again in full"
+    );
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}
