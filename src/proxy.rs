@@ -272,7 +272,7 @@ enum Fail {
 
 type Step = Result<bool, Fail>;
 
-/// One client connection and the exchange in progress on it.
+/// One client connection.
 struct Client {
     sock: TcpStream,
     ip: IpAddr,
@@ -283,14 +283,22 @@ struct Client {
     /// The client has shut down its sending side.
     eof: bool,
     drained: usize,
-    // The current exchange.
+    /// The backend connection of the exchange in progress.
+    upstream: Option<usize>,
+    /// The exchange in progress (or the last one, between requests).
+    x: Exchange,
+}
+
+/// One request and its response, relayed: what each direction has seen so far.
+struct Exchange {
     req: RequestInfo,
     req_body: BodyScanner,
-    /// Bytes at the front of `bufs.req` known to be request body, not yet sent.
+    /// Bytes of `bufs.req`, after the retained ones, known to be request body and
+    /// not yet sent.
     req_pending: usize,
-    /// Body bytes before `req_pending`'s bytes that were sent on a reused backend
-    /// connection but are kept until its first response byte, to be sent again if it
-    /// turns out to be stale.
+    /// Body bytes at the front of `bufs.req` that were sent on a reused backend
+    /// connection but are kept until its first response byte, to be sent again if
+    /// it turns out to be stale.
     req_retained: usize,
     /// Every byte of the request can still be sent again (nothing was released).
     replayable: bool,
@@ -299,12 +307,45 @@ struct Client {
     resp_body: BodyScanner,
     /// Bytes at the front of `bufs.resp` known to be response body, not yet written.
     resp_pending: usize,
-    resp_until_close: bool,
     upstream_reusable: bool,
     close_after: bool,
-    upstream: Option<usize>,
     backend: usize,
     retried: bool,
+}
+
+impl Exchange {
+    fn new(req: RequestInfo, backend: usize) -> Exchange {
+        Exchange {
+            req,
+            req_body: BodyScanner::new(req.framing),
+            req_pending: 0,
+            req_retained: 0,
+            replayable: true,
+            req_done: false,
+            resp: RespState::Waiting,
+            resp_body: BodyScanner::new(Framing::None),
+            resp_pending: 0,
+            upstream_reusable: false,
+            close_after: !req.keep_alive,
+            backend,
+            retried: false,
+        }
+    }
+
+    /// The state of a connection that has not sent a request yet.
+    fn none() -> Exchange {
+        let req = RequestInfo {
+            version: 1,
+            framing: Framing::None,
+            keep_alive: true,
+            is_head: false,
+            expect_continue: false,
+        };
+        Exchange {
+            req_done: true,
+            ..Exchange::new(req, 0)
+        }
+    }
 }
 
 /// One connection to a backend, either serving a client or idle in the pool.
@@ -364,7 +405,8 @@ impl Worker {
             expired: Vec::new(),
         };
         let mut events = Events::with_capacity(1024);
-        let sweep_interval = MAX_SWEEP_INTERVAL.min(w.timeouts.shortest() / 4);
+        let sweep_interval =
+            (w.timeouts.shortest() / 4).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
         let mut next_sweep = w.now + sweep_interval;
         loop {
             let timeout = next_sweep.saturating_duration_since(w.now);
@@ -452,27 +494,8 @@ impl Worker {
                 deadline: self.now + self.timeouts.idle,
                 eof: false,
                 drained: 0,
-                req: RequestInfo {
-                    version: 1,
-                    framing: Framing::None,
-                    keep_alive: true,
-                    is_head: false,
-                    expect_continue: false,
-                },
-                req_body: BodyScanner::new(Framing::None),
-                req_pending: 0,
-                req_retained: 0,
-                replayable: false,
-                req_done: true,
-                resp: RespState::Waiting,
-                resp_body: BodyScanner::new(Framing::None),
-                resp_pending: 0,
-                resp_until_close: false,
-                upstream_reusable: false,
-                close_after: false,
                 upstream: None,
-                backend: 0,
-                retried: false,
+                x: Exchange::none(),
             });
             self.stats().accepted.fetch_add(1, Ordering::Relaxed);
         }
@@ -559,7 +582,7 @@ impl Worker {
                     .bufs
                     .as_ref()
                     .is_some_and(|b| b.resp_head_sent == 0 && !b.resp_head.is_empty());
-                let started = c.resp == RespState::Body && !final_head_unsent;
+                let started = c.x.resp == RespState::Body && !final_head_unsent;
                 if started || c.phase == Phase::Closing || c.phase == Phase::Draining {
                     // Part of a response is already out: closing is the only signal left.
                     self.close_client(ck);
@@ -573,15 +596,15 @@ impl Worker {
                 bufs.resp_head.clear();
                 bufs.resp_head.extend_from_slice(reject.response());
                 bufs.resp_head_sent = 0;
-                c.resp_pending = 0;
+                c.x.resp_pending = 0;
                 c.phase = Phase::Closing;
                 c.deadline = now + self.timeouts.linger;
                 true
             }
             Fail::Retry => {
                 let c = &mut self.clients[ck];
-                c.retried = true;
-                c.req_done = false;
+                c.x.retried = true;
+                c.x.req_done = false;
                 if let Some(uk) = c.upstream.take() {
                     self.upstreams.remove(uk);
                 }
@@ -590,9 +613,9 @@ impl Worker {
                     bufs.resp.clear();
                 }
                 // What was sent is sent again, from the start.
-                c.req_pending += c.req_retained;
-                c.req_retained = 0;
-                let backend = c.backend;
+                c.x.req_pending += c.x.req_retained;
+                c.x.req_retained = 0;
+                let backend = c.x.backend;
                 match self.connect_upstream(ck, backend, false) {
                     Ok(()) => true,
                     Err(f) => self.fail(ck, f),
@@ -666,20 +689,7 @@ impl Worker {
         bufs.resp_head.clear();
         bufs.resp_head_sent = 0;
         bufs.resp.clear();
-        c.req = info;
-        c.req_body = BodyScanner::new(info.framing);
-        c.req_pending = 0;
-        c.req_retained = 0;
-        c.replayable = true;
-        c.req_done = false;
-        c.resp = RespState::Waiting;
-        c.resp_body = BodyScanner::new(Framing::None);
-        c.resp_pending = 0;
-        c.resp_until_close = false;
-        c.upstream_reusable = false;
-        c.close_after = !info.keep_alive;
-        c.retried = false;
-        c.backend = backend;
+        c.x = Exchange::new(info, backend);
         c.phase = Phase::Exchange;
         c.deadline = self.now + self.timeouts.exchange;
         self.connect_upstream(ck, backend, true)
@@ -766,10 +776,10 @@ impl Worker {
 
         // Bytes kept for a replay must not stall the upload: when they fill the
         // buffer, let them go (this request can then no longer be retried).
-        if bufs.req.is_full() && c.req_retained > 0 {
-            bufs.req.consume(c.req_retained);
-            c.req_retained = 0;
-            c.replayable = false;
+        if bufs.req.is_full() && c.x.req_retained > 0 {
+            bufs.req.consume(c.x.req_retained);
+            c.x.req_retained = 0;
+            c.x.replayable = false;
         }
         // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
         if c.ready.readable && !c.eof && !bufs.req.is_full() {
@@ -783,34 +793,34 @@ impl Worker {
                 Err(_) => return Err(Fail::Close),
             }
         }
-        let known = c.req_retained + c.req_pending;
-        if !c.req_body.is_done() && bufs.req.len() > known {
-            let n = c
-                .req_body
-                .scan(&bufs.req.filled()[known..])
-                .map_err(|_| Fail::Reject(Reject::BadRequest))?;
-            c.req_pending += n;
+        let known = c.x.req_retained + c.x.req_pending;
+        if !c.x.req_body.is_done() && bufs.req.len() > known {
+            let n =
+                c.x.req_body
+                    .scan(&bufs.req.filled()[known..])
+                    .map_err(|_| Fail::Reject(Reject::BadRequest))?;
+            c.x.req_pending += n;
             progress |= n > 0;
         }
-        if c.eof && !c.req_body.is_done() {
+        if c.eof && !c.x.req_body.is_done() {
             // Everything buffered is scanned and the body is still short: the client
             // gave up in the middle of its request.
             return Err(Fail::Close);
         }
 
         // Buffer -> backend: the rewritten head, then body bytes as they are known.
-        if u.connected && !c.req_done {
+        if u.connected && !c.x.req_done {
             let head = &bufs.req_head[bufs.req_head_sent..];
-            if u.ready.writable && (!head.is_empty() || c.req_pending > 0) {
-                let body = &bufs.req.filled()[c.req_retained..c.req_retained + c.req_pending];
+            if u.ready.writable && (!head.is_empty() || c.x.req_pending > 0) {
+                let body = &bufs.req.filled()[c.x.req_retained..c.x.req_retained + c.x.req_pending];
                 match write_two(&mut u.sock, head, body, &mut u.ready) {
                     Ok(n) => {
                         let from_head = n.min(head.len());
                         let from_body = n - from_head;
                         bufs.req_head_sent += from_head;
-                        c.req_pending -= from_body;
-                        if c.replayable && u.reused && !c.retried {
-                            c.req_retained += from_body;
+                        c.x.req_pending -= from_body;
+                        if c.x.replayable && u.reused && !c.x.retried {
+                            c.x.req_retained += from_body;
                         } else {
                             bufs.req.consume(from_body);
                         }
@@ -820,10 +830,10 @@ impl Worker {
                 }
             }
             if bufs.req_head_sent == bufs.req_head.len()
-                && c.req_pending == 0
-                && c.req_body.is_done()
+                && c.x.req_pending == 0
+                && c.x.req_body.is_done()
             {
-                c.req_done = true;
+                c.x.req_done = true;
                 progress = true;
             }
         }
@@ -834,9 +844,9 @@ impl Worker {
                 Ok(ReadOutcome::Data) => {
                     // The backend is answering: the request will not be sent again.
                     u.received = true;
-                    bufs.req.consume(c.req_retained);
-                    c.req_retained = 0;
-                    c.replayable = false;
+                    bufs.req.consume(c.x.req_retained);
+                    c.x.req_retained = 0;
+                    c.x.replayable = false;
                     progress = true;
                 }
                 Ok(ReadOutcome::Eof) => {
@@ -853,16 +863,15 @@ impl Worker {
             }
         }
 
-        if c.resp == RespState::Waiting {
+        if c.x.resp == RespState::Waiting {
             if !bufs.resp.is_empty() {
-                match parse_response_head(bufs, &c.req, &mut c.close_after)? {
+                match parse_response_head(bufs, &c.x.req, &mut c.x.close_after)? {
                     Some(head) => {
                         progress = true;
                         if let Some(framing) = head.final_framing {
-                            c.resp = RespState::Body;
-                            c.resp_body = BodyScanner::new(framing);
-                            c.resp_until_close = framing == Framing::UntilClose;
-                            c.upstream_reusable = head.reusable;
+                            c.x.resp = RespState::Body;
+                            c.x.resp_body = BodyScanner::new(framing);
+                            c.x.upstream_reusable = head.reusable;
                         }
                     }
                     None if bufs.resp.is_full() => return Err(Fail::Reject(Reject::BadGateway)),
@@ -874,25 +883,28 @@ impl Worker {
             }
         }
 
-        if c.resp == RespState::Body && !c.resp_body.is_done() && bufs.resp.len() > c.resp_pending {
-            let n = c
-                .resp_body
-                .scan(&bufs.resp.filled()[c.resp_pending..])
-                .map_err(|_| Fail::Reject(Reject::BadGateway))?;
-            c.resp_pending += n;
+        if c.x.resp == RespState::Body
+            && !c.x.resp_body.is_done()
+            && bufs.resp.len() > c.x.resp_pending
+        {
+            let n =
+                c.x.resp_body
+                    .scan(&bufs.resp.filled()[c.x.resp_pending..])
+                    .map_err(|_| Fail::Reject(Reject::BadGateway))?;
+            c.x.resp_pending += n;
             progress |= n > 0;
         }
 
         // Buffer -> client: queued heads (interim and final), then body bytes.
         let head = &bufs.resp_head[bufs.resp_head_sent..];
-        if c.ready.writable && (!head.is_empty() || c.resp_pending > 0) {
-            let body = &bufs.resp.filled()[..c.resp_pending];
+        if c.ready.writable && (!head.is_empty() || c.x.resp_pending > 0) {
+            let body = &bufs.resp.filled()[..c.x.resp_pending];
             match write_two(&mut c.sock, head, body, &mut c.ready) {
                 Ok(n) => {
                     let from_head = n.min(head.len());
                     bufs.resp_head_sent += from_head;
                     bufs.resp.consume(n - from_head);
-                    c.resp_pending -= n - from_head;
+                    c.x.resp_pending -= n - from_head;
                     progress |= n > 0;
                 }
                 Err(_) => return Err(Fail::Close),
@@ -903,8 +915,10 @@ impl Worker {
             bufs.resp_head_sent = 0;
         }
 
-        if c.resp == RespState::Body && bufs.resp_head.is_empty() && c.resp_pending == 0 {
-            if c.resp_body.is_done() || (c.resp_until_close && u.eof && bufs.resp.is_empty()) {
+        if c.x.resp == RespState::Body && bufs.resp_head.is_empty() && c.x.resp_pending == 0 {
+            if c.x.resp_body.is_done()
+                || (c.x.resp_body == BodyScanner::UntilClose && u.eof && bufs.resp.is_empty())
+            {
                 self.finish_exchange(ck);
                 return Ok(true);
             }
@@ -927,8 +941,8 @@ impl Worker {
         if let Some(uk) = c.upstream.take() {
             let u = &mut self.upstreams[uk];
             let idle = &mut self.idle[u.backend];
-            if c.upstream_reusable
-                && c.req_done
+            if c.x.upstream_reusable
+                && c.x.req_done
                 && !u.eof
                 && bufs.resp.is_empty()
                 && idle.len() < MAX_IDLE_PER_BACKEND
@@ -942,8 +956,8 @@ impl Worker {
             }
         }
         bufs.resp.clear();
-        c.resp = RespState::Waiting;
-        if c.close_after || !c.req_done {
+        c.x.resp = RespState::Waiting;
+        if c.x.close_after || !c.x.req_done {
             c.phase = Phase::Closing;
             c.deadline = now + self.timeouts.linger;
         } else {
@@ -1018,7 +1032,7 @@ impl Worker {
                 Phase::Head if c.bufs.as_ref().is_some_and(|b| !b.req.is_empty()) => {
                     Fail::Reject(Reject::Timeout)
                 }
-                Phase::Exchange if c.resp == RespState::Waiting => {
+                Phase::Exchange if c.x.resp == RespState::Waiting => {
                     Fail::Reject(Reject::GatewayTimeout)
                 }
                 _ => Fail::Close,
@@ -1050,7 +1064,7 @@ impl Worker {
 /// sent again on a new connection, once, provided all of it is still at hand (see
 /// `Client::req_retained`). Otherwise answer with `reject`.
 fn retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
-    if u.reused && !u.received && !c.retried && c.replayable {
+    if u.reused && !u.received && !c.x.retried && c.x.replayable {
         Fail::Retry
     } else {
         Fail::Reject(reject)
