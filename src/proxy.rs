@@ -855,9 +855,8 @@ impl Worker {
                 }
                 Ok(ReadOutcome::Blocked) => {}
                 Err(_) => {
-                    // Reset: treat like end of stream, but never reuse.
+                    // Reset: like end of stream (and never reused).
                     u.eof = true;
-                    u.connected = true;
                     progress = true;
                 }
             }

@@ -189,3 +189,35 @@ fn backends_answering_http10_or_close_are_not_pooled() {
         assert_eq!(conns, 3, "{:?}", String::from_utf8_lossy(answer));
     }
 }
+
+#[test]
+fn every_listen_address_serves_including_ipv6() {
+    let origins = origins(1);
+    let v6_backend =
+        corelb::Origin::start("[::1]:0".parse().unwrap(), 1, None).expect("origin on ::1");
+    let proxy = proxy_with(&[origins[0].local_addr(), v6_backend.local_addr()], |c| {
+        c.listen = vec![loopback(), loopback(), "[::1]:0".parse().unwrap()];
+        c.workers = 2;
+    });
+    let addrs = proxy.local_addrs().to_vec();
+    assert_eq!(addrs.len(), 3);
+    assert_ne!(addrs[0], addrs[1]);
+    assert!(addrs[2].is_ipv6());
+    let mut names = Vec::new();
+    for addr in &addrs {
+        for _ in 0..2 {
+            let resp = get(*addr, "/");
+            assert_eq!(resp.status, 200, "via {addr}");
+            names.push(resp.text());
+        }
+    }
+    // Both backends, the IPv6 one included, answered; the client address of an IPv6
+    // client is forwarded as such.
+    assert!(names.iter().any(|n| n.contains("[::1]")), "{names:?}");
+    let (echo, _) = roundtrip(addrs[2], b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        echo.text().contains("X-Forwarded-For: ::1\r\n"),
+        "{}",
+        echo.text()
+    );
+}
