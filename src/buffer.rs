@@ -72,15 +72,6 @@ impl Buf {
         self.end += n;
         Ok((n, n < room))
     }
-
-    /// Append bytes that fit in the free tail (used to build local responses);
-    /// returns how many were copied.
-    pub fn append(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(self.data.len() - self.end);
-        self.data[self.end..self.end + n].copy_from_slice(&bytes[..n]);
-        self.end += n;
-        n
-    }
 }
 
 /// A free list of reusable values, bounded so a burst does not pin memory forever.

@@ -223,6 +223,50 @@ impl Codings {
     }
 }
 
+/// The fields of a head that decide framing and persistence, collected in one pass.
+#[derive(Clone, Copy, Debug, Default)]
+struct FramingFields {
+    /// The Content-Length, if any; several fields must agree.
+    content_length: Option<u64>,
+    codings: Codings,
+    /// `close` / `keep-alive` among the Connection options.
+    close: bool,
+    keep_alive: bool,
+    hosts: u32,
+    expect_continue: bool,
+}
+
+impl FramingFields {
+    /// `None` if Content-Length is invalid or its values disagree (RFC 9112 §6.3 item 5).
+    fn collect(headers: &[httparse::Header<'_>]) -> Option<FramingFields> {
+        let mut f = FramingFields::default();
+        for h in headers {
+            match field_kind(h.name) {
+                FieldKind::ContentLength => {
+                    let n = parse_content_length(h.value)?;
+                    if f.content_length.is_some_and(|prev| prev != n) {
+                        return None;
+                    }
+                    f.content_length = Some(n);
+                }
+                FieldKind::TransferEncoding => f.codings.add_field(h.value),
+                FieldKind::Connection => {
+                    for token in list_elements(h.value) {
+                        f.close |= token.eq_ignore_ascii_case(b"close");
+                        f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    }
+                }
+                FieldKind::Host => f.hosts += 1,
+                FieldKind::Expect => {
+                    f.expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue")
+                }
+                _ => {}
+            }
+        }
+        Some(f)
+    }
+}
+
 /// Codings registered for Transfer-Encoding that we pass through to the backend.
 fn is_known_coding(element: &[u8]) -> bool {
     // A coding may carry parameters ("gzip;q=1" is not valid here, but a parameter
@@ -253,35 +297,14 @@ pub fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, R
         // Tunnelling is not implemented.
         return Err(Reject::NotImplemented);
     }
-    let mut content_length: Option<u64> = None;
-    let mut codings = Codings::default();
-    let mut hosts = 0u32;
-    let mut close = false;
-    let mut keep_alive_token = false;
-    let mut expect_continue = false;
-    for h in req.headers.iter() {
-        match field_kind(h.name) {
-            FieldKind::ContentLength => {
-                let n = parse_content_length(h.value).ok_or(Reject::BadRequest)?;
-                if content_length.is_some_and(|prev| prev != n) {
-                    return Err(Reject::BadRequest);
-                }
-                content_length = Some(n);
-            }
-            FieldKind::TransferEncoding => codings.add_field(h.value),
-            FieldKind::Connection => {
-                for token in list_elements(h.value) {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
-            }
-            FieldKind::Host => hosts += 1,
-            FieldKind::Expect => {
-                expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue")
-            }
-            _ => {}
-        }
-    }
+    let FramingFields {
+        content_length,
+        codings,
+        close,
+        keep_alive: keep_alive_token,
+        hosts,
+        expect_continue,
+    } = FramingFields::collect(req.headers).ok_or(Reject::BadRequest)?;
     // RFC 9112 §3.2: a 1.1 request needs exactly one Host; more than one is always an error.
     if hosts > 1 || (version == 1 && hosts == 0) {
         return Err(Reject::BadRequest);
@@ -327,29 +350,12 @@ pub fn analyze_response(
     if !(100..=999).contains(&status) {
         return Err(BadResponse);
     }
-    let mut content_length: Option<u64> = None;
-    let mut codings = Codings::default();
-    let mut close = false;
-    let mut keep_alive_token = false;
-    for h in resp.headers.iter() {
-        match field_kind(h.name) {
-            FieldKind::ContentLength => {
-                let n = parse_content_length(h.value).ok_or(BadResponse)?;
-                if content_length.is_some_and(|prev| prev != n) {
-                    return Err(BadResponse);
-                }
-                content_length = Some(n);
-            }
-            FieldKind::TransferEncoding => codings.add_field(h.value),
-            FieldKind::Connection => {
-                for token in list_elements(h.value) {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
-            }
-            _ => {}
-        }
-    }
+    let FramingFields {
+        content_length,
+        codings,
+        close,
+        ..
+    } = FramingFields::collect(resp.headers).ok_or(BadResponse)?;
     // Both framing headers at once "ought to be handled as an error" (§6.3 item 3);
     // a proxy that guessed would open the door to response splitting.
     if codings.present && (content_length.is_some() || version == 0 || codings.chunked > 1) {
@@ -375,7 +381,6 @@ pub fn analyze_response(
     };
     // Backends answering 1.0 (even with keep-alive) are not pooled: 1.0 keep-alive
     // is an extension with too many broken implementations to rely on.
-    let _ = keep_alive_token;
     let reusable = version == 1 && !close && framing != Framing::UntilClose;
     Ok(ResponseInfo {
         status,

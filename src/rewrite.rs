@@ -10,7 +10,9 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use crate::framing::{FieldKind, Framing, RequestInfo, field_kind, list_elements};
+use crate::framing::{
+    FieldKind, Framing, RequestInfo, field_kind, list_elements, named_by_connection,
+};
 
 /// Does some Connection field name an option other than `close` / `keep-alive`?
 /// Only then must every other field be checked against it; usually none does.
@@ -20,11 +22,6 @@ fn has_connection_options(headers: &[httparse::Header<'_>]) -> bool {
         .filter(|h| field_kind(h.name) == FieldKind::Connection)
         .flat_map(|h| list_elements(h.value))
         .any(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
-}
-
-/// Is `name` listed as an option in any Connection field?
-fn named_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    crate::framing::named_by_connection(headers, name)
 }
 
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -73,7 +70,7 @@ pub fn write_request_head(
                 put_field(out, h.name.as_bytes(), h.value)
             }
             FieldKind::Expect | FieldKind::Other => {
-                if !(check_options && named_in_connection(req.headers, h.name)) {
+                if !(check_options && named_by_connection(req.headers, h.name)) {
                     put_field(out, h.name.as_bytes(), h.value);
                 }
             }
@@ -133,7 +130,7 @@ pub fn write_response_head(
         match field_kind(h.name) {
             FieldKind::Connection | FieldKind::HopByHop | FieldKind::ContentLength => {}
             _ => {
-                if !(check_options && named_in_connection(resp.headers, h.name)) {
+                if !(check_options && named_by_connection(resp.headers, h.name)) {
                     put_field(out, h.name.as_bytes(), h.value);
                 }
             }

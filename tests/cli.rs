@@ -12,23 +12,28 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_corelb");
 
+/// Wait up to 10 s for `child` to exit (killing it and failing otherwise).
+fn wait_exit(mut child: Child, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn run(args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("corelb {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_exit(child, &format!("corelb {args:?} did not exit"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -151,21 +156,13 @@ fn start(args: &[&str], addr: SocketAddr) -> Child {
 }
 
 /// Send `signal`, then expect a clean exit with code 0.
-fn stop(mut child: Child, signal: &str) -> std::process::Output {
+fn stop(child: Child, signal: &str) -> std::process::Output {
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("corelb did not stop on {signal}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_exit(child, &format!("corelb did not stop on {signal}"));
     assert_eq!(
         out.status.code(),
         Some(0),

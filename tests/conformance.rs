@@ -361,10 +361,19 @@ fn corpus(side: &str) -> Vec<Case> {
         .collect()
 }
 
-fn not_http(e: &Expected) -> bool {
-    e.protocols
+/// What the case's log expects, unless the case is not about HTTP framing: llhttp's
+/// pause API, RTSP/ICE, or a body the caller tells llhttp to skip.
+fn runnable(case: &Case) -> Option<Expected> {
+    let e = expected(&case.log);
+    let pause = e
+        .error
+        .as_deref()
+        .is_some_and(|r| r.starts_with("Pause on"));
+    let not_http = e
+        .protocols
         .iter()
-        .any(|p| p != "HTTP" && !p.is_empty() && !"HTTP".starts_with(p.as_str()))
+        .any(|p| p != "HTTP" && !p.is_empty() && !"HTTP".starts_with(p.as_str()));
+    (!case.skip_body && !pause && !not_http).then_some(e)
 }
 
 #[test]
@@ -375,14 +384,7 @@ fn llhttp_request_corpus() {
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in corpus("request") {
-        let e = expected(&case.log);
-        let pause = e
-            .error
-            .as_deref()
-            .is_some_and(|r| r.starts_with("Pause on"));
-        if case.skip_body || pause || not_http(&e) {
-            continue;
-        }
+        let Some(e) = runnable(&case) else { continue };
         let strict = case.kind == "request";
         seen.lock().unwrap().clear();
         let mut s = connect(addr);
@@ -467,14 +469,7 @@ fn llhttp_response_corpus() {
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in corpus("response") {
-        let e = expected(&case.log);
-        let pause = e
-            .error
-            .as_deref()
-            .is_some_and(|r| r.starts_with("Pause on"));
-        if case.skip_body || pause || not_http(&e) {
-            continue;
-        }
+        let Some(e) = runnable(&case) else { continue };
         *payload.lock().unwrap() = case.input.clone();
         let name = format!("{} / {} [{}]", case.file, case.title, case.kind);
         let mut s = connect(addr);
