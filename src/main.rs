@@ -76,6 +76,13 @@ fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Raise the soft limit on open files to the hard limit (a stock login has 1024,
+/// and every proxied connection takes two descriptors). Returns the limit now in
+/// force, or 0 if it could not be read.
+fn raise_open_files_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
+}
+
 /// Block until SIGINT or SIGTERM.
 fn wait_for_stop_signal() -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
@@ -115,6 +122,7 @@ fn serve(args: Serve) -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(e),
     };
+    let open_files = raise_open_files_limit();
     let mut cfg = ProxyConfig::new(listen, backends);
     cfg.workers = workers;
     cfg.max_header_bytes = args.max_header_bytes;
@@ -126,9 +134,10 @@ fn serve(args: Serve) -> ExitCode {
     let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
     let backends: Vec<&str> = cfg.backends.iter().map(|b| b.authority.as_str()).collect();
     eprintln!(
-        "corelb: listening on {} with {} workers, balancing over {}",
+        "corelb: listening on {} with {} workers (open files limit {}), balancing over {}",
         addrs.join(", "),
         workers,
+        open_files,
         backends.join(", ")
     );
     if let Err(e) = wait_for_stop_signal() {
@@ -153,6 +162,7 @@ fn backend(args: BackendCmd) -> ExitCode {
     if args.workers == 0 {
         return usage_error("--workers 0: must be at least 1");
     }
+    raise_open_files_limit();
     let origin = match Origin::start(listen, args.workers, args.body) {
         Ok(o) => o,
         Err(e) => return usage_error(e),
@@ -170,6 +180,7 @@ fn demo(args: DemoCmd) -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(e),
     };
+    raise_open_files_limit();
     let demo = match Demo::start(listen) {
         Ok(d) => d,
         Err(e) => return usage_error(e),

@@ -233,3 +233,34 @@ fn demo_alternates_backends_and_stops_on_ctrl_c() {
     let out = stop(child, "-INT");
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn serve_raises_the_open_files_limit() {
+    let proxy_addr = free_port();
+    let script = format!(
+        "ulimit -Sn 256 && exec {BIN} serve --backend 127.0.0.1:9 --listen {proxy_addr} --workers 1"
+    );
+    let child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(proxy_addr).is_err() {
+        assert!(Instant::now() < deadline, "corelb never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    stop(child, "-TERM");
+    assert_ne!(soft, "256", "{line}");
+    assert_eq!(soft, hard, "{line}");
+}
