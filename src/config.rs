@@ -40,6 +40,8 @@ pub struct Timeouts {
     pub linger: Duration,
     /// Idle pooled backend connections are closed after this long.
     pub upstream_idle: Duration,
+    /// On shutdown, exchanges in flight may finish for this long.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Timeouts {
@@ -51,6 +53,7 @@ impl Default for Timeouts {
             exchange: Duration::from_secs(60),
             linger: Duration::from_secs(5),
             upstream_idle: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -65,6 +68,7 @@ impl Timeouts {
             self.exchange,
             self.linger,
             self.upstream_idle,
+            self.shutdown_grace,
         ]
         .into_iter()
         .min()

@@ -59,8 +59,7 @@ impl Demo {
 
     /// Stop the proxy, then the origins; returns the number of requests proxied.
     pub fn shutdown(self) -> u64 {
-        let requests = self.proxy.counts().iter().map(|c| c.requests).sum();
-        self.proxy.shutdown();
+        let requests = self.proxy.shutdown().iter().map(|c| c.requests).sum();
         for o in self.origins {
             o.shutdown();
         }

@@ -3,11 +3,14 @@
 //! Bad input never panics: every problem is one line on stderr and exit code 2.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use argh::FromArgs;
 use corelb::config::{self, DEFAULT_MAX_HEADER_BYTES};
 use corelb::demo::Demo;
 use corelb::{Origin, Proxy, ProxyConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 #[derive(FromArgs)]
 /// corelb: a thread-per-core HTTP/1.1 load balancer.
@@ -83,13 +86,33 @@ fn raise_open_files_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }
 
-/// Block until SIGINT or SIGTERM.
-fn wait_for_stop_signal() -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+/// SIGINT and SIGTERM, caught so that the first one stops gracefully.
+fn stop_signals() -> Result<Signals, String> {
+    Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot install signal handlers: {e}"))
+}
+
+/// Wait for a stop signal, then run `stop`, which lets requests in flight finish.
+/// A second signal while it runs ends the process at once, with exit code 1.
+fn run_until_signal<R: Send + 'static>(
+    mut signals: Signals,
+    what: &str,
+    stop: impl FnOnce() -> R + Send + 'static,
+) -> R {
     let _ = signals.forever().next();
-    Ok(())
+    eprintln!("{what}: stopping; requests in flight may finish (signal again to stop now)");
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = done_tx.send(stop());
+    });
+    loop {
+        if let Ok(result) = done_rx.recv_timeout(Duration::from_millis(50)) {
+            return result;
+        }
+        if signals.pending().next().is_some() {
+            eprintln!("{what}: stopped without waiting for requests in flight");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn serve(args: Serve) -> ExitCode {
@@ -122,6 +145,10 @@ fn serve(args: Serve) -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(e),
     };
+    let signals = match stop_signals() {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
     let open_files = raise_open_files_limit();
     let mut cfg = ProxyConfig::new(listen, backends);
     cfg.workers = workers;
@@ -140,11 +167,7 @@ fn serve(args: Serve) -> ExitCode {
         open_files,
         backends.join(", ")
     );
-    if let Err(e) = wait_for_stop_signal() {
-        return usage_error(e);
-    }
-    let counts = proxy.counts();
-    proxy.shutdown();
+    let counts = run_until_signal(signals, "corelb", move || proxy.shutdown());
     for (i, c) in counts.iter().enumerate() {
         eprintln!(
             "corelb: worker {i}: {} connections, {} requests",
@@ -162,16 +185,17 @@ fn backend(args: BackendCmd) -> ExitCode {
     if args.workers == 0 {
         return usage_error("--workers 0: must be at least 1");
     }
+    let signals = match stop_signals() {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
     raise_open_files_limit();
     let origin = match Origin::start(listen, args.workers, args.body) {
         Ok(o) => o,
         Err(e) => return usage_error(e),
     };
     eprintln!("corelb backend: listening on {}", origin.local_addr());
-    if let Err(e) = wait_for_stop_signal() {
-        return usage_error(e);
-    }
-    origin.shutdown();
+    run_until_signal(signals, "corelb backend", move || origin.shutdown());
     ExitCode::SUCCESS
 }
 
@@ -180,16 +204,17 @@ fn demo(args: DemoCmd) -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(e),
     };
+    let signals = match stop_signals() {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
     raise_open_files_limit();
     let demo = match Demo::start(listen) {
         Ok(d) => d,
         Err(e) => return usage_error(e),
     };
     println!("{}", demo.banner());
-    if let Err(e) = wait_for_stop_signal() {
-        return usage_error(e);
-    }
-    let requests = demo.shutdown();
+    let requests = run_until_signal(signals, "corelb demo", move || demo.shutdown());
     println!("\nstopped after {requests} requests");
     ExitCode::SUCCESS
 }

@@ -128,9 +128,11 @@ impl Proxy {
             .collect()
     }
 
-    /// Stop every worker and wait for them.
-    pub fn shutdown(mut self) {
+    /// Stop accepting, let exchanges in flight finish (within the shutdown grace
+    /// period), and wait for the workers. Returns the final counters.
+    pub fn shutdown(mut self) -> Vec<WorkerCounts> {
         self.workers.shutdown();
+        self.counts()
     }
 }
 
@@ -384,6 +386,8 @@ struct Worker {
     timeouts: Timeouts,
     accept_paused: bool,
     expired: Vec<usize>,
+    /// Set once shutdown has begun: when the worker stops regardless.
+    shutdown_deadline: Option<Instant>,
 }
 
 impl Worker {
@@ -403,6 +407,7 @@ impl Worker {
             timeouts,
             accept_paused: false,
             expired: Vec::new(),
+            shutdown_deadline: None,
         };
         let mut events = Events::with_capacity(1024);
         let sweep_interval =
@@ -420,7 +425,7 @@ impl Worker {
                 match ev.token() {
                     net::WAKER_TOKEN => {
                         if w.ctx.control.try_iter().any(|c| c == Control::Shutdown) {
-                            return Ok(());
+                            w.begin_shutdown();
                         }
                     }
                     t => match net::listener_index(t, w.ctx.listeners.len()) {
@@ -439,6 +444,32 @@ impl Worker {
             if w.now >= next_sweep {
                 w.sweep();
                 next_sweep = w.now + sweep_interval;
+            }
+            if let Some(deadline) = w.shutdown_deadline
+                && (w.clients.is_empty() || w.now >= deadline)
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stop accepting, close idle clients, and let exchanges in flight finish
+    /// (each then closes). The loop ends when no client is left or the grace
+    /// period is over.
+    fn begin_shutdown(&mut self) {
+        self.shutdown_deadline = Some(self.now + self.timeouts.shutdown_grace);
+        // Closing the listeners refuses new connections (the kernel resets those
+        // still queued, which were never accepted).
+        self.ctx.listeners.clear();
+        self.accept_paused = false;
+        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+        for ck in keys {
+            let c = &mut self.clients[ck];
+            match c.phase {
+                // Between requests (or in the middle of a head nobody has seen yet).
+                Phase::Head => self.close_client(ck),
+                Phase::Exchange => c.x.close_after = true,
+                Phase::Closing | Phase::Draining => {}
             }
         }
     }

@@ -264,3 +264,55 @@ fn serve_raises_the_open_files_limit() {
     assert_ne!(soft, "256", "{line}");
     assert_eq!(soft, hard, "{line}");
 }
+
+#[test]
+fn second_signal_stops_at_once() {
+    use std::io::Write;
+    let backend = Scripted::start(|mut s, _| {
+        let _ = read_head(&mut s);
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let proxy_addr = free_port();
+    let mut child = start(
+        &[
+            "serve",
+            "--backend",
+            &backend.addr.to_string(),
+            "--listen",
+            &proxy_addr.to_string(),
+            "--workers",
+            "1",
+        ],
+        proxy_addr,
+    );
+    let mut stuck = connect(proxy_addr);
+    stuck
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited without waiting for the request in flight"
+    );
+    let start = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = wait_exit(child, "corelb did not stop on the second signal");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without waiting"));
+}

@@ -18,6 +18,7 @@ fn short() -> Timeouts {
         exchange: Duration::from_millis(300),
         linger: Duration::from_millis(300),
         upstream_idle: Duration::from_millis(300),
+        shutdown_grace: Duration::from_millis(300),
     }
 }
 
@@ -128,4 +129,77 @@ fn idle_pooled_backend_connection_is_closed() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn shutdown_lets_the_request_in_flight_finish() {
+    let backend = Scripted::start(|mut s, _| {
+        if read_head(&mut s).is_some() {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate");
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let addr = proxy.local_addrs()[0];
+    let mut busy = Reader::new(connect(addr));
+    busy.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut idle = Reader::new(connect(addr));
+    idle.stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n")
+        .unwrap();
+    // Let the proxy see both before stopping it.
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    let stopper = std::thread::spawn(move || proxy.shutdown());
+    // The idle (never completed) client is closed at once.
+    idle.expect_closed();
+    assert!(
+        start.elapsed() < Duration::from_millis(250),
+        "idle client kept {:?}",
+        start.elapsed()
+    );
+    // New connections are refused.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after shutdown"
+    );
+    // The busy one gets its whole response, told that the connection closes.
+    let resp = busy.response();
+    assert_eq!((resp.status, resp.text().as_str()), (200, "late"));
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    busy.expect_closed();
+    // Like any client that saw the end of stream, close; the worker then exits
+    // (it waits for this, up to the linger timeout, so no reset hits the response).
+    drop(busy);
+    let counts = stopper.join().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(counts[0].requests, 1);
+}
+
+#[test]
+fn shutdown_gives_up_after_the_grace_period() {
+    let backend = Scripted::start(|mut s, _| {
+        let _ = read_head(&mut s);
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let proxy = proxy_with(&[backend.addr], |c| {
+        c.timeouts.shutdown_grace = Duration::from_millis(300);
+    });
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    proxy.shutdown();
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "shutdown took {took:?}"
+    );
 }
