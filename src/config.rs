@@ -86,6 +86,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     pub max_header_bytes: usize,
     pub rewrite_host: bool,
+    /// Pin worker i to the i-th core this process may run on.
+    pub pin: bool,
     pub timeouts: Timeouts,
 }
 
@@ -98,6 +100,7 @@ impl ProxyConfig {
             workers: available_cores(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             rewrite_host: false,
+            pin: false,
             timeouts: Timeouts::default(),
         }
     }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use argh::FromArgs;
 use corelb::config::{self, DEFAULT_MAX_HEADER_BYTES};
 use corelb::demo::Demo;
+use corelb::proxy::WorkerCounts;
 use corelb::{Origin, Proxy, ProxyConfig};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 #[derive(FromArgs)]
@@ -46,6 +47,9 @@ struct Serve {
     /// send the backend's host:port as Host instead of the client's Host
     #[argh(switch)]
     rewrite_host: bool,
+    /// pin worker i to core i (of the cores this process may use)
+    #[argh(switch)]
+    pin: bool,
 }
 
 #[derive(FromArgs)]
@@ -86,19 +90,39 @@ fn raise_open_files_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }
 
-/// SIGINT and SIGTERM, caught so that the first one stops gracefully.
+/// SIGINT and SIGTERM, caught so that the first one stops gracefully, and SIGUSR1,
+/// which asks for a report.
 fn stop_signals() -> Result<Signals, String> {
-    Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot install signal handlers: {e}"))
+    Signals::new([SIGINT, SIGTERM, SIGUSR1])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))
 }
 
-/// Wait for a stop signal, then run `stop`, which lets requests in flight finish.
-/// A second signal while it runs ends the process at once, with exit code 1.
+/// Print each worker's counters: an uneven SO_REUSEPORT spread shows here.
+fn report_counts(counts: &[WorkerCounts]) {
+    for (i, c) in counts.iter().enumerate() {
+        eprintln!(
+            "corelb: worker {i}: {} connections, {} requests",
+            c.accepted, c.requests
+        );
+    }
+}
+
+/// Wait for a stop signal (running `report` on each SIGUSR1), then run `stop`,
+/// which lets requests in flight finish. A second stop signal while it runs ends
+/// the process at once, with exit code 1.
 fn run_until_signal<R: Send + 'static>(
     mut signals: Signals,
     what: &str,
+    report: impl Fn(),
     stop: impl FnOnce() -> R + Send + 'static,
 ) -> R {
-    let _ = signals.forever().next();
+    for signal in signals.forever() {
+        if signal == SIGUSR1 {
+            report();
+        } else {
+            break;
+        }
+    }
     eprintln!("{what}: stopping; requests in flight may finish (signal again to stop now)");
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
@@ -108,7 +132,7 @@ fn run_until_signal<R: Send + 'static>(
         if let Ok(result) = done_rx.recv_timeout(Duration::from_millis(50)) {
             return result;
         }
-        if signals.pending().next().is_some() {
+        if signals.pending().any(|s| s != SIGUSR1) {
             eprintln!("{what}: stopped without waiting for requests in flight");
             std::process::exit(1);
         }
@@ -154,6 +178,7 @@ fn serve(args: Serve) -> ExitCode {
     cfg.workers = workers;
     cfg.max_header_bytes = args.max_header_bytes;
     cfg.rewrite_host = args.rewrite_host;
+    cfg.pin = args.pin;
     let proxy = match Proxy::start(cfg.clone()) {
         Ok(p) => p,
         Err(e) => return usage_error(e),
@@ -167,13 +192,14 @@ fn serve(args: Serve) -> ExitCode {
         open_files,
         backends.join(", ")
     );
-    let counts = run_until_signal(signals, "corelb", move || proxy.shutdown());
-    for (i, c) in counts.iter().enumerate() {
-        eprintln!(
-            "corelb: worker {i}: {} connections, {} requests",
-            c.accepted, c.requests
-        );
-    }
+    let stats = proxy.stats();
+    let counts = run_until_signal(
+        signals,
+        "corelb",
+        || report_counts(&stats.counts()),
+        move || proxy.shutdown(),
+    );
+    report_counts(&counts);
     ExitCode::SUCCESS
 }
 
@@ -195,7 +221,13 @@ fn backend(args: BackendCmd) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     eprintln!("corelb backend: listening on {}", origin.local_addr());
-    run_until_signal(signals, "corelb backend", move || origin.shutdown());
+    let (addr, requests) = (origin.local_addr(), origin.requests_counter());
+    run_until_signal(
+        signals,
+        "corelb backend",
+        || eprintln!("corelb backend: {addr}: {} requests", requests()),
+        move || origin.shutdown(),
+    );
     ExitCode::SUCCESS
 }
 
@@ -214,7 +246,13 @@ fn demo(args: DemoCmd) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     println!("{}", demo.banner());
-    let requests = run_until_signal(signals, "corelb demo", move || demo.shutdown());
+    let stats = demo.proxy.stats();
+    let requests = run_until_signal(
+        signals,
+        "corelb demo",
+        || report_counts(&stats.counts()),
+        move || demo.shutdown(),
+    );
     println!("\nstopped after {requests} requests");
     ExitCode::SUCCESS
 }

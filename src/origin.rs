@@ -95,6 +95,12 @@ impl Origin {
         self.counters.requests.load(Ordering::Relaxed)
     }
 
+    /// A reader of the request count that outlives the origin's owner (for reports).
+    pub fn requests_counter(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let counters = Arc::clone(&self.counters);
+        move || counters.requests.load(Ordering::Relaxed)
+    }
+
     pub fn shutdown(mut self) {
         self.workers.shutdown();
     }

@@ -74,6 +74,24 @@ pub struct WorkerCounts {
     pub requests: u64,
 }
 
+/// The per-worker counters of a proxy, readable from any thread.
+#[derive(Clone)]
+pub struct ProxyStats(Arc<Shared>);
+
+impl ProxyStats {
+    /// Accepted connections and completed requests, per worker.
+    pub fn counts(&self) -> Vec<WorkerCounts> {
+        self.0
+            .stats
+            .iter()
+            .map(|s| WorkerCounts {
+                accepted: s.0.accepted.load(Ordering::Relaxed),
+                requests: s.0.requests.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
 /// A running proxy. Dropping it (or `shutdown`) stops every worker.
 pub struct Proxy {
     workers: Workers,
@@ -99,7 +117,22 @@ impl Proxy {
             timeouts: config.timeouts,
         });
         let for_workers = Arc::clone(&shared);
+        // Read the allowed cores here, before any thread is pinned to one of them.
+        let cores = if config.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let workers = Workers::spawn("corelb", listeners, move |ctx| {
+            if !cores.is_empty() {
+                let core = cores[ctx.id % cores.len()];
+                if !core_affinity::set_for_current(core) {
+                    eprintln!(
+                        "corelb: worker {} could not be pinned to core {}",
+                        ctx.id, core.id
+                    );
+                }
+            }
             if let Err(e) = Worker::run(ctx, Arc::clone(&for_workers)) {
                 eprintln!("corelb: worker stopped: {e}");
             }
@@ -118,14 +151,12 @@ impl Proxy {
 
     /// Accepted connections and completed requests, per worker.
     pub fn counts(&self) -> Vec<WorkerCounts> {
-        self.shared
-            .stats
-            .iter()
-            .map(|s| WorkerCounts {
-                accepted: s.0.accepted.load(Ordering::Relaxed),
-                requests: s.0.requests.load(Ordering::Relaxed),
-            })
-            .collect()
+        self.stats().counts()
+    }
+
+    /// A handle on the counters that outlives the proxy's owner (for reports).
+    pub fn stats(&self) -> ProxyStats {
+        ProxyStats(Arc::clone(&self.shared))
     }
 
     /// Stop accepting, let exchanges in flight finish (within the shutdown grace

@@ -316,3 +316,75 @@ fn second_signal_stops_at_once() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without waiting"));
 }
+
+#[test]
+fn sigusr1_reports_per_worker_counts_and_keeps_serving() {
+    let origin_addr = free_port();
+    let origin = start(
+        &["backend", "--listen", &origin_addr.to_string()],
+        origin_addr,
+    );
+    let proxy_addr = free_port();
+    let mut proxy = start(
+        &[
+            "serve",
+            "--backend",
+            &origin_addr.to_string(),
+            "--listen",
+            &proxy_addr.to_string(),
+            "--workers",
+            "2",
+        ],
+        proxy_addr,
+    );
+    for _ in 0..10 {
+        assert_eq!(get(proxy_addr, "/").status, 200);
+    }
+    let stderr = proxy.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let pid = proxy.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-USR1", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut report = Vec::new();
+    while report.len() < 2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("no report on SIGUSR1");
+        if line.contains(": worker ") {
+            report.push(line);
+        }
+    }
+    let total: u64 = report
+        .iter()
+        .map(|l| {
+            l.split(", ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, 10, "{report:?}");
+    assert!(
+        proxy.try_wait().unwrap().is_none(),
+        "SIGUSR1 stopped the proxy"
+    );
+    assert_eq!(get(proxy_addr, "/").status, 200);
+    stop(proxy, "-TERM");
+    stop(origin, "-TERM");
+}
