@@ -316,6 +316,9 @@ struct Client {
     /// The client has shut down its sending side.
     eof: bool,
     drained: usize,
+    /// When closing, wait for the client to close first: it may still be sending
+    /// (a refused request, or a body the backend did not wait for).
+    linger: bool,
     /// The backend connection of the exchange in progress.
     upstream: Option<usize>,
     /// The exchange in progress (or the last one, between requests).
@@ -556,6 +559,7 @@ impl Worker {
                 deadline: self.now + self.timeouts.idle,
                 eof: false,
                 drained: 0,
+                linger: false,
                 upstream: None,
                 x: Exchange::none(),
             });
@@ -659,6 +663,7 @@ impl Worker {
                 bufs.resp_head.extend_from_slice(reject.response());
                 bufs.resp_head_sent = 0;
                 c.x.resp_pending = 0;
+                c.linger = true;
                 c.phase = Phase::Closing;
                 c.deadline = now + self.timeouts.linger;
                 true
@@ -1019,6 +1024,7 @@ impl Worker {
         bufs.resp.clear();
         c.x.resp = RespState::Waiting;
         if c.x.close_after || !c.x.req_done {
+            c.linger |= !c.x.req_done;
             c.phase = Phase::Closing;
             c.deadline = now + self.timeouts.linger;
         } else {
@@ -1044,11 +1050,15 @@ impl Worker {
         }
         bufs.resp_head.clear();
         bufs.resp_head_sent = 0;
-        if c.eof {
+        // Closing with unread input sends a reset, which can destroy the response
+        // still in flight to the client. With no input pending (the last read drained
+        // the socket, nothing is buffered) and none expected, a plain close sends a
+        // FIN after the data; otherwise shut down our side and read until the client
+        // closes (nginx's "lingering close", with the same heuristic).
+        let input_pending = c.ready.readable || !bufs.req.is_empty();
+        if c.eof || (!c.linger && !input_pending) {
             return Err(Fail::Close);
         }
-        // Shut down our side and read until the client closes: closing with unread
-        // input would send a reset that can destroy the response in flight.
         let _ = c.sock.shutdown(Shutdown::Write);
         c.phase = Phase::Draining;
         c.drained = 0;

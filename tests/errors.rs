@@ -350,3 +350,30 @@ fn stale_pooled_connection_is_retried_with_the_request_body() {
     );
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn refused_request_still_uploading_gets_its_whole_response() {
+    // The client keeps sending a large body after a request that is refused at its
+    // head: the proxy must drain it rather than reset the connection, or the reset
+    // could destroy the 400 before the client reads it.
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 1);
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1, 2\r\n\r\n").unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let uploader = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..8 {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let mut r = Reader::new(s);
+    let resp = r.response();
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.text(), "Bad Request\n");
+    uploader.join().unwrap();
+}
