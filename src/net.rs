@@ -84,6 +84,11 @@ fn socket_for(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> 
     socket
         .set_nonblocking(true)
         .map_err(step("set O_NONBLOCK"))?;
+    // Linux copies TCP_NODELAY to accepted sockets, sparing a setsockopt per
+    // connection (workers check this once and set it themselves if not).
+    socket
+        .set_tcp_nodelay(true)
+        .map_err(step("set TCP_NODELAY"))?;
     Ok(socket)
 }
 
@@ -257,5 +262,58 @@ impl Workers {
 impl Drop for Workers {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Whether sockets accepted from a listener with TCP_NODELAY already have it.
+/// Checked once per worker on its first connection, then trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodelayInherited {
+    Unknown,
+    Yes,
+    No,
+}
+
+impl NodelayInherited {
+    /// Make sure `sock` has TCP_NODELAY, with a syscall only where needed.
+    pub fn apply(&mut self, sock: &mio::net::TcpStream) {
+        if *self == NodelayInherited::Unknown {
+            *self = if sock.nodelay().unwrap_or(false) {
+                NodelayInherited::Yes
+            } else {
+                NodelayInherited::No
+            };
+        }
+        if *self == NodelayInherited::No {
+            let _ = sock.set_nodelay(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_have_nodelay() {
+        let (addrs, mut listeners) = bind_listeners(&[([127, 0, 0, 1], 0).into()], 1).unwrap();
+        let _client = std::net::TcpStream::connect(addrs[0]).unwrap();
+        let listener = listeners[0].pop().unwrap();
+        let accepted = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let mut inherited = NodelayInherited::Unknown;
+        inherited.apply(&accepted);
+        assert_ne!(inherited, NodelayInherited::Unknown);
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY missing on an accepted socket"
+        );
     }
 }

@@ -169,11 +169,16 @@ struct Conn {
     current: Option<InFlight>,
     close_after_flush: bool,
     eof: bool,
+    /// A read may find data: set by each event, cleared by a short read (the
+    /// socket is drained; new data raises a new edge) unless the peer has closed.
+    readable: bool,
+    read_closed: bool,
 }
 
 fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Result<()> {
     ctx.register_listeners()?;
     let mut conns: Slab<Conn> = Slab::new();
+    let mut nodelay = net::NodelayInherited::Unknown;
     let mut events = Events::with_capacity(1024);
     loop {
         if let Err(e) = ctx.poll.poll(&mut events, None) {
@@ -192,7 +197,7 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
                 loop {
                     match ctx.listeners[i].accept() {
                         Ok((mut sock, _)) => {
-                            let _ = sock.set_nodelay(true);
+                            nodelay.apply(&sock);
                             let entry = conns.vacant_entry();
                             let token = Token(entry.key());
                             if ctx
@@ -212,6 +217,8 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
                                     current: None,
                                     close_after_flush: false,
                                     eof: false,
+                                    readable: true,
+                                    read_closed: false,
                                 });
                             }
                         }
@@ -220,10 +227,12 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
                         Err(_) => break,
                     }
                 }
-            } else if let Some(conn) = conns.get_mut(t.0)
-                && !serve(conn, &body, counters)
-            {
-                conns.remove(t.0);
+            } else if let Some(conn) = conns.get_mut(t.0) {
+                conn.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                conn.read_closed |= ev.is_read_closed();
+                if !serve(conn, &body, counters) {
+                    conns.remove(t.0);
+                }
             }
         }
     }
@@ -233,7 +242,8 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
 fn serve(c: &mut Conn, body: &[u8], counters: &Counters) -> bool {
     loop {
         let mut progress = false;
-        if !c.eof
+        if c.readable
+            && !c.eof
             && !c.inbuf.is_full()
             && c.out.len() - c.out_sent < MAX_QUEUED_OUTPUT
             && c.fill_left == 0
@@ -243,8 +253,11 @@ fn serve(c: &mut Conn, body: &[u8], counters: &Counters) -> bool {
                     c.eof = true;
                     progress = true;
                 }
-                Ok(_) => progress = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok((_, short)) => {
+                    c.readable = !short || c.read_closed;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
                 Err(_) => return false,
             }

@@ -422,6 +422,7 @@ struct Worker {
     expired: Vec<usize>,
     /// Set once shutdown has begun: when the worker stops regardless.
     shutdown_deadline: Option<Instant>,
+    nodelay: net::NodelayInherited,
 }
 
 impl Worker {
@@ -442,6 +443,7 @@ impl Worker {
             accept_paused: false,
             expired: Vec::new(),
             shutdown_deadline: None,
+            nodelay: net::NodelayInherited::Unknown,
         };
         let mut events = Events::with_capacity(1024);
         let sweep_interval =
@@ -533,7 +535,7 @@ impl Worker {
                 }
             };
             self.accept_paused = false;
-            let _ = sock.set_nodelay(true);
+            self.nodelay.apply(&sock);
             let entry = self.clients.vacant_entry();
             let key = entry.key();
             let mut sock = sock;

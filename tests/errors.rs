@@ -359,7 +359,8 @@ fn refused_request_still_uploading_gets_its_whole_response() {
     let origins = origins(1);
     let proxy = proxy_for(&[origins[0].local_addr()], 1);
     let mut s = connect(proxy.local_addrs()[0]);
-    s.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1, 2\r\n\r\n").unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1, 2\r\n\r\n")
+        .unwrap();
     let mut writer = s.try_clone().unwrap();
     let uploader = std::thread::spawn(move || {
         let chunk = vec![b'x'; 64 * 1024];
