@@ -49,6 +49,8 @@ pub enum StartError {
     Poll(io::Error),
     /// A worker thread could not be spawned.
     Spawn(io::Error),
+    /// A proxy was configured without any backend.
+    NoBackends,
 }
 
 impl fmt::Display for StartError {
@@ -60,6 +62,7 @@ impl fmt::Display for StartError {
             }
             StartError::Poll(e) => write!(f, "cannot create event loop: {e}"),
             StartError::Spawn(e) => write!(f, "cannot start worker thread: {e}"),
+            StartError::NoBackends => write!(f, "--backend: at least one backend is required"),
         }
     }
 }

@@ -13,9 +13,10 @@
 //!
 //! A session's life: `Phase::Head` (waiting for a request head, holding no buffers
 //! when idle) -> `Phase::Exchange` (request streamed to a backend, response streamed
-//! back) -> `Head` again for keep-alive, or `Closing` (flush, shut down our side)
-//! -> `Draining` (discard what the client still sends, so our last response is not
-//! destroyed by a reset) -> closed.
+//! back) -> `Head` again for keep-alive, or `Closing` (flush, then close; or, when
+//! the client may still be sending, shut down our side) -> `Draining` (discard what
+//! the client still sends, so our last response is not destroyed by a reset) ->
+//! closed.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
@@ -103,10 +104,9 @@ pub struct Proxy {
 impl Proxy {
     /// Bind every listen address once per worker and start the workers.
     pub fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
-        assert!(
-            !config.backends.is_empty(),
-            "ProxyConfig needs at least one backend"
-        );
+        if config.backends.is_empty() {
+            return Err(StartError::NoBackends);
+        }
         let workers = config.workers.max(1);
         let (addrs, listeners) = net::bind_listeners(&config.listen, workers)?;
         let shared = Arc::new(Shared {
@@ -816,174 +816,16 @@ impl Worker {
         Ok(())
     }
 
-    /// Relay one exchange: client -> backend (request) and backend -> client (response).
+    /// Relay one exchange: client -> backend (request) and backend -> client
+    /// (response), then recycle the connections once the response is out.
     fn step_exchange(&mut self, ck: usize) -> Step {
         let c = &mut self.clients[ck];
         let Some(uk) = c.upstream else {
             return Err(Fail::Reject(Reject::BadGateway));
         };
         let u = &mut self.upstreams[uk];
-        let bufs = c.bufs.as_mut().expect("an exchange has buffers");
-        let mut progress = false;
-
-        if !u.connected && (u.ready.writable || u.ready.readable) {
-            match u.sock.take_error() {
-                Ok(None) => {}
-                _ => return Err(Fail::Reject(Reject::BadGateway)),
-            }
-            match u.sock.peer_addr() {
-                Ok(_) => {
-                    u.connected = true;
-                    progress = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                    u.ready.readable = false;
-                    u.ready.writable = false;
-                }
-                Err(_) => return Err(Fail::Reject(Reject::BadGateway)),
-            }
-        }
-
-        // Bytes kept for a replay must not stall the upload: when they fill the
-        // buffer, let them go (this request can then no longer be retried).
-        if bufs.req.is_full() && c.x.req_retained > 0 {
-            bufs.req.consume(c.x.req_retained);
-            c.x.req_retained = 0;
-            c.x.replayable = false;
-        }
-        // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
-        if c.ready.readable && !c.eof && !bufs.req.is_full() {
-            match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
-                Ok(ReadOutcome::Data) => progress = true,
-                Ok(ReadOutcome::Eof) => {
-                    c.eof = true;
-                    progress = true;
-                }
-                Ok(ReadOutcome::Blocked) => {}
-                Err(_) => return Err(Fail::Close),
-            }
-        }
-        let known = c.x.req_retained + c.x.req_pending;
-        if !c.x.req_body.is_done() && bufs.req.len() > known {
-            let n =
-                c.x.req_body
-                    .scan(&bufs.req.filled()[known..])
-                    .map_err(|_| Fail::Reject(Reject::BadRequest))?;
-            c.x.req_pending += n;
-            progress |= n > 0;
-        }
-        if c.eof && !c.x.req_body.is_done() {
-            // Everything buffered is scanned and the body is still short: the client
-            // gave up in the middle of its request.
-            return Err(Fail::Close);
-        }
-
-        // Buffer -> backend: the rewritten head, then body bytes as they are known.
-        if u.connected && !c.x.req_done {
-            let head = &bufs.req_head[bufs.req_head_sent..];
-            if u.ready.writable && (!head.is_empty() || c.x.req_pending > 0) {
-                let body = &bufs.req.filled()[c.x.req_retained..c.x.req_retained + c.x.req_pending];
-                match write_two(&mut u.sock, head, body, &mut u.ready) {
-                    Ok(n) => {
-                        let from_head = n.min(head.len());
-                        let from_body = n - from_head;
-                        bufs.req_head_sent += from_head;
-                        c.x.req_pending -= from_body;
-                        if c.x.replayable && u.reused && !c.x.retried {
-                            c.x.req_retained += from_body;
-                        } else {
-                            bufs.req.consume(from_body);
-                        }
-                        progress |= n > 0;
-                    }
-                    Err(_) => return Err(retry_or(c, u, Reject::BadGateway)),
-                }
-            }
-            if bufs.req_head_sent == bufs.req_head.len()
-                && c.x.req_pending == 0
-                && c.x.req_body.is_done()
-            {
-                c.x.req_done = true;
-                progress = true;
-            }
-        }
-
-        // Backend -> buffer.
-        if u.connected && u.ready.readable && !u.eof && !bufs.resp.is_full() {
-            match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
-                Ok(ReadOutcome::Data) => {
-                    // The backend is answering: the request will not be sent again.
-                    u.received = true;
-                    bufs.req.consume(c.x.req_retained);
-                    c.x.req_retained = 0;
-                    c.x.replayable = false;
-                    progress = true;
-                }
-                Ok(ReadOutcome::Eof) => {
-                    u.eof = true;
-                    progress = true;
-                }
-                Ok(ReadOutcome::Blocked) => {}
-                Err(_) => {
-                    // Reset: like end of stream (and never reused).
-                    u.eof = true;
-                    progress = true;
-                }
-            }
-        }
-
-        if c.x.resp == RespState::Waiting {
-            if !bufs.resp.is_empty() {
-                match parse_response_head(bufs, &c.x.req, &mut c.x.close_after)? {
-                    Some(head) => {
-                        progress = true;
-                        if let Some(framing) = head.final_framing {
-                            c.x.resp = RespState::Body;
-                            c.x.resp_body = BodyScanner::new(framing);
-                            c.x.upstream_reusable = head.reusable;
-                        }
-                    }
-                    None if bufs.resp.is_full() => return Err(Fail::Reject(Reject::BadGateway)),
-                    None if u.eof => return Err(Fail::Reject(Reject::BadGateway)),
-                    None => {}
-                }
-            } else if u.eof {
-                return Err(retry_or(c, u, Reject::BadGateway));
-            }
-        }
-
-        if c.x.resp == RespState::Body
-            && !c.x.resp_body.is_done()
-            && bufs.resp.len() > c.x.resp_pending
-        {
-            let n =
-                c.x.resp_body
-                    .scan(&bufs.resp.filled()[c.x.resp_pending..])
-                    .map_err(|_| Fail::Reject(Reject::BadGateway))?;
-            c.x.resp_pending += n;
-            progress |= n > 0;
-        }
-
-        // Buffer -> client: queued heads (interim and final), then body bytes.
-        let head = &bufs.resp_head[bufs.resp_head_sent..];
-        if c.ready.writable && (!head.is_empty() || c.x.resp_pending > 0) {
-            let body = &bufs.resp.filled()[..c.x.resp_pending];
-            match write_two(&mut c.sock, head, body, &mut c.ready) {
-                Ok(n) => {
-                    let from_head = n.min(head.len());
-                    bufs.resp_head_sent += from_head;
-                    bufs.resp.consume(n - from_head);
-                    c.x.resp_pending -= n - from_head;
-                    progress |= n > 0;
-                }
-                Err(_) => return Err(Fail::Close),
-            }
-        }
-        if bufs.resp_head_sent == bufs.resp_head.len() {
-            bufs.resp_head.clear();
-            bufs.resp_head_sent = 0;
-        }
-
+        let progress = check_connected(u)? | relay_request(c, u)? | relay_response(c, u)?;
+        let bufs = c.bufs.as_ref().expect("an exchange has buffers");
         if c.x.resp == RespState::Body && bufs.resp_head.is_empty() && c.x.resp_pending == 0 {
             if c.x.resp_body.is_done()
                 || (c.x.resp_body == BodyScanner::UntilClose && u.eof && bufs.resp.is_empty())
@@ -1132,6 +974,184 @@ impl Worker {
             }
         }
     }
+}
+
+/// A new backend connection: has the connect finished, or failed?
+fn check_connected(u: &mut Upstream) -> Step {
+    let mut progress = false;
+    if !u.connected && (u.ready.writable || u.ready.readable) {
+        match u.sock.take_error() {
+            Ok(None) => {}
+            _ => return Err(Fail::Reject(Reject::BadGateway)),
+        }
+        match u.sock.peer_addr() {
+            Ok(_) => {
+                u.connected = true;
+                progress = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                u.ready.readable = false;
+                u.ready.writable = false;
+            }
+            Err(_) => return Err(Fail::Reject(Reject::BadGateway)),
+        }
+    }
+
+    Ok(progress)
+}
+
+/// Client -> backend: read the request body (or pipelined requests, bounded by the
+/// buffer), find where the body ends, and send the head and body bytes.
+fn relay_request(c: &mut Client, u: &mut Upstream) -> Step {
+    let bufs = c.bufs.as_mut().expect("an exchange has buffers");
+    let mut progress = false;
+    // Bytes kept for a replay must not stall the upload: when they fill the
+    // buffer, let them go (this request can then no longer be retried).
+    if bufs.req.is_full() && c.x.req_retained > 0 {
+        bufs.req.consume(c.x.req_retained);
+        c.x.req_retained = 0;
+        c.x.replayable = false;
+    }
+    // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
+    if c.ready.readable && !c.eof && !bufs.req.is_full() {
+        match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
+            Ok(ReadOutcome::Data) => progress = true,
+            Ok(ReadOutcome::Eof) => {
+                c.eof = true;
+                progress = true;
+            }
+            Ok(ReadOutcome::Blocked) => {}
+            Err(_) => return Err(Fail::Close),
+        }
+    }
+    let known = c.x.req_retained + c.x.req_pending;
+    if !c.x.req_body.is_done() && bufs.req.len() > known {
+        let n =
+            c.x.req_body
+                .scan(&bufs.req.filled()[known..])
+                .map_err(|_| Fail::Reject(Reject::BadRequest))?;
+        c.x.req_pending += n;
+        progress |= n > 0;
+    }
+    if c.eof && !c.x.req_body.is_done() {
+        // Everything buffered is scanned and the body is still short: the client
+        // gave up in the middle of its request.
+        return Err(Fail::Close);
+    }
+
+    // Buffer -> backend: the rewritten head, then body bytes as they are known.
+    if u.connected && !c.x.req_done {
+        let head = &bufs.req_head[bufs.req_head_sent..];
+        if u.ready.writable && (!head.is_empty() || c.x.req_pending > 0) {
+            let body = &bufs.req.filled()[c.x.req_retained..c.x.req_retained + c.x.req_pending];
+            match write_two(&mut u.sock, head, body, &mut u.ready) {
+                Ok(n) => {
+                    let from_head = n.min(head.len());
+                    let from_body = n - from_head;
+                    bufs.req_head_sent += from_head;
+                    c.x.req_pending -= from_body;
+                    if c.x.replayable && u.reused && !c.x.retried {
+                        c.x.req_retained += from_body;
+                    } else {
+                        bufs.req.consume(from_body);
+                    }
+                    progress |= n > 0;
+                }
+                Err(_) => return Err(retry_or(c, u, Reject::BadGateway)),
+            }
+        }
+        if bufs.req_head_sent == bufs.req_head.len()
+            && c.x.req_pending == 0
+            && c.x.req_body.is_done()
+        {
+            c.x.req_done = true;
+            progress = true;
+        }
+    }
+
+    Ok(progress)
+}
+
+/// Backend -> client: read, parse the response head (interim ones too), find where
+/// the body ends, and write the heads and body bytes to the client.
+fn relay_response(c: &mut Client, u: &mut Upstream) -> Step {
+    let bufs = c.bufs.as_mut().expect("an exchange has buffers");
+    let mut progress = false;
+    // Backend -> buffer.
+    if u.connected && u.ready.readable && !u.eof && !bufs.resp.is_full() {
+        match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
+            Ok(ReadOutcome::Data) => {
+                // The backend is answering: the request will not be sent again.
+                u.received = true;
+                bufs.req.consume(c.x.req_retained);
+                c.x.req_retained = 0;
+                c.x.replayable = false;
+                progress = true;
+            }
+            Ok(ReadOutcome::Eof) => {
+                u.eof = true;
+                progress = true;
+            }
+            Ok(ReadOutcome::Blocked) => {}
+            Err(_) => {
+                // Reset: like end of stream (and never reused).
+                u.eof = true;
+                progress = true;
+            }
+        }
+    }
+
+    if c.x.resp == RespState::Waiting {
+        if !bufs.resp.is_empty() {
+            match parse_response_head(bufs, &c.x.req, &mut c.x.close_after)? {
+                Some(head) => {
+                    progress = true;
+                    if let Some(framing) = head.final_framing {
+                        c.x.resp = RespState::Body;
+                        c.x.resp_body = BodyScanner::new(framing);
+                        c.x.upstream_reusable = head.reusable;
+                    }
+                }
+                None if bufs.resp.is_full() => return Err(Fail::Reject(Reject::BadGateway)),
+                None if u.eof => return Err(Fail::Reject(Reject::BadGateway)),
+                None => {}
+            }
+        } else if u.eof {
+            return Err(retry_or(c, u, Reject::BadGateway));
+        }
+    }
+
+    if c.x.resp == RespState::Body && !c.x.resp_body.is_done() && bufs.resp.len() > c.x.resp_pending
+    {
+        let n =
+            c.x.resp_body
+                .scan(&bufs.resp.filled()[c.x.resp_pending..])
+                .map_err(|_| Fail::Reject(Reject::BadGateway))?;
+        c.x.resp_pending += n;
+        progress |= n > 0;
+    }
+
+    // Buffer -> client: queued heads (interim and final), then body bytes.
+    let head = &bufs.resp_head[bufs.resp_head_sent..];
+    if c.ready.writable && (!head.is_empty() || c.x.resp_pending > 0) {
+        let body = &bufs.resp.filled()[..c.x.resp_pending];
+        match write_two(&mut c.sock, head, body, &mut c.ready) {
+            Ok(n) => {
+                let from_head = n.min(head.len());
+                bufs.resp_head_sent += from_head;
+                bufs.resp.consume(n - from_head);
+                c.x.resp_pending -= n - from_head;
+                progress |= n > 0;
+            }
+            Err(_) => return Err(Fail::Close),
+        }
+    }
+    if bufs.resp_head_sent == bufs.resp_head.len() {
+        bufs.resp_head.clear();
+        bufs.resp_head_sent = 0;
+    }
+
+    Ok(progress)
 }
 
 /// If a reused backend connection failed before sending anything, the request is

@@ -378,3 +378,12 @@ fn refused_request_still_uploading_gets_its_whole_response() {
     assert_eq!(resp.text(), "Bad Request\n");
     uploader.join().unwrap();
 }
+
+#[test]
+fn a_proxy_without_backends_is_a_start_error() {
+    let cfg = corelb::ProxyConfig::new(vec![loopback()], Vec::new());
+    let err = corelb::Proxy::start(cfg)
+        .err()
+        .expect("no backends must not start");
+    assert!(err.to_string().contains("--backend"), "{err}");
+}
