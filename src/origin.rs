@@ -367,7 +367,9 @@ fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> 
         });
         return Some(true);
     }
-    let inflight = c.current.as_mut().expect("checked above");
+    let Some(inflight) = c.current.as_mut() else {
+        return Some(false);
+    };
     if !inflight.body.is_done() {
         if c.inbuf.is_empty() {
             return Some(false);
@@ -391,7 +393,9 @@ fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> 
             return Some(n > 0);
         }
     }
-    let done = c.current.take().expect("checked above");
+    let Some(done) = c.current.take() else {
+        return Some(false);
+    };
     counters.requests.fetch_add(1, Ordering::Relaxed);
     let close = !done.info.keep_alive;
     let head_only = done.info.is_head;

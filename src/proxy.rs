@@ -707,13 +707,10 @@ impl Worker {
     /// Waiting for a request head: read, parse, and start the exchange.
     fn step_head(&mut self, ck: usize) -> Step {
         let c = &mut self.clients[ck];
-        if c.bufs.is_none() {
-            if !c.ready.readable && !c.eof {
-                return Ok(false);
-            }
-            c.bufs = Some(self.bufs.take());
+        if c.bufs.is_none() && !c.ready.readable && !c.eof {
+            return Ok(false);
         }
-        let bufs = c.bufs.as_mut().expect("buffers were just ensured");
+        let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
         if !bufs.req.is_empty()
             && let Some((n, info, backend)) = parse_request_head(bufs, c.ip, &self.shared)?
         {
@@ -746,15 +743,16 @@ impl Worker {
         }
         if bufs.req.is_empty() {
             // Idle keep-alive connection: it holds no buffers.
-            let bufs = c.bufs.take().expect("checked above");
-            self.bufs.give(bufs);
+            if let Some(bufs) = c.bufs.take() {
+                self.bufs.give(bufs);
+            }
         }
         Ok(false)
     }
 
     fn start_exchange(&mut self, ck: usize, info: RequestInfo, backend: usize) -> Result<(), Fail> {
         let c = &mut self.clients[ck];
-        let bufs = c.bufs.as_mut().expect("a parsed head has buffers");
+        let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
         bufs.req_head_sent = 0;
         bufs.resp_head.clear();
         bufs.resp_head_sent = 0;
@@ -825,12 +823,12 @@ impl Worker {
         };
         let u = &mut self.upstreams[uk];
         let progress = check_connected(u)? | relay_request(c, u)? | relay_response(c, u)?;
-        let bufs = c.bufs.as_ref().expect("an exchange has buffers");
+        let bufs = c.bufs.as_ref().ok_or(Fail::Close)?;
         if c.x.resp == RespState::Body && bufs.resp_head.is_empty() && c.x.resp_pending == 0 {
             if c.x.resp_body.is_done()
                 || (c.x.resp_body == BodyScanner::UntilClose && u.eof && bufs.resp.is_empty())
             {
-                self.finish_exchange(ck);
+                self.finish_exchange(ck)?;
                 return Ok(true);
             }
             if u.eof {
@@ -844,11 +842,11 @@ impl Worker {
 
     /// The response has been written in full: recycle or close the backend
     /// connection, then wait for the next request or close.
-    fn finish_exchange(&mut self, ck: usize) {
+    fn finish_exchange(&mut self, ck: usize) -> Result<(), Fail> {
         self.stats().requests.fetch_add(1, Ordering::Relaxed);
         let now = self.now;
         let c = &mut self.clients[ck];
-        let bufs = c.bufs.as_mut().expect("an exchange has buffers");
+        let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
         if let Some(uk) = c.upstream.take() {
             let u = &mut self.upstreams[uk];
             let idle = &mut self.idle[u.backend];
@@ -876,6 +874,7 @@ impl Worker {
             c.phase = Phase::Head;
             c.deadline = now + self.timeouts.idle;
         }
+        Ok(())
     }
 
     /// Flush what is queued for the client, then shut down our sending side.
@@ -1003,7 +1002,7 @@ fn check_connected(u: &mut Upstream) -> Step {
 /// Client -> backend: read the request body (or pipelined requests, bounded by the
 /// buffer), find where the body ends, and send the head and body bytes.
 fn relay_request(c: &mut Client, u: &mut Upstream) -> Step {
-    let bufs = c.bufs.as_mut().expect("an exchange has buffers");
+    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
     let mut progress = false;
     // Bytes kept for a replay must not stall the upload: when they fill the
     // buffer, let them go (this request can then no longer be retried).
@@ -1075,7 +1074,7 @@ fn relay_request(c: &mut Client, u: &mut Upstream) -> Step {
 /// Backend -> client: read, parse the response head (interim ones too), find where
 /// the body ends, and write the heads and body bytes to the client.
 fn relay_response(c: &mut Client, u: &mut Upstream) -> Step {
-    let bufs = c.bufs.as_mut().expect("an exchange has buffers");
+    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
     let mut progress = false;
     // Backend -> buffer.
     if u.connected && u.ready.readable && !u.eof && !bufs.resp.is_full() {
