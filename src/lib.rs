@@ -5,6 +5,31 @@
 //! by one atomic counter shared by all workers. The library holds everything so that
 //! tests and benchmarks can start a proxy and origins in-process; the binary is a
 //! thin CLI over it.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::time::Duration;
+//! use corelb::{Backend, Origin, Proxy, ProxyConfig};
+//!
+//! // A built-in origin and a one-worker proxy in front of it, on ephemeral ports.
+//! let origin = Origin::start("127.0.0.1:0".parse().unwrap(), 1, Some("hello".into())).unwrap();
+//! let backend = Backend { addr: origin.local_addr(), authority: origin.local_addr().to_string() };
+//! let mut config = ProxyConfig::new(vec!["127.0.0.1:0".parse().unwrap()], vec![backend]);
+//! config.workers = 1;
+//! let proxy = Proxy::start(config).unwrap();
+//!
+//! let mut client = std::net::TcpStream::connect(proxy.local_addrs()[0]).unwrap();
+//! client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+//! client.write_all(b"GET / HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n").unwrap();
+//! let mut response = String::new();
+//! client.read_to_string(&mut response).unwrap();
+//! assert!(response.starts_with("HTTP/1.1 200 OK\r\n"));
+//! assert!(response.ends_with("\r\n\r\nhello"));
+//!
+//! let counts = proxy.shutdown();
+//! assert_eq!(counts[0].requests, 1);
+//! origin.shutdown();
+//! ```
 
 pub mod balance;
 pub mod buffer;
