@@ -25,14 +25,28 @@ fn wait_exit(mut child: Child, what: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let child = Command::new(BIN)
+/// Spawn `program args` with no stdin and piped stdout and stderr.
+fn spawn(program: &str, args: &[&str]) -> Child {
+    Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Wait up to 10 s until something accepts connections on `addr`.
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listened on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let child = spawn(BIN, args);
     let out = wait_exit(child, &format!("corelb {args:?} did not exit"));
     (
         out.status.code().unwrap_or(-1),
@@ -137,21 +151,8 @@ fn free_port() -> SocketAddr {
 
 /// Start the binary and wait until `addr` accepts connections.
 fn start(args: &[&str], addr: SocketAddr) -> Child {
-    let child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "corelb {args:?} never listened on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn(BIN, args);
+    wait_listening(addr);
     child
 }
 
@@ -240,18 +241,8 @@ fn serve_raises_the_open_files_limit() {
     let script = format!(
         "ulimit -Sn 256 && exec {BIN} serve --backend 127.0.0.1:9 --listen {proxy_addr} --workers 1"
     );
-    let child = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(proxy_addr).is_err() {
-        assert!(Instant::now() < deadline, "corelb never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn("sh", &["-c", &script]);
+    wait_listening(proxy_addr);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let line = limits
         .lines()
