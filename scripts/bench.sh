@@ -12,7 +12,7 @@
 #   --scenarios  comma-separated subset of: s16_c50 s16_c1000 s16k_c50 s1m_c16 close_c50
 #   --smoke      1 round of 1 s, 1 worker: checks the script works, measures nothing
 #
-# Needs wrk (apt-get install -y wrk) and python3; nginx, haproxy and gnuplot are used
+# Needs wrk and curl (apt-get install -y wrk curl) and python3; nginx, haproxy and gnuplot are used
 # when installed (apt-get install -y nginx-light haproxy gnuplot-nox).
 # Writes results/<date>/: bench.csv (every run), bench.md (the table), machine.txt,
 # and bench.svg (with gnuplot).
@@ -88,6 +88,8 @@ start_origins() {
   else
     mkdir -p "$work/www/size"
     for n in 16 16384 1048576; do head -c "$n" /dev/zero | tr '\0' 'x' > "$work/www/size/$n"; done
+    # nginx's workers run unprivileged: they must be able to enter mktemp's 0700 dir.
+    chmod -R a+rX "$work"
     cat > "$work/nginx-origin.conf" <<CONF
 worker_processes 1;
 pid $work/nginx-origin.pid;
@@ -104,6 +106,16 @@ CONF
     nginx -c "$work/nginx-origin.conf" -p "$work"
   fi
   wait_port "$o1"; wait_port "$o2"
+  # A benchmark of error pages measures nothing: every origin must serve every size.
+  for o in "$o1" "$o2"; do
+    for n in 16 16384 1048576; do
+      got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://$o/size/$n")
+      if [ "$got" != "200 $n" ]; then
+        echo "bench.sh: origin $o answered /size/$n with '$got' (status, bytes), not '200 $n'" >&2
+        exit 1
+      fi
+    done
+  done
 }
 
 proxy_pids=()

@@ -86,6 +86,10 @@ def report(csv_path, outdir):
                 "| %d | %s | %s | %.0f | %.2f | %.2f | %s | %s | %s |"
                 % (workers, scenario, target, m["rps"], m["p50"], m["p99"], errors, fmt_ratio(vs_peer), fmt_ratio(vs_direct))
             )
+    bad = ["%s/%s/w%d" % (k[2], k[1], k[0]) for k, m in sorted(med.items()) if m["errors"] != 0]
+    if bad:
+        lines.append("")
+        lines.append("**WARNING: errors or failed runs in: %s. Those figures do not measure the proxy.**" % ", ".join(bad))
     table = "\n".join(lines)
     with open(outdir + "/machine.txt") as f:
         machine = f.read()
