@@ -7,6 +7,10 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+/// Default for `--busy-poll`, in microseconds, and its upper bound.
+pub const DEFAULT_BUSY_POLL_MICROS: u64 = 50;
+pub const MAX_BUSY_POLL_MICROS: u64 = 10_000;
+
 /// Default for `--max-header-bytes`.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Bounds for `--max-header-bytes`: below 1 KiB real browsers fail, above 1 MiB a
@@ -88,6 +92,8 @@ pub struct ProxyConfig {
     pub rewrite_host: bool,
     /// Pin worker i to the i-th core this process may run on.
     pub pin: bool,
+    /// After handling events, keep polling without sleeping for this long.
+    pub busy_poll: Duration,
     pub timeouts: Timeouts,
 }
 
@@ -101,6 +107,7 @@ impl ProxyConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             rewrite_host: false,
             pin: false,
+            busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
             timeouts: Timeouts::default(),
         }
     }
@@ -209,7 +216,18 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, FlagError> {
 }
 
 /// Check the numeric flags of `serve`.
-pub fn check_limits(workers: usize, max_header_bytes: usize) -> Result<(), FlagError> {
+pub fn check_limits(
+    workers: usize,
+    max_header_bytes: usize,
+    busy_poll_micros: u64,
+) -> Result<(), FlagError> {
+    if busy_poll_micros > MAX_BUSY_POLL_MICROS {
+        return Err(flag_error(
+            "--busy-poll",
+            &busy_poll_micros.to_string(),
+            format!("must be at most {MAX_BUSY_POLL_MICROS} microseconds"),
+        ));
+    }
     if workers == 0 {
         return Err(flag_error("--workers", "0", "must be at least 1"));
     }
@@ -264,8 +282,15 @@ mod tests {
 
     #[test]
     fn limits() {
-        assert!(check_limits(1, DEFAULT_MAX_HEADER_BYTES).is_ok());
-        assert_eq!(check_limits(0, 16384).unwrap_err().flag, "--workers");
-        assert_eq!(check_limits(1, 10).unwrap_err().flag, "--max-header-bytes");
+        assert!(check_limits(1, DEFAULT_MAX_HEADER_BYTES, 50).is_ok());
+        assert_eq!(check_limits(0, 16384, 50).unwrap_err().flag, "--workers");
+        assert_eq!(
+            check_limits(1, 10, 50).unwrap_err().flag,
+            "--max-header-bytes"
+        );
+        assert_eq!(
+            check_limits(1, 16384, 20_000).unwrap_err().flag,
+            "--busy-poll"
+        );
     }
 }

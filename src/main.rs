@@ -50,6 +50,10 @@ struct Serve {
     /// pin worker i to core i (of the cores this process may use)
     #[argh(switch)]
     pin: bool,
+    /// after handling events, poll without sleeping for this many microseconds
+    /// (default 50; 0 disables; at most 10000)
+    #[argh(option, default = "config::DEFAULT_BUSY_POLL_MICROS")]
+    busy_poll: u64,
 }
 
 #[derive(FromArgs)]
@@ -144,7 +148,7 @@ fn serve(args: Serve) -> ExitCode {
         return usage_error("--backend: at least one backend is required");
     }
     let workers = args.workers.unwrap_or_else(config::available_cores);
-    if let Err(e) = config::check_limits(workers, args.max_header_bytes) {
+    if let Err(e) = config::check_limits(workers, args.max_header_bytes, args.busy_poll) {
         return usage_error(e);
     }
     let backends = match args
@@ -179,6 +183,7 @@ fn serve(args: Serve) -> ExitCode {
     cfg.max_header_bytes = args.max_header_bytes;
     cfg.rewrite_host = args.rewrite_host;
     cfg.pin = args.pin;
+    cfg.busy_poll = Duration::from_micros(args.busy_poll);
     let proxy = match Proxy::start(cfg.clone()) {
         Ok(p) => p,
         Err(e) => return usage_error(e),

@@ -68,6 +68,7 @@ struct Shared {
     max_header_bytes: usize,
     rewrite_host: bool,
     timeouts: Timeouts,
+    busy_poll: Duration,
 }
 
 /// A snapshot of one worker's counters.
@@ -117,6 +118,7 @@ impl Proxy {
             max_header_bytes: config.max_header_bytes,
             rewrite_host: config.rewrite_host,
             timeouts: config.timeouts,
+            busy_poll: config.busy_poll,
         });
         let for_workers = Arc::clone(&shared);
         // Read the allowed cores here, before any thread is pinned to one of them.
@@ -321,10 +323,27 @@ struct Client {
     /// When closing, wait for the client to close first: it may still be sending
     /// (a refused request, or a body the backend did not wait for).
     linger: bool,
+    /// A relay write was held back until the end of the event batch, and the
+    /// client is in `Worker::flush_queue`.
+    queued: bool,
     /// The backend connection of the exchange in progress.
     upstream: Option<usize>,
     /// The exchange in progress (or the last one, between requests).
     x: Exchange,
+}
+
+impl Client {
+    /// Bytes wait to go out on either side of the exchange (checked after a step
+    /// that held its writes back).
+    fn wants_flush(&self) -> bool {
+        self.phase == Phase::Exchange
+            && self.bufs.as_ref().is_some_and(|b| {
+                b.req_head_sent < b.req_head.len()
+                    || self.x.req_pending > 0
+                    || b.resp_head_sent < b.resp_head.len()
+                    || self.x.resp_pending > 0
+            })
+    }
 }
 
 /// One request and its response, relayed: what each direction has seen so far.
@@ -425,6 +444,11 @@ struct Worker {
     /// Set once shutdown has begun: when the worker stops regardless.
     shutdown_deadline: Option<Instant>,
     nodelay: net::NodelayInherited,
+    /// While events are being handled, relay writes wait for the end of the batch:
+    /// sent together, they wake each peer (backend, client) once for many messages
+    /// instead of once per message.
+    defer_writes: bool,
+    flush_queue: Vec<usize>,
 }
 
 impl Worker {
@@ -446,19 +470,34 @@ impl Worker {
             expired: Vec::new(),
             shutdown_deadline: None,
             nodelay: net::NodelayInherited::Unknown,
+            defer_writes: false,
+            flush_queue: Vec::with_capacity(1024),
         };
         let mut events = Events::with_capacity(1024);
         let sweep_interval =
             (w.timeouts.shortest() / 4).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
         let mut next_sweep = w.now + sweep_interval;
+        let busy_poll = w.shared.busy_poll;
+        let mut last_busy = w.now;
         loop {
-            let timeout = next_sweep.saturating_duration_since(w.now);
+            // Busy polling: for a moment after events, poll without sleeping. A sleeping
+            // worker costs every peer that writes to it a wakeup (and itself a context
+            // switch), which on a loaded machine is more than the spin costs.
+            let timeout = if w.now.duration_since(last_busy) < busy_poll {
+                Duration::ZERO
+            } else {
+                next_sweep.saturating_duration_since(w.now)
+            };
             if let Err(e) = w.ctx.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 return Err(e);
             }
             w.now = Instant::now();
+            if !events.is_empty() {
+                last_busy = w.now;
+            }
+            w.defer_writes = true;
             for ev in events.iter() {
                 match ev.token() {
                     net::WAKER_TOKEN => {
@@ -479,6 +518,7 @@ impl Worker {
                     },
                 }
             }
+            w.flush_deferred();
             if w.now >= next_sweep {
                 w.sweep();
                 next_sweep = w.now + sweep_interval;
@@ -564,6 +604,7 @@ impl Worker {
                 eof: false,
                 drained: 0,
                 linger: false,
+                queued: false,
                 upstream: None,
                 x: Exchange::none(),
             });
@@ -600,6 +641,23 @@ impl Worker {
         }
     }
 
+    /// Send the writes held back during the event batch.
+    fn flush_deferred(&mut self) {
+        self.defer_writes = false;
+        for i in 0..self.flush_queue.len() {
+            let ck = self.flush_queue[i];
+            // A client closed during the batch may have had its key reused by a new
+            // one, which is not queued.
+            if let Some(c) = self.clients.get_mut(ck)
+                && c.queued
+            {
+                c.queued = false;
+                self.drive(ck);
+            }
+        }
+        self.flush_queue.clear();
+    }
+
     /// Run a session until it can make no more progress, handling failures.
     fn drive(&mut self, ck: usize) {
         loop {
@@ -614,6 +672,10 @@ impl Worker {
         }
         let now = self.now;
         let c = &mut self.clients[ck];
+        if self.defer_writes && c.wants_flush() && !c.queued {
+            c.queued = true;
+            self.flush_queue.push(ck);
+        }
         if c.phase == Phase::Exchange {
             let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
             if !connecting {
@@ -823,7 +885,9 @@ impl Worker {
             return Err(Fail::Reject(Reject::BadGateway));
         };
         let u = &mut self.upstreams[uk];
-        let progress = check_connected(u)? | relay_request(c, u)? | relay_response(c, u)?;
+        let defer = self.defer_writes;
+        let progress =
+            check_connected(u)? | relay_request(c, u, defer)? | relay_response(c, u, defer)?;
         let bufs = c.bufs.as_ref().ok_or(Fail::Close)?;
         if c.x.resp == RespState::Body && bufs.resp_head.is_empty() && c.x.resp_pending == 0 {
             if c.x.resp_body.is_done()
@@ -1002,7 +1066,7 @@ fn check_connected(u: &mut Upstream) -> Step {
 
 /// Client -> backend: read the request body (or pipelined requests, bounded by the
 /// buffer), find where the body ends, and send the head and body bytes.
-fn relay_request(c: &mut Client, u: &mut Upstream) -> Step {
+fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
     let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
     let mut progress = false;
     // Bytes kept for a replay must not stall the upload: when they fill the
@@ -1042,7 +1106,7 @@ fn relay_request(c: &mut Client, u: &mut Upstream) -> Step {
     // Buffer -> backend: the rewritten head, then body bytes as they are known.
     if u.connected && !c.x.req_done {
         let head = &bufs.req_head[bufs.req_head_sent..];
-        if u.ready.writable && (!head.is_empty() || c.x.req_pending > 0) {
+        if !defer && u.ready.writable && (!head.is_empty() || c.x.req_pending > 0) {
             let body = &bufs.req.filled()[c.x.req_retained..c.x.req_retained + c.x.req_pending];
             match write_two(&mut u.sock, head, body, &mut u.ready) {
                 Ok(n) => {
@@ -1074,7 +1138,7 @@ fn relay_request(c: &mut Client, u: &mut Upstream) -> Step {
 
 /// Backend -> client: read, parse the response head (interim ones too), find where
 /// the body ends, and write the heads and body bytes to the client.
-fn relay_response(c: &mut Client, u: &mut Upstream) -> Step {
+fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
     let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
     let mut progress = false;
     // Backend -> buffer.
@@ -1133,7 +1197,7 @@ fn relay_response(c: &mut Client, u: &mut Upstream) -> Step {
 
     // Buffer -> client: queued heads (interim and final), then body bytes.
     let head = &bufs.resp_head[bufs.resp_head_sent..];
-    if c.ready.writable && (!head.is_empty() || c.x.resp_pending > 0) {
+    if !defer && c.ready.writable && (!head.is_empty() || c.x.resp_pending > 0) {
         let body = &bufs.resp.filled()[..c.x.resp_pending];
         match write_two(&mut c.sock, head, body, &mut c.ready) {
             Ok(n) => {

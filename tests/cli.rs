@@ -115,6 +115,16 @@ fn bad_input_is_one_line_and_exit_code_2() {
         "--max-header-bytes",
     );
     assert_usage_error(
+        &[
+            "serve",
+            "--backend",
+            "127.0.0.1:9000",
+            "--busy-poll",
+            "20000",
+        ],
+        "--busy-poll",
+    );
+    assert_usage_error(
         &["serve", "--backend", "127.0.0.1:9000", "--frobnicate"],
         "--frobnicate",
     );
