@@ -46,7 +46,7 @@ const MIN_BUF_SIZE: usize = 32 * 1024;
 /// Most bytes discarded from a closing client.
 const MAX_DRAIN_BYTES: usize = 1 << 20;
 /// Most idle connections kept per backend per worker.
-const MAX_IDLE_PER_BACKEND: usize = 256;
+const MAX_IDLE_PER_BACKEND: usize = 1024;
 /// Longest gap between timer checks (shorter when a timeout is shorter).
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Buffer sets (about 66 KB each) kept for reuse per worker: enough to serve a
