@@ -166,14 +166,16 @@ fn start(args: &[&str], addr: SocketAddr) -> Child {
     child
 }
 
-/// Send `signal`, then expect a clean exit with code 0.
-fn stop(child: Child, signal: &str) -> std::process::Output {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = wait_exit(child, &format!("corelb did not stop on {signal}"));
+/// Send `sig` (as `kill` spells it, e.g. "-TERM") to process `pid`.
+fn signal(pid: &str, sig: &str) {
+    let status = Command::new("kill").args([sig, pid]).status().unwrap();
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+/// Send `sig`, then expect a clean exit with code 0.
+fn stop(child: Child, sig: &str) -> std::process::Output {
+    signal(&child.id().to_string(), sig);
+    let out = wait_exit(child, &format!("corelb did not stop on {sig}"));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -292,26 +294,14 @@ fn second_signal_stops_at_once() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "-TERM");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         child.try_wait().unwrap().is_none(),
         "exited without waiting for the request in flight"
     );
     let start = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "-TERM");
     let out = wait_exit(child, "corelb did not stop on the second signal");
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(out.status.code(), Some(1));
@@ -351,13 +341,7 @@ fn sigusr1_reports_per_worker_counts_and_keeps_serving() {
         }
     });
     let pid = proxy.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-USR1", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "-USR1");
     let mut report = Vec::new();
     while report.len() < 2 {
         let line = rx
