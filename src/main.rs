@@ -105,8 +105,8 @@ fn stop_signals() -> Result<Signals, String> {
 fn report_counts(counts: &[WorkerCounts]) {
     for (i, c) in counts.iter().enumerate() {
         eprintln!(
-            "corelb: worker {i}: {} connections, {} requests",
-            c.accepted, c.requests
+            "corelb: worker {i}: {} connections, {} requests, {} open",
+            c.accepted, c.requests, c.open
         );
     }
 }

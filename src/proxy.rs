@@ -58,6 +58,8 @@ const MAX_FREE_BUFS: usize = 64;
 pub struct WorkerStats {
     pub accepted: AtomicU64,
     pub requests: AtomicU64,
+    /// Client connections open now.
+    pub open: AtomicU64,
 }
 
 /// What every worker reads: the backend set and the round-robin counter.
@@ -76,6 +78,8 @@ struct Shared {
 pub struct WorkerCounts {
     pub accepted: u64,
     pub requests: u64,
+    /// Client connections open at the time of the snapshot.
+    pub open: u64,
 }
 
 /// The per-worker counters of a proxy, readable from any thread.
@@ -91,6 +95,7 @@ impl ProxyStats {
             .map(|s| WorkerCounts {
                 accepted: s.0.accepted.load(Ordering::Relaxed),
                 requests: s.0.requests.load(Ordering::Relaxed),
+                open: s.0.open.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -609,6 +614,7 @@ impl Worker {
                 x: Exchange::none(),
             });
             self.stats().accepted.fetch_add(1, Ordering::Relaxed);
+            self.stats().open.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -758,6 +764,7 @@ impl Worker {
     }
 
     fn close_client(&mut self, ck: usize) {
+        self.stats().open.fetch_sub(1, Ordering::Relaxed);
         let mut c = self.clients.remove(ck);
         if let Some(uk) = c.upstream.take() {
             self.upstreams.remove(uk);

@@ -135,6 +135,7 @@ fn two_hundred_clients_times_two_hundred_requests_all_match() {
     }
     let total: u64 = proxy.counts().iter().map(|c| c.requests).sum();
     assert_eq!(total, 40_000);
+    assert_no_open_connections(&proxy);
 }
 
 #[test]

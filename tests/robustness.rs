@@ -177,4 +177,6 @@ fn random_garbage_and_mutated_requests() {
     for _ in 0..4 {
         assert_eq!(get(addr, "/size/7").text(), "abcdefg");
     }
+    // And no session outlived its client.
+    assert_no_open_connections(&proxy);
 }

@@ -290,3 +290,20 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS in /proc/self/status")
 }
+
+/// Wait up to 5 s until no worker of `proxy` holds a client connection: after the
+/// clients have closed, every session must be gone (no leak).
+pub fn assert_no_open_connections(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts = proxy.counts();
+        if counts.iter().all(|c| c.open == 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sessions left open after every client closed: {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
