@@ -215,6 +215,32 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, FlagError> {
     resolve("--listen", text)
 }
 
+/// Parse a duration as the CLI takes it: a whole number with a unit, `ms`, `s` or
+/// `m` (`500ms`, `30s`, `2m`). Between 1 ms and 1 hour.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s or 2m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => {
+            return Err(format!(
+                "{text:?} needs a unit: ms, s or m (500ms, 30s, 2m)"
+            ));
+        }
+    };
+    if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
+        return Err(format!("{text:?} must be between 1ms and 60m"));
+    }
+    Ok(d)
+}
+
 /// Check the numeric flags of `serve`.
 pub fn check_limits(
     workers: usize,
@@ -277,6 +303,16 @@ mod tests {
             let e = parse_backend(bad).unwrap_err();
             assert_eq!(e.flag, "--backend", "{bad}");
             assert!(e.to_string().starts_with("--backend "), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "30", "s", "1.5s", "-1s", "0s", "61m", "5h", "10 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 

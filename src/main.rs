@@ -54,6 +54,27 @@ struct Serve {
     /// (default 50; 0 disables; at most 10000)
     #[argh(option, default = "config::DEFAULT_BUSY_POLL_MICROS")]
     busy_poll: u64,
+    /// close an idle keep-alive client after this long (default 60s; durations
+    /// are like 500ms, 30s, 2m)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    idle_timeout: Option<Duration>,
+    /// answer 408 if a request head is not complete this long after its first
+    /// byte (default 30s)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    header_timeout: Option<Duration>,
+    /// answer 504 if a backend connection is not established within this (default 5s)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    connect_timeout: Option<Duration>,
+    /// answer 504 (or close, once the response has started) when an exchange makes
+    /// no progress for this long (default 60s)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    exchange_timeout: Option<Duration>,
+    /// close idle pooled backend connections after this long (default 30s)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    upstream_idle_timeout: Option<Duration>,
+    /// on SIGINT/SIGTERM, let exchanges in flight finish for this long (default 10s)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    shutdown_grace: Option<Duration>,
 }
 
 #[derive(FromArgs)]
@@ -184,6 +205,19 @@ fn serve(args: Serve) -> ExitCode {
     cfg.rewrite_host = args.rewrite_host;
     cfg.pin = args.pin;
     cfg.busy_poll = Duration::from_micros(args.busy_poll);
+    let t = &mut cfg.timeouts;
+    for (flag, field) in [
+        (args.idle_timeout, &mut t.idle),
+        (args.header_timeout, &mut t.header),
+        (args.connect_timeout, &mut t.connect),
+        (args.exchange_timeout, &mut t.exchange),
+        (args.upstream_idle_timeout, &mut t.upstream_idle),
+        (args.shutdown_grace, &mut t.shutdown_grace),
+    ] {
+        if let Some(d) = flag {
+            *field = d;
+        }
+    }
     let proxy = match Proxy::start(cfg.clone()) {
         Ok(p) => p,
         Err(e) => return usage_error(e),

@@ -125,6 +125,26 @@ fn bad_input_is_one_line_and_exit_code_2() {
         "--busy-poll",
     );
     assert_usage_error(
+        &[
+            "serve",
+            "--backend",
+            "127.0.0.1:9000",
+            "--idle-timeout",
+            "30",
+        ],
+        "--idle-timeout",
+    );
+    assert_usage_error(
+        &[
+            "serve",
+            "--backend",
+            "127.0.0.1:9000",
+            "--shutdown-grace",
+            "2h",
+        ],
+        "--shutdown-grace",
+    );
+    assert_usage_error(
         &["serve", "--backend", "127.0.0.1:9000", "--frobnicate"],
         "--frobnicate",
     );
@@ -370,6 +390,50 @@ fn sigusr1_reports_per_worker_counts_and_keeps_serving() {
         "SIGUSR1 stopped the proxy"
     );
     assert_eq!(get(proxy_addr, "/").status, 200);
+    stop(proxy, "-TERM");
+    stop(origin, "-TERM");
+}
+
+#[test]
+fn idle_timeout_flag_closes_idle_clients() {
+    use std::io::{Read, Write};
+    let origin_addr = free_port();
+    let origin = start(
+        &["backend", "--listen", &origin_addr.to_string()],
+        origin_addr,
+    );
+    let proxy_addr = free_port();
+    let proxy = start(
+        &[
+            "serve",
+            "--backend",
+            &origin_addr.to_string(),
+            "--listen",
+            &proxy_addr.to_string(),
+            "--workers",
+            "1",
+            "--idle-timeout",
+            "300ms",
+        ],
+        proxy_addr,
+    );
+    let mut s = connect(proxy_addr);
+    s.write_all(b"GET /size/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut all = Vec::new();
+    // Reads the response, then end of stream once the idle timeout closes the client.
+    s.read_to_end(&mut all).unwrap();
+    let idle_for = started.elapsed();
+    assert!(
+        all.ends_with(b"\r\n\r\nab"),
+        "{:?}",
+        String::from_utf8_lossy(&all)
+    );
+    assert!(
+        idle_for >= Duration::from_millis(250) && idle_for < Duration::from_secs(3),
+        "closed after {idle_for:?}"
+    );
     stop(proxy, "-TERM");
     stop(origin, "-TERM");
 }
