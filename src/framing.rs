@@ -9,6 +9,9 @@
 
 use crate::chunked::{ChunkError, ChunkedDecoder};
 
+/// Most header fields accepted in a request or response head (more: 431 / 502).
+pub const MAX_HEADERS: usize = 100;
+
 /// How the body of one message is delimited (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {

@@ -19,7 +19,7 @@ use mio::{Events, Interest, Token};
 use slab::Slab;
 
 use crate::buffer::Buf;
-use crate::framing::{BodyScanner, Framing, RequestInfo, analyze_request};
+use crate::framing::{BodyScanner, Framing, MAX_HEADERS, RequestInfo, analyze_request};
 use crate::net::{self, Control, StartError, WorkerContext, Workers};
 
 const READ_BUF: usize = 64 * 1024;
@@ -332,7 +332,7 @@ fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> 
         if c.inbuf.is_empty() {
             return Some(false);
         }
-        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let n = match req.parse(c.inbuf.filled()) {
             Ok(httparse::Status::Complete(n)) => n,

@@ -33,14 +33,12 @@ use crate::balance::{Padded, RoundRobin};
 use crate::buffer::{Buf, Pool};
 use crate::config::{Backend, ProxyConfig, Timeouts};
 use crate::framing::{
-    BodyScanner, Framing, Reject, RequestInfo, analyze_request, analyze_response,
+    BodyScanner, Framing, MAX_HEADERS, Reject, RequestInfo, analyze_request, analyze_response,
     classify_parse_error, has_bare_lf,
 };
 use crate::net::{self, Control, StartError, WorkerContext, Workers};
 use crate::rewrite::{self, ClientConnection, Forwarding};
 
-/// Most header fields accepted in a request or response head (more: 431 / 502).
-pub const MAX_HEADERS: usize = 100;
 /// Smallest per-direction buffer; bigger heads limits get bigger buffers.
 const MIN_BUF_SIZE: usize = 32 * 1024;
 /// Most bytes discarded from a closing client.
