@@ -186,6 +186,25 @@ fn start(args: &[&str], addr: SocketAddr) -> Child {
     child
 }
 
+/// Start `corelb backend` on a free port, with `extra` arguments.
+fn start_origin(extra: &[&str]) -> (Child, SocketAddr) {
+    let addr = free_port();
+    let listen = addr.to_string();
+    let mut args = vec!["backend", "--listen", &listen];
+    args.extend_from_slice(extra);
+    (start(&args, addr), addr)
+}
+
+/// Start `corelb serve` on a free port in front of `backend` (as written on the
+/// command line), with `extra` arguments.
+fn start_proxy(backend: &str, extra: &[&str]) -> (Child, SocketAddr) {
+    let addr = free_port();
+    let listen = addr.to_string();
+    let mut args = vec!["serve", "--backend", backend, "--listen", &listen];
+    args.extend_from_slice(extra);
+    (start(&args, addr), addr)
+}
+
 /// Send `sig` (as `kill` spells it, e.g. "-TERM") to process `pid`.
 fn signal(pid: &str, sig: &str) {
     let status = Command::new("kill").args([sig, pid]).status().unwrap();
@@ -207,30 +226,8 @@ fn stop(child: Child, sig: &str) -> std::process::Output {
 
 #[test]
 fn serve_and_backend_run_and_stop_on_sigterm() {
-    let origin_addr = free_port();
-    let origin = start(
-        &[
-            "backend",
-            "--listen",
-            &origin_addr.to_string(),
-            "--body",
-            "hi there",
-        ],
-        origin_addr,
-    );
-    let proxy_addr = free_port();
-    let proxy = start(
-        &[
-            "serve",
-            "--backend",
-            &format!("http://{origin_addr}"),
-            "--listen",
-            &proxy_addr.to_string(),
-            "--workers",
-            "2",
-        ],
-        proxy_addr,
-    );
+    let (origin, origin_addr) = start_origin(&["--body", "hi there"]);
+    let (proxy, proxy_addr) = start_proxy(&format!("http://{origin_addr}"), &["--workers", "2"]);
     let resp = get(proxy_addr, "/");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "hi there");
@@ -295,19 +292,7 @@ fn second_signal_stops_at_once() {
         let _ = read_head(&mut s);
         std::thread::sleep(Duration::from_secs(5));
     });
-    let proxy_addr = free_port();
-    let mut child = start(
-        &[
-            "serve",
-            "--backend",
-            &backend.addr.to_string(),
-            "--listen",
-            &proxy_addr.to_string(),
-            "--workers",
-            "1",
-        ],
-        proxy_addr,
-    );
+    let (mut child, proxy_addr) = start_proxy(&backend.addr.to_string(), &["--workers", "1"]);
     let mut stuck = connect(proxy_addr);
     stuck
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -330,24 +315,8 @@ fn second_signal_stops_at_once() {
 
 #[test]
 fn sigusr1_reports_per_worker_counts_and_keeps_serving() {
-    let origin_addr = free_port();
-    let origin = start(
-        &["backend", "--listen", &origin_addr.to_string()],
-        origin_addr,
-    );
-    let proxy_addr = free_port();
-    let mut proxy = start(
-        &[
-            "serve",
-            "--backend",
-            &origin_addr.to_string(),
-            "--listen",
-            &proxy_addr.to_string(),
-            "--workers",
-            "2",
-        ],
-        proxy_addr,
-    );
+    let (origin, origin_addr) = start_origin(&[]);
+    let (mut proxy, proxy_addr) = start_proxy(&origin_addr.to_string(), &["--workers", "2"]);
     for _ in 0..10 {
         assert_eq!(get(proxy_addr, "/").status, 200);
     }
@@ -397,25 +366,10 @@ fn sigusr1_reports_per_worker_counts_and_keeps_serving() {
 #[test]
 fn idle_timeout_flag_closes_idle_clients() {
     use std::io::{Read, Write};
-    let origin_addr = free_port();
-    let origin = start(
-        &["backend", "--listen", &origin_addr.to_string()],
-        origin_addr,
-    );
-    let proxy_addr = free_port();
-    let proxy = start(
-        &[
-            "serve",
-            "--backend",
-            &origin_addr.to_string(),
-            "--listen",
-            &proxy_addr.to_string(),
-            "--workers",
-            "1",
-            "--idle-timeout",
-            "300ms",
-        ],
-        proxy_addr,
+    let (origin, origin_addr) = start_origin(&[]);
+    let (proxy, proxy_addr) = start_proxy(
+        &origin_addr.to_string(),
+        &["--workers", "1", "--idle-timeout", "300ms"],
     );
     let mut s = connect(proxy_addr);
     s.write_all(b"GET /size/2 HTTP/1.1\r\nHost: t\r\n\r\n")
