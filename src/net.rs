@@ -237,16 +237,6 @@ impl Workers {
         Ok(workers)
     }
 
-    /// Number of worker threads.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// True when no worker runs.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Tell every worker to stop, then wait for them.
     pub fn shutdown(&mut self) {
         for h in &self.handles {
