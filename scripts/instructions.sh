@@ -5,7 +5,8 @@
 # Runs `corelb serve --workers 1` under callgrind in front of a native origin, sends
 # N keep-alive requests (default 20000) over one connection, and prints user-space
 # instructions per request (startup excluded: counting starts after 1000 warm-up
-# requests) and the top functions. Loopback only.
+# requests) and the top functions. Busy polling is off: under valgrind the worker
+# would spend its time in empty polls, which are not per-request work. Loopback only.
 #
 # Usage: scripts/instructions.sh [N]     (needs valgrind: apt-get install -y valgrind)
 set -euo pipefail
@@ -18,7 +19,7 @@ work=$(mktemp -d)
 "$bin" backend --listen 127.0.0.1:19401 2>/dev/null &
 origin=$!
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" --instr-atstart=no \
-  "$bin" serve --backend 127.0.0.1:19401 --listen 127.0.0.1:19402 --workers 1 2>"$work/vg.log" &
+  "$bin" serve --backend 127.0.0.1:19401 --listen 127.0.0.1:19402 --workers 1 --busy-poll 0 2>"$work/vg.log" &
 proxy=$!
 trap 'kill $origin 2>/dev/null; kill -INT $proxy 2>/dev/null; rm -rf "$work"' EXIT
 python3 - "$n" "$proxy" <<'PY'
