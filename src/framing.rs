@@ -98,6 +98,9 @@ pub struct ResponseInfo {
     pub framing: Framing,
     /// The backend will accept another request on this connection.
     pub reusable: bool,
+    /// The Content-Length field's value (also on HEAD and 304 answers, where it
+    /// describes the representation rather than this message's body).
+    pub content_length: Option<u64>,
 }
 
 /// The header fields whose names matter for framing and hop-by-hop handling.
@@ -389,6 +392,7 @@ pub fn analyze_response(
         status,
         framing,
         reusable,
+        content_length,
     })
 }
 

@@ -1336,8 +1336,7 @@ fn parse_response_head(
     } else {
         ClientConnection::KeepAlive11
     };
-    let content_length = rewrite::response_content_length(&resp);
-    rewrite::write_response_head(&mut bufs.resp_head, &resp, content_length, conn);
+    rewrite::write_response_head(&mut bufs.resp_head, &resp, info.content_length, conn);
     bufs.resp.consume(n);
     Ok(Some(ResponseHead {
         final_framing: Some(info.framing),
