@@ -41,6 +41,7 @@ pub mod net;
 pub mod origin;
 pub mod proxy;
 pub mod rewrite;
+pub mod splice;
 
 pub use config::{Backend, ProxyConfig};
 pub use origin::Origin;

@@ -21,6 +21,7 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +39,7 @@ use crate::framing::{
 };
 use crate::net::{self, Control, StartError, WorkerContext, Workers};
 use crate::rewrite::{self, ClientConnection, Forwarding};
+use crate::splice::Pipe;
 
 /// Smallest per-direction buffer; bigger heads limits get bigger buffers.
 const MIN_BUF_SIZE: usize = 32 * 1024;
@@ -50,6 +52,9 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Buffer sets (about 66 KB each) kept for reuse per worker: enough to serve a
 /// steady load without malloc, few enough that a burst does not pin memory.
 const MAX_FREE_BUFS: usize = 64;
+/// A Content-Length response body with at least this much still to come is moved
+/// with splice(2), not copied through the buffer.
+const SPLICE_MIN: u64 = 64 * 1024;
 
 /// Per-worker counters, written by their worker only and read by anyone.
 #[derive(Default)]
@@ -264,6 +269,10 @@ struct Bufs {
     /// Response heads (interim and final, or a local error), and how much is written.
     resp_head: Vec<u8>,
     resp_head_sent: usize,
+    /// For large response bodies (see `SPLICE_MIN`), made on first use and kept.
+    pipe: Option<Pipe>,
+    /// Making a pipe failed (out of descriptors): relay through the buffer instead.
+    no_pipe: bool,
 }
 
 impl Bufs {
@@ -275,7 +284,14 @@ impl Bufs {
             req_head_sent: 0,
             resp_head: Vec::with_capacity(1024),
             resp_head_sent: 0,
+            pipe: None,
+            no_pipe: false,
         })
+    }
+
+    /// Response body bytes wait in the pipe.
+    fn piped(&self) -> bool {
+        self.pipe.as_ref().is_some_and(|p| !p.is_empty())
     }
 }
 
@@ -767,7 +783,10 @@ impl Worker {
         if let Some(uk) = c.upstream.take() {
             self.upstreams.remove(uk);
         }
-        if let Some(bufs) = c.bufs.take() {
+        if let Some(mut bufs) = c.bufs.take() {
+            if bufs.piped() {
+                bufs.pipe = None;
+            }
             self.bufs.give(bufs);
         }
     }
@@ -894,7 +913,11 @@ impl Worker {
         let progress =
             check_connected(u)? | relay_request(c, u, defer)? | relay_response(c, u, defer)?;
         let bufs = c.bufs.as_ref().ok_or(Fail::Close)?;
-        if c.x.resp == RespState::Body && bufs.resp_head.is_empty() && c.x.resp_pending == 0 {
+        if c.x.resp == RespState::Body
+            && bufs.resp_head.is_empty()
+            && c.x.resp_pending == 0
+            && !bufs.piped()
+        {
             if c.x.resp_body.is_done()
                 || (c.x.resp_body == BodyScanner::UntilClose && u.eof && bufs.resp.is_empty())
             {
@@ -1145,6 +1168,9 @@ fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
 /// the body ends, and write the heads and body bytes to the client.
 fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
     let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+    if splicing(bufs, &c.x) {
+        return splice_body(c, u);
+    }
     let mut progress = false;
     // Backend -> buffer.
     if u.connected && u.ready.readable && !u.eof && !bufs.resp.is_full() {
@@ -1221,6 +1247,70 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
     }
 
     Ok(progress)
+}
+
+/// Whether the response body goes through the pipe: bytes are in it already, or
+/// everything buffered is out and much of a Content-Length body is still to come.
+fn splicing(bufs: &mut Bufs, x: &Exchange) -> bool {
+    if bufs.piped() {
+        return true;
+    }
+    let large = matches!(x.resp_body, BodyScanner::Length(n) if n >= SPLICE_MIN);
+    if !(large
+        && x.resp == RespState::Body
+        && x.resp_pending == 0
+        && bufs.resp.is_empty()
+        && bufs.resp_head.is_empty()
+        && !bufs.no_pipe)
+    {
+        return false;
+    }
+    if bufs.pipe.is_none() {
+        match Pipe::new() {
+            Ok(p) => bufs.pipe = Some(p),
+            Err(_) => bufs.no_pipe = true,
+        }
+    }
+    bufs.pipe.is_some()
+}
+
+/// Backend -> pipe -> client, for the rest of a Content-Length body.
+fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
+    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+    let pipe = bufs.pipe.as_mut().ok_or(Fail::Close)?;
+    let BodyScanner::Length(remaining) = &mut c.x.resp_body else {
+        return Err(Fail::Close);
+    };
+    let mut progress = false;
+    loop {
+        let mut moved = false;
+        if !pipe.is_empty() && c.ready.writable {
+            match pipe.drain(c.sock.as_raw_fd()) {
+                Ok(n) => moved |= n > 0,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.ready.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Fail::Close),
+            }
+        }
+        if *remaining > 0 && pipe.room() > 0 && u.ready.readable && !u.eof {
+            let max = usize::try_from(*remaining).unwrap_or(usize::MAX);
+            match pipe.fill(u.sock.as_raw_fd(), max) {
+                Ok(0) => u.eof = true,
+                Ok(n) => {
+                    *remaining -= n as u64;
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.ready.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Reset: like end of stream, which the caller sees as a truncated body.
+                Err(_) => u.eof = true,
+            }
+        }
+        if !moved {
+            return Ok(progress);
+        }
+        progress = true;
+    }
 }
 
 /// If a reused backend connection failed before sending anything, the request is

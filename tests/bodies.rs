@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::time::Instant;
 
 use common::*;
 
@@ -299,4 +300,47 @@ fn request_with_body_then_half_close_is_answered() {
     assert_eq!(resp.status, 200);
     assert!(resp.text().ends_with("\r\n\r\nq=42"), "{}", resp.text());
     r.expect_closed();
+}
+
+#[test]
+fn slow_reader_gets_a_large_body_intact_then_keeps_the_connection() {
+    const LEN: usize = 4_000_000;
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 1);
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(format!("GET /size/{LEN} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    // Read in small sips with pauses, so the proxy meets a full client socket.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut head_end = None;
+    while head_end.is_none_or(|h| got.len() < h + LEN) {
+        assert!(
+            Instant::now() < deadline,
+            "stalled after {} bytes",
+            got.len()
+        );
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        if head_end.is_none() {
+            head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        }
+        if got.len() / 200_000 != (got.len() - n) / 200_000 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let h = head_end.unwrap();
+    assert_eq!(got.len() - h, LEN, "more bytes than the body");
+    assert!(
+        got[h..]
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == b'a' + (i % 26) as u8),
+        "body corrupted"
+    );
+    s.write_all(b"GET /size/3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(Reader::new(s).response().text(), "abc");
 }

@@ -387,3 +387,40 @@ fn a_proxy_without_backends_is_a_start_error() {
         .expect("no backends must not start");
     assert!(err.to_string().contains("--backend"), "{err}");
 }
+
+#[test]
+fn backend_closing_mid_large_body_closes_the_client_after_what_it_sent() {
+    // Large enough that the body goes through the splice path.
+    const PART: usize = 300 * 1024;
+    let backend = Scripted::start(|mut s, _| {
+        if read_head(&mut s).is_some() {
+            let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+            out.extend(std::iter::repeat_n(b'x', PART));
+            write_and_close(s, &out);
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let mut buf = [0u8; 65536];
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the truncated response never ended"
+        );
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(
+        got.len() - head_end,
+        PART,
+        "body bytes relayed before the close"
+    );
+    assert!(got[head_end..].iter().all(|&b| b == b'x'));
+}
