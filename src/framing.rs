@@ -33,8 +33,12 @@ pub enum Reject {
     BadRequest,
     /// The client took too long to send its head: 408.
     Timeout,
+    /// The request line alone is longer than the head limit: 414.
+    UriTooLong,
     /// The head is larger than the limit, or has too many fields: 431.
     HeadTooLarge,
+    /// An Expect field other than `100-continue`: 417.
+    ExpectationFailed,
     /// Transfer coding or method we do not implement: 501.
     NotImplemented,
     /// No backend could be reached, or it answered with garbage: 502.
@@ -51,6 +55,8 @@ impl Reject {
         match self {
             Reject::BadRequest => 400,
             Reject::Timeout => 408,
+            Reject::UriTooLong => 414,
+            Reject::ExpectationFailed => 417,
             Reject::HeadTooLarge => 431,
             Reject::NotImplemented => 501,
             Reject::BadGateway => 502,
@@ -64,6 +70,8 @@ impl Reject {
         match self {
             Reject::BadRequest => b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Request\n",
             Reject::Timeout => b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nRequest Timeout\n",
+            Reject::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nConnection: close\r\n\r\nURI Too Long\n",
+            Reject::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nExpectation Failed\n",
             Reject::HeadTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n",
             Reject::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n",
             Reject::BadGateway => b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Gateway\n",
@@ -85,6 +93,9 @@ pub struct RequestInfo {
     pub is_head: bool,
     /// `Expect: 100-continue` was sent (RFC 9110 §10.1.1).
     pub expect_continue: bool,
+    /// A protocol switch is asked for (an Upgrade field named by Connection, in a
+    /// bodiless 1.1 request): the backend's 101 turns the connection into a tunnel.
+    pub upgrade: bool,
 }
 
 /// A response head that cannot be relayed safely; the proxy answers 502 instead.
@@ -111,6 +122,8 @@ pub enum FieldKind {
     Connection,
     Host,
     Expect,
+    /// Hop-by-hop, but forwarded for a protocol switch (RFC 9110 §7.8).
+    Upgrade,
     /// Hop-by-hop by definition (RFC 9110 §7.6.1): never forwarded.
     HopByHop,
     XForwardedFor,
@@ -126,7 +139,7 @@ pub fn field_kind(name: &str) -> FieldKind {
         2 if is("te") => FieldKind::HopByHop,
         4 if is("host") => FieldKind::Host,
         6 if is("expect") => FieldKind::Expect,
-        7 if is("upgrade") => FieldKind::HopByHop,
+        7 if is("upgrade") => FieldKind::Upgrade,
         7 if is("trailer") => FieldKind::HopByHop,
         10 if is("connection") => FieldKind::Connection,
         10 if is("keep-alive") => FieldKind::HopByHop,
@@ -239,13 +252,23 @@ struct FramingFields {
     close: bool,
     keep_alive: bool,
     hosts: u32,
+    /// Every Host field's value is a valid `uri-host [":" port]`.
+    hosts_valid: bool,
     expect_continue: bool,
+    /// An Expect field with anything but `100-continue`.
+    expect_other: bool,
+    /// An Upgrade field with a value, and `upgrade` among the Connection options.
+    upgrade_field: bool,
+    connection_upgrade: bool,
 }
 
 impl FramingFields {
     /// `None` if Content-Length is invalid or its values disagree (RFC 9112 §6.3 item 5).
     fn collect(headers: &[httparse::Header<'_>]) -> Option<FramingFields> {
-        let mut f = FramingFields::default();
+        let mut f = FramingFields {
+            hosts_valid: true,
+            ..FramingFields::default()
+        };
         for h in headers {
             match field_kind(h.name) {
                 FieldKind::ContentLength => {
@@ -260,17 +283,128 @@ impl FramingFields {
                     for token in list_elements(h.value) {
                         f.close |= token.eq_ignore_ascii_case(b"close");
                         f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                        f.connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
                     }
                 }
-                FieldKind::Host => f.hosts += 1,
+                FieldKind::Upgrade => f.upgrade_field |= !trim_ows(h.value).is_empty(),
+                FieldKind::Host => {
+                    f.hosts += 1;
+                    f.hosts_valid &= is_valid_authority(h.value);
+                }
                 FieldKind::Expect => {
-                    f.expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue")
+                    for e in list_elements(h.value) {
+                        if e.eq_ignore_ascii_case(b"100-continue") {
+                            f.expect_continue = true;
+                        } else {
+                            f.expect_other = true;
+                        }
+                    }
+                    // An empty Expect value expects nothing we could meet.
+                    f.expect_other |= trim_ows(h.value).is_empty();
                 }
                 _ => {}
             }
         }
         Some(f)
     }
+}
+
+/// The request-target forms a reverse proxy accepts (RFC 9112 §3.2): origin-form;
+/// absolute-form with an `http` or `https` scheme, which is forwarded in origin-form
+/// (see `split_absolute_form`); and `*` for OPTIONS only. Authority-form belongs to
+/// CONNECT, which is refused before this.
+fn check_target(method: &str, target: &str) -> Result<(), Reject> {
+    if target.starts_with('/') {
+        return Ok(());
+    }
+    if target == "*" {
+        return if method == "OPTIONS" {
+            Ok(())
+        } else {
+            Err(Reject::BadRequest)
+        };
+    }
+    match split_absolute_form(target) {
+        Some(_) => Ok(()),
+        None => Err(Reject::BadRequest),
+    }
+}
+
+/// Split an absolute-form target `http://authority/path?query` into its authority
+/// and the rest (`/path?query`, `?query` or empty: the origin-form target is that
+/// with a `/` in front when it does not start with one). `None` unless the scheme
+/// is http or https, the authority is a valid host and port with no userinfo, and
+/// there is no fragment.
+pub fn split_absolute_form(target: &str) -> Option<(&str, &str)> {
+    let colon = target.find("://")?;
+    let scheme = &target[..colon];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let rest = &target[colon + 3..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || !is_valid_authority(authority.as_bytes()) || target.contains('#') {
+        return None;
+    }
+    Some((authority, path))
+}
+
+/// `uri-host [":" port]` (RFC 3986 §3.2.2-3): an IP literal in brackets, or a
+/// reg-name of unreserved, sub-delims and percent-encoded bytes; then digits.
+/// Userinfo (`@`), paths, whitespace and commas are not part of it. An empty host is
+/// refused: "http" URIs must have one (RFC 9110 §4.2.1).
+pub fn is_valid_authority(value: &[u8]) -> bool {
+    let value = trim_ows(value);
+    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        let Some(close) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..close];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match &rest[close + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&b"x"[..], port),
+            _ => return false,
+        }
+    } else {
+        match value.iter().rposition(|&b| b == b':') {
+            Some(i) => (&value[..i], &value[i + 1..]),
+            None => (value, &b""[..]),
+        }
+    };
+    if host.is_empty() || !port.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                if !(i + 2 < host.len()
+                    && host[i + 1].is_ascii_hexdigit()
+                    && host[i + 2].is_ascii_hexdigit())
+                {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            // RFC 3986 also allows `,` here; refused, because a Host with a comma
+            // reads like two Host fields folded into one list.
+            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
+            | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Codings registered for Transfer-Encoding that we pass through to the backend.
@@ -303,18 +437,30 @@ pub fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, R
         // Tunnelling is not implemented.
         return Err(Reject::NotImplemented);
     }
+    check_target(method, req.path.unwrap_or(""))?;
     let FramingFields {
         content_length,
         codings,
         close,
         keep_alive: keep_alive_token,
         hosts,
+        hosts_valid,
         expect_continue,
+        expect_other,
+        upgrade_field,
+        connection_upgrade,
     } = FramingFields::collect(req.headers).ok_or(Reject::BadRequest)?;
-    // RFC 9112 §3.2: a 1.1 request needs exactly one Host; more than one is always an error.
-    if hosts > 1 || (version == 1 && hosts == 0) {
+    // RFC 9112 §3.2: a 1.1 request needs exactly one Host; more than one is always an
+    // error, and so is a value that is not an authority (RFC 9110 §7.2).
+    if hosts > 1 || (version == 1 && hosts == 0) || !hosts_valid {
         return Err(Reject::BadRequest);
     }
+    // RFC 9110 §10.1.1: an expectation we cannot meet is 417; a 1.0 request's
+    // expectations are ignored (and not forwarded, see `rewrite`).
+    if version == 1 && expect_other {
+        return Err(Reject::ExpectationFailed);
+    }
+    let expect_continue = expect_continue && version == 1;
     let framing = if codings.present {
         // §6.1: TE with CL is a smuggling vector; TE in 1.0 cannot be trusted;
         // without chunked last (exactly once) the length cannot be determined.
@@ -342,6 +488,9 @@ pub fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, R
         keep_alive,
         is_head: method == "HEAD",
         expect_continue,
+        // RFC 9110 §7.8: Upgrade in a 1.0 request is ignored. One with a body is
+        // forwarded without it: the tunnel would start in the middle of the body.
+        upgrade: version == 1 && upgrade_field && connection_upgrade && framing == Framing::None,
     })
 }
 
@@ -408,6 +557,16 @@ pub fn has_bare_lf(head: &[u8]) -> bool {
         prev = b;
     }
     false
+}
+
+/// Why a head over the `limit` is refused: 414 when the request line alone does not
+/// end within it, 431 otherwise.
+pub fn oversized_head(head: &[u8], limit: usize) -> Reject {
+    if head[..head.len().min(limit)].contains(&b'\n') {
+        Reject::HeadTooLarge
+    } else {
+        Reject::UriTooLong
+    }
 }
 
 /// Classify an httparse error on a request. A version that looks like `HTTP/x.y`
@@ -503,6 +662,94 @@ mod tests {
             Ok(httparse::Status::Complete(_)) => analyze_response(&resp, head),
             _ => Err(BadResponse),
         }
+    }
+
+    #[test]
+    fn request_targets_hosts_and_expectations() {
+        let ok: &[&[u8]] = &[
+            b"GET /a?b HTTP/1.1\r\nHost: a.example:8080\r\n\r\n",
+            b"GET http://a.example/x HTTP/1.1\r\nHost: other\r\n\r\n",
+            b"GET HTTPS://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            b"GET http://a.example?q HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a%2Db_c~d\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n",
+            b"GET / HTTP/1.0\r\nExpect: pigeons\r\n\r\n",
+        ];
+        for raw in ok {
+            request(raw).unwrap_or_else(|e| panic!("{:?}: {e:?}", String::from_utf8_lossy(raw)));
+        }
+        let refused: &[(&[u8], Reject)] = &[
+            (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", Reject::BadRequest),
+            (
+                b"GET a.example:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+                Reject::BadRequest,
+            ),
+            (
+                b"GET ftp://a.example/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                Reject::BadRequest,
+            ),
+            (
+                b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n",
+                Reject::BadRequest,
+            ),
+            (
+                b"GET http://u@a.example/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                Reject::BadRequest,
+            ),
+            (
+                b"GET http://a.example/#f HTTP/1.1\r\nHost: a\r\n\r\n",
+                Reject::BadRequest,
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Reject::BadRequest),
+            (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", Reject::BadRequest),
+            (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", Reject::BadRequest),
+            (b"GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n", Reject::BadRequest),
+            (b"GET / HTTP/1.1\r\nHost: \r\n\r\n", Reject::BadRequest),
+            (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", Reject::BadRequest),
+            (b"GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n", Reject::BadRequest),
+            (b"GET / HTTP/1.0\r\nHost: a,b\r\n\r\n", Reject::BadRequest),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nExpect: pigeons\r\n\r\n",
+                Reject::ExpectationFailed,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, x\r\n\r\n",
+                Reject::ExpectationFailed,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nExpect:\r\n\r\n",
+                Reject::ExpectationFailed,
+            ),
+        ];
+        for (raw, reject) in refused {
+            assert_eq!(
+                request(raw),
+                Err(*reject),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let one_zero = request(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").unwrap();
+        assert!(!one_zero.expect_continue, "1.0 expectations are ignored");
+        assert_eq!(split_absolute_form("http://h:1/p?q"), Some(("h:1", "/p?q")));
+        assert_eq!(split_absolute_form("http://h?q"), Some(("h", "?q")));
+        assert_eq!(split_absolute_form("/p"), None);
+    }
+
+    #[test]
+    fn oversized_heads_are_414_or_431() {
+        assert_eq!(oversized_head(b"GET /aaaaaaaa", 8), Reject::UriTooLong);
+        assert_eq!(
+            oversized_head(b"GET / HTTP/1.1\r\nX: aaaa", 8),
+            Reject::UriTooLong
+        );
+        assert_eq!(
+            oversized_head(b"GET / HTTP/1.1\r\nX: aaaa", 20),
+            Reject::HeadTooLarge
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@
 
 pub mod balance;
 pub mod buffer;
+pub mod checks;
 pub mod chunked;
 pub mod config;
 pub mod demo;

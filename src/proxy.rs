@@ -35,7 +35,7 @@ use crate::buffer::{Buf, Pool};
 use crate::config::{Backend, ProxyConfig, Timeouts};
 use crate::framing::{
     BodyScanner, Framing, MAX_HEADERS, Reject, RequestInfo, analyze_request, analyze_response,
-    classify_parse_error, has_bare_lf,
+    classify_parse_error, has_bare_lf, oversized_head,
 };
 use crate::net::{self, Control, StartError, WorkerContext, Workers};
 use crate::rewrite::{self, ClientConnection, Forwarding};
@@ -313,6 +313,9 @@ enum RespState {
     Waiting,
     /// The final head is queued; its body is being relayed.
     Body,
+    /// The backend switched protocols (101): bytes flow both ways, unparsed,
+    /// until both sides have closed.
+    Tunnel,
 }
 
 /// What to do with a session whose step failed.
@@ -387,6 +390,9 @@ struct Exchange {
     close_after: bool,
     backend: usize,
     retried: bool,
+    /// In a tunnel: our sending side toward the backend / the client is shut.
+    backend_shut: bool,
+    client_shut: bool,
 }
 
 impl Exchange {
@@ -405,6 +411,8 @@ impl Exchange {
             close_after: !req.keep_alive,
             backend,
             retried: false,
+            backend_shut: false,
+            client_shut: false,
         }
     }
 
@@ -416,6 +424,7 @@ impl Exchange {
             keep_alive: true,
             is_head: false,
             expect_continue: false,
+            upgrade: false,
         };
         Exchange {
             req_done: true,
@@ -734,7 +743,8 @@ impl Worker {
                     .bufs
                     .as_ref()
                     .is_some_and(|b| b.resp_head_sent == 0 && !b.resp_head.is_empty());
-                let started = c.x.resp == RespState::Body && !final_head_unsent;
+                let started = (c.x.resp == RespState::Body && !final_head_unsent)
+                    || c.x.resp == RespState::Tunnel;
                 if started || c.phase == Phase::Closing || c.phase == Phase::Draining {
                     // Part of a response is already out: closing is the only signal left.
                     self.close_client(ck);
@@ -909,9 +919,17 @@ impl Worker {
             return Err(Fail::Reject(Reject::BadGateway));
         };
         let u = &mut self.upstreams[uk];
+        if c.x.resp == RespState::Tunnel {
+            return relay_tunnel(c, u);
+        }
         let defer = self.defer_writes;
         let progress =
             check_connected(u)? | relay_request(c, u, defer)? | relay_response(c, u, defer)?;
+        if c.x.resp == RespState::Tunnel {
+            // The 101 is queued; from here on this session is a tunnel.
+            self.stats().requests.fetch_add(1, Ordering::Relaxed);
+            return Ok(true);
+        }
         let bufs = c.bufs.as_ref().ok_or(Fail::Close)?;
         if c.x.resp == RespState::Body
             && bufs.resp_head.is_empty()
@@ -1201,6 +1219,10 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
             match parse_response_head(bufs, &c.x.req, &mut c.x.close_after)? {
                 Some(head) => {
                     progress = true;
+                    if head.tunnel {
+                        c.x.resp = RespState::Tunnel;
+                        return Ok(true);
+                    }
                     if let Some(framing) = head.final_framing {
                         c.x.resp = RespState::Body;
                         c.x.resp_body = BodyScanner::new(framing);
@@ -1246,6 +1268,72 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
         bufs.resp_head_sent = 0;
     }
 
+    Ok(progress)
+}
+
+/// After a 101: relay bytes both ways as they come, the 101 head first. When one
+/// side ends its stream and everything it sent is delivered, the other side's
+/// sending half is shut; once both are, the session closes. The backend connection
+/// is never reused.
+fn relay_tunnel(c: &mut Client, u: &mut Upstream) -> Step {
+    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+    let mut progress = false;
+    // Client -> backend.
+    if c.ready.readable && !c.eof && !bufs.req.is_full() {
+        match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
+            Ok(ReadOutcome::Data) => progress = true,
+            Ok(ReadOutcome::Eof) => {
+                c.eof = true;
+                progress = true;
+            }
+            Ok(ReadOutcome::Blocked) => {}
+            Err(_) => return Err(Fail::Close),
+        }
+    }
+    if !bufs.req.is_empty() && u.ready.writable && !c.x.backend_shut {
+        let n = write_two(&mut u.sock, &[], bufs.req.filled(), &mut u.ready)
+            .map_err(|_| Fail::Close)?;
+        bufs.req.consume(n);
+        progress |= n > 0;
+    }
+    if c.eof && bufs.req.is_empty() && !c.x.backend_shut {
+        let _ = u.sock.shutdown(Shutdown::Write);
+        c.x.backend_shut = true;
+        progress = true;
+    }
+    // Backend -> client.
+    if u.ready.readable && !u.eof && !bufs.resp.is_full() {
+        match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
+            Ok(ReadOutcome::Data) => progress = true,
+            Ok(ReadOutcome::Eof) | Err(_) => {
+                u.eof = true;
+                progress = true;
+            }
+            Ok(ReadOutcome::Blocked) => {}
+        }
+    }
+    let head = &bufs.resp_head[bufs.resp_head_sent..];
+    if c.ready.writable && (!head.is_empty() || !bufs.resp.is_empty()) && !c.x.client_shut {
+        let n = write_two(&mut c.sock, head, bufs.resp.filled(), &mut c.ready)
+            .map_err(|_| Fail::Close)?;
+        let from_head = n.min(head.len());
+        bufs.resp_head_sent += from_head;
+        bufs.resp.consume(n - from_head);
+        progress |= n > 0;
+    }
+    if bufs.resp_head_sent == bufs.resp_head.len() {
+        bufs.resp_head.clear();
+        bufs.resp_head_sent = 0;
+    }
+    if u.eof && bufs.resp.is_empty() && bufs.resp_head.is_empty() && !c.x.client_shut {
+        let _ = c.sock.shutdown(Shutdown::Write);
+        c.x.client_shut = true;
+        progress = true;
+    }
+    if c.x.backend_shut && c.x.client_shut {
+        // Both directions are finished.
+        return Err(Fail::Close);
+    }
     Ok(progress)
 }
 
@@ -1340,13 +1428,13 @@ fn parse_request_head(
     let n = match req.parse_with_uninit_headers(data, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if data.len() >= shared.max_header_bytes => {
-            return Err(Fail::Reject(Reject::HeadTooLarge));
+            return Err(Fail::Reject(oversized_head(data, shared.max_header_bytes)));
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(Fail::Reject(classify_parse_error(e, data))),
     };
     if n > shared.max_header_bytes {
-        return Err(Fail::Reject(Reject::HeadTooLarge));
+        return Err(Fail::Reject(oversized_head(data, shared.max_header_bytes)));
     }
     if has_bare_lf(&data[..n]) {
         return Err(Fail::Reject(Reject::BadRequest));
@@ -1368,6 +1456,8 @@ struct ResponseHead {
     /// `Some` for the final response (its body framing); `None` for an interim 1xx.
     final_framing: Option<Framing>,
     reusable: bool,
+    /// A 101 to an upgrade request: the connection becomes a tunnel.
+    tunnel: bool,
 }
 
 fn parse_response_head(
@@ -1394,8 +1484,22 @@ fn parse_response_head(
         analyze_response(&resp, req.is_head).map_err(|_| Fail::Reject(Reject::BadGateway))?;
     if (100..200).contains(&info.status) {
         if info.status == 101 {
-            // We strip Upgrade, so a switch is a backend error, not a tunnel.
-            return Err(Fail::Reject(Reject::BadGateway));
+            // A switch nobody asked for is a backend error, not a tunnel.
+            if !req.upgrade {
+                return Err(Fail::Reject(Reject::BadGateway));
+            }
+            rewrite::write_response_head(
+                &mut bufs.resp_head,
+                &resp,
+                None,
+                ClientConnection::Upgrade,
+            );
+            bufs.resp.consume(n);
+            return Ok(Some(ResponseHead {
+                final_framing: None,
+                reusable: false,
+                tunnel: true,
+            }));
         }
         // Interim responses go to 1.1 clients only (RFC 9110 §15.2).
         if req.version == 1 {
@@ -1410,6 +1514,7 @@ fn parse_response_head(
         return Ok(Some(ResponseHead {
             final_framing: None,
             reusable: false,
+            tunnel: false,
         }));
     }
     if req.version == 0 && info.framing == Framing::Chunked {
@@ -1431,6 +1536,7 @@ fn parse_response_head(
     Ok(Some(ResponseHead {
         final_framing: Some(info.framing),
         reusable: info.reusable,
+        tunnel: false,
     }))
 }
 

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use crate::framing::{
     FieldKind, Framing, RequestInfo, field_kind, list_elements, named_by_connection,
+    split_absolute_form,
 };
 
 /// Does some Connection field name an option other than `close` / `keep-alive`?
@@ -75,7 +76,10 @@ pub struct Forwarding<'a> {
 
 /// Write the request head sent to the backend. The request line keeps the client's
 /// method, target and version (a 1.0 request stays 1.0, so the backend will not
-/// answer it with chunked, which a 1.0 client could not read).
+/// answer it with chunked, which a 1.0 client could not read). An absolute-form
+/// target is sent in origin-form, with its authority as the Host (RFC 9112 §3.2.2:
+/// the target's authority wins over the Host field), so the backend cannot see two
+/// different hosts. A 1.0 request's Expect is dropped: it is to be ignored.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     req: &httparse::Request<'_, '_>,
@@ -85,7 +89,22 @@ pub fn write_request_head(
     out.clear();
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+    let target = req.path.unwrap_or("/");
+    let absolute = if target.starts_with('/') {
+        None
+    } else {
+        split_absolute_form(target)
+    };
+    match absolute {
+        Some((_, path)) => {
+            if !path.starts_with('/') {
+                out.push(b'/');
+            }
+            out.extend_from_slice(path.as_bytes());
+        }
+        None => out.extend_from_slice(target.as_bytes()),
+    }
+    let host = fwd.host.or(absolute.map(|(authority, _)| authority));
     out.extend_from_slice(if info.version == 0 {
         b" HTTP/1.0\r\n"
     } else {
@@ -98,7 +117,13 @@ pub fn write_request_head(
             FieldKind::Connection | FieldKind::HopByHop | FieldKind::ContentLength => {}
             FieldKind::XForwardedProto => {}
             FieldKind::XForwardedFor => forwarded_for = true,
-            FieldKind::Host if fwd.host.is_some() => {}
+            FieldKind::Host if host.is_some() => {}
+            FieldKind::Expect if info.version == 0 => {}
+            FieldKind::Upgrade => {
+                if info.upgrade {
+                    put_field(out, h.name.as_bytes(), h.value);
+                }
+            }
             FieldKind::Host | FieldKind::TransferEncoding => {
                 put_field(out, h.name.as_bytes(), h.value)
             }
@@ -109,7 +134,7 @@ pub fn write_request_head(
             }
         }
     }
-    if let Some(host) = fwd.host {
+    if let Some(host) = host {
         put_field(out, b"Host", host.as_bytes());
     }
     if let Framing::Length(n) = info.framing {
@@ -120,6 +145,8 @@ pub fn write_request_head(
     if info.version == 0 {
         // Ask a 1.0-speaking exchange to keep the backend connection open.
         out.extend_from_slice(b"Connection: keep-alive\r\n");
+    } else if info.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     if forwarded_for {
@@ -147,6 +174,8 @@ pub enum ClientConnection {
     KeepAlive10,
     /// The proxy closes after this response.
     Close,
+    /// A 101 switching protocols: Upgrade is kept and `Connection: upgrade` added.
+    Upgrade,
 }
 
 /// Write the response head sent to the client: the proxy's own version, the
@@ -167,6 +196,12 @@ pub fn write_response_head(
     for h in resp.headers.iter() {
         match field_kind(h.name) {
             FieldKind::Connection | FieldKind::HopByHop | FieldKind::ContentLength => {}
+            FieldKind::Upgrade => {
+                // Named by Connection, but the one field a switch must keep.
+                if conn == ClientConnection::Upgrade {
+                    put_field(out, h.name.as_bytes(), h.value);
+                }
+            }
             _ => {
                 if !(check_options && named_by_connection(resp.headers, h.name)) {
                     put_field(out, h.name.as_bytes(), h.value);
@@ -183,6 +218,7 @@ pub fn write_response_head(
         ClientConnection::KeepAlive11 => {}
         ClientConnection::KeepAlive10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         ClientConnection::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        ClientConnection::Upgrade => out.extend_from_slice(b"Connection: upgrade\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -194,6 +194,12 @@ const DIFFERENCES: &[(&str, &str, Outcome, &str)] = &[
         "any token is a method (RFC 9110 §9.1): extension methods are forwarded; llhttp knows a fixed list",
     ),
     (
+        "method.md",
+        "M-SEARCH request",
+        Outcome::Refused(400),
+        "the asterisk-form target is for OPTIONS only (RFC 9112 §3.2.4); SSDP's M-SEARCH * belongs to HTTP over UDP",
+    ),
+    (
         "sample.md",
         "No HTTP version",
         Outcome::Refused(400),

@@ -1,0 +1,147 @@
+//! Invariants of the pure framing code, as functions that panic when one fails.
+//! The fuzz targets in fuzz/ feed them arbitrary bytes, and tests/fuzz_regressions.rs
+//! replays every input the fuzzers ever found, so a fixed bug stays fixed.
+//!
+//! The invariants are about what the proxy sends on: whatever a client or backend
+//! sends, a head the proxy accepts is rewritten into one that parses again, with
+//! CRLF line endings only, and with the same framing. A proxy whose output could be
+//! read two ways would be a smuggling vector of its own making.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::chunked::ChunkedDecoder;
+use crate::framing::{MAX_HEADERS, analyze_request, analyze_response, has_bare_lf};
+use crate::rewrite::{self, ClientConnection, Forwarding};
+
+/// Room for the fields the rewrite adds (Content-Length, Connection, Host,
+/// X-Forwarded-For, X-Forwarded-Proto).
+const REPARSE_HEADERS: usize = MAX_HEADERS + 8;
+
+/// Parse `data` as a request head the way the proxy does; if accepted, rewrite it
+/// and check the result parses completely, has no bare LF and frames the same.
+pub fn request_head(data: &[u8]) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(n)) = req.parse(data) else {
+        return;
+    };
+    if has_bare_lf(&data[..n]) {
+        return;
+    }
+    let Ok(info) = analyze_request(&req) else {
+        return;
+    };
+    let mut out = Vec::new();
+    let fwd = Forwarding {
+        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        host: None,
+    };
+    rewrite::write_request_head(&mut out, &req, &info, fwd);
+    assert!(!has_bare_lf(&out), "bare LF in the rewritten head {out:?}");
+    let mut headers = [httparse::EMPTY_HEADER; REPARSE_HEADERS];
+    let mut again = httparse::Request::new(&mut headers);
+    match again.parse(&out) {
+        Ok(httparse::Status::Complete(m)) => assert_eq!(m, out.len(), "{out:?}"),
+        other => panic!("rewritten head does not parse ({other:?}): {out:?}"),
+    }
+    let info2 = analyze_request(&again)
+        .unwrap_or_else(|e| panic!("rewritten head refused ({e:?}): {out:?}"));
+    assert_eq!(info2.framing, info.framing, "{out:?}");
+    assert_eq!(info2.version, info.version, "{out:?}");
+    assert_eq!(info2.is_head, info.is_head, "{out:?}");
+    assert_eq!(info2.upgrade, info.upgrade, "{out:?}");
+    assert_eq!(info2.expect_continue, info.expect_continue, "{out:?}");
+}
+
+/// Parse `data[1..]` as a response head (to a HEAD request when `data[0]` is odd);
+/// if accepted, rewrite it and check the result parses and frames the same.
+pub fn response_head(data: &[u8]) {
+    let Some((&flags, data)) = data.split_first() else {
+        return;
+    };
+    let to_head = flags & 1 == 1;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(n)) = resp.parse(data) else {
+        return;
+    };
+    if has_bare_lf(&data[..n]) {
+        return;
+    }
+    let Ok(info) = analyze_response(&resp, to_head) else {
+        return;
+    };
+    let conn = match flags >> 1 & 3 {
+        0 => ClientConnection::KeepAlive11,
+        1 => ClientConnection::KeepAlive10,
+        2 => ClientConnection::Close,
+        _ => ClientConnection::Upgrade,
+    };
+    let mut out = Vec::new();
+    rewrite::write_response_head(&mut out, &resp, info.content_length, conn);
+    assert!(!has_bare_lf(&out), "bare LF in the rewritten head {out:?}");
+    let mut headers = [httparse::EMPTY_HEADER; REPARSE_HEADERS];
+    let mut again = httparse::Response::new(&mut headers);
+    match again.parse(&out) {
+        Ok(httparse::Status::Complete(m)) => assert_eq!(m, out.len(), "{out:?}"),
+        other => panic!("rewritten head does not parse ({other:?}): {out:?}"),
+    }
+    let info2 = analyze_response(&again, to_head)
+        .unwrap_or_else(|e| panic!("rewritten head refused ({e:?}): {out:?}"));
+    assert_eq!(info2.status, info.status, "{out:?}");
+    assert_eq!(info2.framing, info.framing, "{out:?}");
+    assert_eq!(info2.content_length, info.content_length, "{out:?}");
+}
+
+/// Decode `data[1..]` as a chunked body in one piece and in pieces of a size
+/// `data[0]` picks: both must agree on whether it is valid, where it ends, and
+/// must never claim more bytes than they were given.
+pub fn chunked(data: &[u8]) {
+    let Some((&split, data)) = data.split_first() else {
+        return;
+    };
+    let whole = decode(data, data.len().max(1));
+    let pieces = decode(data, usize::from(split % 16) + 1);
+    assert_eq!(whole, pieces, "one piece vs pieces of {}", split % 16 + 1);
+}
+
+/// Feed `data` in pieces of `step` bytes: (valid so far, bytes of the body, done).
+fn decode(data: &[u8], step: usize) -> (bool, usize, bool) {
+    let mut d = ChunkedDecoder::new();
+    let mut used = 0;
+    for piece in data.chunks(step) {
+        match d.feed(piece) {
+            Ok(n) => {
+                assert!(n <= piece.len(), "claimed {n} of {} bytes", piece.len());
+                used += n;
+                if d.is_done() {
+                    return (true, used, true);
+                }
+                assert_eq!(n, piece.len(), "stopped early without being done");
+            }
+            Err(_) => return (false, 0, false),
+        }
+    }
+    (true, used, d.is_done())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checks_accept_ordinary_input() {
+        request_head(b"POST http://a.example/x HTTP/1.1\r\nHost: b\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\n");
+        request_head(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        );
+        response_head(b"\x00HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        response_head(
+            b"\x06HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        );
+        chunked(b"\x023\r\nabc\r\n0\r\nT: v\r\n\r\nextra");
+        assert_eq!(decode(b"3\r\nabc\r\n0\r\n\r\nGET", 2), (true, 13, true));
+        assert_eq!(decode(b"3\r\nab", 1), (true, 5, false));
+        assert_eq!(decode(b"z\r\n", 1), (false, 0, false));
+    }
+}
