@@ -65,6 +65,21 @@ impl Reject {
         }
     }
 
+    /// The local response to send: without its body when it answers a HEAD request
+    /// (RFC 9110 §9.3.2), which must not get one.
+    pub fn response_to(self, head_request: bool) -> &'static [u8] {
+        let full = self.response();
+        if head_request {
+            let end = full
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(full.len(), |p| p + 4);
+            &full[..end]
+        } else {
+            full
+        }
+    }
+
     /// The complete local response: short body, Content-Length and `Connection: close`.
     pub fn response(self) -> &'static [u8] {
         match self {
@@ -737,6 +752,15 @@ mod tests {
         assert_eq!(split_absolute_form("http://h:1/p?q"), Some(("h:1", "/p?q")));
         assert_eq!(split_absolute_form("http://h?q"), Some(("h", "?q")));
         assert_eq!(split_absolute_form("/p"), None);
+    }
+
+    #[test]
+    fn a_head_request_gets_no_body_in_a_local_response() {
+        let full = Reject::BadGateway.response_to(false);
+        let head = Reject::BadGateway.response_to(true);
+        assert!(full.ends_with(b"\r\n\r\nBad Gateway\n"));
+        assert!(head.ends_with(b"Connection: close\r\n\r\n"));
+        assert_eq!(&full[..head.len()], head);
     }
 
     #[test]

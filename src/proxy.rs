@@ -754,9 +754,16 @@ impl Worker {
                     self.upstreams.remove(uk);
                 }
                 let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
+                // The request answered: the exchange's, or the head being parsed.
+                let head_request = if c.phase == Phase::Exchange {
+                    c.x.req.is_head
+                } else {
+                    bufs.req.filled().starts_with(b"HEAD ")
+                };
                 bufs.resp.clear();
                 bufs.resp_head.clear();
-                bufs.resp_head.extend_from_slice(reject.response());
+                bufs.resp_head
+                    .extend_from_slice(reject.response_to(head_request));
                 bufs.resp_head_sent = 0;
                 c.x.resp_pending = 0;
                 c.linger = true;

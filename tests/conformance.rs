@@ -4,13 +4,16 @@
 //! Request cases: each input is sent to the proxy on a fresh connection (then our
 //! side is shut), and a recording backend notes every request it receives.
 //! - valid input: every complete message is forwarded once, in order, with the
-//!   method and target the log names, and answered;
+//!   method, target, end-to-end header fields and body content the log spans (see
+//!   `as_forwarded` for what a proxy changes), and answered. Most cases lack the
+//!   Host that HTTP/1.1 requires, so they are refused (400) as they are, then sent
+//!   again with a Host added to check their fields and body too;
 //! - input a strict parser rejects, or that only a lenient parser accepts: the
 //!   client gets a 4xx/5xx or a close, and no message past the last complete valid
 //!   one reaches the backend.
 //!
 //! Response cases: a backend answers with the input. Valid: the client gets the
-//! status the log names. Malformed head: 502. Malformed body: the client connection
+//! status the log names and, when complete, the same body content. Malformed head: 502. Malformed body: the client connection
 //! is closed rather than left hanging.
 //!
 //! Where corelb deliberately differs from llhttp, the case is in `DIFFERENCES` with
@@ -95,7 +98,18 @@ fn cases_in(path: &Path) -> Vec<Case> {
 /// The corpus README's rules for turning an `http` block into bytes.
 fn to_bytes(block: &str) -> Vec<u8> {
     let block = block.replace("\\\n", "").replace('\n', "\r\n");
-    let b = block.as_bytes();
+    unescape(block.as_bytes())
+}
+
+/// A span's value from a log line: characters up to U+00FF stand for one byte
+/// each (the log prints bytes as Latin-1), then the escapes are expanded.
+fn span_bytes(value: &str) -> Vec<u8> {
+    let latin1: Vec<u8> = value.chars().map(|c| c as u32 as u8).collect();
+    unescape(&latin1)
+}
+
+/// Expand `\r`, `\n`, `\t`, `\f`, `\xHH` and `\NNN`; any other backslash is literal.
+fn unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -122,7 +136,7 @@ fn to_bytes(block: &str) -> Vec<u8> {
                 let oct = std::str::from_utf8(&b[i + 1..i + 1 + digits]).unwrap();
                 (u8::from_str_radix(oct, 8).unwrap(), 1 + digits)
             }
-            other => (other, 2),
+            _ => (b'\\', 1),
         };
         out.push(byte);
         i += used;
@@ -130,39 +144,90 @@ fn to_bytes(block: &str) -> Vec<u8> {
     out
 }
 
-/// What the log says: the messages (method, target, complete?) and any error.
+/// One message as the log spans it.
+#[derive(Debug, Default, Clone)]
+struct Msg {
+    method: String,
+    url: String,
+    version: String,
+    complete: bool,
+    /// The head is over: field spans after this are trailers.
+    head_done: bool,
+    status: Option<u16>,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+/// What the log says: the messages and any error.
 #[derive(Debug, Default)]
 struct Expected {
-    messages: Vec<(String, String, bool, Option<u16>)>,
+    messages: Vec<Msg>,
     error: Option<String>,
     protocols: Vec<String>,
 }
 
 fn span(line: &str, name: &str) -> Option<String> {
+    // A lone line ending is logged unquoted, by name.
+    match line.split(&format!("span[{name}]=")).nth(1)? {
+        "cr" => return Some("\\r".into()),
+        "lf" => return Some("\\n".into()),
+        "crlf" => return Some("\\r\\n".into()),
+        _ => {}
+    }
     let rest = line.split(&format!("span[{name}]=\"")).nth(1)?;
     Some(rest.strip_suffix('"').unwrap_or(rest).to_string())
 }
 
 fn expected(log: &[String]) -> Expected {
     let mut e = Expected::default();
+    // A field span after a value span starts a new header.
+    let mut in_value = false;
     for line in log {
         if line.ends_with("message begin") {
-            e.messages.push((String::new(), String::new(), false, None));
+            e.messages.push(Msg::default());
+            in_value = false;
         } else if let Some(m) = span(line, "method") {
-            e.messages.last_mut().unwrap().0.push_str(&m);
+            e.messages.last_mut().unwrap().method.push_str(&m);
         } else if let Some(u) = span(line, "url") {
-            e.messages.last_mut().unwrap().1.push_str(&u);
+            let u = String::from_utf8_lossy(&span_bytes(&u)).into_owned();
+            e.messages.last_mut().unwrap().url.push_str(&u);
         } else if let Some(p) = span(line, "protocol") {
             e.protocols.push(p);
+        } else if let Some(v) = span(line, "version") {
+            e.messages.last_mut().unwrap().version.push_str(&v);
+        } else if line.contains(" headers complete") {
+            let m = e.messages.last_mut().unwrap();
+            m.head_done = true;
+            m.status = line
+                .split(" status=")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .and_then(|s| s.parse().ok());
+        } else if let Some(f) = span(line, "header_field") {
+            let m = e.messages.last_mut().unwrap();
+            if m.head_done {
+                continue;
+            }
+            if in_value || m.headers.is_empty() {
+                m.headers.push((String::new(), Vec::new()));
+                in_value = false;
+            }
+            m.headers.last_mut().unwrap().0.push_str(&f);
+        } else if let Some(v) = span(line, "header_value") {
+            in_value = true;
+            let m = e.messages.last_mut().unwrap();
+            if m.head_done {
+                continue;
+            }
+            if let Some(h) = m.headers.last_mut() {
+                h.1.extend(span_bytes(&v));
+            }
+        } else if line.ends_with("header_value complete") {
+            in_value = true;
+        } else if let Some(b) = span(line, "body") {
+            e.messages.last_mut().unwrap().body.extend(span_bytes(&b));
         } else if line.ends_with("message complete") {
-            e.messages.last_mut().unwrap().2 = true;
-        } else if let Some(status) = line
-            .split(" status=")
-            .nth(1)
-            .filter(|_| line.contains("headers complete"))
-        {
-            e.messages.last_mut().unwrap().3 =
-                status.split(' ').next().and_then(|s| s.parse().ok());
+            e.messages.last_mut().unwrap().complete = true;
         } else if let Some(reason) = line
             .split(" reason=\"")
             .nth(1)
@@ -198,6 +263,12 @@ const DIFFERENCES: &[(&str, &str, Outcome, &str)] = &[
         "M-SEARCH request",
         Outcome::Refused(400),
         "the asterisk-form target is for OPTIONS only (RFC 9112 §3.2.4); SSDP's M-SEARCH * belongs to HTTP over UDP",
+    ),
+    (
+        "uri.md",
+        "`host:port` and basic auth",
+        Outcome::Refused(400),
+        "userinfo in an http(s) target is treated as an error (RFC 9110 §4.2.4)",
     ),
     (
         "sample.md",
@@ -253,6 +324,31 @@ fn read_until_close(mut s: TcpStream) -> Option<Vec<u8>> {
 
 /// Statuses of the complete final responses in `bytes`, and the status of a last
 /// response cut short by a close (`Some(0)` if even its head was cut).
+/// The body content of the first final response in `bytes` (dechunked), if complete.
+fn first_body(mut bytes: &[u8]) -> Option<Vec<u8>> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(bytes) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => return None,
+        };
+        let info = analyze_response(&resp, false).ok()?;
+        let mut scanner = BodyScanner::new(info.framing);
+        let len = scanner.scan(&bytes[n..]).ok()?;
+        if info.status < 200 {
+            bytes = &bytes[n + len..];
+            continue;
+        }
+        let body = &bytes[n..n + len];
+        return match info.framing {
+            corelb::framing::Framing::Chunked => scanner.is_done().then(|| dechunk(body)),
+            corelb::framing::Framing::UntilClose => Some(body.to_vec()),
+            _ => scanner.is_done().then(|| body.to_vec()),
+        };
+    }
+}
+
 fn statuses(mut bytes: &[u8], head_request: bool) -> (Vec<u16>, Option<u16>) {
     let mut out = Vec::new();
     loop {
@@ -286,7 +382,117 @@ fn statuses(mut bytes: &[u8], head_request: bool) -> (Vec<u16>, Option<u16>) {
 
 /// A backend that records (method, target) of every complete request and answers 200.
 /// (method, target) of each request a backend received, in order.
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
+/// A request as the backend should see it, reduced to what must survive the
+/// proxy: method, target, end-to-end header fields (names lowercased, values
+/// trimmed, stably sorted by name so fields the proxy appends compare equal), and
+/// the body's content (dechunked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Forwarded {
+    method: String,
+    target: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+/// Fields compared on neither side: hop-by-hop ones, Content-Length (the body is
+/// compared instead) and the ones the proxy sets itself.
+fn compared(name: &str) -> bool {
+    !matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+    )
+}
+
+fn normalised(mut headers: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    for h in &mut headers {
+        h.0.make_ascii_lowercase();
+        h.1 = collapse_non_ascii(corelb::framing::trim_ows(&h.1));
+    }
+    headers.retain(|h| compared(&h.0));
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    headers
+}
+
+/// Each run of non-ASCII bytes becomes one `?`. The log prints such bytes either as
+/// UTF-8 text or as Latin-1 characters, and which one cannot be told from the log
+/// alone; the proxy relays them untouched either way.
+fn collapse_non_ascii(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    for &b in value {
+        if b.is_ascii() {
+            out.push(b);
+        } else if out.last() != Some(&b'?') {
+            out.push(b'?');
+        }
+    }
+    out
+}
+
+/// What corelb must forward for a message llhttp accepted: the fields Connection
+/// names are dropped, a 1.0 request's Expect is dropped, and an absolute-form
+/// target becomes origin-form with its authority as the Host.
+fn as_forwarded(m: &Msg) -> Forwarded {
+    let options: Vec<String> = m
+        .headers
+        .iter()
+        .filter(|h| h.0.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| {
+            corelb::framing::list_elements(&h.1)
+                .map(|o| String::from_utf8_lossy(o).to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut headers: Vec<(String, Vec<u8>)> = m
+        .headers
+        .iter()
+        .filter(|h| !options.contains(&h.0.to_ascii_lowercase()))
+        .filter(|h| !(m.version == "1.0" && h.0.eq_ignore_ascii_case("expect")))
+        .cloned()
+        .collect();
+    let mut target = m.url.clone();
+    if let Some((authority, path)) = corelb::framing::split_absolute_form(&m.url) {
+        headers.retain(|h| !h.0.eq_ignore_ascii_case("host"));
+        headers.push(("host".into(), authority.as_bytes().to_vec()));
+        target = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+    }
+    Forwarded {
+        method: m.method.clone(),
+        target,
+        headers: normalised(headers),
+        body: m.body.clone(),
+    }
+}
+
+/// The data of a chunked body the proxy has already found well-formed.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = raw[..line_end].split(|&b| b == b';').next().unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(size_text).unwrap().trim(), 16).unwrap();
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+type Seen = Arc<Mutex<Vec<Forwarded>>>;
 
 fn recording_backend() -> (Scripted, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -301,14 +507,23 @@ fn recording_backend() -> (Scripted, Seen) {
                 Ok(httparse::Status::Complete(n)) => Some((
                     n,
                     analyze_request(&req).ok(),
-                    req.method.unwrap_or("").to_string(),
-                    req.path.unwrap_or("").to_string(),
+                    Forwarded {
+                        method: req.method.unwrap_or("").to_string(),
+                        target: req.path.unwrap_or("").to_string(),
+                        headers: normalised(
+                            req.headers
+                                .iter()
+                                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                                .collect(),
+                        ),
+                        body: Vec::new(),
+                    },
                 )),
                 Ok(httparse::Status::Partial) => None,
                 Err(_) => return,
             };
             match parsed {
-                Some((n, Some(info), method, path)) => {
+                Some((n, Some(info), mut message)) => {
                     let mut scanner = BodyScanner::new(info.framing);
                     let mut used = n + scanner.scan(&buf[n..]).unwrap_or(0);
                     while !scanner.is_done() {
@@ -323,15 +538,20 @@ fn recording_backend() -> (Scripted, Seen) {
                             }
                         }
                     }
+                    message.body = if info.framing == corelb::framing::Framing::Chunked {
+                        dechunk(&buf[n..used])
+                    } else {
+                        buf[n..used].to_vec()
+                    };
                     buf.drain(..used);
-                    record.lock().unwrap().push((method, path));
+                    record.lock().unwrap().push(message);
                     if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                         .is_err()
                     {
                         return;
                     }
                 }
-                Some((_, None, _, _)) => return,
+                Some((_, None, _)) => return,
                 None => match s.read(&mut chunk) {
                     Ok(0) | Err(_) => return,
                     Ok(k) => buf.extend_from_slice(&chunk[..k]),
@@ -382,6 +602,29 @@ fn runnable(case: &Case) -> Option<Expected> {
     (!case.skip_body && !pause && !not_http).then_some(e)
 }
 
+/// Send `input` on a fresh connection, shut our side, and return the statuses the
+/// client got (`[0]` if the proxy never closed) and what the backend received.
+fn run_request(
+    addr: std::net::SocketAddr,
+    input: &[u8],
+    seen: &Seen,
+) -> (Vec<u16>, Vec<Forwarded>) {
+    seen.lock().unwrap().clear();
+    let mut s = connect(addr);
+    let _ = s.write_all(input);
+    let _ = s.shutdown(Shutdown::Write);
+    let Some(bytes) = read_until_close(s) else {
+        return (vec![0], Vec::new());
+    };
+    let head_request = input
+        .iter()
+        .skip_while(|&&b| b == b'\r' || b == b'\n')
+        .take(5)
+        .eq(b"HEAD ".iter());
+    let (got, _) = statuses(&bytes, head_request);
+    (got, seen.lock().unwrap().clone())
+}
+
 #[test]
 fn llhttp_request_corpus() {
     let (backend, seen) = recording_backend();
@@ -389,22 +632,18 @@ fn llhttp_request_corpus() {
     let addr = proxy.local_addrs()[0];
     let mut failures = Vec::new();
     let mut checked = 0;
+    let mut with_host_added = 0;
     for case in corpus("request") {
         let Some(e) = runnable(&case) else { continue };
         let strict = case.kind == "request";
-        seen.lock().unwrap().clear();
-        let mut s = connect(addr);
-        let _ = s.write_all(&case.input);
-        let _ = s.shutdown(Shutdown::Write);
         let name = format!("{} / {} [{}]", case.file, case.title, case.kind);
-        let Some(bytes) = read_until_close(s) else {
+        let (got, forwarded) = run_request(addr, &case.input, &seen);
+        if got == [0] {
             failures.push(format!("{name}: the proxy did not close the connection"));
             continue;
-        };
-        let (got, _) = statuses(&bytes, false);
-        let forwarded = seen.lock().unwrap().clone();
+        }
         checked += 1;
-        let complete: Vec<_> = e.messages.iter().filter(|m| m.2).collect();
+        let complete: Vec<_> = e.messages.iter().filter(|m| m.complete).collect();
         if let Some(outcome) = difference(&case) {
             let ok = match outcome {
                 Outcome::Refused(status) => got == [status] && forwarded.is_empty(),
@@ -422,12 +661,35 @@ fn llhttp_request_corpus() {
                 if got.first() != Some(&400) || !forwarded.is_empty() {
                     failures.push(format!("{name}: no Host, expected 400 and nothing forwarded, got {got:?} {forwarded:?}"));
                 }
+                // Once more with a Host added, so its fields and body are checked too
+                // (one message only: the field goes after the first line).
+                if let [m] = complete.as_slice() {
+                    // After the request line: past any empty lines before it.
+                    let start = case
+                        .input
+                        .iter()
+                        .position(|&b| b != b'\r' && b != b'\n')
+                        .unwrap_or(0);
+                    let line_end = start
+                        + case.input[start..]
+                            .windows(2)
+                            .position(|w| w == b"\r\n")
+                            .unwrap();
+                    let mut input = case.input[..line_end + 2].to_vec();
+                    input.extend_from_slice(b"Host: t\r\n");
+                    input.extend_from_slice(&case.input[line_end + 2..]);
+                    let mut m = (*m).clone();
+                    m.headers.push(("Host".into(), b"t".to_vec()));
+                    let want = vec![as_forwarded(&m)];
+                    let (got, forwarded) = run_request(addr, &input, &seen);
+                    if forwarded != want || got != [200] {
+                        failures.push(format!("{name}, Host added: expected {want:?} forwarded and answered, got {forwarded:?} / {got:?}"));
+                    }
+                    with_host_added += 1;
+                }
                 continue;
             }
-            let want: Vec<(String, String)> = complete
-                .iter()
-                .map(|m| (m.0.clone(), m.1.clone()))
-                .collect();
+            let want: Vec<Forwarded> = complete.iter().map(|m| as_forwarded(m)).collect();
             if forwarded != want || got.len() != want.len() || got.iter().any(|&s| s != 200) {
                 failures.push(format!("{name}: valid input; expected {want:?} forwarded and answered, got {forwarded:?} / {got:?}"));
             }
@@ -451,7 +713,15 @@ fn llhttp_request_corpus() {
             }
         }
     }
+    println!(
+        "llhttp request corpus: {} of {checked} cases pass, {with_host_added} of them also with a Host added",
+        checked - failures.len()
+    );
     assert!(checked > 100, "only {checked} request cases ran");
+    assert!(
+        with_host_added >= 25,
+        "only {with_host_added} cases ran with a Host added"
+    );
     assert!(
         failures.is_empty(),
         "{} of {checked} request cases failed:\n{}",
@@ -474,6 +744,7 @@ fn llhttp_response_corpus() {
     let addr = proxy.local_addrs()[0];
     let mut failures = Vec::new();
     let mut checked = 0;
+    let mut bodies_checked = 0;
     for case in corpus("response") {
         let Some(e) = runnable(&case) else { continue };
         *payload.lock().unwrap() = case.input.clone();
@@ -499,18 +770,21 @@ fn llhttp_response_corpus() {
         }
         // The first final response, whether it completed, and whether the error (if
         // any) came before its head was complete.
-        let first = e.messages.iter().find(|m| m.3.is_some_and(|s| s >= 200));
+        let first = e
+            .messages
+            .iter()
+            .find(|m| m.status.is_some_and(|s| s >= 200));
         let outcome_ok = match (first, &e.error) {
             // Malformed head: nothing of it may reach the client.
             (None, Some(_)) => got == [502] && cut.is_none(),
             // Complete and valid (bytes after it are the backend's problem: the
             // connection is not reused).
-            (Some(m), _) if m.2 => got.first() == m.3.as_ref(),
+            (Some(m), _) if m.complete => got.first() == m.status.as_ref(),
             // Malformed body: a 502 if nothing was sent yet, else the cut shows it.
-            (Some(m), Some(_)) => got == [502] || cut == m.3,
+            (Some(m), Some(_)) => got == [502] || cut == m.status,
             // Valid and delimited by the backend's close (complete), or cut short by
             // it (head relayed, then close).
-            (Some(m), None) => got.first() == m.3.as_ref() || cut == m.3,
+            (Some(m), None) => got.first() == m.status.as_ref() || cut == m.status,
             (None, None) => true,
         };
         if !outcome_ok {
@@ -520,9 +794,31 @@ fn llhttp_response_corpus() {
                 e.error,
                 started.elapsed()
             ));
+        } else if let (Some(m), None) = (first, &e.error)
+            && m.complete
+        {
+            // Valid and complete: the client gets the same body content.
+            let body = first_body(&bytes);
+            if body.as_deref() != Some(&m.body[..]) {
+                failures.push(format!(
+                    "{name}: body {:?} expected, client got {:?}",
+                    String::from_utf8_lossy(&m.body),
+                    body.map(|b| String::from_utf8_lossy(&b).into_owned())
+                ));
+            } else {
+                bodies_checked += 1;
+            }
         }
     }
+    println!(
+        "llhttp response corpus: {} of {checked} cases pass, {bodies_checked} with their body compared",
+        checked - failures.len()
+    );
     assert!(checked > 40, "only {checked} response cases ran");
+    assert!(
+        bodies_checked >= 15,
+        "only {bodies_checked} bodies compared"
+    );
     assert!(
         failures.is_empty(),
         "{} of {checked} response cases failed:\n{}",
