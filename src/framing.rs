@@ -399,28 +399,53 @@ pub fn is_valid_authority(value: &[u8]) -> bool {
     }
     let mut i = 0;
     while i < host.len() {
-        match host[i] {
-            b'%' => {
-                if !(i + 2 < host.len()
-                    && host[i + 1].is_ascii_hexdigit()
-                    && host[i + 2].is_ascii_hexdigit())
-                {
-                    return false;
-                }
-                i += 3;
-                continue;
+        let b = host[i];
+        if b == b'%' {
+            if !(i + 2 < host.len()
+                && host[i + 1].is_ascii_hexdigit()
+                && host[i + 2].is_ascii_hexdigit())
+            {
+                return false;
             }
-            b if b.is_ascii_alphanumeric() => {}
-            // RFC 3986 also allows `,` here; refused, because a Host with a comma
-            // reads like two Host fields folded into one list.
-            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
-            | b';' | b'=' => {}
-            _ => return false,
+            i += 3;
+        } else if REG_NAME[usize::from(b)] {
+            i += 1;
+        } else {
+            return false;
         }
-        i += 1;
     }
     true
 }
+
+/// Bytes allowed in a reg-name besides percent-encodings: unreserved and
+/// sub-delims (RFC 3986 §3.2.2), except `,` (RFC 3986 allows it; refused, because a
+/// Host with a comma reads like two Host fields folded into one list).
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    t
+};
 
 /// Codings registered for Transfer-Encoding that we pass through to the backend.
 fn is_known_coding(element: &[u8]) -> bool {
