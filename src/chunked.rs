@@ -10,14 +10,20 @@
 
 /// Largest trailer section accepted, in bytes.
 pub const MAX_TRAILER_BYTES: u32 = 16 * 1024;
+/// Most hex digits in a chunk size (leading zeros included): 16 fill 64 bits.
+pub const MAX_SIZE_DIGITS: u32 = 16;
+/// Longest chunk-size line (size and extensions, before the CRLF), in bytes.
+pub const MAX_CHUNK_LINE: u32 = 1024;
 
 /// Why a chunked body is malformed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkError {
     /// A byte that has no place at this point of the framing.
     Syntax,
-    /// The chunk size does not fit in 64 bits.
+    /// The chunk size has more than `MAX_SIZE_DIGITS` digits or does not fit in 64 bits.
     SizeOverflow,
+    /// The chunk-size line is longer than `MAX_CHUNK_LINE`.
+    LineTooLong,
     /// The trailer section is longer than `MAX_TRAILER_BYTES`.
     TrailerTooLarge,
 }
@@ -47,7 +53,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or of the final CRLF).
     TrailerStart,
-    TrailerLine,
+    /// In a trailer field's name, then (after the colon) its value.
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     /// Saw the CR of the final empty line.
     FinalLf,
@@ -62,6 +70,8 @@ pub struct ChunkedDecoder {
     /// Chunk size being parsed, then data bytes left in the current chunk.
     remaining: u64,
     trailer_bytes: u32,
+    /// Bytes of the current chunk-size line so far.
+    line_bytes: u32,
 }
 
 impl Default for ChunkedDecoder {
@@ -91,6 +101,7 @@ impl ChunkedDecoder {
             state: State::SizeStart,
             remaining: 0,
             trailer_bytes: 0,
+            line_bytes: 0,
         }
     }
 
@@ -125,8 +136,29 @@ impl ChunkedDecoder {
     /// Advance by one framing byte.
     fn step(&mut self, b: u8) -> Result<(), ChunkError> {
         use State::*;
+        if matches!(
+            self.state,
+            SizeStart
+                | Size
+                | ExtNameStart
+                | ExtName
+                | ExtValueStart
+                | ExtToken
+                | ExtQuoted
+                | ExtQuotedPair
+                | ExtAfterQuoted
+        ) && b != b'\r'
+        {
+            self.line_bytes += 1;
+            if self.line_bytes > MAX_CHUNK_LINE {
+                return Err(ChunkError::LineTooLong);
+            }
+        }
         self.state = match self.state {
             SizeStart | Size => match hex_value(b) {
+                Some(_) if self.line_bytes > MAX_SIZE_DIGITS => {
+                    return Err(ChunkError::SizeOverflow);
+                }
                 Some(d) => {
                     self.remaining = self
                         .remaining
@@ -169,6 +201,7 @@ impl ChunkedDecoder {
                 _ => return Err(ChunkError::Syntax),
             },
             SizeLf if b == b'\n' => {
+                self.line_bytes = 0;
                 if self.remaining == 0 {
                     TrailerStart
                 } else {
@@ -178,15 +211,18 @@ impl ChunkedDecoder {
             DataCr if b == b'\r' => DataLf,
             DataLf if b == b'\n' => SizeStart,
             TrailerStart if b == b'\r' => FinalLf,
-            TrailerStart | TrailerLine => {
+            TrailerStart | TrailerName | TrailerValue => {
                 self.trailer_bytes += 1;
                 if self.trailer_bytes > MAX_TRAILER_BYTES {
                     return Err(ChunkError::TrailerTooLarge);
                 }
-                match b {
-                    b'\r' => TrailerLf,
-                    b'\n' | 0 => return Err(ChunkError::Syntax),
-                    _ => TrailerLine,
+                // field-name ":" OWS field-value OWS (RFC 9112 §7.1.2, RFC 9110 §5).
+                match (self.state, b) {
+                    (TrailerStart | TrailerName, _) if is_tchar(b) => TrailerName,
+                    (TrailerName, b':') => TrailerValue,
+                    (TrailerValue, b'\r') => TrailerLf,
+                    (TrailerValue, b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff) => TrailerValue,
+                    _ => return Err(ChunkError::Syntax),
                 }
             }
             TrailerLf if b == b'\n' => TrailerStart,
@@ -271,10 +307,19 @@ mod tests {
             (b"5;a=\"x\r\nhello\r\n", ChunkError::Syntax),
             (b"5;a=\"x\"y\r\n", ChunkError::Syntax),
             (b"0\r\nX: y\n\r\n", ChunkError::Syntax),
+            (b"0\r\nTrailer\r\n\r\n", ChunkError::Syntax),
+            (b"0\r\nX : y\r\n\r\n", ChunkError::Syntax),
+            (b"0\r\n: y\r\n\r\n", ChunkError::Syntax),
+            (b"0\r\nX: a\x01b\r\n\r\n", ChunkError::Syntax),
+            (b"0\r\n X: y\r\n\r\n", ChunkError::Syntax),
             (b"0\r\n\n", ChunkError::Syntax),
             (b"-1\r\n", ChunkError::Syntax),
             (b"0x5\r\n", ChunkError::Syntax),
             (b"10000000000000000\r\n", ChunkError::SizeOverflow),
+            (b"00000000000000001\r\nx\r\n", ChunkError::SizeOverflow),
+            (b"5;a\x00\r\n", ChunkError::Syntax),
+            (b"5;a=\"\x01\"\r\n", ChunkError::Syntax),
+            (b"5;a\nb\r\n", ChunkError::Syntax),
         ];
         for (input, err) in cases {
             assert_eq!(
@@ -301,5 +346,34 @@ mod tests {
         d.feed(b"0\r\n").unwrap();
         let line = vec![b'a'; MAX_TRAILER_BYTES as usize + 1];
         assert_eq!(d.feed(&line), Err(ChunkError::TrailerTooLarge));
+    }
+
+    #[test]
+    fn size_line_limits() {
+        // 16 digits, leading zeros included, is the most.
+        assert_eq!(
+            decode(b"000000000000000a\r\n0123456789\r\n0\r\n\r\n"),
+            Ok((35, true))
+        );
+        // Extensions up to the line limit pass, one byte more is refused.
+        let ext = |len: usize| {
+            let mut line = b"1;".to_vec();
+            line.extend(std::iter::repeat_n(b'e', len - 2));
+            line.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+            line
+        };
+        let at_limit = ext(MAX_CHUNK_LINE as usize);
+        assert_eq!(decode(&at_limit), Ok((at_limit.len(), true)));
+        assert_eq!(
+            decode(&ext(MAX_CHUNK_LINE as usize + 1)),
+            Err(ChunkError::LineTooLong)
+        );
+        // The limit is per line: many chunks with long extensions are fine.
+        let mut many = Vec::new();
+        for _ in 0..10 {
+            many.extend_from_slice(&ext(MAX_CHUNK_LINE as usize)[..MAX_CHUNK_LINE as usize + 5]);
+        }
+        many.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(decode(&many), Ok((many.len(), true)));
     }
 }

@@ -16,15 +16,19 @@ use common::*;
 type Log = Arc<Mutex<Vec<Vec<u8>>>>;
 
 /// A backend that records every byte and answers each request (head plus a
-/// Content-Length body, if any) with `200 ok`, keeping the connection open.
+/// Content-Length or chunked body) with `200 ok`, keeping the connection open.
 fn recorder() -> (Scripted, Log) {
     let log: Log = Arc::default();
     let shared = Arc::clone(&log);
     let backend = Scripted::start(move |mut s, n| {
-        shared.lock().unwrap().push(Vec::new());
         let record = |bytes: &[u8]| {
-            shared.lock().unwrap()[n].extend_from_slice(bytes);
+            let mut log = shared.lock().unwrap();
+            if log.len() <= n {
+                log.resize(n + 1, Vec::new());
+            }
+            log[n].extend_from_slice(bytes);
         };
+        record(b"");
         while let Some(head) = read_head(&mut s) {
             record(head.as_bytes());
             let length = head
@@ -35,11 +39,26 @@ fn recorder() -> (Scripted, Log) {
                         .then(|| value.trim().parse::<usize>().ok())?
                 })
                 .unwrap_or(0);
-            let mut body = vec![0; length];
-            if s.read_exact(&mut body).is_err() {
-                return;
+            let chunked = head
+                .to_ascii_lowercase()
+                .contains("\r\ntransfer-encoding: chunked\r\n");
+            if chunked {
+                // Byte by byte, so nothing after the body is taken.
+                let mut decoder = corelb::chunked::ChunkedDecoder::new();
+                let mut byte = [0u8; 1];
+                while !decoder.is_done() {
+                    if s.read_exact(&mut byte).is_err() || decoder.feed(&byte).is_err() {
+                        return;
+                    }
+                    record(&byte);
+                }
+            } else {
+                let mut body = vec![0; length];
+                if s.read_exact(&mut body).is_err() {
+                    return;
+                }
+                record(&body);
             }
-            record(&body);
             if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .is_err()
             {
@@ -339,4 +358,60 @@ fn a_refused_request_leaves_the_pool_clean() {
         ],
         "the backend log holds exactly the good requests: {seen:?}"
     );
+}
+
+#[test]
+fn bad_chunk_framing_is_400_and_reaches_the_backend_not_at_all() {
+    let (backend, log) = recorder();
+    let proxy = proxy_for(&[backend.addr], 1);
+    // Warm the pool: the refused requests would otherwise have a pooled connection
+    // to write to at once.
+    assert_eq!(get(proxy.local_addrs()[0], "/warm").status, 200);
+    let long_ext = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(1100));
+    let bodies: &[&[u8]] = &[
+        b"00000000000000001\r\nx\r\n0\r\n\r\n",
+        long_ext.as_bytes(),
+        b"1;a\x00b\r\nx\r\n0\r\n\r\n",
+        b"1\r\nx0\r\n\r\n",
+        b"1\r\nx\n0\r\n\r\n",
+        b"1\nx\r\n0\r\n\r\n",
+        b"0\r\nTrailer\r\n\r\n",
+    ];
+    for body in bodies {
+        let mut raw =
+            b"POST /bad HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        raw.extend_from_slice(body);
+        let (resp, mut r) = send(proxy.local_addrs()[0], &raw);
+        assert_eq!(resp.status, 400, "{:?}", String::from_utf8_lossy(body));
+        r.expect_closed();
+    }
+    assert_eq!(get(proxy.local_addrs()[0], "/after").status, 200);
+    let seen = received(&log);
+    assert!(
+        !seen.contains("/bad"),
+        "a refused request reached the backend: {seen:?}"
+    );
+}
+
+#[test]
+fn a_body_that_turns_bad_later_is_cut_and_never_completes_at_the_backend() {
+    let (backend, log) = recorder();
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(
+        b"POST /late HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    )
+    .unwrap();
+    // The head streams on before the rest of the body exists.
+    wait_for(&log, "POST /late");
+    s.write_all(b"zz\r\n").unwrap();
+    let mut r = Reader::new(s);
+    assert_eq!(r.response().status, 400);
+    r.expect_closed();
+    // The backend saw a prefix, then its connection closed: no answer was produced
+    // for that request, and the next request goes on a fresh connection.
+    assert_eq!(get(proxy.local_addrs()[0], "/next").status, 200);
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 2, "the cut connection was reused");
+    assert!(!String::from_utf8_lossy(&log[0]).contains("zz"));
 }
