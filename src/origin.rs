@@ -367,13 +367,12 @@ fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> 
             let key = websocket_key(&req, &info);
             c.inbuf.consume(n);
             let Some(key) = key else {
-                respond(
-                    c,
-                    426,
-                    false,
-                    b"a WebSocket handshake is expected here\n",
-                    true,
-                    1,
+                // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+                let text = "a WebSocket handshake is expected here\n";
+                let _ = write!(
+                    c.out,
+                    "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
                 );
                 return None;
             };

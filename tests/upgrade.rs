@@ -256,3 +256,20 @@ fn upgrade_is_ignored_on_http_10_and_with_a_body() {
     let seen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
     assert!(!seen.to_ascii_lowercase().contains("upgrade"), "{seen:?}");
 }
+
+#[test]
+fn the_backends_ws_route_wants_a_handshake() {
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 1);
+    // Direct: the 426 names the protocol.
+    let (resp, _) = roundtrip(
+        origins[0].local_addr(),
+        b"GET /ws HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(resp.status, 426);
+    assert_eq!(resp.header("upgrade").as_deref(), Some("websocket"));
+    // Through the proxy: a wrong version is no handshake either.
+    let bad = handshake("/ws").replace("Version: 13", "Version: 8");
+    let (resp, _) = roundtrip(proxy.local_addrs()[0], bad.as_bytes());
+    assert_eq!(resp.status, 426);
+}
