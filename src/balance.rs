@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::health::Health;
+
 /// Keeps the counter on its own cache line, so the workers' writes to it never
 /// invalidate a line that holds anything else.
 #[repr(align(128))]
@@ -29,6 +31,24 @@ impl RoundRobin {
     /// the counter only has to hand out each value once, not order other memory.
     pub fn pick(&self) -> usize {
         self.next.0.fetch_add(1, Ordering::Relaxed) % self.len
+    }
+
+    /// Like `pick`, over the backends `health` says are up, so the spread stays
+    /// even over those: the counter indexes the up ones, not the whole list. `None`
+    /// when every backend is down.
+    pub fn pick_up(&self, health: &Health) -> Option<usize> {
+        let n = self.next.0.fetch_add(1, Ordering::Relaxed);
+        let now = health.now_ms();
+        let up = (0..self.len).filter(|&b| health.is_up_at(b, now)).count();
+        if up == self.len {
+            return Some(n % self.len);
+        }
+        if up == 0 {
+            return None;
+        }
+        (0..self.len)
+            .filter(|&b| health.is_up_at(b, now))
+            .nth(n % up)
     }
 }
 
@@ -65,6 +85,22 @@ mod tests {
             }
         }
         assert_eq!(total, [10_000; 4]);
+    }
+
+    #[test]
+    fn down_backends_are_skipped_and_the_rest_share_evenly() {
+        let names = (0..3).map(|i| format!("b{i}")).collect();
+        let health = Health::new(names, crate::health::Passive::default(), false);
+        let rr = RoundRobin::new(3);
+        health.set_checked(1, false, "test");
+        let mut counts = [0; 3];
+        for _ in 0..3000 {
+            counts[rr.pick_up(&health).unwrap()] += 1;
+        }
+        assert_eq!(counts, [1500, 0, 1500]);
+        health.set_checked(0, false, "test");
+        health.set_checked(2, false, "test");
+        assert_eq!(rr.pick_up(&health), None);
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Bounds for `--max-header-bytes`: below 1 KiB real browsers fail, above 1 MiB a
 /// single connection could pin too much memory.
 pub const MIN_HEADER_BYTES: usize = 1024;
+/// Default `--retries`.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Most `--retries` accepted: more only repeats the same failures.
+pub const MAX_RETRIES: u32 = 16;
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
 /// One backend of the pool.
@@ -27,37 +31,39 @@ pub struct Backend {
     pub authority: String,
 }
 
-/// How long the proxy waits before giving up on a peer. Not on the command line
-/// yet; the defaults follow common proxy practice (nginx, HAProxy).
+/// How long the proxy waits before giving up on a peer; each is a flag of `serve`.
+/// The defaults follow common proxy practice (nginx, HAProxy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// An idle keep-alive client is closed silently.
     pub idle: Duration,
     /// A client must complete its request head this long after its first byte: 408.
     pub header: Duration,
-    /// A new backend connection must be established: 504.
+    /// A new backend connection must be established: another backend, or 502.
     pub connect: Duration,
-    /// An exchange may make no progress at all for this long: 504 if no response
-    /// has started, else the connection is closed.
-    pub exchange: Duration,
+    /// The response head must begin within this long of the last progress: 504.
+    pub response: Duration,
+    /// A body (either way) or a tunnel may go this long without a byte: close.
+    pub body: Duration,
     /// A closing client may keep sending this long before we close anyway.
     pub linger: Duration,
     /// Idle pooled backend connections are closed after this long.
     pub upstream_idle: Duration,
     /// On shutdown, exchanges in flight may finish for this long.
-    pub shutdown_grace: Duration,
+    pub shutdown: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             idle: Duration::from_secs(60),
-            header: Duration::from_secs(30),
-            connect: Duration::from_secs(5),
-            exchange: Duration::from_secs(60),
+            header: Duration::from_secs(10),
+            connect: Duration::from_secs(3),
+            response: Duration::from_secs(60),
+            body: Duration::from_secs(60),
             linger: Duration::from_secs(5),
             upstream_idle: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(10),
+            shutdown: Duration::from_secs(30),
         }
     }
 }
@@ -69,10 +75,11 @@ impl Timeouts {
             self.idle,
             self.header,
             self.connect,
-            self.exchange,
+            self.response,
+            self.body,
             self.linger,
             self.upstream_idle,
-            self.shutdown_grace,
+            self.shutdown,
         ]
         .into_iter()
         .min()
@@ -95,6 +102,13 @@ pub struct ProxyConfig {
     /// After handling events, keep polling without sleeping for this long.
     pub busy_poll: Duration,
     pub timeouts: Timeouts,
+    /// Times a failed request may move to another backend (connect failures, or
+    /// idempotent requests with no response byte yet).
+    pub retries: u32,
+    /// Passive health: failures that take a backend out, and for how long.
+    pub passive: crate::health::Passive,
+    /// Log backend state changes to stderr.
+    pub log_health: bool,
 }
 
 impl ProxyConfig {
@@ -109,6 +123,9 @@ impl ProxyConfig {
             pin: false,
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
             timeouts: Timeouts::default(),
+            retries: DEFAULT_RETRIES,
+            passive: crate::health::Passive::default(),
+            log_health: true,
         }
     }
 }

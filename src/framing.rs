@@ -43,6 +43,8 @@ pub enum Reject {
     NotImplemented,
     /// No backend could be reached, or it answered with garbage: 502.
     BadGateway,
+    /// Every backend is down: 503, with Retry-After.
+    Unavailable,
     /// The backend did not answer in time: 504.
     GatewayTimeout,
     /// HTTP version other than 1.0 and 1.1: 505.
@@ -60,6 +62,7 @@ impl Reject {
             Reject::HeadTooLarge => 431,
             Reject::NotImplemented => 501,
             Reject::BadGateway => 502,
+            Reject::Unavailable => 503,
             Reject::GatewayTimeout => 504,
             Reject::VersionNotSupported => 505,
         }
@@ -90,6 +93,7 @@ impl Reject {
             Reject::HeadTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n",
             Reject::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n",
             Reject::BadGateway => b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Gateway\n",
+            Reject::Unavailable => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nRetry-After: 1\r\nConnection: close\r\n\r\nService Unavailable\n",
             Reject::GatewayTimeout => b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nGateway Timeout\n",
             Reject::VersionNotSupported => b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nContent-Length: 27\r\nConnection: close\r\n\r\nHTTP Version Not Supported\n",
         }
@@ -106,6 +110,9 @@ pub struct RequestInfo {
     pub keep_alive: bool,
     /// HEAD: the response has no body whatever its headers say (RFC 9110 §9.3.2).
     pub is_head: bool,
+    /// The method is idempotent (RFC 9110 §9.2.2): GET, HEAD, OPTIONS, TRACE, PUT,
+    /// DELETE. Only such a request may be sent again after part of it went out.
+    pub idempotent: bool,
     /// `Expect: 100-continue` was sent (RFC 9110 §10.1.1).
     pub expect_continue: bool,
     /// A protocol switch is asked for (an Upgrade field named by Connection, in a
@@ -527,6 +534,10 @@ pub fn analyze_request(req: &httparse::Request<'_, '_>) -> Result<RequestInfo, R
         framing,
         keep_alive,
         is_head: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
         expect_continue,
         // RFC 9110 §7.8: Upgrade in a 1.0 request is ignored. One with a body is
         // forwarded without it: the tunnel would start in the middle of the body.

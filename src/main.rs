@@ -59,22 +59,40 @@ struct Serve {
     #[argh(option, from_str_fn(config::parse_duration))]
     idle_timeout: Option<Duration>,
     /// answer 408 if a request head is not complete this long after its first
-    /// byte (default 30s)
+    /// byte (default 10s)
     #[argh(option, from_str_fn(config::parse_duration))]
     header_timeout: Option<Duration>,
-    /// answer 504 if a backend connection is not established within this (default 5s)
+    /// give up on a backend connection not established within this: try the
+    /// next backend, or answer 502 (default 3s)
     #[argh(option, from_str_fn(config::parse_duration))]
     connect_timeout: Option<Duration>,
-    /// answer 504 (or close, once the response has started) when an exchange makes
-    /// no progress for this long (default 60s)
+    /// answer 504 when a backend has not begun its response this long after the
+    /// last progress (default 60s)
     #[argh(option, from_str_fn(config::parse_duration))]
-    exchange_timeout: Option<Duration>,
+    response_timeout: Option<Duration>,
+    /// close a connection whose body (either way) or tunnel moves no byte for this
+    /// long (default 60s)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    body_timeout: Option<Duration>,
     /// close idle pooled backend connections after this long (default 30s)
     #[argh(option, from_str_fn(config::parse_duration))]
     upstream_idle_timeout: Option<Duration>,
-    /// on SIGINT/SIGTERM, let exchanges in flight finish for this long (default 10s)
+    /// on SIGINT/SIGTERM, let exchanges in flight finish for this long (default 30s)
     #[argh(option, from_str_fn(config::parse_duration))]
-    shutdown_grace: Option<Duration>,
+    shutdown_timeout: Option<Duration>,
+    /// move a request to another backend after a connect failure, or (idempotent
+    /// methods only) after the backend dropped it unanswered, at most this many
+    /// times (default 2)
+    #[argh(option, default = "config::DEFAULT_RETRIES")]
+    retries: u32,
+    /// take a backend out after this many connect failures, resets or timeouts
+    /// within --fail-window (default 3; 0 never takes one out)
+    #[argh(option, default = "3")]
+    max_fails: u32,
+    /// the window for --max-fails, and how long a backend then stays out before it
+    /// is tried again (default 10s)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    fail_window: Option<Duration>,
 }
 
 #[derive(FromArgs)]
@@ -169,6 +187,13 @@ fn serve(args: Serve) -> ExitCode {
         return usage_error("--backend: at least one backend is required");
     }
     let workers = args.workers.unwrap_or_else(config::available_cores);
+    if args.retries > config::MAX_RETRIES {
+        return usage_error(format!(
+            "--retries {}: at most {}",
+            args.retries,
+            config::MAX_RETRIES
+        ));
+    }
     if let Err(e) = config::check_limits(workers, args.max_header_bytes, args.busy_poll) {
         return usage_error(e);
     }
@@ -205,14 +230,20 @@ fn serve(args: Serve) -> ExitCode {
     cfg.rewrite_host = args.rewrite_host;
     cfg.pin = args.pin;
     cfg.busy_poll = Duration::from_micros(args.busy_poll);
+    cfg.retries = args.retries;
+    cfg.passive.max_fails = args.max_fails;
+    if let Some(w) = args.fail_window {
+        cfg.passive.window = w;
+    }
     let t = &mut cfg.timeouts;
     for (flag, field) in [
         (args.idle_timeout, &mut t.idle),
         (args.header_timeout, &mut t.header),
         (args.connect_timeout, &mut t.connect),
-        (args.exchange_timeout, &mut t.exchange),
+        (args.response_timeout, &mut t.response),
+        (args.body_timeout, &mut t.body),
         (args.upstream_idle_timeout, &mut t.upstream_idle),
-        (args.shutdown_grace, &mut t.shutdown_grace),
+        (args.shutdown_timeout, &mut t.shutdown),
     ] {
         if let Some(d) = flag {
             *field = d;

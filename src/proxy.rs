@@ -37,6 +37,7 @@ use crate::framing::{
     BodyScanner, Framing, MAX_HEADERS, Reject, RequestInfo, analyze_request, analyze_response,
     classify_parse_error, has_bare_lf, oversized_head,
 };
+use crate::health::Health;
 use crate::net::{self, Control, StartError, WorkerContext, Workers};
 use crate::rewrite::{self, ClientConnection, Forwarding};
 use crate::splice::Pipe;
@@ -74,6 +75,8 @@ struct Shared {
     rewrite_host: bool,
     timeouts: Timeouts,
     busy_poll: Duration,
+    health: Arc<Health>,
+    retries: u32,
 }
 
 /// A snapshot of one worker's counters.
@@ -119,7 +122,15 @@ impl Proxy {
         }
         let workers = config.workers.max(1);
         let (addrs, listeners) = net::bind_listeners(&config.listen, workers)?;
+        let names = config
+            .backends
+            .iter()
+            .map(|b| b.authority.clone())
+            .collect();
+        let health = Arc::new(Health::new(names, config.passive, config.log_health));
         let shared = Arc::new(Shared {
+            health,
+            retries: config.retries,
             selector: RoundRobin::new(config.backends.len()),
             backends: config.backends,
             stats: (0..workers).map(|_| Padded::default()).collect(),
@@ -327,6 +338,10 @@ enum Fail {
     Reject(Reject),
     /// The reused backend connection was stale: send the request again on a new one.
     Retry,
+    /// The backend failed (connect error or timeout, reset, or closed before
+    /// answering): count it against the backend, then send the request to another
+    /// one if `may_retry` and retries are left, else answer with `reject`.
+    Backend { reject: Reject, may_retry: bool },
 }
 
 type Step = Result<bool, Fail>;
@@ -390,6 +405,8 @@ struct Exchange {
     close_after: bool,
     backend: usize,
     retried: bool,
+    /// Times the request was moved to another backend after a failure.
+    attempts: u32,
     /// In a tunnel: our sending side toward the backend / the client is shut.
     backend_shut: bool,
     client_shut: bool,
@@ -411,6 +428,7 @@ impl Exchange {
             close_after: !req.keep_alive,
             backend,
             retried: false,
+            attempts: 0,
             backend_shut: false,
             client_shut: false,
         }
@@ -423,6 +441,7 @@ impl Exchange {
             framing: Framing::None,
             keep_alive: true,
             is_head: false,
+            idempotent: true,
             expect_continue: false,
             upgrade: false,
         };
@@ -563,7 +582,7 @@ impl Worker {
     /// (each then closes). The loop ends when no client is left or the grace
     /// period is over.
     fn begin_shutdown(&mut self) {
-        self.shutdown_deadline = Some(self.now + self.timeouts.shutdown_grace);
+        self.shutdown_deadline = Some(self.now + self.timeouts.shutdown);
         // Closing the listeners refuses new connections (the kernel resets those
         // still queued, which were never accepted).
         self.ctx.listeners.clear();
@@ -708,7 +727,12 @@ impl Worker {
         if c.phase == Phase::Exchange {
             let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
             if !connecting {
-                c.deadline = now + self.timeouts.exchange;
+                c.deadline = now
+                    + if c.x.resp == RespState::Waiting {
+                        self.timeouts.response
+                    } else {
+                        self.timeouts.body
+                    };
             }
         }
     }
@@ -771,6 +795,42 @@ impl Worker {
                 c.deadline = now + self.timeouts.linger;
                 true
             }
+            Fail::Backend { reject, may_retry } => {
+                let c = &mut self.clients[ck];
+                let failed = c.x.backend;
+                self.shared.health.record_failure(failed);
+                if !may_retry || c.x.attempts >= self.shared.retries {
+                    return self.fail(ck, Fail::Reject(reject));
+                }
+                let Some(next) = self.other_backend(failed) else {
+                    return self.fail(ck, Fail::Reject(reject));
+                };
+                let c = &mut self.clients[ck];
+                c.x.attempts += 1;
+                c.x.backend = next;
+                c.x.req_done = false;
+                if let Some(uk) = c.upstream.take() {
+                    self.upstreams.remove(uk);
+                }
+                if let Some(bufs) = c.bufs.as_mut() {
+                    bufs.req_head_sent = 0;
+                    bufs.resp.clear();
+                    if self.shared.rewrite_host {
+                        let backends = &self.shared.backends;
+                        rewrite::retarget_host(
+                            &mut bufs.req_head,
+                            &backends[failed].authority,
+                            &backends[next].authority,
+                        );
+                    }
+                }
+                c.x.req_pending += c.x.req_retained;
+                c.x.req_retained = 0;
+                match self.connect_upstream(ck, next, true) {
+                    Ok(()) => true,
+                    Err(f) => self.fail(ck, f),
+                }
+            }
             Fail::Retry => {
                 let c = &mut self.clients[ck];
                 c.x.retried = true;
@@ -792,6 +852,20 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// An up backend other than `failed` for a retry (the failed one if it is the
+    /// only one up); `None` if all are down.
+    fn other_backend(&self, failed: usize) -> Option<usize> {
+        let shared = &self.shared;
+        let mut pick = None;
+        for _ in 0..shared.backends.len() {
+            pick = shared.selector.pick_up(&shared.health);
+            if pick != Some(failed) {
+                break;
+            }
+        }
+        pick
     }
 
     fn close_client(&mut self, ck: usize) {
@@ -863,7 +937,7 @@ impl Worker {
         bufs.resp.clear();
         c.x = Exchange::new(info, backend);
         c.phase = Phase::Exchange;
-        c.deadline = self.now + self.timeouts.exchange;
+        c.deadline = self.now + self.timeouts.response;
         self.connect_upstream(ck, backend, true)
     }
 
@@ -885,8 +959,10 @@ impl Worker {
             }
             None => {
                 let addr = self.shared.backends[backend].addr;
-                let mut sock =
-                    TcpStream::connect(addr).map_err(|_| Fail::Reject(Reject::BadGateway))?;
+                let mut sock = TcpStream::connect(addr).map_err(|_| Fail::Backend {
+                    reject: Reject::BadGateway,
+                    may_retry: true,
+                })?;
                 let _ = sock.set_nodelay(true);
                 let entry = self.upstreams.vacant_entry();
                 let uk = entry.key();
@@ -1066,7 +1142,19 @@ impl Worker {
                     Fail::Reject(Reject::Timeout)
                 }
                 Phase::Exchange if c.x.resp == RespState::Waiting => {
-                    Fail::Reject(Reject::GatewayTimeout)
+                    let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
+                    if connecting {
+                        // Connect timeout: another backend, or 502.
+                        Fail::Backend {
+                            reject: Reject::BadGateway,
+                            may_retry: true,
+                        }
+                    } else {
+                        Fail::Backend {
+                            reject: Reject::GatewayTimeout,
+                            may_retry: false,
+                        }
+                    }
                 }
                 _ => Fail::Close,
             };
@@ -1074,6 +1162,7 @@ impl Worker {
                 self.drive(ck);
             }
         }
+        self.shared.health.notice_recoveries();
         let upstream_idle = self.timeouts.upstream_idle;
         for b in 0..self.idle.len() {
             let upstreams = &mut self.upstreams;
@@ -1095,11 +1184,15 @@ impl Worker {
 
 /// A new backend connection: has the connect finished, or failed?
 fn check_connected(u: &mut Upstream) -> Step {
+    const REFUSED: Fail = Fail::Backend {
+        reject: Reject::BadGateway,
+        may_retry: true,
+    };
     let mut progress = false;
     if !u.connected && (u.ready.writable || u.ready.readable) {
         match u.sock.take_error() {
             Ok(None) => {}
-            _ => return Err(Fail::Reject(Reject::BadGateway)),
+            _ => return Err(REFUSED),
         }
         match u.sock.peer_addr() {
             Ok(_) => {
@@ -1110,7 +1203,7 @@ fn check_connected(u: &mut Upstream) -> Step {
                 u.ready.readable = false;
                 u.ready.writable = false;
             }
-            Err(_) => return Err(Fail::Reject(Reject::BadGateway)),
+            Err(_) => return Err(REFUSED),
         }
     }
 
@@ -1167,7 +1260,7 @@ fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
                     let from_body = n - from_head;
                     bufs.req_head_sent += from_head;
                     c.x.req_pending -= from_body;
-                    if c.x.replayable && u.reused && !c.x.retried {
+                    if c.x.replayable {
                         c.x.req_retained += from_body;
                     } else {
                         bufs.req.consume(from_body);
@@ -1408,14 +1501,19 @@ fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
     }
 }
 
-/// If a reused backend connection failed before sending anything, the request is
-/// sent again on a new connection, once, provided all of it is still at hand (see
-/// `Client::req_retained`). Otherwise answer with `reject`.
+/// The backend connection failed before any response byte. A reused one may just
+/// have gone stale: the request is sent again on a fresh connection, once, provided
+/// all of it is still at hand (see `Exchange::req_retained`). Otherwise the backend
+/// is at fault, and the request may go to another one if nothing of it was sent, or
+/// if it is idempotent and all of it is still at hand.
 fn retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
     if u.reused && !u.received && !c.x.retried && c.x.replayable {
-        Fail::Retry
-    } else {
-        Fail::Reject(reject)
+        return Fail::Retry;
+    }
+    let nothing_sent = c.bufs.as_ref().is_none_or(|b| b.req_head_sent == 0);
+    Fail::Backend {
+        reject,
+        may_retry: !u.received && (nothing_sent || (c.x.req.idempotent && c.x.replayable)),
     }
 }
 
@@ -1447,7 +1545,10 @@ fn parse_request_head(
         return Err(Fail::Reject(Reject::BadRequest));
     }
     let info = analyze_request(&req).map_err(Fail::Reject)?;
-    let backend = shared.selector.pick();
+    let Some(backend) = shared.selector.pick_up(&shared.health) else {
+        shared.health.report_all_down();
+        return Err(Fail::Reject(Reject::Unavailable));
+    };
     let fwd = Forwarding {
         client_ip,
         host: shared

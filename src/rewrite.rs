@@ -164,6 +164,19 @@ pub fn write_request_head(
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
 }
 
+/// With `--rewrite-host`, a request moved to another backend must name that one:
+/// replace the `Host: old` line the rewrite wrote with `Host: new`.
+pub fn retarget_host(head: &mut Vec<u8>, old: &str, new: &str) {
+    let mut line = Vec::with_capacity(old.len() + 10);
+    line.extend_from_slice(b"\r\nHost: ");
+    line.extend_from_slice(old.as_bytes());
+    line.extend_from_slice(b"\r\n");
+    if let Some(at) = head.windows(line.len()).position(|w| w == line.as_slice()) {
+        let start = at + 8;
+        head.splice(start..start + old.len(), new.bytes());
+    }
+}
+
 /// How the client connection continues after a response, which decides the
 /// Connection field the proxy adds to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,6 +253,15 @@ mod tests {
         };
         write_request_head(&mut out, &req, &info, fwd);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_retried_request_names_its_new_backend() {
+        let mut head = rewrite(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Some("a:1")).into_bytes();
+        retarget_host(&mut head, "a:1", "backend-b:8080");
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.contains("\r\nHost: backend-b:8080\r\n"), "{head}");
+        assert!(!head.contains("a:1"), "{head}");
     }
 
     #[test]

@@ -139,10 +139,28 @@ fn bad_input_is_one_line_and_exit_code_2() {
             "serve",
             "--backend",
             "127.0.0.1:9000",
-            "--shutdown-grace",
+            "--shutdown-timeout",
             "2h",
         ],
-        "--shutdown-grace",
+        "--shutdown-timeout",
+    );
+    assert_usage_error(
+        &["serve", "--backend", "127.0.0.1:9000", "--retries", "17"],
+        "--retries",
+    );
+    assert_usage_error(
+        &["serve", "--backend", "127.0.0.1:9000", "--max-fails", "-1"],
+        "--max-fails",
+    );
+    assert_usage_error(
+        &[
+            "serve",
+            "--backend",
+            "127.0.0.1:9000",
+            "--fail-window",
+            "0s",
+        ],
+        "--fail-window",
     );
     assert_usage_error(
         &["serve", "--backend", "127.0.0.1:9000", "--frobnicate"],

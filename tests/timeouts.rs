@@ -15,10 +15,11 @@ fn short() -> Timeouts {
         idle: Duration::from_millis(300),
         header: Duration::from_millis(300),
         connect: Duration::from_millis(300),
-        exchange: Duration::from_millis(300),
+        response: Duration::from_millis(300),
+        body: Duration::from_millis(300),
         linger: Duration::from_millis(300),
         upstream_idle: Duration::from_millis(300),
-        shutdown_grace: Duration::from_millis(300),
+        shutdown: Duration::from_millis(300),
     }
 }
 
@@ -190,7 +191,7 @@ fn shutdown_gives_up_after_the_grace_period() {
         std::thread::sleep(Duration::from_secs(3));
     });
     let proxy = proxy_with(&[backend.addr], |c| {
-        c.timeouts.shutdown_grace = Duration::from_millis(300);
+        c.timeouts.shutdown = Duration::from_millis(300);
     });
     let mut s = connect(proxy.local_addrs()[0]);
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();

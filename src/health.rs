@@ -1,0 +1,223 @@
+//! Backend health, shared by every worker and the health-check thread through
+//! atomics: no locks, and nothing a request path waits on.
+//!
+//! A backend is up when its active checks say so (always, when checks are off) and
+//! it is not cooling down after passive failures: `max_fails` connect failures,
+//! resets or timeouts within `fail_window` take it out for one `fail_window`, after
+//! which it is tried again. Each state change is logged once, by whichever thread
+//! sees it first.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::balance::Padded;
+
+/// Passive health settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Passive {
+    /// Failures within `window` that take a backend out (0: never).
+    pub max_fails: u32,
+    pub window: Duration,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            max_fails: 3,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Active checks' verdict (true when checks are off).
+    checked_up: AtomicBool,
+    /// Milliseconds since `Health::epoch` until which the backend cools down.
+    down_until: AtomicU64,
+    /// Failures counted in the window that started at `window_start`.
+    fails: AtomicU32,
+    window_start: AtomicU64,
+    /// What was last logged: up (true) or down.
+    reported_up: AtomicBool,
+}
+
+/// The health of every backend.
+#[derive(Debug)]
+pub struct Health {
+    epoch: Instant,
+    states: Vec<Padded<State>>,
+    names: Vec<String>,
+    passive: Passive,
+    /// "all backends are down" was logged and not yet cleared by a success.
+    all_down_reported: AtomicBool,
+    /// Write state changes to stderr (off in tests that count lines themselves).
+    log: bool,
+}
+
+impl Health {
+    /// All backends up. `names` label the log lines.
+    pub fn new(names: Vec<String>, passive: Passive, log: bool) -> Health {
+        let states = names
+            .iter()
+            .map(|_| {
+                Padded(State {
+                    checked_up: AtomicBool::new(true),
+                    reported_up: AtomicBool::new(true),
+                    ..State::default()
+                })
+            })
+            .collect();
+        Health {
+            epoch: Instant::now(),
+            states,
+            names,
+            passive,
+            all_down_reported: AtomicBool::new(false),
+            log,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// The clock the cool-downs are kept in: milliseconds since this was made.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// May requests go to backend `b` now?
+    pub fn is_up(&self, b: usize) -> bool {
+        self.is_up_at(b, self.now_ms())
+    }
+
+    /// `is_up` at a time read once for several backends.
+    pub fn is_up_at(&self, b: usize, now_ms: u64) -> bool {
+        let s = &self.states[b].0;
+        s.checked_up.load(Ordering::Relaxed) && s.down_until.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// A connect failure, reset or timeout on backend `b`.
+    pub fn record_failure(&self, b: usize) {
+        let p = self.passive;
+        if p.max_fails == 0 {
+            return;
+        }
+        let s = &self.states[b].0;
+        let now = self.now_ms();
+        let window = p.window.as_millis() as u64;
+        let start = s.window_start.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= window {
+            // A new window; a race here only miscounts one failure.
+            s.window_start.store(now, Ordering::Relaxed);
+            s.fails.store(0, Ordering::Relaxed);
+        }
+        let fails = s.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if fails >= p.max_fails && s.down_until.load(Ordering::Relaxed) <= now {
+            s.down_until.store(now + window, Ordering::Relaxed);
+            s.fails.store(0, Ordering::Relaxed);
+            s.window_start.store(now + window, Ordering::Relaxed);
+            self.report(b, false, &format!("{fails} failures within {:?}", p.window));
+        }
+    }
+
+    /// The active checks' verdict on backend `b`.
+    pub fn set_checked(&self, b: usize, up: bool, why: &str) {
+        self.states[b].0.checked_up.store(up, Ordering::Relaxed);
+        self.report(b, self.is_up(b), why);
+    }
+
+    /// Log backends whose cool-down has ended (called from each worker's timer).
+    pub fn notice_recoveries(&self) {
+        for b in 0..self.states.len() {
+            if self.is_up(b) {
+                self.report(b, true, "cool-down over");
+            }
+        }
+    }
+
+    /// Log a state change once: the thread that flips `reported_up` writes the line.
+    fn report(&self, b: usize, up: bool, why: &str) {
+        let s = &self.states[b].0;
+        if s.reported_up
+            .compare_exchange(!up, up, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            if up {
+                self.all_down_reported.store(false, Ordering::Relaxed);
+            }
+            if self.log {
+                let state = if up { "up" } else { "down" };
+                eprintln!("corelb: backend {} is {state} ({why})", self.names[b]);
+            }
+        }
+    }
+
+    /// Every backend is down: log it once until one comes back.
+    pub fn report_all_down(&self) {
+        if !self.all_down_reported.swap(true, Ordering::Relaxed) && self.log {
+            eprintln!("corelb: all backends are down; answering 503");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(n: usize, max_fails: u32, window_ms: u64) -> Health {
+        let names = (0..n).map(|i| format!("b{i}")).collect();
+        let passive = Passive {
+            max_fails,
+            window: Duration::from_millis(window_ms),
+        };
+        Health::new(names, passive, false)
+    }
+
+    #[test]
+    fn max_fails_within_the_window_take_a_backend_out_for_a_window() {
+        let h = health(2, 3, 200);
+        h.record_failure(0);
+        h.record_failure(0);
+        assert!(h.is_up(0), "two failures are under the limit");
+        h.record_failure(0);
+        assert!(!h.is_up(0));
+        assert!(h.is_up(1), "the other backend is not affected");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(h.is_up(0), "tried again after the cool-down");
+    }
+
+    #[test]
+    fn failures_spread_over_windows_do_not_add_up() {
+        let h = health(1, 2, 50);
+        h.record_failure(0);
+        std::thread::sleep(Duration::from_millis(80));
+        h.record_failure(0);
+        assert!(h.is_up(0));
+    }
+
+    #[test]
+    fn zero_max_fails_never_takes_a_backend_out() {
+        let h = health(1, 0, 50);
+        for _ in 0..100 {
+            h.record_failure(0);
+        }
+        assert!(h.is_up(0));
+    }
+
+    #[test]
+    fn active_verdict_and_reports_flip_once() {
+        let h = health(1, 3, 1000);
+        h.set_checked(0, false, "check failed");
+        assert!(!h.is_up(0));
+        assert!(!h.states[0].0.reported_up.load(Ordering::Relaxed));
+        h.set_checked(0, true, "check passed");
+        assert!(h.is_up(0));
+        assert!(h.states[0].0.reported_up.load(Ordering::Relaxed));
+    }
+}

@@ -1,0 +1,269 @@
+//! Backend failure: retries on another backend, passive health (a failing backend
+//! is taken out and tried again after a cool-down), 503 when none is left, and a
+//! backend killed under load.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use corelb::Origin;
+use corelb::health::Passive;
+
+/// A loopback port nothing listens on.
+fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind(loopback()).unwrap();
+    l.local_addr().unwrap()
+}
+
+fn status_of(proxy: SocketAddr, raw: &[u8]) -> Response {
+    roundtrip(proxy, raw).0
+}
+
+#[test]
+fn a_refused_connect_moves_the_request_to_the_next_backend() {
+    let origins = origins(1);
+    let dead = closed_port();
+    let proxy = proxy_with(&[dead, origins[0].local_addr()], |c| {
+        c.workers = 1;
+        // Never take the dead one out, so every other request meets it first.
+        c.passive = Passive {
+            max_fails: 0,
+            window: Duration::from_secs(10),
+        };
+    });
+    for _ in 0..20 {
+        // POST too: nothing of it was sent, so it is safe to move.
+        let resp = status_of(
+            proxy.local_addrs()[0],
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        );
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(origins[0].requests(), 20);
+}
+
+#[test]
+fn retries_are_bounded_then_502() {
+    for retries in [0u32, 2] {
+        let holes: Vec<Scripted> = (0..4).map(|_| black_hole()).collect();
+        let addrs: Vec<SocketAddr> = holes.iter().map(|h| h.addr).collect();
+        let proxy = proxy_with(&addrs, |c| {
+            c.workers = 1;
+            c.retries = retries;
+            c.passive.max_fails = 0;
+        });
+        let started = Instant::now();
+        let resp = get(proxy.local_addrs()[0], "/");
+        assert_eq!(resp.status, 502, "retries {retries}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let tries: usize = holes
+            .iter()
+            .map(|h| h.connections.load(Ordering::SeqCst))
+            .sum();
+        assert_eq!(tries as u32, retries + 1, "one try plus {retries} retries");
+    }
+}
+
+#[test]
+fn a_failing_backend_is_taken_out_then_tried_again() {
+    let origins = origins(1);
+    let flaky = closed_port();
+    let proxy = proxy_with(&[flaky, origins[0].local_addr()], |c| {
+        c.workers = 1;
+        // No retries: a request sent to the dead backend fails, which shows
+        // whether it is still being picked.
+        c.retries = 0;
+        c.passive = Passive {
+            max_fails: 2,
+            window: Duration::from_millis(500),
+        };
+    });
+    let addr = proxy.local_addrs()[0];
+    let statuses: Vec<u16> = (0..4).map(|_| get(addr, "/").status).collect();
+    assert_eq!(statuses, [502, 200, 502, 200], "two failures take it out");
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/").status, 200, "picked while out");
+    }
+    // The backend comes back on the same port; after the cool-down it gets traffic.
+    let revived = Origin::start(flaky, 1, Some("revived".into())).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let texts: Vec<String> = (0..10).map(|_| get(addr, "/").text()).collect();
+    assert_eq!(
+        texts.iter().filter(|t| *t == "revived").count(),
+        5,
+        "traffic did not return evenly: {texts:?}"
+    );
+    drop(revived);
+}
+
+#[test]
+fn all_backends_down_is_503_with_retry_after() {
+    let dead = [closed_port(), closed_port()];
+    let proxy = proxy_with(&dead, |c| {
+        c.workers = 1;
+        c.passive = Passive {
+            max_fails: 1,
+            window: Duration::from_secs(30),
+        };
+    });
+    let first = get(proxy.local_addrs()[0], "/");
+    assert_eq!(first.status, 502, "the failures that take them out");
+    let resp = get(proxy.local_addrs()[0], "/");
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+}
+
+/// A backend that reads a request head and then closes without answering.
+fn black_hole() -> Scripted {
+    Scripted::start(|mut s, _| {
+        if read_head(&mut s).is_some() {
+            drop(s);
+        }
+    })
+}
+
+#[test]
+fn an_idempotent_request_is_retried_after_a_backend_drops_it_and_a_post_is_not() {
+    let origins = origins(1);
+    let hole = black_hole();
+    let proxy = proxy_with(&[hole.addr, origins[0].local_addr()], |c| {
+        c.workers = 1;
+        c.passive.max_fails = 0;
+    });
+    let addr = proxy.local_addrs()[0];
+    // Round-robin starts at the black hole: the GET was sent there, then moved.
+    let resp = status_of(
+        addr,
+        b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    // The POST is sent to the black hole too (the counter is at it again) and must
+    // not be repeated: the backend may have acted on it.
+    let _ = status_of(
+        addr,
+        b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let resp = status_of(
+        addr,
+        b"POST /c HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    );
+    assert_eq!(resp.status, 502);
+    assert_eq!(origins[0].requests(), 2, "the POST was sent twice");
+}
+
+#[test]
+fn killing_a_backend_under_load_fails_only_requests_in_flight() {
+    let keep = Origin::start(loopback(), 1, Some("keep".into())).unwrap();
+    let doomed = Origin::start(loopback(), 1, Some("doomed".into())).unwrap();
+    let proxy = proxy_with(&[keep.local_addr(), doomed.local_addr()], |c| {
+        c.workers = 2;
+        c.passive = Passive {
+            max_fails: 2,
+            window: Duration::from_secs(30),
+        };
+    });
+    let addr = proxy.local_addrs()[0];
+    let killed = Arc::new(AtomicBool::new(false));
+    let errors_after = Arc::new(AtomicUsize::new(0));
+    let done_after = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (killed, errors_after, done_after) = (
+                Arc::clone(&killed),
+                Arc::clone(&errors_after),
+                Arc::clone(&done_after),
+            );
+            std::thread::spawn(move || {
+                let mut errors_before_kill = 0;
+                let mut settle_until = None;
+                while done_after.load(Ordering::Relaxed) < 800 {
+                    let resp = status_of(
+                        addr,
+                        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                    );
+                    if !killed.load(Ordering::Relaxed) {
+                        errors_before_kill += usize::from(resp.status != 200);
+                        continue;
+                    }
+                    // Requests that started before the kill may fail; give them 100 ms.
+                    let settle = *settle_until
+                        .get_or_insert_with(|| Instant::now() + Duration::from_millis(100));
+                    if Instant::now() > settle {
+                        if resp.status != 200 {
+                            errors_after.fetch_add(1, Ordering::Relaxed);
+                        }
+                        done_after.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                errors_before_kill
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    doomed.shutdown();
+    killed.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 0, "errors before the kill");
+        assert!(Instant::now() < deadline);
+    }
+    assert_eq!(
+        errors_after.load(Ordering::Relaxed),
+        0,
+        "errors once the kill had settled"
+    );
+    assert!(keep.requests() > 800);
+    let _ = std::io::stderr().flush();
+}
+
+/// A loopback listener whose accept queue is full, so a new connect hangs (Linux
+/// drops the SYN); returns it with the connections that fill it.
+fn full_backlog() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&loopback().into()).unwrap();
+    s.listen(1).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(c) => fillers.push(c),
+            Err(_) => return (s, fillers, addr),
+        }
+    }
+    panic!("the accept queue never filled");
+}
+
+#[test]
+fn connect_timeout_against_a_full_backlog_moves_on_or_is_502() {
+    let (_listener, _fillers, stuck) = full_backlog();
+    let origins = origins(1);
+    let timeout = Duration::from_millis(200);
+    let proxy = proxy_with(&[stuck, origins[0].local_addr()], |c| {
+        c.timeouts.connect = timeout;
+        c.passive.max_fails = 0;
+    });
+    // The first request meets the stuck backend and moves on after the timeout.
+    let started = Instant::now();
+    assert_eq!(get(proxy.local_addrs()[0], "/").status, 200);
+    let took = started.elapsed();
+    assert!(
+        took >= timeout,
+        "answered in {took:?}: the connect did not hang"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    let alone = proxy_with(&[stuck], |c| {
+        c.timeouts.connect = timeout;
+        c.retries = 0;
+    });
+    let started = Instant::now();
+    assert_eq!(get(alone.local_addrs()[0], "/").status, 502);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
