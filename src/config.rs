@@ -109,6 +109,8 @@ pub struct ProxyConfig {
     pub passive: crate::health::Passive,
     /// Log backend state changes to stderr.
     pub log_health: bool,
+    /// Active health checks, when a path is given.
+    pub health_check: Option<crate::health::CheckConfig>,
 }
 
 impl ProxyConfig {
@@ -126,8 +128,58 @@ impl ProxyConfig {
             retries: DEFAULT_RETRIES,
             passive: crate::health::Passive::default(),
             log_health: true,
+            health_check: None,
         }
     }
+}
+
+/// The active health-check settings from their flags; `None` without a path.
+/// The path must be an origin-form target; rise and fall at least 1; the
+/// timeout no longer than the interval.
+pub fn health_check(
+    path: Option<String>,
+    interval: Option<Duration>,
+    timeout: Option<Duration>,
+    rise: u32,
+    fall: u32,
+) -> Result<Option<crate::health::CheckConfig>, FlagError> {
+    let err = |flag: &'static str, value: String, problem: &str| FlagError {
+        flag,
+        value,
+        problem: problem.to_string(),
+    };
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err(
+            "--health-path",
+            path,
+            "must start with / and be printable ASCII without spaces",
+        ));
+    }
+    let mut check = crate::health::CheckConfig::new(path);
+    if let Some(i) = interval {
+        check.interval = i;
+    }
+    if let Some(t) = timeout {
+        check.timeout = t;
+    }
+    if check.timeout > check.interval {
+        return Err(err(
+            "--health-timeout",
+            format!("{:?}", check.timeout),
+            "must not be longer than --health-interval",
+        ));
+    }
+    for (flag, n) in [("--rise", rise), ("--fall", fall)] {
+        if !(1..=1000).contains(&n) {
+            return Err(err(flag, n.to_string(), "must be 1 to 1000"));
+        }
+    }
+    check.rise = rise;
+    check.fall = fall;
+    Ok(Some(check))
 }
 
 /// Number of cores this process may run on.

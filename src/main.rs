@@ -23,7 +23,7 @@ struct Cli {
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum Command {
-    Serve(Serve),
+    Serve(Box<Serve>),
     Backend(BackendCmd),
     Demo(DemoCmd),
 }
@@ -93,6 +93,21 @@ struct Serve {
     /// is tried again (default 10s)
     #[argh(option, from_str_fn(config::parse_duration))]
     fail_window: Option<Duration>,
+    /// check each backend with GET PATH; 2xx and 3xx pass (off when absent)
+    #[argh(option)]
+    health_path: Option<String>,
+    /// time between health checks of a backend (default 2s)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    health_interval: Option<Duration>,
+    /// a health check not answered within this fails (default 1s)
+    #[argh(option, from_str_fn(config::parse_duration))]
+    health_timeout: Option<Duration>,
+    /// consecutive passing checks that bring a backend back (default 2)
+    #[argh(option, default = "2")]
+    rise: u32,
+    /// consecutive failing checks that take a backend out (default 3)
+    #[argh(option, default = "3")]
+    fall: u32,
 }
 
 #[derive(FromArgs)]
@@ -231,6 +246,16 @@ fn serve(args: Serve) -> ExitCode {
     cfg.pin = args.pin;
     cfg.busy_poll = Duration::from_micros(args.busy_poll);
     cfg.retries = args.retries;
+    cfg.health_check = match config::health_check(
+        args.health_path,
+        args.health_interval,
+        args.health_timeout,
+        args.rise,
+        args.fall,
+    ) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     cfg.passive.max_fails = args.max_fails;
     if let Some(w) = args.fail_window {
         cfg.passive.window = w;
@@ -353,7 +378,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Backend(a) => backend(a),
         Command::Demo(a) => demo(a),
     }

@@ -37,7 +37,7 @@ use crate::framing::{
     BodyScanner, Framing, MAX_HEADERS, Reject, RequestInfo, analyze_request, analyze_response,
     classify_parse_error, has_bare_lf, oversized_head,
 };
-use crate::health::Health;
+use crate::health::{Checker, Health};
 use crate::net::{self, Control, StartError, WorkerContext, Workers};
 use crate::rewrite::{self, ClientConnection, Forwarding};
 use crate::splice::Pipe;
@@ -112,6 +112,8 @@ pub struct Proxy {
     workers: Workers,
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
+    /// The health-check thread, if checks are on (stopped when dropped).
+    _checker: Option<Checker>,
 }
 
 impl Proxy {
@@ -128,6 +130,20 @@ impl Proxy {
             .map(|b| b.authority.clone())
             .collect();
         let health = Arc::new(Health::new(names, config.passive, config.log_health));
+        let checker = match &config.health_check {
+            Some(check) => {
+                let targets = config
+                    .backends
+                    .iter()
+                    .map(|b| (b.addr, b.authority.clone()))
+                    .collect();
+                Some(
+                    Checker::spawn(Arc::clone(&health), targets, check.clone())
+                        .map_err(StartError::Spawn)?,
+                )
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             health,
             retries: config.retries,
@@ -164,6 +180,7 @@ impl Proxy {
             workers,
             addrs,
             shared,
+            _checker: checker,
         })
     }
 

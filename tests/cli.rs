@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -162,6 +162,21 @@ fn bad_input_is_one_line_and_exit_code_2() {
         ],
         "--fail-window",
     );
+    for (flags, mentions) in [
+        (&["--health-path", "health"][..], "--health-path"),
+        (&["--health-path", "/a b"][..], "--health-path"),
+        (&["--health-path", "/h", "--rise", "0"][..], "--rise"),
+        (&["--health-path", "/h", "--fall", "5000"][..], "--fall"),
+        (
+            &["--health-path", "/h", "--health-timeout", "3s"][..],
+            "--health-timeout",
+        ),
+        (&["--health-interval", "soon"][..], "--health-interval"),
+    ] {
+        let mut args = vec!["serve", "--backend", "127.0.0.1:9000"];
+        args.extend_from_slice(flags);
+        assert_usage_error(&args, mentions);
+    }
     assert_usage_error(
         &["serve", "--backend", "127.0.0.1:9000", "--frobnicate"],
         "--frobnicate",
@@ -408,4 +423,45 @@ fn idle_timeout_flag_closes_idle_clients() {
     );
     stop(proxy, "-TERM");
     stop(origin, "-TERM");
+}
+
+#[test]
+fn backend_state_changes_and_all_down_are_logged_once() {
+    let (origin, origin_addr) = start_origin(&[]);
+    let backend = origin_addr.to_string();
+    let (proxy, addr) = start_proxy(
+        &backend,
+        &[
+            "--health-path",
+            "/status/500",
+            "--health-interval",
+            "30ms",
+            "--health-timeout",
+            "30ms",
+            "--fall",
+            "1",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 503 "), "{resp}");
+    }
+    let out = stop(proxy, "-TERM");
+    stop(origin, "-TERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let down = format!("corelb: backend {backend} is down (health check: status 500)");
+    assert_eq!(err.matches(&down).count(), 1, "{err}");
+    assert_eq!(
+        err.matches("corelb: all backends are down; answering 503")
+            .count(),
+        1,
+        "{err}"
+    );
 }

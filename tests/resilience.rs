@@ -267,3 +267,89 @@ fn connect_timeout_against_a_full_backlog_moves_on_or_is_502() {
     assert_eq!(get(alone.local_addrs()[0], "/").status, 502);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// A backend answering every request (health checks included) with `status`
+/// while `healthy` is false, and 200 "toggled" while it is true.
+fn toggled(healthy: Arc<AtomicBool>) -> Scripted {
+    Scripted::start(move |mut s, _| {
+        while let Some(head) = read_head(&mut s) {
+            let answer: &[u8] = if healthy.load(Ordering::SeqCst) {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ntoggled"
+            } else {
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nsick"
+            };
+            if s.write_all(answer).is_err() || head.contains("Connection: close") {
+                return;
+            }
+        }
+    })
+}
+
+fn checked(path: &str) -> corelb::health::CheckConfig {
+    let mut check = corelb::health::CheckConfig::new(path.into());
+    check.interval = Duration::from_millis(50);
+    check.timeout = Duration::from_millis(50);
+    check.rise = 2;
+    check.fall = 2;
+    check
+}
+
+/// Wait until `pred` holds for `n` requests in a row through `addr`.
+fn wait_for_texts(addr: SocketAddr, n: usize, pred: impl Fn(&str) -> bool) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(5);
+    let mut run = 0;
+    while run < n {
+        assert!(Instant::now() < deadline, "traffic never settled");
+        if pred(&get(addr, "/").text()) {
+            run += 1;
+        } else {
+            run = 0;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_health_path_answering_500_takes_its_backend_out_and_rise_brings_it_back() {
+    let origins = origins(1);
+    let healthy = Arc::new(AtomicBool::new(false));
+    let sick = toggled(Arc::clone(&healthy));
+    let proxy = proxy_with(&[sick.addr, origins[0].local_addr()], |c| {
+        c.health_check = Some(checked("/health"));
+    });
+    let addr = proxy.local_addrs()[0];
+    // Out after `fall` failed checks: every request then goes to the origin.
+    wait_for_texts(addr, 10, |t| t.starts_with("backend "));
+    // Healthy again: back after `rise` passing checks, sharing evenly.
+    healthy.store(true, Ordering::SeqCst);
+    let took = wait_for_texts(addr, 1, |t| t == "toggled");
+    assert!(
+        took >= Duration::from_millis(50),
+        "back after {took:?}, before 2 checks"
+    );
+    let texts: Vec<String> = (0..10).map(|_| get(addr, "/").text()).collect();
+    assert_eq!(
+        texts.iter().filter(|t| *t == "toggled").count(),
+        5,
+        "{texts:?}"
+    );
+}
+
+#[test]
+fn a_backend_that_does_not_answer_checks_is_taken_out() {
+    let origins = origins(1);
+    let (_listener, _fillers, stuck) = full_backlog();
+    let proxy = proxy_with(&[stuck, origins[0].local_addr()], |c| {
+        c.health_check = Some(checked("/"));
+        c.retries = 0;
+        c.passive.max_fails = 0;
+    });
+    let addr = proxy.local_addrs()[0];
+    // With no retries and no passive health, only the checks keep requests away.
+    std::thread::sleep(Duration::from_millis(400));
+    for _ in 0..6 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+}
