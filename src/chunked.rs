@@ -72,6 +72,8 @@ pub struct ChunkedDecoder {
     trailer_bytes: u32,
     /// Bytes of the current chunk-size line so far.
     line_bytes: u32,
+    /// Chunk data bytes seen so far (framing excluded).
+    data: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -102,7 +104,13 @@ impl ChunkedDecoder {
             remaining: 0,
             trailer_bytes: 0,
             line_bytes: 0,
+            data: 0,
         }
+    }
+
+    /// Chunk data bytes seen so far, framing excluded.
+    pub fn data_bytes(&self) -> u64 {
+        self.data
     }
 
     /// The last chunk and the trailer section have been consumed.
@@ -118,6 +126,7 @@ impl ChunkedDecoder {
             if self.state == State::Data {
                 let take = self.remaining.min((buf.len() - i) as u64);
                 self.remaining -= take;
+                self.data += take;
                 i += take as usize;
                 if self.remaining == 0 {
                     self.state = State::DataCr;
@@ -338,6 +347,13 @@ mod tests {
         let data = vec![b'x'; 1 << 20];
         assert_eq!(d.feed(&data).unwrap(), data.len());
         assert!(!d.is_done());
+    }
+
+    #[test]
+    fn counts_data_bytes_only() {
+        let mut d = ChunkedDecoder::new();
+        d.feed(b"3;x=y\r\nabc\r\nA\r\n0123456789\r\n").unwrap();
+        assert_eq!(d.data_bytes(), 13);
     }
 
     #[test]

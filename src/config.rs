@@ -18,6 +18,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MIN_HEADER_BYTES: usize = 1024;
 /// Default `--retries`.
 pub const DEFAULT_RETRIES: u32 = 2;
+/// Most `--max-connections` accepted (per worker).
+pub const MAX_CONNECTIONS: usize = 10_000_000;
 /// Most `--retries` accepted: more only repeats the same failures.
 pub const MAX_RETRIES: u32 = 16;
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
@@ -111,6 +113,11 @@ pub struct ProxyConfig {
     pub log_health: bool,
     /// Active health checks, when a path is given.
     pub health_check: Option<crate::health::CheckConfig>,
+    /// Most client connections per worker (0: no limit); at the limit a worker
+    /// stops accepting and new connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request body accepted (0: no limit); larger ones get 413.
+    pub max_body_bytes: u64,
 }
 
 impl ProxyConfig {
@@ -129,6 +136,8 @@ impl ProxyConfig {
             passive: crate::health::Passive::default(),
             log_health: true,
             health_check: None,
+            max_connections: 0,
+            max_body_bytes: 0,
         }
     }
 }

@@ -45,6 +45,8 @@ pub enum Reject {
     BadGateway,
     /// Every backend is down: 503, with Retry-After.
     Unavailable,
+    /// The request body is over `--max-body-bytes`: 413.
+    BodyTooLarge,
     /// The backend did not answer in time: 504.
     GatewayTimeout,
     /// HTTP version other than 1.0 and 1.1: 505.
@@ -63,6 +65,7 @@ impl Reject {
             Reject::NotImplemented => 501,
             Reject::BadGateway => 502,
             Reject::Unavailable => 503,
+            Reject::BodyTooLarge => 413,
             Reject::GatewayTimeout => 504,
             Reject::VersionNotSupported => 505,
         }
@@ -93,6 +96,7 @@ impl Reject {
             Reject::HeadTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n",
             Reject::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n",
             Reject::BadGateway => b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Gateway\n",
+            Reject::BodyTooLarge => b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nContent Too Large\n",
             Reject::Unavailable => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nRetry-After: 1\r\nConnection: close\r\n\r\nService Unavailable\n",
             Reject::GatewayTimeout => b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nGateway Timeout\n",
             Reject::VersionNotSupported => b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nContent-Length: 27\r\nConnection: close\r\n\r\nHTTP Version Not Supported\n",
@@ -659,6 +663,14 @@ pub enum BodyScanner {
 }
 
 impl BodyScanner {
+    /// Body data seen so far, for a chunked body (framing excluded); 0 otherwise.
+    pub fn chunked_data(&self) -> u64 {
+        match self {
+            BodyScanner::Chunked(d) => d.data_bytes(),
+            _ => 0,
+        }
+    }
+
     pub fn new(framing: Framing) -> BodyScanner {
         match framing {
             Framing::None => BodyScanner::Length(0),

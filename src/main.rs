@@ -108,6 +108,13 @@ struct Serve {
     /// consecutive failing checks that take a backend out (default 3)
     #[argh(option, default = "3")]
     fall: u32,
+    /// most client connections per worker; at the limit new ones wait in the
+    /// listen backlog (default 0: no limit)
+    #[argh(option, default = "0")]
+    max_connections: usize,
+    /// largest request body, in bytes; a larger one gets 413 (default 0: no limit)
+    #[argh(option, default = "0")]
+    max_body_bytes: u64,
 }
 
 #[derive(FromArgs)]
@@ -246,6 +253,15 @@ fn serve(args: Serve) -> ExitCode {
     cfg.pin = args.pin;
     cfg.busy_poll = Duration::from_micros(args.busy_poll);
     cfg.retries = args.retries;
+    if args.max_connections > config::MAX_CONNECTIONS {
+        return usage_error(format!(
+            "--max-connections {}: at most {} (0 for no limit)",
+            args.max_connections,
+            config::MAX_CONNECTIONS
+        ));
+    }
+    cfg.max_connections = args.max_connections;
+    cfg.max_body_bytes = args.max_body_bytes;
     cfg.health_check = match config::health_check(
         args.health_path,
         args.health_interval,

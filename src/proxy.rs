@@ -77,6 +77,8 @@ struct Shared {
     busy_poll: Duration,
     health: Arc<Health>,
     retries: u32,
+    max_connections: usize,
+    max_body_bytes: u64,
 }
 
 /// A snapshot of one worker's counters.
@@ -147,6 +149,8 @@ impl Proxy {
         let shared = Arc::new(Shared {
             health,
             retries: config.retries,
+            max_connections: config.max_connections,
+            max_body_bytes: config.max_body_bytes,
             selector: RoundRobin::new(config.backends.len()),
             backends: config.backends,
             stats: (0..workers).map(|_| Padded::default()).collect(),
@@ -504,6 +508,8 @@ struct Worker {
     now: Instant,
     timeouts: Timeouts,
     accept_paused: bool,
+    /// `--max-connections` reached: not accepting until a connection closes.
+    at_limit: bool,
     expired: Vec<usize>,
     /// Set once shutdown has begun: when the worker stops regardless.
     shutdown_deadline: Option<Instant>,
@@ -531,6 +537,7 @@ impl Worker {
             now: Instant::now(),
             timeouts,
             accept_paused: false,
+            at_limit: false,
             expired: Vec::new(),
             shutdown_deadline: None,
             nodelay: net::NodelayInherited::Unknown,
@@ -583,6 +590,7 @@ impl Worker {
                 }
             }
             w.flush_deferred();
+            w.resume_accepting();
             if w.now >= next_sweep {
                 w.sweep();
                 next_sweep = w.now + sweep_interval;
@@ -598,6 +606,16 @@ impl Worker {
     /// Stop accepting, close idle clients, and let exchanges in flight finish
     /// (each then closes). The loop ends when no client is left or the grace
     /// period is over.
+    /// Accept again once the connection limit has room (connections closed).
+    fn resume_accepting(&mut self) {
+        if self.at_limit && self.clients.len() < self.shared.max_connections {
+            self.at_limit = false;
+            for i in 0..self.ctx.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+
     fn begin_shutdown(&mut self) {
         self.shutdown_deadline = Some(self.now + self.timeouts.shutdown);
         // Closing the listeners refuses new connections (the kernel resets those
@@ -622,6 +640,12 @@ impl Worker {
 
     fn accept(&mut self, i: usize) {
         loop {
+            let limit = self.shared.max_connections;
+            if limit > 0 && self.clients.len() >= limit {
+                // Leave the rest in the backlog; `resume_accepting` comes back.
+                self.at_limit = true;
+                return;
+            }
             let (sock, peer) = match self.ctx.listeners[i].accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -633,9 +657,16 @@ impl Worker {
                 {
                     continue;
                 }
-                Err(_) => {
+                Err(e) => {
                     // Out of descriptors or memory: try again on the next sweep rather
                     // than spin; the listener's edge will not fire again by itself.
+                    // One log line per burst: the flag clears at the next accept.
+                    if !self.accept_paused {
+                        eprintln!(
+                            "corelb: worker {}: cannot accept ({e}); retrying every sweep",
+                            self.id
+                        );
+                    }
                     self.accept_paused = true;
                     return;
                 }
@@ -1023,8 +1054,10 @@ impl Worker {
             return relay_tunnel(c, u);
         }
         let defer = self.defer_writes;
-        let progress =
-            check_connected(u)? | relay_request(c, u, defer)? | relay_response(c, u, defer)?;
+        let max_body = self.shared.max_body_bytes;
+        let progress = check_connected(u)?
+            | relay_request(c, u, defer, max_body)?
+            | relay_response(c, u, defer)?;
         if c.x.resp == RespState::Tunnel {
             // The 101 is queued; from here on this session is a tunnel.
             self.stats().requests.fetch_add(1, Ordering::Relaxed);
@@ -1229,7 +1262,7 @@ fn check_connected(u: &mut Upstream) -> Step {
 
 /// Client -> backend: read the request body (or pipelined requests, bounded by the
 /// buffer), find where the body ends, and send the head and body bytes.
-fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
+fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -> Step {
     let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
     let mut progress = false;
     // Bytes kept for a replay must not stall the upload: when they fill the
@@ -1259,6 +1292,9 @@ fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
                 .map_err(|_| Fail::Reject(Reject::BadRequest))?;
         c.x.req_pending += n;
         progress |= n > 0;
+        if max_body > 0 && c.x.req_body.chunked_data() > max_body {
+            return Err(Fail::Reject(Reject::BodyTooLarge));
+        }
     }
     if c.eof && !c.x.req_body.is_done() {
         // Everything buffered is scanned and the body is still short: the client
@@ -1562,6 +1598,12 @@ fn parse_request_head(
         return Err(Fail::Reject(Reject::BadRequest));
     }
     let info = analyze_request(&req).map_err(Fail::Reject)?;
+    if let Framing::Length(n) = info.framing
+        && shared.max_body_bytes > 0
+        && n > shared.max_body_bytes
+    {
+        return Err(Fail::Reject(Reject::BodyTooLarge));
+    }
     let Some(backend) = shared.selector.pick_up(&shared.health) else {
         shared.health.report_all_down();
         return Err(Fail::Reject(Reject::Unavailable));

@@ -214,7 +214,12 @@ fn free_port() -> SocketAddr {
 
 /// Start the binary and wait until `addr` accepts connections.
 fn start(args: &[&str], addr: SocketAddr) -> Child {
-    let child = spawn(BIN, args);
+    start_with(BIN, args, addr)
+}
+
+/// Start `program` and wait until `addr` accepts connections.
+fn start_with(program: &str, args: &[&str], addr: SocketAddr) -> Child {
+    let child = spawn(program, args);
     wait_listening(addr);
     child
 }
@@ -464,4 +469,53 @@ fn backend_state_changes_and_all_down_are_logged_once() {
         1,
         "{err}"
     );
+}
+
+/// CPU time (user + system) a process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
+    let (origin, origin_addr) = start_origin(&[]);
+    let addr = free_port();
+    // A hard limit the proxy cannot raise: about 20 descriptors for clients.
+    let cmd = format!(
+        "ulimit -n 40 && exec {BIN} serve --backend {origin_addr} --listen {addr} --workers 1"
+    );
+    let child = start_with("sh", &["-c", &cmd], addr);
+    let held: Vec<std::net::TcpStream> = (0..60)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(child.id()) - before;
+    // 100 ticks a second: a spinning worker would use about 200.
+    assert!(
+        used < 20,
+        "{used} ticks of CPU in 2 s while out of descriptors"
+    );
+    drop(held);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    let out = stop(child, "-TERM");
+    stop(origin, "-TERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines = err.matches("cannot accept").count();
+    assert!((1..=3).contains(&lines), "{lines} lines:\n{err}");
 }

@@ -353,3 +353,73 @@ fn a_backend_that_does_not_answer_checks_is_taken_out() {
         assert_eq!(get(addr, "/").status, 200);
     }
 }
+
+#[test]
+fn bodies_over_max_body_bytes_are_413() {
+    let origins = origins(1);
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| c.max_body_bytes = 10);
+    let addr = proxy.local_addrs()[0];
+    let (resp, mut r) = roundtrip(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n01234567890",
+    );
+    assert_eq!(resp.status, 413);
+    r.expect_closed();
+    assert_eq!(origins[0].connections(), 0, "a refused body was forwarded");
+    let (resp, mut r) = roundtrip(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n012345\r\n5\r\n67890\r\n0\r\n\r\n",
+    );
+    assert_eq!(resp.status, 413);
+    r.expect_closed();
+    assert_eq!(
+        origins[0].requests(),
+        0,
+        "the backend completed an oversized request"
+    );
+    // At the limit is fine, chunked or not (chunk framing does not count).
+    let (resp, _) = roundtrip(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n5\r\n56789\r\n0\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    let (resp, _) = roundtrip(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n0123456789",
+    );
+    assert_eq!(resp.status, 200);
+}
+
+#[test]
+fn at_max_connections_new_clients_wait_in_the_backlog() {
+    let origins = origins(1);
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| c.max_connections = 2);
+    let addr = proxy.local_addrs()[0];
+    let mut held: Vec<Reader> = (0..2)
+        .map(|_| {
+            let mut r = Reader::new(connect(addr));
+            r.stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            assert_eq!(r.response().status, 200);
+            r
+        })
+        .collect();
+    // The third connects (the kernel queues it) but is not served...
+    let mut third = connect(addr);
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let waited = std::io::Read::read(&mut third, &mut byte);
+    assert!(waited.is_err(), "served beyond the limit: {waited:?}");
+    // ...until one of the first two leaves.
+    held.pop();
+    third.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut r = Reader::new(third);
+    assert_eq!(r.response().status, 200);
+    assert_eq!(proxy.counts()[0].accepted, 3);
+}
