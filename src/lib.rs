@@ -38,6 +38,7 @@ pub mod chunked;
 pub mod config;
 pub mod demo;
 pub mod framing;
+pub mod handover;
 pub mod health;
 pub mod net;
 pub mod origin;

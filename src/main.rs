@@ -3,11 +3,13 @@
 //! Bad input never panics: every problem is one line on stderr and exit code 2.
 
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use argh::FromArgs;
 use corelb::config::{self, DEFAULT_MAX_HEADER_BYTES};
 use corelb::demo::Demo;
+use corelb::handover;
 use corelb::proxy::WorkerCounts;
 use corelb::{Origin, Proxy, ProxyConfig};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
@@ -115,6 +117,10 @@ struct Serve {
     /// largest request body, in bytes; a larger one gets 413 (default 0: no limit)
     #[argh(option, default = "0")]
     max_body_bytes: u64,
+    /// a Unix socket for zero-downtime restarts: take the listeners of the corelb
+    /// serving there (which then drains and exits), and serve the next one
+    #[argh(option)]
+    handover: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -290,10 +296,46 @@ fn serve(args: Serve) -> ExitCode {
             *field = d;
         }
     }
-    let proxy = match Proxy::start(cfg.clone()) {
+    let handover_path = args.handover.map(std::path::PathBuf::from);
+    let taken = match &handover_path {
+        Some(path) => match handover::take(path) {
+            Ok(t) => t,
+            Err(e) => return usage_error(format!("--handover {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let started = match taken {
+        None => Proxy::start(cfg.clone()).map(|p| (p, None)),
+        Some(mut t) => {
+            let listeners = std::mem::take(&mut t.listeners);
+            Proxy::start_adopting(cfg.clone(), listeners).map(|(p, dropped)| {
+                for addr in dropped {
+                    eprintln!("corelb: no longer listening on {addr} (not in --listen)");
+                }
+                (p, Some(t))
+            })
+        }
+    };
+    let (proxy, taken) = match started {
         Ok(p) => p,
         Err(e) => return usage_error(e),
     };
+    if let Some(t) = taken {
+        match t.ready() {
+            Ok(()) => eprintln!("corelb: took over the listeners of the running corelb"),
+            Err(e) => eprintln!("corelb: handover: the running corelb did not confirm ({e})"),
+        }
+    }
+    let offered: handover::Offered = Arc::new(Mutex::new(Some(proxy.listener_fds())));
+    if let Some(path) = &handover_path
+        && let Err(e) = handover::serve(path, Arc::clone(&offered), || {
+            eprintln!("corelb: a successor took over the listeners");
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+        })
+    {
+        drop(proxy);
+        return usage_error(format!("--handover {}: {e}", path.display()));
+    }
     let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
     let backends: Vec<&str> = cfg.backends.iter().map(|b| b.authority.as_str()).collect();
     eprintln!(
@@ -308,7 +350,11 @@ fn serve(args: Serve) -> ExitCode {
         signals,
         "corelb",
         || report_counts(&stats.counts()),
-        move || proxy.shutdown(),
+        move || {
+            // From here on the listeners may close: a successor must not get them.
+            *offered.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            proxy.shutdown()
+        },
     );
     report_counts(&counts);
     ExitCode::SUCCESS

@@ -160,6 +160,51 @@ pub fn bind_listeners(
     Ok((bound, per_worker))
 }
 
+/// Like `bind_listeners`, but start from listening sockets taken over from another
+/// process (see `handover`). Each address gets the taken sockets that listen on it,
+/// spread over the workers (a worker may accept on several); a worker left without
+/// one binds a new socket into the same SO_REUSEPORT group. Taken sockets on
+/// addresses no longer configured are returned, to be closed once taken over.
+#[allow(clippy::type_complexity)]
+pub fn adopt_listeners(
+    addrs: &[SocketAddr],
+    workers: usize,
+    taken: Vec<std::net::TcpListener>,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<TcpListener>>, Vec<SocketAddr>), StartError> {
+    let mut taken: Vec<(SocketAddr, std::net::TcpListener)> = taken
+        .into_iter()
+        .filter_map(|l| Some((l.local_addr().ok()?, l)))
+        .collect();
+    let mut bound = Vec::with_capacity(addrs.len());
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for &addr in addrs {
+        let (mine, rest): (Vec<_>, Vec<_>) = taken
+            .into_iter()
+            .partition(|(a, _)| *a == addr || (addr.port() == 0 && a.ip() == addr.ip()));
+        taken = rest;
+        if mine.is_empty() {
+            // A new address: bind it as on a fresh start.
+            let (mut b, listeners) = bind_listeners(&[addr], workers)?;
+            bound.append(&mut b);
+            for (w, l) in listeners.into_iter().enumerate() {
+                per_worker[w].extend(l);
+            }
+            continue;
+        }
+        let actual = mine[0].0;
+        bound.push(actual);
+        let count = mine.len();
+        for (i, (_, l)) in mine.into_iter().enumerate() {
+            per_worker[i % workers].push(TcpListener::from_std(l));
+        }
+        for listeners in per_worker.iter_mut().skip(count) {
+            listeners.push(bind_one(actual)?);
+        }
+    }
+    let dropped = taken.iter().map(|(a, _)| *a).collect();
+    Ok((bound, per_worker, dropped))
+}
+
 /// A message from the control plane to a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {

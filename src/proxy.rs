@@ -48,6 +48,9 @@ const MIN_BUF_SIZE: usize = 32 * 1024;
 const MAX_DRAIN_BYTES: usize = 1 << 20;
 /// Most idle connections kept per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
+/// At shutdown, how long a connection that has sent nothing yet may take to send
+/// its request.
+const FRESH_GRACE: Duration = Duration::from_secs(1);
 /// Longest gap between timer checks (shorter when a timeout is shorter).
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Buffer sets (about 66 KB each) kept for reuse per worker: enough to serve a
@@ -116,6 +119,9 @@ pub struct Proxy {
     shared: Arc<Shared>,
     /// The health-check thread, if checks are on (stopped when dropped).
     _checker: Option<Checker>,
+    /// Every worker's listening sockets, for a handover to a successor. Owned by
+    /// the workers, which close them when they shut down.
+    listener_fds: Vec<std::os::fd::RawFd>,
 }
 
 impl Proxy {
@@ -126,6 +132,31 @@ impl Proxy {
         }
         let workers = config.workers.max(1);
         let (addrs, listeners) = net::bind_listeners(&config.listen, workers)?;
+        Proxy::start_bound(config, addrs, listeners)
+    }
+
+    /// Start on listening sockets taken over from a running corelb (see
+    /// `handover`); addresses without one are bound afresh. Also returns the taken
+    /// addresses no longer listened on.
+    pub fn start_adopting(
+        config: ProxyConfig,
+        taken: Vec<std::net::TcpListener>,
+    ) -> Result<(Proxy, Vec<SocketAddr>), StartError> {
+        if config.backends.is_empty() {
+            return Err(StartError::NoBackends);
+        }
+        let workers = config.workers.max(1);
+        let (addrs, listeners, dropped) = net::adopt_listeners(&config.listen, workers, taken)?;
+        Ok((Proxy::start_bound(config, addrs, listeners)?, dropped))
+    }
+
+    fn start_bound(
+        config: ProxyConfig,
+        addrs: Vec<SocketAddr>,
+        listeners: Vec<Vec<mio::net::TcpListener>>,
+    ) -> Result<Proxy, StartError> {
+        let workers = listeners.len();
+        let listener_fds = listeners.iter().flatten().map(|l| l.as_raw_fd()).collect();
         let names = config
             .backends
             .iter()
@@ -184,8 +215,14 @@ impl Proxy {
             workers,
             addrs,
             shared,
+            listener_fds,
             _checker: checker,
         })
+    }
+
+    /// The listening sockets' descriptors (valid until `shutdown` begins).
+    pub fn listener_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.listener_fds.clone()
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -388,6 +425,8 @@ struct Client {
     upstream: Option<usize>,
     /// The exchange in progress (or the last one, between requests).
     x: Exchange,
+    /// No exchange has finished on this connection yet.
+    fresh: bool,
 }
 
 impl Client {
@@ -626,8 +665,17 @@ impl Worker {
         for ck in keys {
             let c = &mut self.clients[ck];
             match c.phase {
-                // Between requests (or in the middle of a head nobody has seen yet).
-                Phase::Head => self.close_client(ck),
+                // Idle between requests: close. A connection that has not finished a
+                // request yet (just accepted, or with part of a head) is served one
+                // answer, with `Connection: close` (see `start_exchange`): its client
+                // has sent or is sending a request that nobody else will answer.
+                Phase::Head if !c.fresh && c.bufs.as_ref().is_none_or(|b| b.req.is_empty()) => {
+                    self.close_client(ck)
+                }
+                Phase::Head => {
+                    // Its request may be on the way; it gets a moment, not the idle timeout.
+                    c.deadline = c.deadline.min(self.now + FRESH_GRACE);
+                }
                 Phase::Exchange => c.x.close_after = true,
                 Phase::Closing | Phase::Draining => {}
             }
@@ -702,6 +750,7 @@ impl Worker {
                 queued: false,
                 upstream: None,
                 x: Exchange::none(),
+                fresh: true,
             });
             self.stats().accepted.fetch_add(1, Ordering::Relaxed);
             self.stats().open.fetch_add(1, Ordering::Relaxed);
@@ -984,6 +1033,7 @@ impl Worker {
         bufs.resp_head_sent = 0;
         bufs.resp.clear();
         c.x = Exchange::new(info, backend);
+        c.x.close_after |= self.shutdown_deadline.is_some();
         c.phase = Phase::Exchange;
         c.deadline = self.now + self.timeouts.response;
         self.connect_upstream(ck, backend, true)
@@ -1090,6 +1140,7 @@ impl Worker {
         self.stats().requests.fetch_add(1, Ordering::Relaxed);
         let now = self.now;
         let c = &mut self.clients[ck];
+        c.fresh = false;
         let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
         if let Some(uk) = c.upstream.take() {
             let u = &mut self.upstreams[uk];

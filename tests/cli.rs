@@ -519,3 +519,92 @@ fn out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
     let lines = err.matches("cannot accept").count();
     assert!((1..=3).contains(&lines), "{lines} lines:\n{err}");
 }
+
+/// One request on a new connection; true if it got a complete 200.
+fn request_ok(addr: SocketAddr) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).is_ok() && resp.starts_with("HTTP/1.1 200 ")
+}
+
+#[test]
+fn restart_with_handover_under_load_loses_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (origin, origin_addr) = start_origin(&[]);
+    let backend = origin_addr.to_string();
+    let dir = std::env::temp_dir().join(format!("corelb-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("handover.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let addr = free_port();
+    let listen = addr.to_string();
+    let args = [
+        "serve",
+        "--backend",
+        &backend,
+        "--listen",
+        &listen,
+        "--workers",
+        "2",
+        "--handover",
+        &sock_arg,
+    ];
+    let old = start(&args, addr);
+
+    let running = Arc::new(AtomicBool::new(true));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (running, ok, failed) =
+                (Arc::clone(&running), Arc::clone(&ok), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    if request_ok(addr) {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The successor takes the listeners; the old process drains and exits by itself.
+    let new = spawn(BIN, &args);
+    let old_out = wait_exit(old, "the old corelb did not exit after the handover");
+    assert_eq!(old_out.status.code(), Some(0));
+    let before_handover = ok.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    running.store(false, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let new_out = stop(new, "-TERM");
+    stop(origin, "-TERM");
+    let _ = std::fs::remove_dir_all(&dir);
+    let old_err = String::from_utf8_lossy(&old_out.stderr);
+    let new_err = String::from_utf8_lossy(&new_out.stderr);
+    assert!(
+        old_err.contains("a successor took over the listeners"),
+        "{old_err}"
+    );
+    assert!(new_err.contains("took over the listeners"), "{new_err}");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests; old: {old_err} new: {new_err}"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > before_handover,
+        "the new process served nothing"
+    );
+}

@@ -423,3 +423,58 @@ fn at_max_connections_new_clients_wait_in_the_backlog() {
     assert_eq!(r.response().status, 200);
     assert_eq!(proxy.counts()[0].accepted, 3);
 }
+
+#[test]
+fn slowloris_connections_get_408_without_delaying_normal_clients() {
+    // 500 slow clients and their 500 accepted sockets share this process's limit.
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let origins = origins(1);
+    let header_timeout = Duration::from_millis(800);
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| {
+        c.workers = 2;
+        c.timeouts.header = header_timeout;
+    });
+    let addr = proxy.local_addrs()[0];
+    let mut slow: Vec<std::net::TcpStream> = (0..500).map(|_| connect(addr)).collect();
+    for s in &mut slow {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    }
+    let started = Instant::now();
+    let dripping = Arc::new(AtomicBool::new(true));
+    let drip = {
+        let dripping = Arc::clone(&dripping);
+        let writers: Vec<std::net::TcpStream> =
+            slow.iter().map(|s| s.try_clone().unwrap()).collect();
+        std::thread::spawn(move || {
+            let mut writers = writers;
+            // One header byte per connection every 100 ms: never a complete head.
+            while dripping.load(Ordering::Relaxed) {
+                for w in &mut writers {
+                    let _ = w.write_all(b"X");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // Normal clients meanwhile: each answered at once.
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < header_timeout {
+        let t = Instant::now();
+        assert_eq!(get(addr, "/").status, 200);
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(300),
+        "a normal request took {slowest:?}"
+    );
+    // Every slow client gets its 408 and a close, soon after the timeout.
+    for s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = Reader::new(s);
+        assert_eq!(r.response().status, 408);
+    }
+    assert!(started.elapsed() < header_timeout + Duration::from_secs(3));
+    dripping.store(false, Ordering::Relaxed);
+    drip.join().unwrap();
+    assert_no_open_connections(&proxy);
+}
