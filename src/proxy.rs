@@ -48,9 +48,9 @@ const MIN_BUF_SIZE: usize = 32 * 1024;
 const MAX_DRAIN_BYTES: usize = 1 << 20;
 /// Most idle connections kept per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
-/// At shutdown, how long a connection that has sent nothing yet may take to send
-/// its request.
-const FRESH_GRACE: Duration = Duration::from_secs(1);
+/// At shutdown, how long a connection between requests may take to send its next
+/// one (answered with `Connection: close`) before it is closed.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Longest gap between timer checks (shorter when a timeout is shorter).
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Buffer sets (about 66 KB each) kept for reuse per worker: enough to serve a
@@ -425,8 +425,6 @@ struct Client {
     upstream: Option<usize>,
     /// The exchange in progress (or the last one, between requests).
     x: Exchange,
-    /// No exchange has finished on this connection yet.
-    fresh: bool,
 }
 
 impl Client {
@@ -665,18 +663,16 @@ impl Worker {
         for ck in keys {
             let c = &mut self.clients[ck];
             match c.phase {
-                // Idle between requests: close. A connection that has not finished a
-                // request yet (just accepted, or with part of a head) is served one
-                // answer, with `Connection: close` (see `start_exchange`): its client
-                // has sent or is sending a request that nobody else will answer.
-                Phase::Head if !c.fresh && c.bufs.as_ref().is_none_or(|b| b.req.is_empty()) => {
-                    self.close_client(ck)
-                }
-                Phase::Head => {
-                    // Its request may be on the way; it gets a moment, not the idle timeout.
-                    c.deadline = c.deadline.min(self.now + FRESH_GRACE);
-                }
-                Phase::Exchange => c.x.close_after = true,
+                // Between requests, or before the first: a request may be on its way
+                // (a client that sends just as we close would see its request fail).
+                // It gets a moment to arrive and is answered with `Connection: close`
+                // (see `start_exchange`); a connection still silent then is closed.
+                Phase::Head => c.deadline = c.deadline.min(self.now + DRAIN_GRACE),
+                // The response will say `Connection: close`, unless its head is out
+                // already: then the client may send one more request, which is
+                // answered that way (the connection drains like an idle one).
+                Phase::Exchange if c.x.resp == RespState::Waiting => c.x.close_after = true,
+                Phase::Exchange => {}
                 Phase::Closing | Phase::Draining => {}
             }
         }
@@ -750,7 +746,6 @@ impl Worker {
                 queued: false,
                 upstream: None,
                 x: Exchange::none(),
-                fresh: true,
             });
             self.stats().accepted.fetch_add(1, Ordering::Relaxed);
             self.stats().open.fetch_add(1, Ordering::Relaxed);
@@ -1140,7 +1135,6 @@ impl Worker {
         self.stats().requests.fetch_add(1, Ordering::Relaxed);
         let now = self.now;
         let c = &mut self.clients[ck];
-        c.fresh = false;
         let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
         if let Some(uk) = c.upstream.take() {
             let u = &mut self.upstreams[uk];
@@ -1168,6 +1162,9 @@ impl Worker {
         } else {
             c.phase = Phase::Head;
             c.deadline = now + self.timeouts.idle;
+            if self.shutdown_deadline.is_some() {
+                c.deadline = c.deadline.min(now + DRAIN_GRACE);
+            }
         }
         Ok(())
     }

@@ -535,6 +535,50 @@ fn request_ok(addr: SocketAddr) -> bool {
     s.read_to_string(&mut resp).is_ok() && resp.starts_with("HTTP/1.1 200 ")
 }
 
+/// One request on a kept-alive connection (made when there is none, dropped when
+/// the answer says `Connection: close`); true if it got a complete 200.
+fn keep_alive_ok(conn: &mut Option<BufReader<std::net::TcpStream>>, addr: SocketAddr) -> bool {
+    let mut attempt = || -> std::io::Result<bool> {
+        if conn.is_none() {
+            let s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            *conn = Some(BufReader::new(s));
+        }
+        let r = conn.as_mut().unwrap();
+        r.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let ok = line.starts_with("HTTP/1.1 200 ");
+        let (mut length, mut close) = (0, false);
+        loop {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                return Ok(false);
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            close |= lower.starts_with("connection: close");
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        r.read_exact(&mut body)?;
+        if close {
+            *conn = None;
+        }
+        Ok(ok)
+    };
+    let ok = attempt().unwrap_or(false);
+    if !ok {
+        *conn = None;
+    }
+    ok
+}
+
 #[test]
 fn restart_with_handover_under_load_loses_no_request() {
     use std::sync::Arc;
@@ -563,12 +607,19 @@ fn restart_with_handover_under_load_loses_no_request() {
     let running = Arc::new(AtomicBool::new(true));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|i| {
             let (running, ok, failed) =
                 (Arc::clone(&running), Arc::clone(&ok), Arc::clone(&failed));
             std::thread::spawn(move || {
+                let mut kept = None;
                 while running.load(Ordering::Relaxed) {
-                    if request_ok(addr) {
+                    // Half the clients make a connection per request, half keep theirs.
+                    let good = if i % 2 == 0 {
+                        request_ok(addr)
+                    } else {
+                        keep_alive_ok(&mut kept, addr)
+                    };
+                    if good {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
                         failed.fetch_add(1, Ordering::Relaxed);
