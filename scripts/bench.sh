@@ -4,12 +4,15 @@
 # rounds, medians reported. Loopback only; every run is bounded by its duration.
 #
 # Usage: scripts/bench.sh [--origin corelb|nginx] [--rounds N] [--duration SECONDS]
-#                         [--workers LIST] [--scenarios LIST] [--smoke]
+#                         [--workers LIST] [--scenarios LIST] [--baseline REV] [--smoke]
 #   --origin     origins to proxy to: two `corelb backend`s (default) or two nginx
 #   --rounds     interleaved rounds, at least 3 for a report (default 3)
 #   --duration   seconds per wrk run (default 5)
 #   --workers    comma-separated worker counts (default "1,<all cores>")
 #   --scenarios  comma-separated subset of: s16_c50 s16_c1000 s16k_c50 s1m_c16 close_c50
+#   --baseline   also run corelb built from this git revision ("corelb-base"), side by
+#                side, to show that a change keeps its ratios (built in a temporary
+#                worktree with its own target directory)
 #   --smoke      1 round of 1 s, 1 worker: checks the script works, measures nothing
 #
 # Needs wrk and curl (apt-get install -y wrk curl) and python3; nginx, haproxy and gnuplot are used
@@ -20,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-origin=corelb rounds=3 duration=5 smoke=0
+origin=corelb rounds=3 duration=5 smoke=0 baseline="" base_bin="" base_dir=""
 cores=$(nproc)
 workers_list="1,${cores}"
 scenarios="s16_c50,s16_c1000,s16k_c50,s1m_c16,close_c50"
@@ -31,8 +34,9 @@ while [ $# -gt 0 ]; do
     --duration) duration="$2"; shift 2 ;;
     --workers) workers_list="$2"; shift 2 ;;
     --scenarios) scenarios="$2"; shift 2 ;;
+    --baseline) baseline="$2"; shift 2 ;;
     --smoke) smoke=1; rounds=1; duration=1; workers_list=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,13 +67,27 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "$base_dir" ] && git -C "$root" worktree remove --force "$base_dir" 2>/dev/null || true
   [ -f "$work/nginx-origin.pid" ] && kill "$(cat "$work/nginx-origin.pid")" 2>/dev/null || true
   stop_proxies
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-# Ports: origins 19001-19002, direct = origin 1, corelb 19100, nginx 19101, haproxy 19102.
+if [ -n "$baseline" ]; then
+  if ! git -C "$root" rev-parse --verify --quiet "$baseline^{commit}" >/dev/null; then
+    echo "bench.sh: --baseline $baseline is not a git revision here" >&2
+    exit 2
+  fi
+  base_dir="$work/base"
+  git -C "$root" worktree add --detach --quiet "$base_dir" "$baseline"
+  echo "building the baseline $baseline ..."
+  (cd "$base_dir" && CARGO_TARGET_DIR="$work/base-target" cargo build --release --quiet)
+  base_bin="$work/base-target/release/corelb"
+fi
+
+# Ports: origins 19001-19002, direct = origin 1, corelb 19100, nginx 19101, haproxy 19102,
+# corelb-base 19103.
 o1=127.0.0.1:19001 o2=127.0.0.1:19002
 
 wait_port() {
@@ -124,6 +142,11 @@ start_proxies() {
   "$bin" serve --backend "$o1" --backend "$o2" --listen 127.0.0.1:19100 --workers "$w" 2>/dev/null &
   proxy_pids+=($!)
   wait_port 127.0.0.1:19100
+  if [ -n "$base_bin" ]; then
+    "$base_bin" serve --backend "$o1" --backend "$o2" --listen 127.0.0.1:19103 --workers "$w" 2>/dev/null &
+    proxy_pids+=($!)
+    wait_port 127.0.0.1:19103
+  fi
   if command -v nginx >/dev/null; then
     cat > "$work/nginx-proxy.conf" <<CONF
 worker_processes $w;
@@ -179,6 +202,7 @@ stop_proxies() {
 targets() {
   echo "direct $o1"
   echo "corelb 127.0.0.1:19100"
+  [ -n "$base_bin" ] && echo "corelb-base 127.0.0.1:19103"
   command -v nginx >/dev/null && echo "nginx 127.0.0.1:19101"
   command -v haproxy >/dev/null && echo "haproxy 127.0.0.1:19102"
   true
@@ -200,6 +224,7 @@ scenario_args() {
   echo "cores: $cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
   echo "kernel: $(uname -sr)"
   echo "corelb: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (modified)')"
+  [ -n "$baseline" ] && echo "corelb-base: $baseline ($(git -C "$root" rev-parse --short "$baseline"))"
   echo "wrk: $(wrk -v 2>&1 | head -1)"
   command -v nginx >/dev/null && echo "nginx: $(nginx -v 2>&1)"
   command -v haproxy >/dev/null && echo "haproxy: $(haproxy -v 2>&1 | head -1)"

@@ -14,7 +14,10 @@ import sys
 from collections import defaultdict
 
 PROXIES = ["corelb", "nginx", "haproxy"]
-TARGETS = ["direct"] + PROXIES
+# corelb built from an older revision (bench.sh --baseline): compared with the same
+# peers as corelb, and never a peer itself.
+BASELINE = "corelb-base"
+TARGETS = ["direct", "corelb", BASELINE, "nginx", "haproxy"]
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
@@ -78,7 +81,8 @@ def report(csv_path, outdir):
             m = med.get((workers, scenario, target))
             if not m:
                 continue
-            peers = [med[(workers, scenario, p)]["rps"] for p in PROXIES if p != target and (workers, scenario, p) in med]
+            own = "corelb" if target == BASELINE else target
+            peers = [med[(workers, scenario, p)]["rps"] for p in PROXIES if p != own and (workers, scenario, p) in med]
             vs_peer = m["rps"] / max(peers) if target != "direct" and peers and max(peers) > 0 else float("nan")
             vs_direct = m["rps"] / direct if target != "direct" and direct > 0 else float("nan")
             errors = "failed" if m["errors"] < 0 else str(m["errors"])
@@ -104,7 +108,7 @@ def chart(med, order, outdir):
     if not shutil.which("gnuplot"):
         print("(gnuplot not installed: no chart; apt-get install -y gnuplot-nox)")
         return
-    present = [t for t in PROXIES if any((w, s, t) in med for w, s in order)]
+    present = [t for t in TARGETS[1:] if any((w, s, t) in med for w, s in order)]
     data = outdir + "/bench.dat"
     with open(data, "w") as f:
         f.write("group " + " ".join(present) + "\n")
