@@ -3,6 +3,9 @@
 # every input that made one fail into tests/fuzz_regressions/<target>/, where
 # `cargo test` replays them (tests/fuzz_regressions.rs).
 #
+# To refresh the kept corpus after a long run: cargo +nightly fuzz cmin TARGET
+# fuzz/corpus/TARGET, then copy fuzz/corpus/TARGET/* into tests/fuzz_regressions/TARGET/.
+#
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   targets: request_head response_head chunked
 #
 # Needs a nightly toolchain (rustup toolchain install nightly) and cargo-fuzz

@@ -1,6 +1,7 @@
 //! Replays every input in tests/fuzz_regressions/<target>/ through the invariant
-//! checks the fuzz targets run (src/checks.rs): seeds at the edges the checks watch,
-//! and every input scripts/fuzz.sh ever saw fail.
+//! checks the fuzz targets run (src/checks.rs): seeds at the edges the checks watch
+//! (`seed-*`), the corpus the fuzzers built in their 10-minute runs, minimised with
+//! `cargo fuzz cmin` (named by hash), and every input scripts/fuzz.sh ever saw fail.
 
 use std::path::Path;
 
