@@ -16,6 +16,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Bounds for `--max-header-bytes`: below 1 KiB real browsers fail, above 1 MiB a
 /// single connection could pin too much memory.
 pub const MIN_HEADER_BYTES: usize = 1024;
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 1000;
 /// Default `--retries`.
 pub const DEFAULT_RETRIES: u32 = 2;
 /// Most `--max-connections` accepted (per worker).
@@ -31,6 +33,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `host:port` as the operator wrote it, sent as Host with `--rewrite-host`.
     pub authority: String,
+    /// Relative share for weighted-round-robin and hash (1 to 1000; default 1).
+    pub weight: u32,
 }
 
 /// How long the proxy waits before giving up on a peer; each is a flag of `serve`.
@@ -118,6 +122,9 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Largest request body accepted (0: no limit); larger ones get 413.
     pub max_body_bytes: u64,
+    pub algorithm: crate::select::Algorithm,
+    /// For `hash`: the header whose value is the key (else the client address).
+    pub hash_header: Option<String>,
 }
 
 impl ProxyConfig {
@@ -138,6 +145,8 @@ impl ProxyConfig {
             health_check: None,
             max_connections: 0,
             max_body_bytes: 0,
+            algorithm: crate::select::Algorithm::RoundRobin,
+            hash_header: None,
         }
     }
 }
@@ -258,7 +267,25 @@ pub fn resolve(flag: &'static str, text: &str) -> Result<SocketAddr, FlagError> 
 
 /// Parse a `--backend` value: `host:port` or `http://host:port` (a trailing `/` is
 /// fine; any other path, or any other scheme, is refused).
-pub fn parse_backend(text: &str) -> Result<Backend, FlagError> {
+pub fn parse_backend(full: &str) -> Result<Backend, FlagError> {
+    // `host:port,weight=N`
+    let (text, weight) = match full.split_once(',') {
+        None => (full, 1),
+        Some((text, option)) => {
+            let weight = option
+                .strip_prefix("weight=")
+                .and_then(|w| w.parse::<u32>().ok())
+                .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                .ok_or_else(|| {
+                    flag_error(
+                        "--backend",
+                        full,
+                        format!("the only option is weight=N, N from 1 to {MAX_WEIGHT}"),
+                    )
+                })?;
+            (text, weight)
+        }
+    };
     let rest = match text.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
         Some((scheme, _)) => {
@@ -285,6 +312,7 @@ pub fn parse_backend(text: &str) -> Result<Backend, FlagError> {
     Ok(Backend {
         addr,
         authority: authority.to_string(),
+        weight,
     })
 }
 

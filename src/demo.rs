@@ -25,6 +25,7 @@ impl Demo {
         let backends = origins
             .iter()
             .map(|o| Backend {
+                weight: 1,
                 addr: o.local_addr(),
                 authority: o.local_addr().to_string(),
             })

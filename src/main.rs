@@ -34,7 +34,8 @@ enum Command {
 /// Balance HTTP/1.1 requests over backends, round-robin.
 #[argh(subcommand, name = "serve")]
 struct Serve {
-    /// a backend, as host:port or http://host:port; repeat for more (at least one)
+    /// a backend, as host:port or http://host:port, optionally followed by
+    /// ,weight=N (1 to 1000, for weighted-round-robin and hash); repeat for more
     #[argh(option)]
     backend: Vec<String>,
     /// address to listen on, as host:port; repeatable (default 127.0.0.1:8080)
@@ -121,6 +122,14 @@ struct Serve {
     /// serving there (which then drains and exits), and serve the next one
     #[argh(option)]
     handover: Option<String>,
+    /// how to choose a backend: round-robin (default), weighted-round-robin,
+    /// least-connections, power-of-two, or hash
+    #[argh(option, default = "String::from(\"round-robin\")")]
+    algorithm: String,
+    /// with --algorithm hash: hash this request header's value (default: the
+    /// client address; requests without the header use the address too)
+    #[argh(option)]
+    hash_header: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -259,6 +268,29 @@ fn serve(args: Serve) -> ExitCode {
     cfg.pin = args.pin;
     cfg.busy_poll = Duration::from_micros(args.busy_poll);
     cfg.retries = args.retries;
+    cfg.algorithm = match corelb::select::Algorithm::parse(&args.algorithm) {
+        Some(a) => a,
+        None => {
+            return usage_error(format!(
+                "--algorithm {}: unknown; one of {}",
+                args.algorithm,
+                corelb::select::Algorithm::NAMES
+            ));
+        }
+    };
+    if let Some(name) = &args.hash_header {
+        if cfg.algorithm != corelb::select::Algorithm::Hash {
+            return usage_error(format!("--hash-header {name}: only with --algorithm hash"));
+        }
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return usage_error(format!("--hash-header {name}: not a header name"));
+        }
+    }
+    cfg.hash_header = args.hash_header;
     if args.max_connections > config::MAX_CONNECTIONS {
         return usage_error(format!(
             "--max-connections {}: at most {} (0 for no limit)",
@@ -337,12 +369,24 @@ fn serve(args: Serve) -> ExitCode {
         return usage_error(format!("--handover {}: {e}", path.display()));
     }
     let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
-    let backends: Vec<&str> = cfg.backends.iter().map(|b| b.authority.as_str()).collect();
+    let backends: Vec<String> = cfg
+        .backends
+        .iter()
+        .map(|b| {
+            if b.weight == 1 {
+                b.authority.clone()
+            } else {
+                format!("{} (weight {})", b.authority, b.weight)
+            }
+        })
+        .collect();
     eprintln!(
-        "corelb: listening on {} with {} workers (open files limit {}), balancing over {}",
+        "corelb: listening on {} with {} worker{} (open files limit {}), {} over {}",
         addrs.join(", "),
         workers,
+        if workers == 1 { "" } else { "s" },
         open_files,
+        cfg.algorithm,
         backends.join(", ")
     );
     let stats = proxy.stats();

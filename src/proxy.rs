@@ -30,7 +30,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 
-use crate::balance::{Padded, RoundRobin};
+use crate::balance::Padded;
 use crate::buffer::{Buf, Pool};
 use crate::config::{Backend, ProxyConfig, Timeouts};
 use crate::framing::{
@@ -40,6 +40,7 @@ use crate::framing::{
 use crate::health::{Checker, Health};
 use crate::net::{self, Control, StartError, WorkerContext, Workers};
 use crate::rewrite::{self, ClientConnection, Forwarding};
+use crate::select::{self, Algorithm, InFlight, Select};
 use crate::splice::Pipe;
 
 /// Smallest per-direction buffer; bigger heads limits get bigger buffers.
@@ -72,7 +73,12 @@ pub struct WorkerStats {
 /// What every worker reads: the backend set and the round-robin counter.
 struct Shared {
     backends: Vec<Backend>,
-    selector: RoundRobin,
+    selector: Box<dyn Select>,
+    inflight: InFlight,
+    /// The selector reads requests in flight / hash keys (else they are not kept).
+    count_inflight: bool,
+    hash_key: bool,
+    hash_header: Option<String>,
     stats: Vec<Padded<WorkerStats>>,
     max_header_bytes: usize,
     rewrite_host: bool,
@@ -182,7 +188,17 @@ impl Proxy {
             retries: config.retries,
             max_connections: config.max_connections,
             max_body_bytes: config.max_body_bytes,
-            selector: RoundRobin::new(config.backends.len()),
+            selector: {
+                let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
+                select::build(config.algorithm, &weights)
+            },
+            inflight: InFlight::new(config.backends.len()),
+            count_inflight: matches!(
+                config.algorithm,
+                Algorithm::LeastConnections | Algorithm::PowerOfTwo
+            ),
+            hash_key: config.algorithm == Algorithm::Hash,
+            hash_header: config.hash_header.clone(),
             backends: config.backends,
             stats: (0..workers).map(|_| Padded::default()).collect(),
             max_header_bytes: config.max_header_bytes,
@@ -218,6 +234,14 @@ impl Proxy {
             listener_fds,
             _checker: checker,
         })
+    }
+
+    /// Requests in flight per backend, as the load-comparing algorithms see them
+    /// (always zeros for the others, which do not count).
+    pub fn inflight(&self) -> Vec<usize> {
+        (0..self.shared.backends.len())
+            .map(|b| self.shared.inflight.get(b))
+            .collect()
     }
 
     /// The listening sockets' descriptors (valid until `shutdown` begins).
@@ -465,6 +489,8 @@ struct Exchange {
     retried: bool,
     /// Times the request was moved to another backend after a failure.
     attempts: u32,
+    /// The backend whose in-flight count this exchange holds (see `Worker::hold`).
+    holding: Option<usize>,
     /// In a tunnel: our sending side toward the backend / the client is shut.
     backend_shut: bool,
     client_shut: bool,
@@ -487,6 +513,7 @@ impl Exchange {
             backend,
             retried: false,
             attempts: 0,
+            holding: None,
             backend_shut: false,
             client_shut: false,
         }
@@ -869,6 +896,9 @@ impl Worker {
                 if let Some(uk) = c.upstream.take() {
                     self.upstreams.remove(uk);
                 }
+                if let Some(b) = c.x.holding.take() {
+                    self.shared.inflight.release(b);
+                }
                 let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
                 // The request answered: the exchange's, or the head being parsed.
                 let head_request = if c.phase == Phase::Exchange {
@@ -897,6 +927,7 @@ impl Worker {
                 let Some(next) = self.other_backend(failed) else {
                     return self.fail(ck, Fail::Reject(reject));
                 };
+                self.hold(ck, next);
                 let c = &mut self.clients[ck];
                 c.x.attempts += 1;
                 c.x.backend = next;
@@ -951,8 +982,11 @@ impl Worker {
     fn other_backend(&self, failed: usize) -> Option<usize> {
         let shared = &self.shared;
         let mut pick = None;
-        for _ in 0..shared.backends.len() {
-            pick = shared.selector.pick_up(&shared.health);
+        for i in 0..shared.backends.len() {
+            // Varying keys, so a hash ring offers other backends too.
+            pick = shared
+                .selector
+                .pick(select::mix(i as u64), &shared.health, &shared.inflight);
             if pick != Some(failed) {
                 break;
             }
@@ -961,6 +995,7 @@ impl Worker {
     }
 
     fn close_client(&mut self, ck: usize) {
+        self.unhold(ck);
         self.stats().open.fetch_sub(1, Ordering::Relaxed);
         let mut c = self.clients.remove(ck);
         if let Some(uk) = c.upstream.take() {
@@ -1031,7 +1066,27 @@ impl Worker {
         c.x.close_after |= self.shutdown_deadline.is_some();
         c.phase = Phase::Exchange;
         c.deadline = self.now + self.timeouts.response;
+        self.hold(ck, backend);
         self.connect_upstream(ck, backend, true)
+    }
+
+    /// Count the exchange as in flight on `backend`, for the algorithms that
+    /// compare loads (nothing is counted for the others).
+    fn hold(&mut self, ck: usize, backend: usize) {
+        if self.shared.count_inflight {
+            self.unhold(ck);
+            self.shared.inflight.acquire(backend);
+            self.clients[ck].x.holding = Some(backend);
+        }
+    }
+
+    /// The exchange is over (or moved): stop counting it.
+    fn unhold(&mut self, ck: usize) {
+        if let Some(c) = self.clients.get_mut(ck)
+            && let Some(b) = c.x.holding.take()
+        {
+            self.shared.inflight.release(b);
+        }
     }
 
     /// Give the client a backend connection: an idle pooled one if `reuse` allows and
@@ -1133,6 +1188,7 @@ impl Worker {
     /// connection, then wait for the next request or close.
     fn finish_exchange(&mut self, ck: usize) -> Result<(), Fail> {
         self.stats().requests.fetch_add(1, Ordering::Relaxed);
+        self.unhold(ck);
         let now = self.now;
         let c = &mut self.clients[ck];
         let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
@@ -1652,7 +1708,20 @@ fn parse_request_head(
     {
         return Err(Fail::Reject(Reject::BodyTooLarge));
     }
-    let Some(backend) = shared.selector.pick_up(&shared.health) else {
+    let key = if shared.hash_key {
+        let header = shared.hash_header.as_deref().and_then(|name| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+        });
+        match header {
+            Some(h) => select::key_of_bytes(h.value),
+            None => select::key_of_ip(client_ip),
+        }
+    } else {
+        0
+    };
+    let Some(backend) = shared.selector.pick(key, &shared.health, &shared.inflight) else {
         shared.health.report_all_down();
         return Err(Fail::Reject(Reject::Unavailable));
     };

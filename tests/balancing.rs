@@ -231,3 +231,119 @@ fn every_listen_address_serves_including_ipv6() {
         echo.text()
     );
 }
+
+/// A backend that answers "slow" after `delay`, keeping connections alive.
+fn slow_backend(delay: std::time::Duration) -> Scripted {
+    Scripted::start(move |mut s, _| {
+        while read_head(&mut s).is_some() {
+            std::thread::sleep(delay);
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// `clients` threads, each sending `each` requests; the bodies they got.
+fn run_clients(addr: std::net::SocketAddr, clients: usize, each: usize) -> Vec<String> {
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut r = Reader::new(connect(addr));
+                (0..each)
+                    .map(|_| {
+                        r.stream
+                            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                            .unwrap();
+                        r.response().text()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+#[test]
+fn least_connections_sends_load_around_a_slow_backend() {
+    use corelb::select::Algorithm;
+    let slow = slow_backend(std::time::Duration::from_millis(100));
+    let fast = origins(1);
+    for (algorithm, at_most) in [
+        (Algorithm::LeastConnections, 0.25),
+        (Algorithm::PowerOfTwo, 0.25),
+    ] {
+        let proxy = proxy_with(&[slow.addr, fast[0].local_addr()], |c| {
+            c.workers = 2;
+            c.algorithm = algorithm;
+        });
+        let texts = run_clients(proxy.local_addrs()[0], 8, 10);
+        let share = texts.iter().filter(|t| *t == "slow").count() as f64 / 80.0;
+        assert!(
+            share <= at_most,
+            "{algorithm}: {share} of requests went to the slow backend"
+        );
+        assert_no_open_connections(&proxy);
+        assert_eq!(
+            proxy.inflight(),
+            [0, 0],
+            "{algorithm}: in-flight counts leaked"
+        );
+    }
+}
+
+#[test]
+fn weighted_round_robin_follows_the_weights() {
+    let origins: Vec<corelb::Origin> = ["a", "b"]
+        .iter()
+        .map(|b| corelb::Origin::start(loopback(), 1, Some((*b).into())).unwrap())
+        .collect();
+    let mut cfg = corelb::ProxyConfig::new(
+        vec![loopback()],
+        origins
+            .iter()
+            .zip([3, 1])
+            .map(|(o, weight)| corelb::Backend {
+                weight,
+                ..backend_of(o.local_addr())
+            })
+            .collect(),
+    );
+    cfg.workers = 1;
+    cfg.algorithm = corelb::select::Algorithm::WeightedRoundRobin;
+    let proxy = corelb::Proxy::start(cfg).unwrap();
+    let texts = run_clients(proxy.local_addrs()[0], 1, 400);
+    assert_eq!(texts.iter().filter(|t| *t == "a").count(), 300);
+}
+
+#[test]
+fn hash_on_a_header_keeps_a_user_on_one_backend() {
+    let origins: Vec<corelb::Origin> = (0..3)
+        .map(|i| corelb::Origin::start(loopback(), 1, Some(format!("o{i}"))).unwrap())
+        .collect();
+    let addrs: Vec<_> = origins.iter().map(|o| o.local_addr()).collect();
+    let proxy = proxy_with(&addrs, |c| {
+        c.algorithm = corelb::select::Algorithm::Hash;
+        c.hash_header = Some("X-User".into());
+    });
+    let addr = proxy.local_addrs()[0];
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..30 {
+        let backends: std::collections::HashSet<String> = (0..5)
+            .map(|_| {
+                let raw = format!(
+                    "GET / HTTP/1.1\r\nHost: t\r\nX-User: u{user}\r\nConnection: close\r\n\r\n"
+                );
+                roundtrip(addr, raw.as_bytes()).0.text()
+            })
+            .collect();
+        assert_eq!(backends.len(), 1, "user {user} moved: {backends:?}");
+        seen.extend(backends);
+    }
+    assert_eq!(seen.len(), 3, "30 users all on {seen:?}");
+}

@@ -163,6 +163,18 @@ fn bad_input_is_one_line_and_exit_code_2() {
         "--fail-window",
     );
     for (flags, mentions) in [
+        (&["--algorithm", "random"][..], "--algorithm"),
+        (&["--hash-header", "X-User"][..], "--hash-header"),
+        (
+            &["--algorithm", "hash", "--hash-header", "X User"][..],
+            "--hash-header",
+        ),
+        (&["--backend", "127.0.0.1:9001,weight=0"][..], "--backend"),
+        (
+            &["--backend", "127.0.0.1:9001,weight=1001"][..],
+            "--backend",
+        ),
+        (&["--backend", "127.0.0.1:9001,wait=2"][..], "--backend"),
         (&["--health-path", "health"][..], "--health-path"),
         (&["--health-path", "/a b"][..], "--health-path"),
         (&["--health-path", "/h", "--rise", "0"][..], "--rise"),

@@ -27,6 +27,7 @@ pub fn origins(n: usize) -> Vec<Origin> {
 
 pub fn backend_of(addr: SocketAddr) -> Backend {
     Backend {
+        weight: 1,
         addr,
         authority: addr.to_string(),
     }

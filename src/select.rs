@@ -1,0 +1,413 @@
+//! Balancing algorithms, behind one trait (`Select`), shared by every worker.
+//!
+//! Everything a pick reads is built once at start (a weighted sequence, a hash ring)
+//! or is an atomic: one shared counter, and per backend the requests in flight. A
+//! pick never locks and never allocates. Every algorithm skips the backends `Health`
+//! says are down.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::balance::{Padded, RoundRobin};
+use crate::health::Health;
+
+/// The algorithms `--algorithm` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    PowerOfTwo,
+    Hash,
+}
+
+impl Algorithm {
+    pub const NAMES: &'static str =
+        "round-robin, weighted-round-robin, least-connections, power-of-two, hash";
+
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        Some(match name {
+            "round-robin" => Algorithm::RoundRobin,
+            "weighted-round-robin" => Algorithm::WeightedRoundRobin,
+            "least-connections" => Algorithm::LeastConnections,
+            "power-of-two" => Algorithm::PowerOfTwo,
+            "hash" => Algorithm::Hash,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConnections => "least-connections",
+            Algorithm::PowerOfTwo => "power-of-two",
+            Algorithm::Hash => "hash",
+        })
+    }
+}
+
+/// Requests in flight per backend, kept by the workers for the algorithms that
+/// compare loads.
+#[derive(Debug)]
+pub struct InFlight(Vec<Padded<AtomicUsize>>);
+
+impl InFlight {
+    pub fn new(backends: usize) -> InFlight {
+        InFlight((0..backends).map(|_| Padded::default()).collect())
+    }
+
+    pub fn get(&self, b: usize) -> usize {
+        self.0[b].0.load(Ordering::Relaxed)
+    }
+
+    pub fn acquire(&self, b: usize) {
+        self.0[b].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn release(&self, b: usize) {
+        self.0[b].0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One balancing algorithm. `key` is the request's hash key (client address or a
+/// header; 0 for algorithms that do not use it).
+pub trait Select: Send + Sync + fmt::Debug {
+    fn pick(&self, key: u64, health: &Health, inflight: &InFlight) -> Option<usize>;
+    /// The algorithm reads `InFlight` (so the workers must keep it).
+    fn uses_inflight(&self) -> bool {
+        false
+    }
+    /// The algorithm reads the key (so the workers must compute it).
+    fn uses_key(&self) -> bool {
+        false
+    }
+}
+
+/// Build the selector for `algorithm` over backends with these weights.
+pub fn build(algorithm: Algorithm, weights: &[u32]) -> Box<dyn Select> {
+    match algorithm {
+        Algorithm::RoundRobin => Box::new(RoundRobinSel(RoundRobin::new(weights.len()))),
+        Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(weights)),
+        Algorithm::LeastConnections => Box::new(LeastConnections(RoundRobin::new(weights.len()))),
+        Algorithm::PowerOfTwo => Box::new(PowerOfTwo {
+            next: Padded(AtomicUsize::new(0)),
+            len: weights.len(),
+        }),
+        Algorithm::Hash => Box::new(HashRing::new(weights)),
+    }
+}
+
+#[derive(Debug)]
+struct RoundRobinSel(RoundRobin);
+
+impl Select for RoundRobinSel {
+    fn pick(&self, _: u64, health: &Health, _: &InFlight) -> Option<usize> {
+        self.0.pick_up(health)
+    }
+}
+
+/// Smooth weighted round-robin (nginx's): the sequence one full cycle of nginx's
+/// algorithm produces is computed at start, and the shared counter walks it. For
+/// weights 5, 1, 1 it is a a b a c a a: spread out, not five in a row.
+#[derive(Debug)]
+struct WeightedRoundRobin {
+    sequence: Vec<usize>,
+    next: Padded<AtomicUsize>,
+}
+
+impl WeightedRoundRobin {
+    fn new(weights: &[u32]) -> WeightedRoundRobin {
+        let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+        let mut current = vec![0i64; weights.len()];
+        let mut sequence = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            for (c, &w) in current.iter_mut().zip(weights) {
+                *c += i64::from(w);
+            }
+            let best = (0..weights.len())
+                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                .unwrap_or(0);
+            current[best] -= total;
+            sequence.push(best);
+        }
+        WeightedRoundRobin {
+            sequence,
+            next: Padded(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Select for WeightedRoundRobin {
+    fn pick(&self, _: u64, health: &Health, _: &InFlight) -> Option<usize> {
+        let len = self.sequence.len();
+        let n = self.next.0.fetch_add(1, Ordering::Relaxed);
+        let now = health.now_ms();
+        // A down backend's turns go to the next ones in the sequence.
+        (0..len)
+            .map(|i| self.sequence[(n + i) % len])
+            .find(|&b| health.is_up_at(b, now))
+    }
+}
+
+/// The up backend with the fewest requests in flight; ties go round-robin (the
+/// scan starts at a rotating offset).
+#[derive(Debug)]
+struct LeastConnections(RoundRobin);
+
+impl Select for LeastConnections {
+    fn pick(&self, _: u64, health: &Health, inflight: &InFlight) -> Option<usize> {
+        let len = health.len();
+        let start = self.0.pick();
+        let now = health.now_ms();
+        (0..len)
+            .map(|i| (start + i) % len)
+            .filter(|&b| health.is_up_at(b, now))
+            .min_by_key(|&b| inflight.get(b))
+    }
+    fn uses_inflight(&self) -> bool {
+        true
+    }
+}
+
+/// Two backends chosen at random, the less loaded one taken (the "power of two
+/// choices"): nearly least-connections, reading two counters instead of all.
+#[derive(Debug)]
+struct PowerOfTwo {
+    next: Padded<AtomicUsize>,
+    len: usize,
+}
+
+impl Select for PowerOfTwo {
+    fn pick(&self, _: u64, health: &Health, inflight: &InFlight) -> Option<usize> {
+        let len = self.len;
+        let r = mix(self.next.0.fetch_add(1, Ordering::Relaxed) as u64);
+        let a = (r % len as u64) as usize;
+        let b = if len > 1 {
+            (a + 1 + ((r >> 32) % (len as u64 - 1)) as usize) % len
+        } else {
+            a
+        };
+        let now = health.now_ms();
+        match (health.is_up_at(a, now), health.is_up_at(b, now)) {
+            (true, true) => Some(if inflight.get(b) < inflight.get(a) {
+                b
+            } else {
+                a
+            }),
+            (true, false) => Some(a),
+            (false, true) => Some(b),
+            // Both down: the first up one after them, if any.
+            (false, false) => (1..len)
+                .map(|i| (a + i) % len)
+                .find(|&c| health.is_up_at(c, now)),
+        }
+    }
+    fn uses_inflight(&self) -> bool {
+        true
+    }
+}
+
+/// Consistent hashing (ketama): each backend owns `POINTS_PER_WEIGHT` x weight
+/// points on a ring of 64-bit hashes; a key goes to the owner of the first point at
+/// or after its hash. A down backend's points are skipped, so only its keys move,
+/// and they come back when it does.
+#[derive(Debug)]
+struct HashRing {
+    ring: Vec<(u64, usize)>,
+}
+
+const POINTS_PER_WEIGHT: u32 = 160;
+
+impl HashRing {
+    fn new(weights: &[u32]) -> HashRing {
+        let mut ring = Vec::new();
+        for (b, &w) in weights.iter().enumerate() {
+            for p in 0..w * POINTS_PER_WEIGHT {
+                ring.push((mix((b as u64) << 32 | u64::from(p)), b));
+            }
+        }
+        ring.sort_unstable();
+        HashRing { ring }
+    }
+}
+
+impl Select for HashRing {
+    fn pick(&self, key: u64, health: &Health, _: &InFlight) -> Option<usize> {
+        let len = self.ring.len();
+        let start = self.ring.partition_point(|&(h, _)| h < key);
+        let now = health.now_ms();
+        (0..len)
+            .map(|i| self.ring[(start + i) % len].1)
+            .find(|&b| health.is_up_at(b, now))
+    }
+    fn uses_key(&self) -> bool {
+        true
+    }
+}
+
+/// splitmix64's finaliser: a well-spread 64-bit hash of a 64-bit value.
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The hash key of some bytes (a header value): FNV-1a, then `mix`.
+pub fn key_of_bytes(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// The hash key of a client address.
+pub fn key_of_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => key_of_bytes(&v4.octets()),
+        IpAddr::V6(v6) => key_of_bytes(&v6.octets()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Passive;
+
+    fn health(n: usize) -> Health {
+        Health::new(
+            (0..n).map(|i| format!("b{i}")).collect(),
+            Passive::default(),
+            false,
+        )
+    }
+
+    fn counts(sel: &dyn Select, h: &Health, f: &InFlight, picks: usize) -> Vec<usize> {
+        let mut c = vec![0; h.len()];
+        for i in 0..picks {
+            c[sel.pick(key_of_bytes(&i.to_le_bytes()), h, f).unwrap()] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn names_parse_and_print() {
+        for name in Algorithm::NAMES.split(", ") {
+            assert_eq!(Algorithm::parse(name).unwrap().to_string(), name);
+        }
+        assert_eq!(Algorithm::parse("random"), None);
+    }
+
+    #[test]
+    fn weights_are_honoured_within_one_percent_and_spread_smoothly() {
+        let weights = [5, 1, 3];
+        let (h, f) = (health(3), InFlight::new(3));
+        let sel = build(Algorithm::WeightedRoundRobin, &weights);
+        let c = counts(sel.as_ref(), &h, &f, 90_000);
+        for (i, &w) in weights.iter().enumerate() {
+            let want = 90_000.0 * f64::from(w) / 9.0;
+            assert!((c[i] as f64 - want).abs() / want < 0.01, "{c:?}");
+        }
+        // Smooth: weight 5 of 9 never gets more than two turns in a row.
+        let seq: Vec<usize> = (0..9).map(|_| sel.pick(0, &h, &f).unwrap()).collect();
+        assert!(
+            !seq.windows(3).any(|w| w.iter().all(|&b| b == 0)),
+            "{seq:?}"
+        );
+        // A down backend's share goes to the others.
+        h.set_checked(0, false, "test");
+        let c = counts(sel.as_ref(), &h, &f, 9000);
+        assert_eq!(c[0], 0);
+        assert_eq!(c[1] + c[2], 9000);
+    }
+
+    #[test]
+    fn hash_weights_are_honoured_within_a_few_percent() {
+        let (h, f) = (health(2), InFlight::new(2));
+        let sel = build(Algorithm::Hash, &[3, 1]);
+        let c = counts(sel.as_ref(), &h, &f, 100_000);
+        let share = c[0] as f64 / 100_000.0;
+        assert!((share - 0.75).abs() < 0.05, "{c:?}");
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idle_backend() {
+        let (h, f) = (health(3), InFlight::new(3));
+        let sel = build(Algorithm::LeastConnections, &[1, 1, 1]);
+        f.acquire(0);
+        f.acquire(0);
+        f.acquire(2);
+        for _ in 0..10 {
+            assert_eq!(sel.pick(0, &h, &f), Some(1));
+        }
+        // Equal loads share round-robin.
+        f.acquire(1);
+        f.release(0);
+        let picks: Vec<usize> = (0..30).map(|_| sel.pick(0, &h, &f).unwrap()).collect();
+        assert!(
+            (0..3).all(|b| picks.iter().filter(|&&p| p == b).count() == 10),
+            "{picks:?}"
+        );
+        // Down backends are skipped even when idle.
+        f.release(1);
+        h.set_checked(1, false, "test");
+        assert_ne!(sel.pick(0, &h, &f), Some(1));
+    }
+
+    #[test]
+    fn power_of_two_avoids_the_loaded_backend_and_spreads_otherwise() {
+        let (h, f) = (health(4), InFlight::new(4));
+        let sel = build(Algorithm::PowerOfTwo, &[1; 4]);
+        for _ in 0..100 {
+            f.acquire(3);
+        }
+        let c = counts(sel.as_ref(), &h, &f, 10_000);
+        assert_eq!(c[3], 0, "the loaded backend lost every comparison: {c:?}");
+        assert!(c[..3].iter().all(|&n| n > 2500), "{c:?}");
+        for b in 0..4 {
+            h.set_checked(b, false, "test");
+        }
+        assert_eq!(sel.pick(0, &h, &f), None);
+    }
+
+    #[test]
+    fn when_a_backend_leaves_only_its_keys_move() {
+        let (h, f) = (health(5), InFlight::new(5));
+        let sel = build(Algorithm::Hash, &[1; 5]);
+        let keys: Vec<u64> = (0..20_000u32)
+            .map(|i| key_of_bytes(&i.to_le_bytes()))
+            .collect();
+        let before: Vec<usize> = keys.iter().map(|&k| sel.pick(k, &h, &f).unwrap()).collect();
+        h.set_checked(2, false, "test");
+        let after: Vec<usize> = keys.iter().map(|&k| sel.pick(k, &h, &f).unwrap()).collect();
+        let mut moved = 0;
+        for (b, a) in before.iter().zip(&after) {
+            if b == &2 {
+                assert_ne!(*a, 2);
+                moved += 1;
+            } else {
+                assert_eq!(b, a, "a key of a backend that stayed moved");
+            }
+        }
+        assert!(moved > 2000, "backend 2 had only {moved} keys");
+        // It comes back: its keys return to it.
+        h.set_checked(2, true, "test");
+        let back: Vec<usize> = keys.iter().map(|&k| sel.pick(k, &h, &f).unwrap()).collect();
+        assert_eq!(back, before);
+    }
+
+    #[test]
+    fn the_same_key_goes_to_the_same_backend() {
+        let (h, f) = (health(3), InFlight::new(3));
+        let sel = build(Algorithm::Hash, &[1; 3]);
+        let k = key_of_ip("10.0.0.7".parse().unwrap());
+        let first = sel.pick(k, &h, &f);
+        assert!((0..100).all(|_| sel.pick(k, &h, &f) == first));
+    }
+}
