@@ -125,6 +125,8 @@ pub struct ProxyConfig {
     pub algorithm: crate::select::Algorithm,
     /// For `hash`: the header whose value is the key (else the client address).
     pub hash_header: Option<String>,
+    /// Where the admin endpoint listens (off when `None`).
+    pub admin: Option<SocketAddr>,
 }
 
 impl ProxyConfig {
@@ -147,6 +149,7 @@ impl ProxyConfig {
             max_body_bytes: 0,
             algorithm: crate::select::Algorithm::RoundRobin,
             hash_header: None,
+            admin: None,
         }
     }
 }

@@ -31,6 +31,7 @@
 //! origin.shutdown();
 //! ```
 
+pub mod admin;
 pub mod balance;
 pub mod buffer;
 pub mod checks;
@@ -40,6 +41,7 @@ pub mod demo;
 pub mod framing;
 pub mod handover;
 pub mod health;
+pub mod metrics;
 pub mod net;
 pub mod origin;
 pub mod proxy;

@@ -126,6 +126,10 @@ struct Serve {
     /// least-connections, power-of-two, or hash
     #[argh(option, default = "String::from(\"round-robin\")")]
     algorithm: String,
+    /// serve /metrics (Prometheus), /status (JSON) and /healthz on this address
+    /// (off by default)
+    #[argh(option)]
+    admin: Option<String>,
     /// with --algorithm hash: hash this request header's value (default: the
     /// client address; requests without the header use the address too)
     #[argh(option)]
@@ -291,6 +295,15 @@ fn serve(args: Serve) -> ExitCode {
         }
     }
     cfg.hash_header = args.hash_header;
+    if let Some(admin) = &args.admin {
+        match config::parse_listen(admin) {
+            Ok(a) => cfg.admin = Some(a),
+            Err(mut e) => {
+                e.flag = "--admin";
+                return usage_error(e);
+            }
+        }
+    }
     if args.max_connections > config::MAX_CONNECTIONS {
         return usage_error(format!(
             "--max-connections {}: at most {} (0 for no limit)",

@@ -51,6 +51,8 @@ pub enum StartError {
     Spawn(io::Error),
     /// A proxy was configured without any backend.
     NoBackends,
+    /// The admin endpoint could not listen.
+    Admin { addr: SocketAddr, source: io::Error },
 }
 
 impl fmt::Display for StartError {
@@ -63,6 +65,7 @@ impl fmt::Display for StartError {
             StartError::Poll(e) => write!(f, "cannot create event loop: {e}"),
             StartError::Spawn(e) => write!(f, "cannot start worker thread: {e}"),
             StartError::NoBackends => write!(f, "--backend: at least one backend is required"),
+            StartError::Admin { addr, source } => write!(f, "--admin {addr}: {source}"),
         }
     }
 }

@@ -30,6 +30,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 
+use crate::admin::Admin;
 use crate::balance::Padded;
 use crate::buffer::{Buf, Pool};
 use crate::config::{Backend, ProxyConfig, Timeouts};
@@ -38,6 +39,7 @@ use crate::framing::{
     classify_parse_error, has_bare_lf, oversized_head,
 };
 use crate::health::{Checker, Health};
+use crate::metrics::{self, WorkerMetrics};
 use crate::net::{self, Control, StartError, WorkerContext, Workers};
 use crate::rewrite::{self, ClientConnection, Forwarding};
 use crate::select::{self, Algorithm, InFlight, Select};
@@ -74,6 +76,8 @@ pub struct WorkerStats {
 struct Shared {
     backends: Vec<Backend>,
     selector: Box<dyn Select>,
+    metrics: Vec<Padded<WorkerMetrics>>,
+    algorithm: Algorithm,
     inflight: InFlight,
     /// The selector reads requests in flight / hash keys (else they are not kept).
     count_inflight: bool,
@@ -104,6 +108,39 @@ pub struct WorkerCounts {
 pub struct ProxyStats(Arc<Shared>);
 
 impl ProxyStats {
+    fn view(&self) -> metrics::View<'_> {
+        let s = &self.0;
+        metrics::View {
+            algorithm: s.algorithm.to_string(),
+            backends: s
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(b, backend)| metrics::BackendView {
+                    name: &backend.authority,
+                    up: s.health.is_up(b),
+                    inflight: s.inflight.get(b),
+                })
+                .collect(),
+            workers: self
+                .counts()
+                .iter()
+                .map(|c| (c.accepted, c.requests, c.open))
+                .collect(),
+            metrics: s.metrics.iter().map(|m| &m.0).collect(),
+        }
+    }
+
+    /// The Prometheus text exposition of every counter (the admin `/metrics`).
+    pub fn prometheus(&self) -> String {
+        metrics::prometheus(&self.view())
+    }
+
+    /// The admin `/status` JSON.
+    pub fn status_json(&self) -> String {
+        metrics::status_json(&self.view())
+    }
+
     /// Accepted connections and completed requests, per worker.
     pub fn counts(&self) -> Vec<WorkerCounts> {
         self.0
@@ -125,6 +162,8 @@ pub struct Proxy {
     shared: Arc<Shared>,
     /// The health-check thread, if checks are on (stopped when dropped).
     _checker: Option<Checker>,
+    /// The admin endpoint, if on (stopped when dropped).
+    admin: Option<Admin>,
     /// Every worker's listening sockets, for a handover to a successor. Owned by
     /// the workers, which close them when they shut down.
     listener_fds: Vec<std::os::fd::RawFd>,
@@ -163,6 +202,7 @@ impl Proxy {
     ) -> Result<Proxy, StartError> {
         let workers = listeners.len();
         let listener_fds = listeners.iter().flatten().map(|l| l.as_raw_fd()).collect();
+        let backend_count = config.backends.len();
         let names = config
             .backends
             .iter()
@@ -201,6 +241,10 @@ impl Proxy {
             hash_header: config.hash_header.clone(),
             backends: config.backends,
             stats: (0..workers).map(|_| Padded::default()).collect(),
+            metrics: (0..workers)
+                .map(|_| Padded(WorkerMetrics::new(backend_count)))
+                .collect(),
+            algorithm: config.algorithm,
             max_header_bytes: config.max_header_bytes,
             rewrite_host: config.rewrite_host,
             timeouts: config.timeouts,
@@ -227,12 +271,20 @@ impl Proxy {
                 eprintln!("corelb: worker stopped: {e}");
             }
         })?;
+        let admin = match config.admin {
+            Some(addr) => Some(
+                Admin::start(addr, ProxyStats(Arc::clone(&shared)))
+                    .map_err(|source| StartError::Admin { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Proxy {
             workers,
             addrs,
             shared,
             listener_fds,
             _checker: checker,
+            admin,
         })
     }
 
@@ -242,6 +294,11 @@ impl Proxy {
         (0..self.shared.backends.len())
             .map(|b| self.shared.inflight.get(b))
             .collect()
+    }
+
+    /// Where the admin endpoint listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::local_addr)
     }
 
     /// The listening sockets' descriptors (valid until `shutdown` begins).
@@ -489,8 +546,12 @@ struct Exchange {
     retried: bool,
     /// Times the request was moved to another backend after a failure.
     attempts: u32,
-    /// The backend whose in-flight count this exchange holds (see `Worker::hold`).
-    holding: Option<usize>,
+    /// The exchange counts as in flight on `backend` (see `Worker::hold`).
+    holding: bool,
+    /// The final response's status, once its head is parsed.
+    status: u16,
+    /// When the request head was parsed (the loop's clock).
+    started: Instant,
     /// In a tunnel: our sending side toward the backend / the client is shut.
     backend_shut: bool,
     client_shut: bool,
@@ -513,7 +574,9 @@ impl Exchange {
             backend,
             retried: false,
             attempts: 0,
-            holding: None,
+            holding: false,
+            status: 0,
+            started: Instant::now(),
             backend_shut: false,
             client_shut: false,
         }
@@ -655,6 +718,9 @@ impl Worker {
             }
             w.flush_deferred();
             w.resume_accepting();
+            w.metrics()
+                .upstream_open
+                .store(w.upstreams.len() as u64, Ordering::Relaxed);
             if w.now >= next_sweep {
                 w.sweep();
                 next_sweep = w.now + sweep_interval;
@@ -707,6 +773,10 @@ impl Worker {
 
     fn stats(&self) -> &WorkerStats {
         &self.shared.stats[self.id].0
+    }
+
+    fn metrics(&self) -> &WorkerMetrics {
+        &self.shared.metrics[self.id].0
     }
 
     fn accept(&mut self, i: usize) {
@@ -896,8 +966,8 @@ impl Worker {
                 if let Some(uk) = c.upstream.take() {
                     self.upstreams.remove(uk);
                 }
-                if let Some(b) = c.x.holding.take() {
-                    self.shared.inflight.release(b);
+                if std::mem::take(&mut c.x.holding) {
+                    self.shared.inflight.release(c.x.backend);
                 }
                 let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
                 // The request answered: the exchange's, or the head being parsed.
@@ -910,6 +980,9 @@ impl Worker {
                 bufs.resp_head.clear();
                 bufs.resp_head
                     .extend_from_slice(reject.response_to(head_request));
+                self.shared.metrics[self.id]
+                    .0
+                    .response(None, reject.status());
                 bufs.resp_head_sent = 0;
                 c.x.resp_pending = 0;
                 c.linger = true;
@@ -928,6 +1001,7 @@ impl Worker {
                     return self.fail(ck, Fail::Reject(reject));
                 };
                 self.hold(ck, next);
+                self.metrics().retries.fetch_add(1, Ordering::Relaxed);
                 let c = &mut self.clients[ck];
                 c.x.attempts += 1;
                 c.x.backend = next;
@@ -955,6 +1029,7 @@ impl Worker {
                 }
             }
             Fail::Retry => {
+                self.metrics().retries.fetch_add(1, Ordering::Relaxed);
                 let c = &mut self.clients[ck];
                 c.x.retried = true;
                 c.x.req_done = false;
@@ -1063,6 +1138,7 @@ impl Worker {
         bufs.resp_head_sent = 0;
         bufs.resp.clear();
         c.x = Exchange::new(info, backend);
+        c.x.started = self.now;
         c.x.close_after |= self.shutdown_deadline.is_some();
         c.phase = Phase::Exchange;
         c.deadline = self.now + self.timeouts.response;
@@ -1076,16 +1152,18 @@ impl Worker {
         if self.shared.count_inflight {
             self.unhold(ck);
             self.shared.inflight.acquire(backend);
-            self.clients[ck].x.holding = Some(backend);
+            let x = &mut self.clients[ck].x;
+            x.backend = backend;
+            x.holding = true;
         }
     }
 
     /// The exchange is over (or moved): stop counting it.
     fn unhold(&mut self, ck: usize) {
         if let Some(c) = self.clients.get_mut(ck)
-            && let Some(b) = c.x.holding.take()
+            && std::mem::take(&mut c.x.holding)
         {
-            self.shared.inflight.release(b);
+            self.shared.inflight.release(c.x.backend);
         }
     }
 
@@ -1098,6 +1176,11 @@ impl Worker {
         } else {
             None
         };
+        let counter = match pooled {
+            Some(_) => &self.shared.metrics[self.id].0.upstream_reuses,
+            None => &self.shared.metrics[self.id].0.upstream_connects,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let uk = match pooled {
             Some(uk) => {
                 let u = &mut self.upstreams[uk];
@@ -1160,7 +1243,11 @@ impl Worker {
             | relay_response(c, u, defer)?;
         if c.x.resp == RespState::Tunnel {
             // The 101 is queued; from here on this session is a tunnel.
+            let (backend, took) = (c.x.backend, self.now.saturating_duration_since(c.x.started));
             self.stats().requests.fetch_add(1, Ordering::Relaxed);
+            let m = &self.shared.metrics[self.id].0;
+            m.response(Some(backend), 101);
+            m.latency(took);
             return Ok(true);
         }
         let bufs = c.bufs.as_ref().ok_or(Fail::Close)?;
@@ -1189,6 +1276,10 @@ impl Worker {
     fn finish_exchange(&mut self, ck: usize) -> Result<(), Fail> {
         self.stats().requests.fetch_add(1, Ordering::Relaxed);
         self.unhold(ck);
+        let x = &self.clients[ck].x;
+        let m = &self.shared.metrics[self.id].0;
+        m.response(Some(x.backend), x.status);
+        m.latency(self.now.saturating_duration_since(x.started));
         let now = self.now;
         let c = &mut self.clients[ck];
         let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
@@ -1478,9 +1569,11 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
                     progress = true;
                     if head.tunnel {
                         c.x.resp = RespState::Tunnel;
+                        c.x.status = 101;
                         return Ok(true);
                     }
                     if let Some(framing) = head.final_framing {
+                        c.x.status = head.status;
                         c.x.resp = RespState::Body;
                         c.x.resp_body = BodyScanner::new(framing);
                         c.x.upstream_reusable = head.reusable;
@@ -1742,6 +1835,7 @@ struct ResponseHead {
     reusable: bool,
     /// A 101 to an upgrade request: the connection becomes a tunnel.
     tunnel: bool,
+    status: u16,
 }
 
 fn parse_response_head(
@@ -1783,6 +1877,7 @@ fn parse_response_head(
                 final_framing: None,
                 reusable: false,
                 tunnel: true,
+                status: 101,
             }));
         }
         // Interim responses go to 1.1 clients only (RFC 9110 §15.2).
@@ -1799,6 +1894,7 @@ fn parse_response_head(
             final_framing: None,
             reusable: false,
             tunnel: false,
+            status: info.status,
         }));
     }
     if req.version == 0 && info.framing == Framing::Chunked {
@@ -1821,6 +1917,7 @@ fn parse_response_head(
         final_framing: Some(info.framing),
         reusable: info.reusable,
         tunnel: false,
+        status: info.status,
     }))
 }
 

@@ -1,0 +1,312 @@
+//! The admin endpoint: /metrics under a strict check of the Prometheus text format,
+//! with counts that match the traffic sent; /status JSON; /healthz; errors.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+
+use common::*;
+
+/// Label pairs of one series.
+type Labels = Vec<(String, String)>;
+/// Every sample of a scrape: (name, labels) -> value.
+type Samples = HashMap<(String, Labels), f64>;
+
+/// GET `path` from the admin endpoint: (status, content type, body).
+fn admin_get(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    let mut s = connect(addr);
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap_or("")
+        .to_string();
+    (status, ctype, body.to_string())
+}
+
+fn valid_name(name: &str, first: fn(char) -> bool) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(first)
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Parse `{a="x",b="y"}`; panics on anything the text format does not allow.
+fn parse_labels(text: &str, line: &str) -> Labels {
+    let mut labels = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (name, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("label: {line}"));
+        assert!(
+            valid_name(name, |c| c.is_ascii_alphabetic() || c == '_') && !name.contains(':'),
+            "label name {name:?}: {line}"
+        );
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, c @ ('\\' | '"' | 'n'))) => value.push(c),
+                    other => panic!("bad escape {other:?}: {line}"),
+                },
+                Some((i, '"')) => break i,
+                Some((_, c)) => value.push(c),
+                None => panic!("unterminated label value: {line}"),
+            }
+        };
+        labels.push((name.to_string(), value));
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    labels
+}
+
+/// A strict reading of the text exposition format 0.0.4. Returns every sample as
+/// (name, labels) -> value.
+fn check_exposition(text: &str) -> Samples {
+    assert!(text.ends_with('\n'), "no final newline");
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut helped = HashSet::new();
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        assert!(!line.is_empty(), "empty line");
+        if let Some(rest) = line.strip_prefix("# ") {
+            let (kind, rest) = rest.split_once(' ').unwrap();
+            let (name, value) = rest.split_once(' ').unwrap();
+            assert!(valid_name(name, |c| c.is_ascii_alphabetic()
+                || c == '_'
+                || c == ':'));
+            match kind {
+                "HELP" => assert!(helped.insert(name.to_string()), "two HELP for {name}"),
+                "TYPE" => {
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&value),
+                        "{line}"
+                    );
+                    assert!(
+                        types.insert(name.to_string(), value.to_string()).is_none(),
+                        "two TYPE for {name}"
+                    );
+                    assert!(
+                        !samples
+                            .keys()
+                            .any(|(n, _): &(String, _)| n.starts_with(name)),
+                        "TYPE after samples: {line}"
+                    );
+                }
+                _ => panic!("unknown comment {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value {v:?}: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, parse_labels(l.strip_suffix('}').unwrap(), line)),
+            None => (series, Vec::new()),
+        };
+        assert!(valid_name(name, |c| c.is_ascii_alphabetic()
+            || c == '_'
+            || c == ':'));
+        let family = types
+            .keys()
+            .find(|f| {
+                *f == name
+                    || (types[*f] == "histogram"
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|s| name == format!("{f}{s}")))
+            })
+            .unwrap_or_else(|| panic!("sample without a TYPE: {line}"));
+        if types[family] == "counter" || name.ends_with("_bucket") || name.ends_with("_count") {
+            assert!(value >= 0.0 && value.fract() == 0.0, "{line}");
+        }
+        assert!(
+            samples.insert((name.to_string(), labels), value).is_none(),
+            "duplicate series: {line}"
+        );
+    }
+    // Histograms: cumulative buckets ending in +Inf, equal to _count.
+    for (family, kind) in &types {
+        if kind != "histogram" {
+            continue;
+        }
+        let bucket = format!("{family}_bucket");
+        let mut series: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
+        for ((name, labels), v) in &samples {
+            if *name == bucket {
+                let le = labels
+                    .iter()
+                    .find(|l| l.0 == "le")
+                    .expect("bucket without le");
+                let bound = if le.1 == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.1.parse().unwrap()
+                };
+                let rest: Vec<_> = labels.iter().filter(|l| l.0 != "le").cloned().collect();
+                series.entry(rest).or_default().push((bound, *v));
+            }
+        }
+        assert!(!series.is_empty(), "histogram {family} has no buckets");
+        for (labels, mut buckets) in series {
+            buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "not cumulative"
+            );
+            assert_eq!(buckets.last().unwrap().0, f64::INFINITY);
+            let count = samples[&(format!("{family}_count"), labels.clone())];
+            assert_eq!(buckets.last().unwrap().1, count);
+            assert!(samples.contains_key(&(format!("{family}_sum"), labels)));
+        }
+    }
+    samples
+}
+
+fn sum(samples: &Samples, name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|((n, labels), _)| {
+            n == name
+                && with
+                    .iter()
+                    .all(|(k, v)| labels.iter().any(|l| l.0 == *k && l.1 == *v))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn metrics_follow_the_text_format_and_count_the_traffic() {
+    let origins = origins(1);
+    let backend = origins[0].local_addr().to_string();
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| {
+        c.workers = 2;
+        c.admin = Some(loopback());
+    });
+    let admin = proxy.admin_addr().unwrap();
+    let (status, ctype, before) = admin_get(admin, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+    check_exposition(&before);
+
+    let addr = proxy.local_addrs()[0];
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/status/404").status, 404);
+    }
+    let (bad, _) = roundtrip(addr, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(bad.status, 400);
+
+    // A worker counts a request just after writing its last byte: wait for the
+    // counts to settle rather than race them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (after, samples) = loop {
+        let (_, _, after) = admin_get(admin, "GET", "/metrics");
+        let samples = check_exposition(&after);
+        let done = sum(&samples, "corelb_request_duration_seconds_count", &[]) >= 23.0;
+        if done || std::time::Instant::now() > deadline {
+            break (after, samples);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let requests = "corelb_requests_total";
+    assert_eq!(
+        sum(
+            &samples,
+            requests,
+            &[("backend", &backend), ("class", "2xx")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        sum(
+            &samples,
+            requests,
+            &[("backend", &backend), ("class", "4xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum(
+            &samples,
+            requests,
+            &[("backend", "local"), ("class", "4xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(&samples, "corelb_request_duration_seconds_count", &[]),
+        23.0
+    );
+    let upstream = sum(&samples, "corelb_upstream_connects_total", &[])
+        + sum(&samples, "corelb_upstream_reuses_total", &[]);
+    assert_eq!(upstream, 23.0);
+    assert_eq!(
+        sum(&samples, "corelb_backend_up", &[("backend", &backend)]),
+        1.0
+    );
+    assert_eq!(
+        sum(&samples, "corelb_accepted_connections_total", &[]),
+        24.0 + 0.0
+    );
+    // A scrape's size does not grow with traffic.
+    assert_eq!(before.lines().count(), after.lines().count());
+}
+
+#[test]
+fn status_healthz_and_errors() {
+    let origins = origins(2);
+    let addrs: Vec<_> = origins.iter().map(|o| o.local_addr()).collect();
+    let proxy = proxy_with(&addrs, |c| {
+        c.workers = 2;
+        c.admin = Some(loopback());
+    });
+    for _ in 0..10 {
+        get(proxy.local_addrs()[0], "/");
+    }
+    let admin = proxy.admin_addr().unwrap();
+    let (status, ctype, body) = admin_get(admin, "GET", "/status");
+    assert_eq!((status, ctype.as_str()), (200, "application/json"));
+    assert!(
+        body.starts_with("{\"algorithm\":\"round-robin\",\"backends\":[{\"address\":"),
+        "{body}"
+    );
+    for a in &addrs {
+        assert!(
+            body.contains(&format!(
+                "{{\"address\":\"{a}\",\"up\":true,\"inflight\":0,\"requests\":5}}"
+            )),
+            "{body}"
+        );
+    }
+    assert!(body.contains("\"skew\":"), "{body}");
+    assert_eq!(
+        admin_get(admin, "GET", "/healthz"),
+        (200, "text/plain".into(), "ok\n".into())
+    );
+    assert_eq!(admin_get(admin, "HEAD", "/healthz").2, "");
+    assert_eq!(admin_get(admin, "GET", "/nope").0, 404);
+    assert_eq!(admin_get(admin, "POST", "/metrics").0, 405);
+}
+
+#[test]
+fn the_admin_endpoint_is_off_by_default() {
+    let origins = origins(1);
+    let proxy = proxy_for(&[origins[0].local_addr()], 1);
+    assert!(proxy.admin_addr().is_none());
+}
