@@ -12,7 +12,7 @@ use corelb::demo::Demo;
 use corelb::handover;
 use corelb::proxy::WorkerCounts;
 use corelb::{Origin, Proxy, ProxyConfig};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 #[derive(FromArgs)]
@@ -177,7 +177,7 @@ fn raise_open_files_limit() -> u64 {
 /// SIGINT and SIGTERM, caught so that the first one stops gracefully, and SIGUSR1,
 /// which asks for a report.
 fn stop_signals() -> Result<Signals, String> {
-    Signals::new([SIGINT, SIGTERM, SIGUSR1])
+    Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))
 }
 
@@ -203,6 +203,10 @@ fn run_until_signal<R: Send + 'static>(
     for signal in signals.forever() {
         if signal == SIGUSR1 {
             report();
+        } else if signal == SIGHUP {
+            // systemd's reload (ExecReload): without a configuration file there is
+            // nothing to read again, and SIGHUP must not stop the process.
+            eprintln!("{what}: SIGHUP: nothing to reload (the configuration is the command line)");
         } else {
             break;
         }
@@ -216,7 +220,7 @@ fn run_until_signal<R: Send + 'static>(
         if let Ok(result) = done_rx.recv_timeout(Duration::from_millis(50)) {
             return result;
         }
-        if signals.pending().any(|s| s != SIGUSR1) {
+        if signals.pending().any(|s| s != SIGUSR1 && s != SIGHUP) {
             eprintln!("{what}: stopped without waiting for requests in flight");
             std::process::exit(1);
         }

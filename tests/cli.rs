@@ -409,6 +409,21 @@ fn sigusr1_reports_per_worker_counts_and_keeps_serving() {
         "SIGUSR1 stopped the proxy"
     );
     assert_eq!(get(proxy_addr, "/").status, 200);
+    // SIGHUP (systemd's reload) is answered with a line, and does not stop it.
+    signal(&pid, "-HUP");
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("no answer to SIGHUP");
+        if line.contains("SIGHUP") {
+            break;
+        }
+    }
+    assert!(
+        proxy.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the proxy"
+    );
+    assert_eq!(get(proxy_addr, "/").status, 200);
     stop(proxy, "-TERM");
     stop(origin, "-TERM");
 }
