@@ -127,6 +127,8 @@ pub struct ProxyConfig {
     pub hash_header: Option<String>,
     /// Where the admin endpoint listens (off when `None`).
     pub admin: Option<SocketAddr>,
+    /// The access log (off when `None`).
+    pub access_log: Option<crate::access::Config>,
 }
 
 impl ProxyConfig {
@@ -150,6 +152,7 @@ impl ProxyConfig {
             algorithm: crate::select::Algorithm::RoundRobin,
             hash_header: None,
             admin: None,
+            access_log: None,
         }
     }
 }

@@ -31,6 +31,7 @@
 //! origin.shutdown();
 //! ```
 
+pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod buffer;

@@ -126,6 +126,14 @@ struct Serve {
     /// least-connections, power-of-two, or hash
     #[argh(option, default = "String::from(\"round-robin\")")]
     algorithm: String,
+    /// write one line per request to this file (appended), or - for standard
+    /// output (off by default)
+    #[argh(option)]
+    access_log: Option<String>,
+    /// access log format: combined (default; with backend and timings appended)
+    /// or json
+    #[argh(option, default = "String::from(\"combined\")")]
+    access_log_format: String,
     /// serve /metrics (Prometheus), /status (JSON) and /healthz on this address
     /// (off by default)
     #[argh(option)]
@@ -299,6 +307,16 @@ fn serve(args: Serve) -> ExitCode {
         }
     }
     cfg.hash_header = args.hash_header;
+    let Some(format) = corelb::access::Format::parse(&args.access_log_format) else {
+        return usage_error(format!(
+            "--access-log-format {}: combined or json",
+            args.access_log_format
+        ));
+    };
+    cfg.access_log = args.access_log.map(|path| corelb::access::Config {
+        path: (path != "-").then(|| path.into()),
+        format,
+    });
     if let Some(admin) = &args.admin {
         match config::parse_listen(admin) {
             Ok(a) => cfg.admin = Some(a),

@@ -53,6 +53,8 @@ pub enum StartError {
     NoBackends,
     /// The admin endpoint could not listen.
     Admin { addr: SocketAddr, source: io::Error },
+    /// The access log could not be opened.
+    AccessLog { path: String, source: io::Error },
 }
 
 impl fmt::Display for StartError {
@@ -66,6 +68,7 @@ impl fmt::Display for StartError {
             StartError::Spawn(e) => write!(f, "cannot start worker thread: {e}"),
             StartError::NoBackends => write!(f, "--backend: at least one backend is required"),
             StartError::Admin { addr, source } => write!(f, "--admin {addr}: {source}"),
+            StartError::AccessLog { path, source } => write!(f, "--access-log {path}: {source}"),
         }
     }
 }

@@ -30,6 +30,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 
+use crate::access;
 use crate::admin::Admin;
 use crate::balance::Padded;
 use crate::buffer::{Buf, Pool};
@@ -78,6 +79,7 @@ struct Shared {
     selector: Box<dyn Select>,
     metrics: Vec<Padded<WorkerMetrics>>,
     algorithm: Algorithm,
+    access: Option<Arc<access::Sink>>,
     inflight: InFlight,
     /// The selector reads requests in flight / hash keys (else they are not kept).
     count_inflight: bool,
@@ -245,6 +247,18 @@ impl Proxy {
                 .map(|_| Padded(WorkerMetrics::new(backend_count)))
                 .collect(),
             algorithm: config.algorithm,
+            access: match &config.access_log {
+                Some(a) => Some(access::Sink::open(a).map_err(|source| {
+                    StartError::AccessLog {
+                        path: a
+                            .path
+                            .as_ref()
+                            .map_or("-".into(), |p| p.display().to_string()),
+                        source,
+                    }
+                })?),
+                None => None,
+            },
             max_header_bytes: config.max_header_bytes,
             rewrite_host: config.rewrite_host,
             timeouts: config.timeouts,
@@ -423,6 +437,13 @@ struct Bufs {
     pipe: Option<Pipe>,
     /// Making a pipe failed (out of descriptors): relay through the buffer instead.
     no_pipe: bool,
+    /// For the access log (kept only when it is on): the request line, Referer and
+    /// User-Agent, response body bytes written, and when the response head came.
+    log_request: Vec<u8>,
+    log_referer: Vec<u8>,
+    log_user_agent: Vec<u8>,
+    resp_bytes: u64,
+    head_at: Option<Instant>,
 }
 
 impl Bufs {
@@ -436,6 +457,11 @@ impl Bufs {
             resp_head_sent: 0,
             pipe: None,
             no_pipe: false,
+            log_request: Vec::new(),
+            log_referer: Vec::new(),
+            log_user_agent: Vec::new(),
+            resp_bytes: 0,
+            head_at: None,
         })
     }
 
@@ -637,6 +663,8 @@ struct Worker {
     accept_paused: bool,
     /// `--max-connections` reached: not accepting until a connection closes.
     at_limit: bool,
+    /// Access log lines not yet written out.
+    access: access::Buffer,
     expired: Vec<usize>,
     /// Set once shutdown has begun: when the worker stops regardless.
     shutdown_deadline: Option<Instant>,
@@ -665,6 +693,7 @@ impl Worker {
             timeouts,
             accept_paused: false,
             at_limit: false,
+            access: access::Buffer::default(),
             expired: Vec::new(),
             shutdown_deadline: None,
             nodelay: net::NodelayInherited::Unknown,
@@ -728,6 +757,7 @@ impl Worker {
             if let Some(deadline) = w.shutdown_deadline
                 && (w.clients.is_empty() || w.now >= deadline)
             {
+                w.flush_access_log();
                 return Ok(());
             }
         }
@@ -736,6 +766,53 @@ impl Worker {
     /// Stop accepting, close idle clients, and let exchanges in flight finish
     /// (each then closes). The loop ends when no client is left or the grace
     /// period is over.
+    /// Add an access log line for the exchange of client `ck`, answered with
+    /// `status` by `backend` (`None`: by corelb itself); `timed`: it has a start time.
+    #[cold]
+    #[inline(never)]
+    fn log_access(&mut self, ck: usize, status: u16, backend: Option<usize>, timed: bool) {
+        let Some(sink) = &self.shared.access else {
+            return;
+        };
+        let c = &self.clients[ck];
+        let Some(bufs) = c.bufs.as_ref() else {
+            return;
+        };
+        let local = backend.is_none();
+        let entry = access::Entry {
+            client: c.ip,
+            request: &bufs.log_request,
+            referer: &bufs.log_referer,
+            user_agent: &bufs.log_user_agent,
+            status,
+            bytes: if local { 0 } else { bufs.resp_bytes },
+            backend: backend.map(|b| self.shared.backends[b].authority.as_str()),
+            upstream: bufs
+                .head_at
+                .filter(|_| !local)
+                .map(|t| t.saturating_duration_since(c.x.started)),
+            total: if timed {
+                self.now.saturating_duration_since(c.x.started)
+            } else {
+                Duration::ZERO
+            },
+        };
+        self.access.add(sink.format, &entry);
+        if self.access.out.len() >= access::FLUSH_AT {
+            self.flush_access_log();
+        }
+    }
+
+    #[inline(never)]
+    fn flush_access_log(&mut self) {
+        if let Some(sink) = &self.shared.access
+            && !self.access.out.is_empty()
+        {
+            sink.write(&self.access.out);
+            self.access.out.clear();
+        }
+    }
+
     /// Accept again once the connection limit has room (connections closed).
     fn resume_accepting(&mut self) {
         if self.at_limit && self.clients.len() < self.shared.max_connections {
@@ -986,8 +1063,13 @@ impl Worker {
                 bufs.resp_head_sent = 0;
                 c.x.resp_pending = 0;
                 c.linger = true;
+                // Timed from its head only if the refused request got that far.
+                let timed = c.phase == Phase::Exchange;
                 c.phase = Phase::Closing;
                 c.deadline = now + self.timeouts.linger;
+                if self.shared.access.is_some() {
+                    self.log_access(ck, reject.status(), None, timed);
+                }
                 true
             }
             Fail::Backend { reject, may_retry } => {
@@ -1137,6 +1219,8 @@ impl Worker {
         bufs.resp_head.clear();
         bufs.resp_head_sent = 0;
         bufs.resp.clear();
+        bufs.resp_bytes = 0;
+        bufs.head_at = None;
         c.x = Exchange::new(info, backend);
         c.x.started = self.now;
         c.x.close_after |= self.shutdown_deadline.is_some();
@@ -1241,6 +1325,12 @@ impl Worker {
         let progress = check_connected(u)?
             | relay_request(c, u, defer, max_body)?
             | relay_response(c, u, defer)?;
+        if self.shared.access.is_some()
+            && c.x.status != 0
+            && let Some(bufs) = c.bufs.as_mut()
+        {
+            bufs.head_at.get_or_insert(self.now);
+        }
         if c.x.resp == RespState::Tunnel {
             // The 101 is queued; from here on this session is a tunnel.
             let (backend, took) = (c.x.backend, self.now.saturating_duration_since(c.x.started));
@@ -1248,6 +1338,9 @@ impl Worker {
             let m = &self.shared.metrics[self.id].0;
             m.response(Some(backend), 101);
             m.latency(took);
+            if self.shared.access.is_some() {
+                self.log_access(ck, 101, Some(backend), true);
+            }
             return Ok(true);
         }
         let bufs = c.bufs.as_ref().ok_or(Fail::Close)?;
@@ -1280,6 +1373,10 @@ impl Worker {
         let m = &self.shared.metrics[self.id].0;
         m.response(Some(x.backend), x.status);
         m.latency(self.now.saturating_duration_since(x.started));
+        if self.shared.access.is_some() {
+            let (status, backend) = (x.status, x.backend);
+            self.log_access(ck, status, Some(backend), true);
+        }
         let now = self.now;
         let c = &mut self.clients[ck];
         let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
@@ -1408,6 +1505,7 @@ impl Worker {
             }
         }
         self.shared.health.notice_recoveries();
+        self.flush_access_log();
         let upstream_idle = self.timeouts.upstream_idle;
         for b in 0..self.idle.len() {
             let upstreams = &mut self.upstreams;
@@ -1608,6 +1706,7 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
                 bufs.resp_head_sent += from_head;
                 bufs.resp.consume(n - from_head);
                 c.x.resp_pending -= n - from_head;
+                bufs.resp_bytes += (n - from_head) as u64;
                 progress |= n > 0;
             }
             Err(_) => return Err(Fail::Close),
@@ -1720,14 +1819,18 @@ fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
         return Err(Fail::Close);
     };
     let mut progress = false;
-    loop {
+    let mut drained = 0u64;
+    let result = loop {
         let mut moved = false;
         if !pipe.is_empty() && c.ready.writable {
             match pipe.drain(c.sock.as_raw_fd()) {
-                Ok(n) => moved |= n > 0,
+                Ok(n) => {
+                    moved |= n > 0;
+                    drained += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.ready.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(Fail::Close),
+                Err(_) => break Err(Fail::Close),
             }
         }
         if *remaining > 0 && pipe.room() > 0 && u.ready.readable && !u.eof {
@@ -1745,10 +1848,12 @@ fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
             }
         }
         if !moved {
-            return Ok(progress);
+            break Ok(progress);
         }
         progress = true;
-    }
+    };
+    bufs.resp_bytes += drained;
+    result
 }
 
 /// The backend connection failed before any response byte. A reused one may just
@@ -1775,6 +1880,12 @@ fn parse_request_head(
     client_ip: IpAddr,
     shared: &Shared,
 ) -> Result<Option<(usize, RequestInfo, usize)>, Fail> {
+    if shared.access.is_some() {
+        // A head that fails to parse is logged with "-".
+        bufs.log_request.clear();
+        bufs.log_referer.clear();
+        bufs.log_user_agent.clear();
+    }
     let data = bufs.req.filled();
     // Uninitialised: zero-filling 100 headers (3.2 KB) per request costs more than
     // parsing a short head.
@@ -1793,6 +1904,16 @@ fn parse_request_head(
     }
     if has_bare_lf(&data[..n]) {
         return Err(Fail::Reject(Reject::BadRequest));
+    }
+    if shared.access.is_some() {
+        capture_for_log(
+            [
+                &mut bufs.log_request,
+                &mut bufs.log_referer,
+                &mut bufs.log_user_agent,
+            ],
+            &req,
+        );
     }
     let info = analyze_request(&req).map_err(Fail::Reject)?;
     if let Framing::Length(n) = info.framing
@@ -1826,6 +1947,28 @@ fn parse_request_head(
     };
     rewrite::write_request_head(&mut bufs.req_head, &req, &info, fwd);
     Ok(Some((n, info, backend)))
+}
+
+/// Keep what the access log shows of a request (copied: the head is consumed).
+#[cold]
+#[inline(never)]
+fn capture_for_log(into: [&mut Vec<u8>; 3], req: &httparse::Request<'_, '_>) {
+    let [line, referer, user_agent] = into;
+    line.extend_from_slice(req.method.unwrap_or("").as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(req.path.unwrap_or("").as_bytes());
+    line.extend_from_slice(if req.version == Some(0) {
+        b" HTTP/1.0"
+    } else {
+        b" HTTP/1.1"
+    });
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("referer") {
+            referer.extend_from_slice(h.value);
+        } else if h.name.eq_ignore_ascii_case("user-agent") {
+            user_agent.extend_from_slice(h.value);
+        }
+    }
 }
 
 /// A parsed response head.

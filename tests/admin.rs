@@ -310,3 +310,78 @@ fn the_admin_endpoint_is_off_by_default() {
     let proxy = proxy_for(&[origins[0].local_addr()], 1);
     assert!(proxy.admin_addr().is_none());
 }
+
+#[test]
+fn the_access_log_has_a_line_per_request_in_either_format() {
+    let origins = origins(1);
+    let backend = origins[0].local_addr().to_string();
+    let dir = std::env::temp_dir().join(format!("corelb-access-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for format in [
+        corelb::access::Format::Json,
+        corelb::access::Format::Combined,
+    ] {
+        let path = dir.join(format!("{format:?}.log"));
+        let proxy = proxy_with(&[origins[0].local_addr()], |c| {
+            c.access_log = Some(corelb::access::Config {
+                path: Some(path.clone()),
+                format,
+            });
+        });
+        let addr = proxy.local_addrs()[0];
+        get(addr, "/size/5");
+        get(addr, "/status/404");
+        roundtrip(addr, b"GET /bad HTTP/1.1\r\n\r\n");
+        let (_, _) = roundtrip(
+            addr,
+            b"GET /ua HTTP/1.1\r\nHost: t\r\nUser-Agent: test \"agent\"\r\nReferer: http://r/\r\nConnection: close\r\n\r\n",
+        );
+        proxy.shutdown();
+        let log = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 4, "{log}");
+        match format {
+            corelb::access::Format::Json => {
+                assert!(lines[0].starts_with("{\"time\":\"20"), "{}", lines[0]);
+                assert!(
+                    lines[0].contains(&format!(
+                        "\"client\":\"127.0.0.1\",\"method\":\"GET\",\"path\":\"/size/5\",\"status\":200,\"bytes\":5,\"backend\":\"{backend}\",\"upstream_time\":0."
+                    )),
+                    "{}",
+                    lines[0]
+                );
+                assert!(lines[1].contains("\"status\":404"), "{}", lines[1]);
+                assert!(
+                    lines[2].contains("\"method\":\"GET\",\"path\":\"/bad\",\"status\":400,\"bytes\":0,\"backend\":null,\"upstream_time\":null"),
+                    "{}",
+                    lines[2]
+                );
+            }
+            corelb::access::Format::Combined => {
+                assert!(
+                    lines[0].contains(&format!(
+                        "\"GET /size/5 HTTP/1.1\" 200 5 \"-\" \"-\" backend={backend} upstream_time=0."
+                    )),
+                    "{}",
+                    lines[0]
+                );
+                assert!(
+                    lines[2].contains(
+                        "\"GET /bad HTTP/1.1\" 400 0 \"-\" \"-\" backend=- upstream_time=-"
+                    ),
+                    "{}",
+                    lines[2]
+                );
+                assert!(
+                    lines[3].contains(&format!(
+                        "\"GET /ua HTTP/1.1\" 200 {} \"http://r/\" \"test \\\"agent\\\"\"",
+                        format!("backend {backend}\n").len()
+                    )),
+                    "{}",
+                    lines[3]
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
