@@ -121,7 +121,10 @@ pub fn serve(
                         return;
                     }
                     Ok(false) => {}
-                    Err(e) => eprintln!("corelb: handover failed: {e}; still serving"),
+                    Err(e) => crate::log!(
+                        crate::log::Level::Warn,
+                        "corelb: handover failed: {e}; still serving"
+                    ),
                 }
             }
         })?;

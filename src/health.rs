@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::balance::Padded;
+use crate::log::Level;
 
 /// Passive health settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,7 +160,12 @@ impl Health {
             }
             if self.log {
                 let state = if up { "up" } else { "down" };
-                eprintln!("corelb: backend {} is {state} ({why})", self.names[b]);
+                let level = if up { Level::Info } else { Level::Warn };
+                crate::log!(
+                    level,
+                    "corelb: backend {} is {state} ({why})",
+                    self.names[b]
+                );
             }
         }
     }
@@ -167,7 +173,7 @@ impl Health {
     /// Every backend is down: log it once until one comes back.
     pub fn report_all_down(&self) {
         if !self.all_down_reported.swap(true, Ordering::Relaxed) && self.log {
-            eprintln!("corelb: all backends are down; answering 503");
+            crate::log!(Level::Error, "corelb: all backends are down; answering 503");
         }
     }
 }

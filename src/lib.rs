@@ -42,6 +42,7 @@ pub mod demo;
 pub mod framing;
 pub mod handover;
 pub mod health;
+pub mod log;
 pub mod metrics;
 pub mod net;
 pub mod origin;

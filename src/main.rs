@@ -10,6 +10,8 @@ use argh::FromArgs;
 use corelb::config::{self, DEFAULT_MAX_HEADER_BYTES};
 use corelb::demo::Demo;
 use corelb::handover;
+use corelb::log;
+use corelb::log::Level;
 use corelb::proxy::WorkerCounts;
 use corelb::{Origin, Proxy, ProxyConfig};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -134,6 +136,10 @@ struct Serve {
     /// or json
     #[argh(option, default = "String::from(\"combined\")")]
     access_log_format: String,
+    /// what to log on stderr: error, warn, info (default; start-up, backend state
+    /// changes, shutdown) or debug (also each request moved to another backend)
+    #[argh(option, default = "String::from(\"info\")")]
+    log_level: String,
     /// serve /metrics (Prometheus), /status (JSON) and /healthz on this address
     /// (off by default)
     #[argh(option)]
@@ -214,12 +220,18 @@ fn run_until_signal<R: Send + 'static>(
         } else if signal == SIGHUP {
             // systemd's reload (ExecReload): without a configuration file there is
             // nothing to read again, and SIGHUP must not stop the process.
-            eprintln!("{what}: SIGHUP: nothing to reload (the configuration is the command line)");
+            log!(
+                Level::Info,
+                "{what}: SIGHUP: nothing to reload (the configuration is the command line)"
+            );
         } else {
             break;
         }
     }
-    eprintln!("{what}: stopping; requests in flight may finish (signal again to stop now)");
+    log!(
+        Level::Info,
+        "{what}: stopping; requests in flight may finish (signal again to stop now)"
+    );
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let _ = done_tx.send(stop());
@@ -307,6 +319,16 @@ fn serve(args: Serve) -> ExitCode {
         }
     }
     cfg.hash_header = args.hash_header;
+    match Level::parse(&args.log_level) {
+        Some(level) => log::set_level(level),
+        None => {
+            return usage_error(format!(
+                "--log-level {}: one of {}",
+                args.log_level,
+                Level::NAMES
+            ));
+        }
+    }
     let Some(format) = corelb::access::Format::parse(&args.access_log_format) else {
         return usage_error(format!(
             "--access-log-format {}: combined or json",
@@ -377,7 +399,10 @@ fn serve(args: Serve) -> ExitCode {
             let listeners = std::mem::take(&mut t.listeners);
             Proxy::start_adopting(cfg.clone(), listeners).map(|(p, dropped)| {
                 for addr in dropped {
-                    eprintln!("corelb: no longer listening on {addr} (not in --listen)");
+                    log!(
+                        Level::Warn,
+                        "corelb: no longer listening on {addr} (not in --listen)"
+                    );
                 }
                 (p, Some(t))
             })
@@ -389,14 +414,20 @@ fn serve(args: Serve) -> ExitCode {
     };
     if let Some(t) = taken {
         match t.ready() {
-            Ok(()) => eprintln!("corelb: took over the listeners of the running corelb"),
-            Err(e) => eprintln!("corelb: handover: the running corelb did not confirm ({e})"),
+            Ok(()) => log!(
+                Level::Info,
+                "corelb: took over the listeners of the running corelb"
+            ),
+            Err(e) => log!(
+                Level::Warn,
+                "corelb: handover: the running corelb did not confirm ({e})"
+            ),
         }
     }
     let offered: handover::Offered = Arc::new(Mutex::new(Some(proxy.listener_fds())));
     if let Some(path) = &handover_path
         && let Err(e) = handover::serve(path, Arc::clone(&offered), || {
-            eprintln!("corelb: a successor took over the listeners");
+            log!(Level::Info, "corelb: a successor took over the listeners");
             let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
         })
     {
@@ -415,7 +446,8 @@ fn serve(args: Serve) -> ExitCode {
             }
         })
         .collect();
-    eprintln!(
+    log!(
+        Level::Info,
         "corelb: listening on {} with {} worker{} (open files limit {}), {} over {}",
         addrs.join(", "),
         workers,

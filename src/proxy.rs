@@ -275,14 +275,16 @@ impl Proxy {
             if !cores.is_empty() {
                 let core = cores[ctx.id % cores.len()];
                 if !core_affinity::set_for_current(core) {
-                    eprintln!(
+                    crate::log!(
+                        crate::log::Level::Warn,
                         "corelb: worker {} could not be pinned to core {}",
-                        ctx.id, core.id
+                        ctx.id,
+                        core.id
                     );
                 }
             }
             if let Err(e) = Worker::run(ctx, Arc::clone(&for_workers)) {
-                eprintln!("corelb: worker stopped: {e}");
+                crate::log!(crate::log::Level::Error, "corelb: worker stopped: {e}");
             }
         })?;
         let admin = match config.admin {
@@ -880,7 +882,8 @@ impl Worker {
                     // than spin; the listener's edge will not fire again by itself.
                     // One log line per burst: the flag clears at the next accept.
                     if !self.accept_paused {
-                        eprintln!(
+                        crate::log!(
+                            crate::log::Level::Warn,
                             "corelb: worker {}: cannot accept ({e}); retrying every sweep",
                             self.id
                         );
@@ -1084,6 +1087,13 @@ impl Worker {
                 };
                 self.hold(ck, next);
                 self.metrics().retries.fetch_add(1, Ordering::Relaxed);
+                crate::log!(
+                    crate::log::Level::Debug,
+                    "corelb: request moved from backend {} to {} ({})",
+                    self.shared.backends[failed].authority,
+                    self.shared.backends[next].authority,
+                    reject.status()
+                );
                 let c = &mut self.clients[ck];
                 c.x.attempts += 1;
                 c.x.backend = next;

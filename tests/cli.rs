@@ -164,6 +164,13 @@ fn bad_input_is_one_line_and_exit_code_2() {
     );
     for (flags, mentions) in [
         (&["--algorithm", "random"][..], "--algorithm"),
+        (&["--log-level", "loud"][..], "--log-level"),
+        (&["--access-log-format", "xml"][..], "--access-log-format"),
+        (
+            &["--access-log", "/nonexistent-dir/access.log"][..],
+            "--access-log",
+        ),
+        (&["--admin", "nowhere"][..], "--admin"),
         (&["--hash-header", "X-User"][..], "--hash-header"),
         (
             &["--algorithm", "hash", "--hash-header", "X User"][..],
@@ -685,4 +692,35 @@ fn restart_with_handover_under_load_loses_no_request() {
         ok.load(Ordering::Relaxed) > before_handover,
         "the new process served nothing"
     );
+}
+
+#[test]
+fn log_level_warn_keeps_only_warnings_and_errors() {
+    let (origin, origin_addr) = start_origin(&[]);
+    let backend = origin_addr.to_string();
+    let (proxy, _) = start_proxy(
+        &backend,
+        &[
+            "--log-level",
+            "warn",
+            "--health-path",
+            "/status/500",
+            "--health-interval",
+            "30ms",
+            "--health-timeout",
+            "30ms",
+            "--fall",
+            "1",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = stop(proxy, "-TERM");
+    stop(origin, "-TERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("corelb: backend {backend} is down")),
+        "{err}"
+    );
+    assert!(!err.contains("listening on"), "an info line at warn: {err}");
+    assert!(!err.contains("stopping;"), "an info line at warn: {err}");
 }

@@ -1,0 +1,63 @@
+//! Levelled logging to stderr (`--log-level`): one global level, read with one
+//! relaxed load, and lines in the same `corelb: ...` shape at every level.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How much is logged, least first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error = 0,
+    Warn = 1,
+    Info = 2,
+    Debug = 3,
+}
+
+impl Level {
+    pub const NAMES: &'static str = "error, warn, info, debug";
+
+    pub fn parse(name: &str) -> Option<Level> {
+        Some(match name {
+            "error" => Level::Error,
+            "warn" => Level::Warn,
+            "info" => Level::Info,
+            "debug" => Level::Debug,
+            _ => return None,
+        })
+    }
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+/// Log `level` and everything more severe from now on (process-wide).
+pub fn set_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Is a line of `level` written?
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
+}
+
+/// `log!(Level::Warn, "corelb: ...", args)`: `eprintln!` when the level allows it.
+#[macro_export]
+macro_rules! log {
+    ($level:expr, $($arg:tt)*) => {
+        if $crate::log::enabled($level) {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse_and_order() {
+        for name in Level::NAMES.split(", ") {
+            assert!(Level::parse(name).is_some(), "{name}");
+        }
+        assert_eq!(Level::parse("trace"), None);
+        assert!(Level::Error < Level::Debug);
+    }
+}
