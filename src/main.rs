@@ -33,7 +33,7 @@ enum Command {
 }
 
 #[derive(FromArgs)]
-/// Balance HTTP/1.1 requests over backends, round-robin.
+/// Balance HTTP/1.1 requests over backends (round-robin unless --algorithm).
 #[argh(subcommand, name = "serve")]
 struct Serve {
     /// a backend, as host:port or http://host:port, optionally followed by
@@ -152,7 +152,8 @@ struct Serve {
 
 #[derive(FromArgs)]
 /// Run the built-in HTTP/1.1 origin: / names it, /size/N sends N bytes,
-/// /status/CODE answers CODE, /echo returns the request it received.
+/// /status/CODE answers CODE, /echo returns the request it received, /ws echoes
+/// WebSocket frames.
 #[argh(subcommand, name = "backend")]
 struct BackendCmd {
     /// address to listen on, as host:port
