@@ -120,85 +120,71 @@ pub fn prometheus(v: &View<'_>) -> String {
             }
         }
     }
-    family(
-        &mut out,
-        "corelb_client_connections",
-        "gauge",
-        "Client connections open, by worker.",
-    );
-    for (w, (_, _, open)) in v.workers.iter().enumerate() {
-        let _ = writeln!(out, "corelb_client_connections{{worker=\"{w}\"}} {open}");
-    }
-    family(
-        &mut out,
-        "corelb_accepted_connections_total",
-        "counter",
-        "Client connections accepted, by worker.",
-    );
-    for (w, (accepted, _, _)) in v.workers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "corelb_accepted_connections_total{{worker=\"{w}\"}} {accepted}"
-        );
-    }
-    for (name, kind, help, pick) in [
+    // One series per worker each: (name, type, help, value).
+    type PerWorker = fn(&WorkerMetrics, &(u64, u64, u64)) -> u64;
+    let per_worker: [(&str, &str, &str, PerWorker); 6] = [
+        (
+            "corelb_client_connections",
+            "gauge",
+            "Client connections open, by worker.",
+            |_, w| w.2,
+        ),
+        (
+            "corelb_accepted_connections_total",
+            "counter",
+            "Client connections accepted, by worker.",
+            |_, w| w.0,
+        ),
         (
             "corelb_upstream_connections",
             "gauge",
             "Backend connections open (busy or pooled), by worker.",
-            (|m: &WorkerMetrics| get(&m.upstream_open)) as fn(&WorkerMetrics) -> u64,
+            |m, _| get(&m.upstream_open),
         ),
         (
             "corelb_upstream_connects_total",
             "counter",
             "New backend connections made, by worker.",
-            |m| get(&m.upstream_connects),
+            |m, _| get(&m.upstream_connects),
         ),
         (
             "corelb_upstream_reuses_total",
             "counter",
             "Requests sent on a pooled backend connection, by worker.",
-            |m| get(&m.upstream_reuses),
+            |m, _| get(&m.upstream_reuses),
         ),
         (
             "corelb_retries_total",
             "counter",
             "Requests sent again (to another backend, or on a fresh connection), by worker.",
-            |m| get(&m.retries),
+            |m, _| get(&m.retries),
         ),
-    ] {
+    ];
+    for (name, kind, help, value) in per_worker {
         family(&mut out, name, kind, help);
-        for (w, m) in v.metrics.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", pick(m));
+        for (w, (m, counts)) in v.metrics.iter().zip(&v.workers).enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", value(m, counts));
         }
     }
-    family(
-        &mut out,
-        "corelb_backend_up",
-        "gauge",
-        "1 when the backend takes requests (health checks and passive health agree).",
-    );
-    for b in &v.backends {
-        let _ = writeln!(
-            out,
-            "corelb_backend_up{{backend=\"{}\"}} {}",
-            label(b.name),
-            u8::from(b.up)
-        );
-    }
-    family(
-        &mut out,
-        "corelb_backend_inflight",
-        "gauge",
-        "Requests in flight (counted for least-connections and power-of-two only).",
-    );
-    for b in &v.backends {
-        let _ = writeln!(
-            out,
-            "corelb_backend_inflight{{backend=\"{}\"}} {}",
-            label(b.name),
-            b.inflight
-        );
+    // One series per backend each.
+    type PerBackend = fn(&BackendView<'_>) -> u64;
+    let per_backend: [(&str, &str, PerBackend); 2] = [
+        (
+            "corelb_backend_up",
+            "1 when the backend takes requests (health checks and passive health agree).",
+            |b| u64::from(b.up),
+        ),
+        (
+            "corelb_backend_inflight",
+            "Requests in flight (counted for least-connections and power-of-two only).",
+            |b| b.inflight as u64,
+        ),
+    ];
+    for (name, help, value) in per_backend {
+        family(&mut out, name, "gauge", help);
+        for b in &v.backends {
+            let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", label(b.name), value(b));
+        }
     }
     family(
         &mut out,

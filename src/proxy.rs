@@ -1675,7 +1675,7 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
             match parse_response_head(bufs, &c.x.req, &mut c.x.close_after)? {
                 Some(head) => {
                     progress = true;
-                    if head.tunnel {
+                    if head.status == 101 {
                         c.x.resp = RespState::Tunnel;
                         c.x.status = 101;
                         return Ok(true);
@@ -1986,8 +1986,7 @@ struct ResponseHead {
     /// `Some` for the final response (its body framing); `None` for an interim 1xx.
     final_framing: Option<Framing>,
     reusable: bool,
-    /// A 101 to an upgrade request: the connection becomes a tunnel.
-    tunnel: bool,
+    /// The status; a 101 (only accepted for an upgrade request) starts a tunnel.
     status: u16,
 }
 
@@ -2014,39 +2013,21 @@ fn parse_response_head(
     let info =
         analyze_response(&resp, req.is_head).map_err(|_| Fail::Reject(Reject::BadGateway))?;
     if (100..200).contains(&info.status) {
-        if info.status == 101 {
-            // A switch nobody asked for is a backend error, not a tunnel.
-            if !req.upgrade {
-                return Err(Fail::Reject(Reject::BadGateway));
-            }
-            rewrite::write_response_head(
-                &mut bufs.resp_head,
-                &resp,
-                None,
-                ClientConnection::Upgrade,
-            );
-            bufs.resp.consume(n);
-            return Ok(Some(ResponseHead {
-                final_framing: None,
-                reusable: false,
-                tunnel: true,
-                status: 101,
-            }));
-        }
-        // Interim responses go to 1.1 clients only (RFC 9110 §15.2).
-        if req.version == 1 {
-            rewrite::write_response_head(
-                &mut bufs.resp_head,
-                &resp,
-                None,
-                ClientConnection::KeepAlive11,
-            );
+        // A 101 switches to a tunnel, if one was asked for (otherwise it is a backend
+        // error). Other interim responses go to 1.1 clients only (RFC 9110 §15.2).
+        let conn = match info.status {
+            101 if !req.upgrade => return Err(Fail::Reject(Reject::BadGateway)),
+            101 => Some(ClientConnection::Upgrade),
+            _ if req.version == 1 => Some(ClientConnection::KeepAlive11),
+            _ => None,
+        };
+        if let Some(conn) = conn {
+            rewrite::write_response_head(&mut bufs.resp_head, &resp, None, conn);
         }
         bufs.resp.consume(n);
         return Ok(Some(ResponseHead {
             final_framing: None,
             reusable: false,
-            tunnel: false,
             status: info.status,
         }));
     }
@@ -2069,7 +2050,6 @@ fn parse_response_head(
     Ok(Some(ResponseHead {
         final_framing: Some(info.framing),
         reusable: info.reusable,
-        tunnel: false,
         status: info.status,
     }))
 }

@@ -172,13 +172,7 @@ fn backends_answering_http10_or_close_are_not_pooled() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
     ] {
         // The backend would happily go on; the proxy must not ask it to.
-        let backend = Scripted::start(move |mut s, _| {
-            while read_head(&mut s).is_some() {
-                if s.write_all(answer).is_err() {
-                    return;
-                }
-            }
-        });
+        let backend = Scripted::answering(answer);
         let proxy = proxy_for(&[backend.addr], 1);
         let mut r = Reader::new(connect(proxy.local_addrs()[0]));
         for _ in 0..3 {

@@ -30,13 +30,9 @@ fn chunked_request_body_reaches_the_backend_intact() {
 
 #[test]
 fn chunked_response_is_relayed_and_the_connection_kept() {
-    let backend = Scripted::start(|mut s, _| {
-        while read_head(&mut s).is_some() {
-            let _ = s.write_all(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\nT: 1\r\n\r\n",
-            );
-        }
-    });
+    let backend = Scripted::answering(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\nT: 1\r\n\r\n",
+    );
     let proxy = proxy_for(&[backend.addr], 1);
     let mut r = Reader::new(connect(proxy.local_addrs()[0]));
     for _ in 0..3 {

@@ -231,26 +231,44 @@ fn malformed_backend_responses_are_502() {
     }
 }
 
-#[test]
-fn stale_pooled_connection_is_retried_once_on_a_fresh_one() {
-    // First connection: answers one request, then closes when the second arrives
-    // without answering it (a keep-alive race the proxy cannot see coming).
-    let backend = Scripted::start(|mut s, n| {
+/// A backend whose first connection answers one request ("first"), then takes the
+/// next one (head and `body` bytes) and vanishes with a reset, unanswered. Every
+/// later connection answers each request with its body, or "fresh" if it has none.
+fn stale_after_one(body: usize) -> Scripted {
+    Scripted::start(move |mut s, n| {
         if n == 0 {
             if read_head(&mut s).is_some() {
                 s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
                     .unwrap();
             }
             let _ = read_head(&mut s);
-            let sock = socket2::SockRef::from(&s);
-            let _ = sock.set_linger(Some(Duration::ZERO));
-        } else {
-            while read_head(&mut s).is_some() {
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
-                    .unwrap();
+            let _ = std::io::Read::read_exact(&mut s, &mut vec![0u8; body]);
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            return;
+        }
+        while read_head(&mut s).is_some() {
+            let mut received = vec![0u8; body];
+            std::io::Read::read_exact(&mut s, &mut received).unwrap();
+            let text = if body == 0 {
+                "fresh".to_string()
+            } else {
+                String::from_utf8_lossy(&received).into_owned()
+            };
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            );
+            if s.write_all(reply.as_bytes()).is_err() {
+                return;
             }
         }
-    });
+    })
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_once_on_a_fresh_one() {
+    // A keep-alive race the proxy cannot see coming.
+    let backend = stale_after_one(0);
     let proxy = proxy_for(&[backend.addr], 1);
     let mut r = Reader::new(connect(proxy.local_addrs()[0]));
     r.stream
@@ -314,28 +332,7 @@ fn one_bad_client_does_not_affect_another() {
 
 #[test]
 fn stale_pooled_connection_is_retried_with_the_request_body() {
-    let backend = Scripted::start(|mut s, n| {
-        if n == 0 {
-            if read_head(&mut s).is_some() {
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
-                    .unwrap();
-            }
-            // Read the second request, body included, then vanish with a reset.
-            let _ = read_head(&mut s);
-            let mut body = [0u8; 11];
-            let _ = std::io::Read::read_exact(&mut s, &mut body);
-            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-        } else {
-            let _ = read_head(&mut s);
-            let mut body = [0u8; 11];
-            std::io::Read::read_exact(&mut s, &mut body).unwrap();
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{}",
-                String::from_utf8_lossy(&body)
-            );
-            s.write_all(reply.as_bytes()).unwrap();
-        }
-    });
+    let backend = stale_after_one(11);
     let proxy = proxy_for(&[backend.addr], 1);
     let mut r = Reader::new(connect(proxy.local_addrs()[0]));
     r.stream

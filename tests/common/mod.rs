@@ -245,6 +245,20 @@ impl Scripted {
     }
 }
 
+impl Scripted {
+    /// A backend that answers every request head with `answer`, until the
+    /// connection closes (it reads heads only: requests must have no body).
+    pub fn answering(answer: &'static [u8]) -> Scripted {
+        Scripted::start(move |mut s, _| {
+            while read_head(&mut s).is_some() {
+                if s.write_all(answer).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+}
+
 impl Drop for Scripted {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
