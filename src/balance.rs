@@ -37,8 +37,12 @@ impl RoundRobin {
     /// even over those: the counter indexes the up ones, not the whole list. `None`
     /// when every backend is down.
     pub fn pick_up(&self, health: &Health) -> Option<usize> {
+        self.pick_up_at(health, health.now_ms())
+    }
+
+    /// `pick_up` at a time already read (`Health::ms_at`).
+    pub fn pick_up_at(&self, health: &Health, now: u64) -> Option<usize> {
         let n = self.next.0.fetch_add(1, Ordering::Relaxed);
-        let now = health.now_ms();
         let up = (0..self.len).filter(|&b| health.is_up_at(b, now)).count();
         if up == self.len {
             return Some(n % self.len);

@@ -98,6 +98,12 @@ impl Health {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// `now_ms` for a time the caller has already read (a worker's loop clock), so
+    /// a request's backend pick reads no clock of its own.
+    pub fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
     /// May requests go to backend `b` now?
     pub fn is_up(&self, b: usize) -> bool {
         self.is_up_at(b, self.now_ms())

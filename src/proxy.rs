@@ -586,7 +586,8 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(req: RequestInfo, backend: usize) -> Exchange {
+    /// An exchange whose request head was parsed at `started` (the loop's clock).
+    fn new(req: RequestInfo, backend: usize, started: Instant) -> Exchange {
         Exchange {
             req,
             req_body: BodyScanner::new(req.framing),
@@ -604,14 +605,14 @@ impl Exchange {
             attempts: 0,
             holding: false,
             status: 0,
-            started: Instant::now(),
+            started,
             backend_shut: false,
             client_shut: false,
         }
     }
 
     /// The state of a connection that has not sent a request yet.
-    fn none() -> Exchange {
+    fn none(now: Instant) -> Exchange {
         let req = RequestInfo {
             version: 1,
             framing: Framing::None,
@@ -623,7 +624,7 @@ impl Exchange {
         };
         Exchange {
             req_done: true,
-            ..Exchange::new(req, 0)
+            ..Exchange::new(req, 0, now)
         }
     }
 }
@@ -922,7 +923,7 @@ impl Worker {
                 linger: false,
                 queued: false,
                 upstream: None,
-                x: Exchange::none(),
+                x: Exchange::none(self.now),
             });
             self.stats().accepted.fetch_add(1, Ordering::Relaxed);
             self.stats().open.fetch_add(1, Ordering::Relaxed);
@@ -1148,12 +1149,16 @@ impl Worker {
     /// only one up); `None` if all are down.
     fn other_backend(&self, failed: usize) -> Option<usize> {
         let shared = &self.shared;
+        let now = shared.health.ms_at(self.now);
         let mut pick = None;
         for i in 0..shared.backends.len() {
             // Varying keys, so a hash ring offers other backends too.
-            pick = shared
-                .selector
-                .pick(select::mix(i as u64), &shared.health, &shared.inflight);
+            pick = shared.selector.pick_at(
+                select::mix(i as u64),
+                &shared.health,
+                &shared.inflight,
+                now,
+            );
             if pick != Some(failed) {
                 break;
             }
@@ -1184,7 +1189,8 @@ impl Worker {
         }
         let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
         if !bufs.req.is_empty()
-            && let Some((n, info, backend)) = parse_request_head(bufs, c.ip, &self.shared)?
+            && let Some((n, info, backend)) =
+                parse_request_head(bufs, c.ip, &self.shared, self.now)?
         {
             bufs.req.consume(n);
             self.start_exchange(ck, info, backend)?;
@@ -1231,8 +1237,7 @@ impl Worker {
         bufs.resp.clear();
         bufs.resp_bytes = 0;
         bufs.head_at = None;
-        c.x = Exchange::new(info, backend);
-        c.x.started = self.now;
+        c.x = Exchange::new(info, backend, self.now);
         c.x.close_after |= self.shutdown_deadline.is_some();
         c.phase = Phase::Exchange;
         c.deadline = self.now + self.timeouts.response;
@@ -1254,7 +1259,8 @@ impl Worker {
 
     /// The exchange is over (or moved): stop counting it.
     fn unhold(&mut self, ck: usize) {
-        if let Some(c) = self.clients.get_mut(ck)
+        if self.shared.count_inflight
+            && let Some(c) = self.clients.get_mut(ck)
             && std::mem::take(&mut c.x.holding)
         {
             self.shared.inflight.release(c.x.backend);
@@ -1889,6 +1895,7 @@ fn parse_request_head(
     bufs: &mut Bufs,
     client_ip: IpAddr,
     shared: &Shared,
+    now: Instant,
 ) -> Result<Option<(usize, RequestInfo, usize)>, Fail> {
     if shared.access.is_some() {
         // A head that fails to parse is logged with "-".
@@ -1945,7 +1952,11 @@ fn parse_request_head(
     } else {
         0
     };
-    let Some(backend) = shared.selector.pick(key, &shared.health, &shared.inflight) else {
+    let now = shared.health.ms_at(now);
+    let Some(backend) = shared
+        .selector
+        .pick_at(key, &shared.health, &shared.inflight, now)
+    else {
         shared.health.report_all_down();
         return Err(Fail::Reject(Reject::Unavailable));
     };

@@ -76,7 +76,13 @@ impl InFlight {
 /// One balancing algorithm. `key` is the request's hash key (client address or a
 /// header; 0 for algorithms that do not use it).
 pub trait Select: Send + Sync + fmt::Debug {
-    fn pick(&self, key: u64, health: &Health, inflight: &InFlight) -> Option<usize>;
+    /// The backend for a request, judging health at `now_ms` (`Health::ms_at`).
+    fn pick_at(&self, key: u64, health: &Health, inflight: &InFlight, now_ms: u64)
+    -> Option<usize>;
+    /// `pick_at` with the clock read here.
+    fn pick(&self, key: u64, health: &Health, inflight: &InFlight) -> Option<usize> {
+        self.pick_at(key, health, inflight, health.now_ms())
+    }
     /// The algorithm reads `InFlight` (so the workers must keep it).
     fn uses_inflight(&self) -> bool {
         false
@@ -105,8 +111,8 @@ pub fn build(algorithm: Algorithm, weights: &[u32]) -> Box<dyn Select> {
 struct RoundRobinSel(RoundRobin);
 
 impl Select for RoundRobinSel {
-    fn pick(&self, _: u64, health: &Health, _: &InFlight) -> Option<usize> {
-        self.0.pick_up(health)
+    fn pick_at(&self, _: u64, health: &Health, _: &InFlight, now: u64) -> Option<usize> {
+        self.0.pick_up_at(health, now)
     }
 }
 
@@ -142,10 +148,9 @@ impl WeightedRoundRobin {
 }
 
 impl Select for WeightedRoundRobin {
-    fn pick(&self, _: u64, health: &Health, _: &InFlight) -> Option<usize> {
+    fn pick_at(&self, _: u64, health: &Health, _: &InFlight, now: u64) -> Option<usize> {
         let len = self.sequence.len();
         let n = self.next.0.fetch_add(1, Ordering::Relaxed);
-        let now = health.now_ms();
         // A down backend's turns go to the next ones in the sequence.
         (0..len)
             .map(|i| self.sequence[(n + i) % len])
@@ -159,10 +164,9 @@ impl Select for WeightedRoundRobin {
 struct LeastConnections(RoundRobin);
 
 impl Select for LeastConnections {
-    fn pick(&self, _: u64, health: &Health, inflight: &InFlight) -> Option<usize> {
+    fn pick_at(&self, _: u64, health: &Health, inflight: &InFlight, now: u64) -> Option<usize> {
         let len = health.len();
         let start = self.0.pick();
-        let now = health.now_ms();
         (0..len)
             .map(|i| (start + i) % len)
             .filter(|&b| health.is_up_at(b, now))
@@ -182,7 +186,7 @@ struct PowerOfTwo {
 }
 
 impl Select for PowerOfTwo {
-    fn pick(&self, _: u64, health: &Health, inflight: &InFlight) -> Option<usize> {
+    fn pick_at(&self, _: u64, health: &Health, inflight: &InFlight, now: u64) -> Option<usize> {
         let len = self.len;
         let r = mix(self.next.0.fetch_add(1, Ordering::Relaxed) as u64);
         let a = (r % len as u64) as usize;
@@ -191,7 +195,6 @@ impl Select for PowerOfTwo {
         } else {
             a
         };
-        let now = health.now_ms();
         match (health.is_up_at(a, now), health.is_up_at(b, now)) {
             (true, true) => Some(if inflight.get(b) < inflight.get(a) {
                 b
@@ -236,10 +239,9 @@ impl HashRing {
 }
 
 impl Select for HashRing {
-    fn pick(&self, key: u64, health: &Health, _: &InFlight) -> Option<usize> {
+    fn pick_at(&self, key: u64, health: &Health, _: &InFlight, now: u64) -> Option<usize> {
         let len = self.ring.len();
         let start = self.ring.partition_point(|&(h, _)| h < key);
-        let now = health.now_ms();
         (0..len)
             .map(|i| self.ring[(start + i) % len].1)
             .find(|&b| health.is_up_at(b, now))
