@@ -225,21 +225,17 @@ impl Proxy {
             }
             None => None,
         };
+        let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
+        let selector = select::build(config.algorithm, &weights);
         let shared = Arc::new(Shared {
             health,
             retries: config.retries,
             max_connections: config.max_connections,
             max_body_bytes: config.max_body_bytes,
-            selector: {
-                let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
-                select::build(config.algorithm, &weights)
-            },
             inflight: InFlight::new(config.backends.len()),
-            count_inflight: matches!(
-                config.algorithm,
-                Algorithm::LeastConnections | Algorithm::PowerOfTwo
-            ),
-            hash_key: config.algorithm == Algorithm::Hash,
+            count_inflight: selector.uses_inflight(),
+            hash_key: selector.uses_key(),
+            selector,
             hash_header: config.hash_header.clone(),
             backends: config.backends,
             stats: (0..workers).map(|_| Padded::default()).collect(),
@@ -1087,7 +1083,6 @@ impl Worker {
                     return self.fail(ck, Fail::Reject(reject));
                 };
                 self.hold(ck, next);
-                self.metrics().retries.fetch_add(1, Ordering::Relaxed);
                 crate::log!(
                     crate::log::Level::Debug,
                     "corelb: request moved from backend {} to {} ({})",
@@ -1097,51 +1092,47 @@ impl Worker {
                 );
                 let c = &mut self.clients[ck];
                 c.x.attempts += 1;
-                c.x.backend = next;
-                c.x.req_done = false;
-                if let Some(uk) = c.upstream.take() {
-                    self.upstreams.remove(uk);
+                if self.shared.rewrite_host
+                    && let Some(bufs) = c.bufs.as_mut()
+                {
+                    let backends = &self.shared.backends;
+                    rewrite::retarget_host(
+                        &mut bufs.req_head,
+                        &backends[failed].authority,
+                        &backends[next].authority,
+                    );
                 }
-                if let Some(bufs) = c.bufs.as_mut() {
-                    bufs.req_head_sent = 0;
-                    bufs.resp.clear();
-                    if self.shared.rewrite_host {
-                        let backends = &self.shared.backends;
-                        rewrite::retarget_host(
-                            &mut bufs.req_head,
-                            &backends[failed].authority,
-                            &backends[next].authority,
-                        );
-                    }
-                }
-                c.x.req_pending += c.x.req_retained;
-                c.x.req_retained = 0;
-                match self.connect_upstream(ck, next, true) {
-                    Ok(()) => true,
-                    Err(f) => self.fail(ck, f),
-                }
+                self.resend(ck, next, true)
             }
             Fail::Retry => {
-                self.metrics().retries.fetch_add(1, Ordering::Relaxed);
                 let c = &mut self.clients[ck];
                 c.x.retried = true;
-                c.x.req_done = false;
-                if let Some(uk) = c.upstream.take() {
-                    self.upstreams.remove(uk);
-                }
-                if let Some(bufs) = c.bufs.as_mut() {
-                    bufs.req_head_sent = 0;
-                    bufs.resp.clear();
-                }
-                // What was sent is sent again, from the start.
-                c.x.req_pending += c.x.req_retained;
-                c.x.req_retained = 0;
                 let backend = c.x.backend;
-                match self.connect_upstream(ck, backend, false) {
-                    Ok(()) => true,
-                    Err(f) => self.fail(ck, f),
-                }
+                self.resend(ck, backend, false)
             }
+        }
+    }
+
+    /// Send the request again, from its start, to `backend` (on a pooled connection
+    /// if `reuse` allows); returns whether the session still exists.
+    fn resend(&mut self, ck: usize, backend: usize, reuse: bool) -> bool {
+        self.metrics().retries.fetch_add(1, Ordering::Relaxed);
+        let c = &mut self.clients[ck];
+        c.x.backend = backend;
+        c.x.req_done = false;
+        if let Some(uk) = c.upstream.take() {
+            self.upstreams.remove(uk);
+        }
+        if let Some(bufs) = c.bufs.as_mut() {
+            bufs.req_head_sent = 0;
+            bufs.resp.clear();
+        }
+        // What was sent is sent again: the retained bytes are pending once more.
+        c.x.req_pending += c.x.req_retained;
+        c.x.req_retained = 0;
+        match self.connect_upstream(ck, backend, reuse) {
+            Ok(()) => true,
+            Err(f) => self.fail(ck, f),
         }
     }
 
