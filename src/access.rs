@@ -119,9 +119,6 @@ impl Buffer {
             self.iso_time = format!("{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
         }
         let out = &mut self.out;
-        let secs = |d: Option<Duration>| {
-            d.map_or(String::from("-"), |d| format!("{:.6}", d.as_secs_f64()))
-        };
         match format {
             Format::Combined => {
                 let _ = write!(out, "{} - - [{}] \"", e.client, self.clf_time);
@@ -130,13 +127,13 @@ impl Buffer {
                 quoted_text(out, e.referer, b"-", false);
                 out.extend_from_slice(b"\" \"");
                 quoted_text(out, e.user_agent, b"-", false);
-                let _ = writeln!(
+                let _ = write!(
                     out,
-                    "\" backend={} upstream_time={} request_time={:.6}",
-                    e.backend.unwrap_or("-"),
-                    secs(e.upstream),
-                    e.total.as_secs_f64()
+                    "\" backend={} upstream_time=",
+                    e.backend.unwrap_or("-")
                 );
+                seconds(out, e.upstream, b"-");
+                let _ = writeln!(out, " request_time={:.6}", e.total.as_secs_f64());
             }
             Format::Json => {
                 let mut parts = e.request.splitn(3, |&b| b == b' ');
@@ -163,16 +160,21 @@ impl Buffer {
                     }
                     None => out.extend_from_slice(b"null"),
                 }
-                let upstream = e
-                    .upstream
-                    .map_or(String::from("null"), |d| format!("{:.6}", d.as_secs_f64()));
-                let _ = writeln!(
-                    out,
-                    ",\"upstream_time\":{upstream},\"request_time\":{:.6}}}",
-                    e.total.as_secs_f64()
-                );
+                out.extend_from_slice(b",\"upstream_time\":");
+                seconds(out, e.upstream, b"null");
+                let _ = writeln!(out, ",\"request_time\":{:.6}}}", e.total.as_secs_f64());
             }
         }
+    }
+}
+
+/// A duration in seconds with microseconds, or `none` when there is none.
+fn seconds(out: &mut Vec<u8>, d: Option<Duration>, none: &[u8]) {
+    match d {
+        Some(d) => {
+            let _ = write!(out, "{:.6}", d.as_secs_f64());
+        }
+        None => out.extend_from_slice(none),
     }
 }
 
