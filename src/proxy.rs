@@ -388,6 +388,25 @@ fn read_into(sock: &mut TcpStream, buf: &mut Buf, ready: &mut Ready) -> io::Resu
     }
 }
 
+/// Read what the client sent into `buf`; an end of stream sets `eof`. Returns
+/// whether anything happened; a read error closes the session.
+fn read_client(
+    sock: &mut TcpStream,
+    buf: &mut Buf,
+    ready: &mut Ready,
+    eof: &mut bool,
+) -> Result<bool, Fail> {
+    match read_into(sock, buf, ready) {
+        Ok(ReadOutcome::Data) => Ok(true),
+        Ok(ReadOutcome::Eof) => {
+            *eof = true;
+            Ok(true)
+        }
+        Ok(ReadOutcome::Blocked) => Ok(false),
+        Err(_) => Err(Fail::Close),
+    }
+}
+
 /// Write `head` then `body` with one writev; returns bytes written (0 when blocked).
 fn write_two(
     sock: &mut TcpStream,
@@ -1574,15 +1593,7 @@ fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -
     }
     // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
-        match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
-            Ok(ReadOutcome::Data) => progress = true,
-            Ok(ReadOutcome::Eof) => {
-                c.eof = true;
-                progress = true;
-            }
-            Ok(ReadOutcome::Blocked) => {}
-            Err(_) => return Err(Fail::Close),
-        }
+        progress |= read_client(&mut c.sock, &mut bufs.req, &mut c.ready, &mut c.eof)?;
     }
     let known = c.x.req_retained + c.x.req_pending;
     if !c.x.req_body.is_done() && bufs.req.len() > known {
@@ -1736,15 +1747,7 @@ fn relay_tunnel(c: &mut Client, u: &mut Upstream) -> Step {
     let mut progress = false;
     // Client -> backend.
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
-        match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
-            Ok(ReadOutcome::Data) => progress = true,
-            Ok(ReadOutcome::Eof) => {
-                c.eof = true;
-                progress = true;
-            }
-            Ok(ReadOutcome::Blocked) => {}
-            Err(_) => return Err(Fail::Close),
-        }
+        progress |= read_client(&mut c.sock, &mut bufs.req, &mut c.ready, &mut c.eof)?;
     }
     if !bufs.req.is_empty() && u.ready.writable && !c.x.backend_shut {
         let n = write_two(&mut u.sock, &[], bufs.req.filled(), &mut u.ready)
