@@ -94,7 +94,7 @@ impl Timeouts {
 }
 
 /// Everything a proxy needs to start.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProxyConfig {
     /// Addresses to listen on; every worker binds each of them (SO_REUSEPORT).
     /// Port 0 is allowed here (tests): the first bind picks the port, the rest share it.
@@ -155,55 +155,6 @@ impl ProxyConfig {
             access_log: None,
         }
     }
-}
-
-/// The active health-check settings from their flags; `None` without a path.
-/// The path must be an origin-form target; rise and fall at least 1; the
-/// timeout no longer than the interval.
-pub fn health_check(
-    path: Option<String>,
-    interval: Option<Duration>,
-    timeout: Option<Duration>,
-    rise: u32,
-    fall: u32,
-) -> Result<Option<crate::health::CheckConfig>, FlagError> {
-    let err = |flag: &'static str, value: String, problem: &str| FlagError {
-        flag,
-        value,
-        problem: problem.to_string(),
-    };
-    let Some(path) = path else {
-        return Ok(None);
-    };
-    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(err(
-            "--health-path",
-            path,
-            "must start with / and be printable ASCII without spaces",
-        ));
-    }
-    let mut check = crate::health::CheckConfig::new(path);
-    if let Some(i) = interval {
-        check.interval = i;
-    }
-    if let Some(t) = timeout {
-        check.timeout = t;
-    }
-    if check.timeout > check.interval {
-        return Err(err(
-            "--health-timeout",
-            format!("{:?}", check.timeout),
-            "must not be longer than --health-interval",
-        ));
-    }
-    for (flag, n) in [("--rise", rise), ("--fall", fall)] {
-        if !(1..=1000).contains(&n) {
-            return Err(err(flag, n.to_string(), "must be 1 to 1000"));
-        }
-    }
-    check.rise = rise;
-    check.fall = fall;
-    Ok(Some(check))
 }
 
 /// Number of cores this process may run on.
@@ -353,39 +304,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Check the numeric flags of `serve`.
-pub fn check_limits(
-    workers: usize,
-    max_header_bytes: usize,
-    busy_poll_micros: u64,
-) -> Result<(), FlagError> {
-    if busy_poll_micros > MAX_BUSY_POLL_MICROS {
-        return Err(flag_error(
-            "--busy-poll",
-            &busy_poll_micros.to_string(),
-            format!("must be at most {MAX_BUSY_POLL_MICROS} microseconds"),
-        ));
-    }
-    if workers == 0 {
-        return Err(flag_error("--workers", "0", "must be at least 1"));
-    }
-    if workers > 1024 {
-        return Err(flag_error(
-            "--workers",
-            &workers.to_string(),
-            "must be at most 1024",
-        ));
-    }
-    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
-        return Err(flag_error(
-            "--max-header-bytes",
-            &max_header_bytes.to_string(),
-            format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,19 +344,5 @@ mod tests {
         for bad in ["", "30", "s", "1.5s", "-1s", "0s", "61m", "5h", "10 s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn limits() {
-        assert!(check_limits(1, DEFAULT_MAX_HEADER_BYTES, 50).is_ok());
-        assert_eq!(check_limits(0, 16384, 50).unwrap_err().flag, "--workers");
-        assert_eq!(
-            check_limits(1, 10, 50).unwrap_err().flag,
-            "--max-header-bytes"
-        );
-        assert_eq!(
-            check_limits(1, 16384, 20_000).unwrap_err().flag,
-            "--busy-poll"
-        );
     }
 }

@@ -49,6 +49,7 @@ pub mod origin;
 pub mod proxy;
 pub mod rewrite;
 pub mod select;
+pub mod settings;
 pub mod splice;
 
 pub use config::{Backend, ProxyConfig};

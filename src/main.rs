@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use argh::FromArgs;
-use corelb::config::{self, DEFAULT_MAX_HEADER_BYTES};
+use std::path::{Path, PathBuf};
+
+use corelb::config;
 use corelb::demo::Demo;
 use corelb::handover;
 use corelb::log;
 use corelb::log::Level;
 use corelb::proxy::WorkerCounts;
-use corelb::{Origin, Proxy, ProxyConfig};
+use corelb::settings::{self, Built, FileError, Settings};
+use corelb::{Origin, Proxy};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
@@ -30,6 +33,7 @@ enum Command {
     Serve(Box<Serve>),
     Backend(BackendCmd),
     Demo(DemoCmd),
+    CheckConfig(CheckConfigCmd),
 }
 
 #[derive(FromArgs)]
@@ -45,10 +49,10 @@ struct Serve {
     listen: Vec<String>,
     /// worker threads, one event loop and one listening socket each (default: cores)
     #[argh(option)]
-    workers: Option<usize>,
+    workers: Option<u64>,
     /// largest request head accepted, in bytes; a larger one gets 431 (default 16384)
-    #[argh(option, default = "DEFAULT_MAX_HEADER_BYTES")]
-    max_header_bytes: usize,
+    #[argh(option)]
+    max_header_bytes: Option<u64>,
     /// send the backend's host:port as Host instead of the client's Host
     #[argh(switch)]
     rewrite_host: bool,
@@ -57,8 +61,8 @@ struct Serve {
     pin: bool,
     /// after handling events, poll without sleeping for this many microseconds
     /// (default 50; 0 disables; at most 10000)
-    #[argh(option, default = "config::DEFAULT_BUSY_POLL_MICROS")]
-    busy_poll: u64,
+    #[argh(option)]
+    busy_poll: Option<u64>,
     /// close an idle keep-alive client after this long (default 60s; durations
     /// are like 500ms, 30s, 2m)
     #[argh(option, from_str_fn(config::parse_duration))]
@@ -88,12 +92,12 @@ struct Serve {
     /// move a request to another backend after a connect failure, or (idempotent
     /// methods only) after the backend dropped it unanswered, at most this many
     /// times (default 2)
-    #[argh(option, default = "config::DEFAULT_RETRIES")]
-    retries: u32,
+    #[argh(option)]
+    retries: Option<u64>,
     /// take a backend out after this many connect failures, resets or timeouts
     /// within --fail-window (default 3; 0 never takes one out)
-    #[argh(option, default = "3")]
-    max_fails: u32,
+    #[argh(option)]
+    max_fails: Option<u64>,
     /// the window for --max-fails, and how long a backend then stays out before it
     /// is tried again (default 10s)
     #[argh(option, from_str_fn(config::parse_duration))]
@@ -108,38 +112,38 @@ struct Serve {
     #[argh(option, from_str_fn(config::parse_duration))]
     health_timeout: Option<Duration>,
     /// consecutive passing checks that bring a backend back (default 2)
-    #[argh(option, default = "2")]
-    rise: u32,
+    #[argh(option)]
+    rise: Option<u64>,
     /// consecutive failing checks that take a backend out (default 3)
-    #[argh(option, default = "3")]
-    fall: u32,
+    #[argh(option)]
+    fall: Option<u64>,
     /// most client connections per worker; at the limit new ones wait in the
     /// listen backlog (default 0: no limit)
-    #[argh(option, default = "0")]
-    max_connections: usize,
+    #[argh(option)]
+    max_connections: Option<u64>,
     /// largest request body, in bytes; a larger one gets 413 (default 0: no limit)
-    #[argh(option, default = "0")]
-    max_body_bytes: u64,
+    #[argh(option)]
+    max_body_bytes: Option<u64>,
     /// a Unix socket for zero-downtime restarts: take the listeners of the corelb
     /// serving there (which then drains and exits), and serve the next one
     #[argh(option)]
     handover: Option<String>,
     /// how to choose a backend: round-robin (default), weighted-round-robin,
     /// least-connections, power-of-two, or hash
-    #[argh(option, default = "String::from(\"round-robin\")")]
-    algorithm: String,
+    #[argh(option)]
+    algorithm: Option<String>,
     /// write one line per request to this file (appended), or - for standard
     /// output (off by default)
     #[argh(option)]
     access_log: Option<String>,
     /// access log format: combined (default; with backend and timings appended)
     /// or json
-    #[argh(option, default = "String::from(\"combined\")")]
-    access_log_format: String,
+    #[argh(option)]
+    access_log_format: Option<String>,
     /// what to log on stderr: error, warn, info (default; start-up, backend state
     /// changes, shutdown) or debug (also each request moved to another backend)
-    #[argh(option, default = "String::from(\"info\")")]
-    log_level: String,
+    #[argh(option)]
+    log_level: Option<String>,
     /// serve /metrics (Prometheus), /status (JSON) and /healthz on this address
     /// (off by default)
     #[argh(option)]
@@ -148,6 +152,20 @@ struct Serve {
     /// client address; requests without the header use the address too)
     #[argh(option)]
     hash_header: Option<String>,
+    /// read settings from this TOML file (flags given here override it); SIGHUP
+    /// reads it again and applies backends, algorithm, health and timeouts live
+    #[argh(option)]
+    config: Option<String>,
+}
+
+#[derive(FromArgs)]
+/// Check a config file: print each problem with its key and line (exit 2), or a
+/// summary (exit 0).
+#[argh(subcommand, name = "check-config")]
+struct CheckConfigCmd {
+    /// the TOML file to check
+    #[argh(positional)]
+    file: String,
 }
 
 #[derive(FromArgs)]
@@ -248,145 +266,134 @@ fn run_until_signal<R: Send + 'static>(
     }
 }
 
-fn serve(args: Serve) -> ExitCode {
-    if args.backend.is_empty() {
-        return usage_error("--backend: at least one backend is required");
-    }
-    let workers = args.workers.unwrap_or_else(config::available_cores);
-    if args.retries > config::MAX_RETRIES {
-        return usage_error(format!(
-            "--retries {}: at most {}",
-            args.retries,
-            config::MAX_RETRIES
-        ));
-    }
-    if let Err(e) = config::check_limits(workers, args.max_header_bytes, args.busy_poll) {
-        return usage_error(e);
-    }
-    let backends = match args
+/// `value`, if given, through `check`; the error names the flag and the value.
+fn checked<V: Copy + std::fmt::Display, T>(
+    flag: &str,
+    value: Option<V>,
+    check: impl FnOnce(V) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    value
+        .map(|v| check(v).map_err(|problem| format!("{flag} {v}: {problem}")))
+        .transpose()
+}
+
+/// What the flags of `serve` set, each value checked.
+fn cli_settings(a: &Serve) -> Result<Settings, String> {
+    let backends = a
         .backend
         .iter()
         .map(|b| config::parse_backend(b))
         .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(b) => b,
-        Err(e) => return usage_error(e),
-    };
-    let listen_text = if args.listen.is_empty() {
-        vec!["127.0.0.1:8080".to_string()]
-    } else {
-        args.listen
-    };
-    let listen = match listen_text
+        .map_err(|e| e.to_string())?;
+    let listen = a
+        .listen
         .iter()
         .map(|l| config::parse_listen(l))
         .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(l) => l,
+        .map_err(|e| e.to_string())?;
+    Ok(Settings {
+        listen: (!listen.is_empty()).then_some(listen),
+        backends: (!backends.is_empty()).then_some(backends),
+        workers: checked("--workers", a.workers, settings::workers)?,
+        algorithm: checked("--algorithm", a.algorithm.as_deref(), settings::algorithm)?,
+        hash_header: checked(
+            "--hash-header",
+            a.hash_header.as_deref(),
+            settings::header_name,
+        )?,
+        admin: checked("--admin", a.admin.as_deref(), settings::address)?,
+        rewrite_host: a.rewrite_host.then_some(true),
+        pin: a.pin.then_some(true),
+        busy_poll: checked("--busy-poll", a.busy_poll, settings::busy_poll)?,
+        retries: checked("--retries", a.retries, settings::retries)?,
+        log_level: checked("--log-level", a.log_level.as_deref(), settings::log_level)?,
+        access_log: checked(
+            "--access-log",
+            a.access_log.as_deref(),
+            settings::access_log,
+        )?,
+        access_log_format: checked(
+            "--access-log-format",
+            a.access_log_format.as_deref(),
+            settings::access_log_format,
+        )?,
+        handover: checked("--handover", a.handover.as_deref(), settings::handover)?,
+        health_path: checked(
+            "--health-path",
+            a.health_path.as_deref(),
+            settings::health_path,
+        )?,
+        health_interval: a.health_interval,
+        health_timeout: a.health_timeout,
+        rise: checked("--rise", a.rise, settings::streak)?,
+        fall: checked("--fall", a.fall, settings::streak)?,
+        max_fails: checked("--max-fails", a.max_fails, settings::max_fails)?,
+        fail_window: a.fail_window,
+        idle_timeout: a.idle_timeout,
+        header_timeout: a.header_timeout,
+        connect_timeout: a.connect_timeout,
+        response_timeout: a.response_timeout,
+        body_timeout: a.body_timeout,
+        upstream_idle_timeout: a.upstream_idle_timeout,
+        shutdown_timeout: a.shutdown_timeout,
+        max_connections: checked(
+            "--max-connections",
+            a.max_connections,
+            settings::max_connections,
+        )?,
+        max_header_bytes: checked(
+            "--max-header-bytes",
+            a.max_header_bytes,
+            settings::max_header_bytes,
+        )?,
+        max_body_bytes: a.max_body_bytes,
+    })
+}
+
+/// The config file's problems in one line (`check-config` prints them all).
+fn file_errors_line(path: &Path, errors: &[FileError]) -> String {
+    let mut line = format!("--config {}: ", path.display());
+    if let Some(first) = errors.first() {
+        line += &first.to_string();
+    }
+    if errors.len() > 1 {
+        line += &format!(
+            " (and {} more; corelb check-config {} lists them)",
+            errors.len() - 1,
+            path.display()
+        );
+    }
+    line
+}
+
+/// The configuration from the flags over the file (if any).
+fn load(cli: &Settings, file: Option<&Path>) -> Result<Built, String> {
+    let from_file = match file {
+        None => Settings::default(),
+        Some(path) => settings::load_file(path).map_err(|e| file_errors_line(path, &e))?,
+    };
+    cli.clone().over(from_file).build()
+}
+
+fn serve(args: Serve) -> ExitCode {
+    let cli = match cli_settings(&args) {
+        Ok(s) => s,
         Err(e) => return usage_error(e),
     };
+    let config_path = args.config.as_deref().map(PathBuf::from);
+    let built = match load(&cli, config_path.as_deref()) {
+        Ok(b) => b,
+        Err(e) => return usage_error(e),
+    };
+    log::set_level(built.log_level);
     let signals = match stop_signals() {
         Ok(s) => s,
         Err(e) => return usage_error(e),
     };
     let open_files = raise_open_files_limit();
-    let mut cfg = ProxyConfig::new(listen, backends);
-    cfg.workers = workers;
-    cfg.max_header_bytes = args.max_header_bytes;
-    cfg.rewrite_host = args.rewrite_host;
-    cfg.pin = args.pin;
-    cfg.busy_poll = Duration::from_micros(args.busy_poll);
-    cfg.retries = args.retries;
-    cfg.algorithm = match corelb::select::Algorithm::parse(&args.algorithm) {
-        Some(a) => a,
-        None => {
-            return usage_error(format!(
-                "--algorithm {}: unknown; one of {}",
-                args.algorithm,
-                corelb::select::Algorithm::NAMES
-            ));
-        }
-    };
-    if let Some(name) = &args.hash_header {
-        if cfg.algorithm != corelb::select::Algorithm::Hash {
-            return usage_error(format!("--hash-header {name}: only with --algorithm hash"));
-        }
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
-            return usage_error(format!("--hash-header {name}: not a header name"));
-        }
-    }
-    cfg.hash_header = args.hash_header;
-    match Level::parse(&args.log_level) {
-        Some(level) => log::set_level(level),
-        None => {
-            return usage_error(format!(
-                "--log-level {}: one of {}",
-                args.log_level,
-                Level::NAMES
-            ));
-        }
-    }
-    let Some(format) = corelb::access::Format::parse(&args.access_log_format) else {
-        return usage_error(format!(
-            "--access-log-format {}: combined or json",
-            args.access_log_format
-        ));
-    };
-    cfg.access_log = args.access_log.map(|path| corelb::access::Config {
-        path: (path != "-").then(|| path.into()),
-        format,
-    });
-    if let Some(admin) = &args.admin {
-        match config::parse_listen(admin) {
-            Ok(a) => cfg.admin = Some(a),
-            Err(mut e) => {
-                e.flag = "--admin";
-                return usage_error(e);
-            }
-        }
-    }
-    if args.max_connections > config::MAX_CONNECTIONS {
-        return usage_error(format!(
-            "--max-connections {}: at most {} (0 for no limit)",
-            args.max_connections,
-            config::MAX_CONNECTIONS
-        ));
-    }
-    cfg.max_connections = args.max_connections;
-    cfg.max_body_bytes = args.max_body_bytes;
-    cfg.health_check = match config::health_check(
-        args.health_path,
-        args.health_interval,
-        args.health_timeout,
-        args.rise,
-        args.fall,
-    ) {
-        Ok(c) => c,
-        Err(e) => return usage_error(e),
-    };
-    cfg.passive.max_fails = args.max_fails;
-    if let Some(w) = args.fail_window {
-        cfg.passive.window = w;
-    }
-    let t = &mut cfg.timeouts;
-    for (flag, field) in [
-        (args.idle_timeout, &mut t.idle),
-        (args.header_timeout, &mut t.header),
-        (args.connect_timeout, &mut t.connect),
-        (args.response_timeout, &mut t.response),
-        (args.body_timeout, &mut t.body),
-        (args.upstream_idle_timeout, &mut t.upstream_idle),
-        (args.shutdown_timeout, &mut t.shutdown),
-    ] {
-        if let Some(d) = flag {
-            *field = d;
-        }
-    }
-    let handover_path = args.handover.map(std::path::PathBuf::from);
+    let cfg = built.config;
+    let workers = cfg.workers;
+    let handover_path = built.handover;
     let taken = match &handover_path {
         Some(path) => match handover::take(path) {
             Ok(t) => t,
@@ -526,6 +533,40 @@ fn demo(args: DemoCmd) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `corelb check-config FILE`: every problem on its own line (exit 2), or one
+/// line saying what the file sets up (exit 0).
+fn check_config(args: CheckConfigCmd) -> ExitCode {
+    let path = Path::new(&args.file);
+    let from_file = match settings::load_file(path) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("corelb: {}: {e}", path.display());
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match from_file.build() {
+        Ok(built) => {
+            let c = &built.config;
+            println!(
+                "{}: ok: {} backend{}, {}, listening on {}",
+                path.display(),
+                c.backends.len(),
+                if c.backends.len() == 1 { "" } else { "s" },
+                c.algorithm,
+                c.listen
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(format!("{}: {e}", path.display())),
+    }
+}
+
 fn main() -> ExitCode {
     // Lossy conversion: a non-UTF-8 argument must be an error message, not a panic.
     let args: Vec<String> = std::env::args_os()
@@ -555,5 +596,6 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve(*a),
         Command::Backend(a) => backend(a),
         Command::Demo(a) => demo(a),
+        Command::CheckConfig(a) => check_config(a),
     }
 }
