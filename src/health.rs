@@ -9,8 +9,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::balance::Padded;
 use crate::log::Level;
+use crate::metrics::Classes;
 
 /// Passive health settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +41,7 @@ impl Default for Passive {
 struct State {
     /// Active checks' verdict (true when checks are off).
     checked_up: AtomicBool,
-    /// Milliseconds since `Health::epoch` until which the backend cools down.
+    /// Milliseconds since `epoch()` until which the backend cools down.
     down_until: AtomicU64,
     /// Failures counted in the window that started at `window_start`.
     fails: AtomicU32,
@@ -49,12 +50,71 @@ struct State {
     reported_up: AtomicBool,
 }
 
-/// The health of every backend.
+/// The clock cool-downs are kept in, the same for every backend and every
+/// configuration a reload makes.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// One backend's lasting state: its health, its requests in flight and its
+/// response counters. A reload keeps it for a backend that stays (same address),
+/// so none of these start over.
+#[derive(Debug)]
+pub struct Member {
+    pub addr: SocketAddr,
+    /// `host:port` as the operator wrote it (log lines, metrics, `--rewrite-host`).
+    pub authority: String,
+    state: Padded<State>,
+    inflight: Padded<AtomicUsize>,
+    /// Responses by worker (each on its own cache line) and status class.
+    responses: Box<[Padded<Classes>]>,
+}
+
+impl Member {
+    /// A backend, up, with nothing counted, for `workers` workers.
+    pub fn new(addr: SocketAddr, authority: String, workers: usize) -> Arc<Member> {
+        Arc::new(Member {
+            addr,
+            authority,
+            state: Padded(State {
+                checked_up: AtomicBool::new(true),
+                reported_up: AtomicBool::new(true),
+                ..State::default()
+            }),
+            inflight: Padded::default(),
+            responses: (0..workers.max(1)).map(|_| Padded::default()).collect(),
+        })
+    }
+
+    /// Requests in flight, as the load-comparing algorithms see them.
+    pub fn inflight(&self) -> usize {
+        self.inflight.0.load(Ordering::Relaxed)
+    }
+
+    pub fn acquire(&self) {
+        self.inflight.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn release(&self) {
+        self.inflight.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Worker `worker` relayed a response with `status` from this backend.
+    pub fn count_response(&self, worker: usize, status: u16) {
+        self.responses[worker].0.count(status);
+    }
+
+    /// Responses relayed by each worker, by status class.
+    pub fn responses(&self) -> impl Iterator<Item = &Classes> {
+        self.responses.iter().map(|p| &p.0)
+    }
+}
+
+/// The health of a set of backends (one configuration's).
 #[derive(Debug)]
 pub struct Health {
-    epoch: Instant,
-    states: Vec<Padded<State>>,
-    names: Vec<String>,
+    members: Vec<Arc<Member>>,
     passive: Passive,
     /// "all backends are down" was logged and not yet cleared by a success.
     all_down_reported: AtomicBool,
@@ -63,22 +123,21 @@ pub struct Health {
 }
 
 impl Health {
-    /// All backends up. `names` label the log lines.
+    /// New backends named `names`, all up (for tests and tools).
     pub fn new(names: Vec<String>, passive: Passive, log: bool) -> Health {
-        let states = names
-            .iter()
-            .map(|_| {
-                Padded(State {
-                    checked_up: AtomicBool::new(true),
-                    reported_up: AtomicBool::new(true),
-                    ..State::default()
-                })
-            })
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let members = names
+            .into_iter()
+            .map(|n| Member::new(unspecified, n, 1))
             .collect();
+        Health::of(members, passive, log)
+    }
+
+    /// The health of these backends, whose state may come from an earlier
+    /// configuration.
+    pub fn of(members: Vec<Arc<Member>>, passive: Passive, log: bool) -> Health {
         Health {
-            epoch: Instant::now(),
-            states,
-            names,
+            members,
             passive,
             all_down_reported: AtomicBool::new(false),
             log,
@@ -86,22 +145,35 @@ impl Health {
     }
 
     pub fn len(&self) -> usize {
-        self.states.len()
+        self.members.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
+        self.members.is_empty()
     }
 
-    /// The clock the cool-downs are kept in: milliseconds since this was made.
+    pub fn members(&self) -> &[Arc<Member>] {
+        &self.members
+    }
+
+    pub fn member(&self, b: usize) -> &Member {
+        &self.members[b]
+    }
+
+    /// Requests in flight on backend `b`.
+    pub fn inflight(&self, b: usize) -> usize {
+        self.members[b].inflight()
+    }
+
+    /// The clock the cool-downs are kept in: milliseconds since the epoch.
     pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
     }
 
     /// `now_ms` for a time the caller has already read (a worker's loop clock), so
     /// a request's backend pick reads no clock of its own.
     pub fn ms_at(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch).as_millis() as u64
+        at.saturating_duration_since(epoch()).as_millis() as u64
     }
 
     /// May requests go to backend `b` now?
@@ -111,17 +183,23 @@ impl Health {
 
     /// `is_up` at a time read once for several backends.
     pub fn is_up_at(&self, b: usize, now_ms: u64) -> bool {
-        let s = &self.states[b].0;
+        let s = &self.members[b].state.0;
         s.checked_up.load(Ordering::Relaxed) && s.down_until.load(Ordering::Relaxed) <= now_ms
     }
 
     /// A connect failure, reset or timeout on backend `b`.
     pub fn record_failure(&self, b: usize) {
+        self.record_failure_of(&self.members[b]);
+    }
+
+    /// `record_failure` for a backend given by its state (it may have left the
+    /// configuration while the failed request was in flight).
+    pub fn record_failure_of(&self, m: &Member) {
         let p = self.passive;
         if p.max_fails == 0 {
             return;
         }
-        let s = &self.states[b].0;
+        let s = &m.state.0;
         let now = self.now_ms();
         let window = p.window.as_millis() as u64;
         let start = s.window_start.load(Ordering::Relaxed);
@@ -135,28 +213,34 @@ impl Health {
             s.down_until.store(now + window, Ordering::Relaxed);
             s.fails.store(0, Ordering::Relaxed);
             s.window_start.store(now + window, Ordering::Relaxed);
-            self.report(b, false, &format!("{fails} failures within {:?}", p.window));
+            self.report(m, false, &format!("{fails} failures within {:?}", p.window));
         }
     }
 
     /// The active checks' verdict on backend `b`.
     pub fn set_checked(&self, b: usize, up: bool, why: &str) {
-        self.states[b].0.checked_up.store(up, Ordering::Relaxed);
-        self.report(b, self.is_up(b), why);
+        let m = &self.members[b];
+        m.state.0.checked_up.store(up, Ordering::Relaxed);
+        self.report(m, self.is_up(b), why);
+    }
+
+    /// The active checks' last verdict on backend `b`.
+    pub fn checked(&self, b: usize) -> bool {
+        self.members[b].state.0.checked_up.load(Ordering::Relaxed)
     }
 
     /// Log backends whose cool-down has ended (called from each worker's timer).
     pub fn notice_recoveries(&self) {
-        for b in 0..self.states.len() {
+        for (b, m) in self.members.iter().enumerate() {
             if self.is_up(b) {
-                self.report(b, true, "cool-down over");
+                self.report(m, true, "cool-down over");
             }
         }
     }
 
     /// Log a state change once: the thread that flips `reported_up` writes the line.
-    fn report(&self, b: usize, up: bool, why: &str) {
-        let s = &self.states[b].0;
+    fn report(&self, m: &Member, up: bool, why: &str) {
+        let s = &m.state.0;
         if s.reported_up
             .compare_exchange(!up, up, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
@@ -167,11 +251,7 @@ impl Health {
             if self.log {
                 let state = if up { "up" } else { "down" };
                 let level = if up { Level::Info } else { Level::Warn };
-                crate::log!(
-                    level,
-                    "corelb: backend {} is {state} ({why})",
-                    self.names[b]
-                );
+                crate::log!(level, "corelb: backend {} is {state} ({why})", m.authority);
             }
         }
     }
@@ -216,17 +296,13 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// Start checking `targets` (address and Host to send, by backend index) off the
-    /// workers' path: one thread, blocking sockets with timeouts.
-    pub fn spawn(
-        health: Arc<Health>,
-        targets: Vec<(SocketAddr, String)>,
-        config: CheckConfig,
-    ) -> std::io::Result<Checker> {
+    /// Start checking the backends of `health` off the workers' path: one thread,
+    /// blocking sockets with timeouts. A backend starts from its last verdict.
+    pub fn spawn(health: Arc<Health>, config: CheckConfig) -> std::io::Result<Checker> {
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("corelb-health".into())
-            .spawn(move || run_checks(&health, &targets, &config, &stopped))?;
+            .spawn(move || run_checks(&health, &config, &stopped))?;
         Ok(Checker {
             stop: Some(stop),
             thread: Some(thread),
@@ -244,18 +320,13 @@ impl Drop for Checker {
     }
 }
 
-fn run_checks(
-    health: &Health,
-    targets: &[(SocketAddr, String)],
-    config: &CheckConfig,
-    stopped: &Receiver<()>,
-) {
+fn run_checks(health: &Health, config: &CheckConfig, stopped: &Receiver<()>) {
     // Consecutive results so far: positive passes, negative failures.
-    let mut streak = vec![0i64; targets.len()];
-    let mut up = vec![true; targets.len()];
+    let mut streak = vec![0i64; health.len()];
+    let mut up: Vec<bool> = (0..health.len()).map(|b| health.checked(b)).collect();
     loop {
-        for (b, (addr, host)) in targets.iter().enumerate() {
-            let result = check_once(*addr, host, &config.path, config.timeout);
+        for (b, m) in health.members().iter().enumerate() {
+            let result = check_once(m.addr, &m.authority, &config.path, config.timeout);
             streak[b] = match (&result, streak[b]) {
                 (Ok(_), s) if s > 0 => s + 1,
                 (Ok(_), _) => 1,
@@ -375,9 +446,9 @@ mod tests {
         let h = health(1, 3, 1000);
         h.set_checked(0, false, "check failed");
         assert!(!h.is_up(0));
-        assert!(!h.states[0].0.reported_up.load(Ordering::Relaxed));
+        assert!(!h.members[0].state.0.reported_up.load(Ordering::Relaxed));
         h.set_checked(0, true, "check passed");
         assert!(h.is_up(0));
-        assert!(h.states[0].0.reported_up.load(Ordering::Relaxed));
+        assert!(h.members[0].state.0.reported_up.load(Ordering::Relaxed));
     }
 }

@@ -224,25 +224,21 @@ fn report_counts(counts: &[WorkerCounts]) {
     }
 }
 
-/// Wait for a stop signal (running `report` on each SIGUSR1), then run `stop`,
-/// which lets requests in flight finish. A second stop signal while it runs ends
-/// the process at once, with exit code 1.
+/// Wait for a stop signal (running `report` on each SIGUSR1 and `reload` on each
+/// SIGHUP), then run `stop`, which lets requests in flight finish. A second stop
+/// signal while it runs ends the process at once, with exit code 1.
 fn run_until_signal<R: Send + 'static>(
     mut signals: Signals,
     what: &str,
     report: impl Fn(),
+    reload: impl Fn(),
     stop: impl FnOnce() -> R + Send + 'static,
 ) -> R {
     for signal in signals.forever() {
         if signal == SIGUSR1 {
             report();
         } else if signal == SIGHUP {
-            // systemd's reload (ExecReload): without a configuration file there is
-            // nothing to read again, and SIGHUP must not stop the process.
-            log!(
-                Level::Info,
-                "{what}: SIGHUP: nothing to reload (the configuration is the command line)"
-            );
+            reload();
         } else {
             break;
         }
@@ -375,6 +371,72 @@ fn load(cli: &Settings, file: Option<&Path>) -> Result<Built, String> {
     cli.clone().over(from_file).build()
 }
 
+/// SIGHUP without a config file: nothing to read again, and it must not stop the
+/// process (systemd's ExecReload sends it).
+fn nothing_to_reload(what: &str) {
+    log!(
+        Level::Info,
+        "{what}: SIGHUP: nothing to reload (the configuration is the command line)"
+    );
+}
+
+/// SIGHUP: read the config file again and apply it. A file with problems changes
+/// nothing: the running configuration stays, and the log says why.
+fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloader) {
+    let Some(path) = file else {
+        return nothing_to_reload("corelb");
+    };
+    let built = match load(cli, Some(path)) {
+        Ok(b) => b,
+        Err(e) => {
+            log!(
+                Level::Error,
+                "corelb: reload: {e}; still running the previous configuration"
+            );
+            return;
+        }
+    };
+    log::set_level(built.log_level);
+    match reloader.reload(built.config) {
+        Err(e) => log!(
+            Level::Error,
+            "corelb: reload: {e}; still running the previous configuration"
+        ),
+        Ok(done) => {
+            if !done.need_restart.is_empty() {
+                log!(
+                    Level::Warn,
+                    "corelb: reload: {} changed, which takes a restart (see the README's \
+                     handover procedure); those keep their running values",
+                    done.need_restart.join(", ")
+                );
+            }
+            if done.unchanged {
+                log!(
+                    Level::Info,
+                    "corelb: reloaded {}: nothing to change",
+                    path.display()
+                );
+            } else {
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "none".to_string()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                log!(
+                    Level::Info,
+                    "corelb: reloaded {}: backends added: {}; removed: {}",
+                    path.display(),
+                    list(&done.added),
+                    list(&done.removed)
+                );
+            }
+        }
+    }
+}
+
 fn serve(args: Serve) -> ExitCode {
     let cli = match cli_settings(&args) {
         Ok(s) => s,
@@ -465,10 +527,12 @@ fn serve(args: Serve) -> ExitCode {
         backends.join(", ")
     );
     let stats = proxy.stats();
+    let reloader = proxy.reloader();
     let counts = run_until_signal(
         signals,
         "corelb",
         || report_counts(&stats.counts()),
+        || reload(&cli, config_path.as_deref(), &reloader),
         move || {
             // From here on the listeners may close: a successor must not get them.
             *offered.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -502,6 +566,7 @@ fn backend(args: BackendCmd) -> ExitCode {
         signals,
         "corelb backend",
         || eprintln!("corelb backend: {addr}: {} requests", requests()),
+        || nothing_to_reload("corelb backend"),
         move || origin.shutdown(),
     );
     ExitCode::SUCCESS
@@ -527,6 +592,7 @@ fn demo(args: DemoCmd) -> ExitCode {
         signals,
         "corelb demo",
         || report_counts(&stats.counts()),
+        || nothing_to_reload("corelb demo"),
         move || demo.shutdown(),
     );
     println!("\nstopped after {requests} requests");

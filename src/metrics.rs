@@ -17,11 +17,26 @@ pub const BUCKETS: [f64; 14] = [
 /// Status classes counted: 1xx to 5xx.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// One worker's counters.
-#[derive(Debug)]
+/// Responses by status class, 1xx to 5xx.
+#[derive(Debug, Default)]
+pub struct Classes([AtomicU64; 5]);
+
+impl Classes {
+    pub fn count(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.0[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> [u64; 5] {
+        self.0.each_ref().map(get)
+    }
+}
+
+/// One worker's counters (those of a backend are in its `health::Member`).
+#[derive(Debug, Default)]
 pub struct WorkerMetrics {
-    /// Responses by backend (the last index: answered by corelb itself) and class.
-    responses: Vec<[AtomicU64; 5]>,
+    /// Responses corelb made itself (refusals, 502, 503 ...).
+    pub local: Classes,
     pub upstream_connects: AtomicU64,
     pub upstream_reuses: AtomicU64,
     pub retries: AtomicU64,
@@ -33,25 +48,6 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    pub fn new(backends: usize) -> WorkerMetrics {
-        WorkerMetrics {
-            responses: (0..=backends).map(|_| Default::default()).collect(),
-            upstream_connects: AtomicU64::new(0),
-            upstream_reuses: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            upstream_open: AtomicU64::new(0),
-            latency: Default::default(),
-            latency_sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    /// A response with `status` from `backend` (`None`: a local one).
-    pub fn response(&self, backend: Option<usize>, status: u16) {
-        let b = backend.unwrap_or(self.responses.len() - 1);
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.responses[b][class].fetch_add(1, Ordering::Relaxed);
-    }
-
     /// A request took `took` from its head to the end of its response.
     pub fn latency(&self, took: Duration) {
         let secs = took.as_secs_f64();
@@ -82,6 +78,8 @@ pub struct BackendView<'a> {
     pub name: &'a str,
     pub up: bool,
     pub inflight: usize,
+    /// Responses relayed from this backend, per worker, by class.
+    pub responses: Vec<[u64; 5]>,
 }
 
 /// A label value, escaped as the text format wants (backslash, quote, newline).
@@ -107,15 +105,14 @@ pub fn prometheus(v: &View<'_>) -> String {
         "Responses sent, by worker, backend (\"local\" for corelb's own) and status class.",
     );
     for (w, m) in v.metrics.iter().enumerate() {
-        for (b, classes) in m.responses.iter().enumerate() {
-            let backend = v.backends.get(b).map_or("local", |b| b.name);
+        let backends = v.backends.iter().map(|b| (b.name, b.responses[w]));
+        for (backend, classes) in backends.chain([("local", m.local.get())]) {
             for (c, n) in classes.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "corelb_requests_total{{worker=\"{w}\",backend=\"{}\",class=\"{}\"}} {}",
+                    "corelb_requests_total{{worker=\"{w}\",backend=\"{}\",class=\"{}\"}} {n}",
                     label(backend),
                     CLASSES[c],
-                    get(n)
                 );
             }
         }
@@ -245,11 +242,7 @@ pub fn status_json(v: &View<'_>) -> String {
         json_string(&v.algorithm)
     );
     for (i, b) in v.backends.iter().enumerate() {
-        let requests: u64 = v
-            .metrics
-            .iter()
-            .map(|m| m.responses[i].iter().map(get).sum::<u64>())
-            .sum();
+        let requests: u64 = b.responses.iter().flatten().sum();
         if i > 0 {
             out.push(',');
         }
@@ -288,22 +281,23 @@ mod tests {
 
     #[test]
     fn latency_lands_in_the_right_bucket_and_classes_count() {
-        let m = WorkerMetrics::new(1);
+        let m = WorkerMetrics::default();
         m.latency(Duration::from_micros(400));
         m.latency(Duration::from_millis(3));
         m.latency(Duration::from_secs(30));
         assert_eq!(get(&m.latency[0]), 1);
         assert_eq!(get(&m.latency[3]), 1);
         assert_eq!(get(&m.latency[BUCKETS.len()]), 1);
-        m.response(Some(0), 204);
-        m.response(None, 502);
-        assert_eq!(get(&m.responses[0][1]), 1);
-        assert_eq!(get(&m.responses[1][4]), 1);
+        m.local.count(204);
+        m.local.count(502);
+        m.local.count(502);
+        m.local.count(99);
+        assert_eq!(m.local.get(), [1, 1, 0, 0, 2]);
     }
 
     #[test]
     fn skew_is_one_for_an_even_spread() {
-        let m = WorkerMetrics::new(0);
+        let m = WorkerMetrics::default();
         let v = View {
             algorithm: "round-robin".into(),
             backends: vec![],

@@ -212,10 +212,33 @@ pub fn adopt_listeners(
 }
 
 /// A message from the control plane to a worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
     /// Close everything and return from the loop.
     Shutdown,
+    /// Serve new requests with this configuration (a reload).
+    Reload(Arc<crate::proxy::Plan>),
+}
+
+impl Control {
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self, Control::Shutdown)
+    }
+}
+
+/// Where to send a worker control messages; sending wakes it.
+#[derive(Clone)]
+pub struct ControlHandle {
+    control: Sender<Control>,
+    waker: Arc<Waker>,
+}
+
+impl ControlHandle {
+    /// Send `message` and wake the worker. A worker that has exited has dropped its
+    /// receiver: then nothing happens.
+    pub fn send(&self, message: Control) {
+        let _ = self.control.send(message);
+        let _ = self.waker.wake();
+    }
 }
 
 /// What a worker thread starts with.
@@ -239,8 +262,7 @@ impl WorkerContext {
 }
 
 struct WorkerHandle {
-    control: Sender<Control>,
-    waker: Arc<Waker>,
+    control: ControlHandle,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -280,20 +302,22 @@ impl Workers {
                 .spawn(move || run(ctx))
                 .map_err(StartError::Spawn)?;
             workers.handles.push(WorkerHandle {
-                control: tx,
-                waker,
+                control: ControlHandle { control: tx, waker },
                 thread: Some(thread),
             });
         }
         Ok(workers)
     }
 
+    /// Where to send each worker control messages.
+    pub fn controls(&self) -> Vec<ControlHandle> {
+        self.handles.iter().map(|h| h.control.clone()).collect()
+    }
+
     /// Tell every worker to stop, then wait for them.
     pub fn shutdown(&mut self) {
         for h in &self.handles {
-            // A worker that already exited has dropped its receiver; nothing to do then.
-            let _ = h.control.send(Control::Shutdown);
-            let _ = h.waker.wake();
+            h.control.send(Control::Shutdown);
         }
         for h in &mut self.handles {
             if let Some(t) = h.thread.take() {

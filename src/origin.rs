@@ -22,7 +22,7 @@ use slab::Slab;
 
 use crate::buffer::Buf;
 use crate::framing::{BodyScanner, Framing, MAX_HEADERS, RequestInfo, analyze_request};
-use crate::net::{self, Control, StartError, WorkerContext, Workers};
+use crate::net::{self, StartError, WorkerContext, Workers};
 
 const READ_BUF: usize = 64 * 1024;
 /// Largest body `/echo` returns; longer ones get 413.
@@ -198,7 +198,7 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
         for ev in events.iter() {
             let t = ev.token();
             if t == net::WAKER_TOKEN {
-                if ctx.control.try_iter().any(|c| c == Control::Shutdown) {
+                if ctx.control.try_iter().any(|c| c.is_shutdown()) {
                     return Ok(());
                 }
             } else if let Some(i) = net::listener_index(t, ctx.listeners.len()) {

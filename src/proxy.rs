@@ -22,8 +22,8 @@ use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -34,16 +34,16 @@ use crate::access;
 use crate::admin::Admin;
 use crate::balance::Padded;
 use crate::buffer::{Buf, Pool};
-use crate::config::{Backend, ProxyConfig, Timeouts};
+use crate::config::{ProxyConfig, Timeouts};
 use crate::framing::{
     BodyScanner, Framing, MAX_HEADERS, Reject, RequestInfo, analyze_request, analyze_response,
     classify_parse_error, has_bare_lf, oversized_head,
 };
-use crate::health::{Checker, Health};
+use crate::health::{Checker, Health, Member};
 use crate::metrics::{self, WorkerMetrics};
 use crate::net::{self, Control, StartError, WorkerContext, Workers};
 use crate::rewrite::{self, ClientConnection, Forwarding};
-use crate::select::{self, Algorithm, InFlight, Select};
+use crate::select::{self, Select};
 use crate::splice::Pipe;
 
 /// Smallest per-direction buffer; bigger heads limits get bigger buffers.
@@ -73,27 +73,70 @@ pub struct WorkerStats {
     pub open: AtomicU64,
 }
 
-/// What every worker reads: the backend set and the round-robin counter.
+/// What every worker reads and a reload leaves alone: counters, the access log,
+/// and the settings that take a restart.
 struct Shared {
-    backends: Vec<Backend>,
-    selector: Box<dyn Select>,
     metrics: Vec<Padded<WorkerMetrics>>,
-    algorithm: Algorithm,
     access: Option<Arc<access::Sink>>,
-    inflight: InFlight,
-    /// The selector reads requests in flight / hash keys (else they are not kept).
-    count_inflight: bool,
-    hash_key: bool,
-    hash_header: Option<String>,
     stats: Vec<Padded<WorkerStats>>,
     max_header_bytes: usize,
     rewrite_host: bool,
-    timeouts: Timeouts,
     busy_poll: Duration,
+    /// The configuration in force: what the admin endpoint shows, and what the
+    /// next reload starts from. Workers hold their own `Arc` of it.
+    current: Mutex<Arc<Plan>>,
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Plan> {
+        Arc::clone(&self.current.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// One configuration's backends and how requests are spread over them, with the
+/// settings each new request follows. A reload makes a new one; backends that
+/// stay keep their `Member` (health, counters, in-flight count), and each worker
+/// its idle connections to them.
+pub struct Plan {
+    /// What this was built from (restart-only settings are those in force).
+    config: ProxyConfig,
     health: Arc<Health>,
-    retries: u32,
-    max_connections: usize,
-    max_body_bytes: u64,
+    selector: Box<dyn Select>,
+    /// The selector reads requests in flight / hash keys (else they are not kept).
+    count_inflight: bool,
+    hash_key: bool,
+}
+
+impl Plan {
+    /// Build over `config`'s backends, taking the state of those that are already
+    /// `members` (same address and name).
+    fn build(config: ProxyConfig, workers: usize, members: &[Arc<Member>]) -> Plan {
+        let members = config
+            .backends
+            .iter()
+            .map(|b| {
+                members
+                    .iter()
+                    .find(|m| m.addr == b.addr && m.authority == b.authority)
+                    .cloned()
+                    .unwrap_or_else(|| Member::new(b.addr, b.authority.clone(), workers))
+            })
+            .collect();
+        let health = Arc::new(Health::of(members, config.passive, config.log_health));
+        let backends: Vec<(&str, u32)> = config
+            .backends
+            .iter()
+            .map(|b| (b.authority.as_str(), b.weight))
+            .collect();
+        let selector = select::build(config.algorithm, &backends);
+        Plan {
+            count_inflight: selector.uses_inflight(),
+            hash_key: selector.uses_key(),
+            selector,
+            health,
+            config,
+        }
+    }
 }
 
 /// A snapshot of one worker's counters.
@@ -110,18 +153,20 @@ pub struct WorkerCounts {
 pub struct ProxyStats(Arc<Shared>);
 
 impl ProxyStats {
-    fn view(&self) -> metrics::View<'_> {
+    fn view<'a>(&'a self, plan: &'a Plan) -> metrics::View<'a> {
         let s = &self.0;
+        let health = &plan.health;
         metrics::View {
-            algorithm: s.algorithm.to_string(),
-            backends: s
-                .backends
+            algorithm: plan.config.algorithm.to_string(),
+            backends: health
+                .members()
                 .iter()
                 .enumerate()
-                .map(|(b, backend)| metrics::BackendView {
-                    name: &backend.authority,
-                    up: s.health.is_up(b),
-                    inflight: s.inflight.get(b),
+                .map(|(b, m)| metrics::BackendView {
+                    name: &m.authority,
+                    up: health.is_up(b),
+                    inflight: m.inflight(),
+                    responses: m.responses().map(|c| c.get()).collect(),
                 })
                 .collect(),
             workers: self
@@ -135,12 +180,12 @@ impl ProxyStats {
 
     /// The Prometheus text exposition of every counter (the admin `/metrics`).
     pub fn prometheus(&self) -> String {
-        metrics::prometheus(&self.view())
+        metrics::prometheus(&self.view(&self.0.current()))
     }
 
     /// The admin `/status` JSON.
     pub fn status_json(&self) -> String {
-        metrics::status_json(&self.view())
+        metrics::status_json(&self.view(&self.0.current()))
     }
 
     /// Accepted connections and completed requests, per worker.
@@ -163,7 +208,7 @@ pub struct Proxy {
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     /// The health-check thread, if checks are on (stopped when dropped).
-    _checker: Option<Checker>,
+    checker: Arc<Mutex<Option<Checker>>>,
     /// The admin endpoint, if on (stopped when dropped).
     admin: Option<Admin>,
     /// Every worker's listening sockets, for a handover to a successor. Owned by
@@ -204,61 +249,34 @@ impl Proxy {
     ) -> Result<Proxy, StartError> {
         let workers = listeners.len();
         let listener_fds = listeners.iter().flatten().map(|l| l.as_raw_fd()).collect();
-        let backend_count = config.backends.len();
-        let names = config
-            .backends
-            .iter()
-            .map(|b| b.authority.clone())
-            .collect();
-        let health = Arc::new(Health::new(names, config.passive, config.log_health));
-        let checker = match &config.health_check {
-            Some(check) => {
-                let targets = config
-                    .backends
-                    .iter()
-                    .map(|b| (b.addr, b.authority.clone()))
-                    .collect();
-                Some(
-                    Checker::spawn(Arc::clone(&health), targets, check.clone())
-                        .map_err(StartError::Spawn)?,
-                )
-            }
+        let access = match &config.access_log {
+            Some(a) => Some(access::Sink::open(a).map_err(|source| {
+                StartError::AccessLog {
+                    path: a
+                        .path
+                        .as_ref()
+                        .map_or("-".into(), |p| p.display().to_string()),
+                    source,
+                }
+            })?),
             None => None,
         };
-        let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
-        let selector = select::build(config.algorithm, &weights);
+        let plan = Arc::new(Plan::build(config.clone(), workers, &[]));
+        let checker = match &config.health_check {
+            Some(check) => Some(
+                Checker::spawn(Arc::clone(&plan.health), check.clone())
+                    .map_err(StartError::Spawn)?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
-            health,
-            retries: config.retries,
-            max_connections: config.max_connections,
-            max_body_bytes: config.max_body_bytes,
-            inflight: InFlight::new(config.backends.len()),
-            count_inflight: selector.uses_inflight(),
-            hash_key: selector.uses_key(),
-            selector,
-            hash_header: config.hash_header.clone(),
-            backends: config.backends,
             stats: (0..workers).map(|_| Padded::default()).collect(),
-            metrics: (0..workers)
-                .map(|_| Padded(WorkerMetrics::new(backend_count)))
-                .collect(),
-            algorithm: config.algorithm,
-            access: match &config.access_log {
-                Some(a) => Some(access::Sink::open(a).map_err(|source| {
-                    StartError::AccessLog {
-                        path: a
-                            .path
-                            .as_ref()
-                            .map_or("-".into(), |p| p.display().to_string()),
-                        source,
-                    }
-                })?),
-                None => None,
-            },
+            metrics: (0..workers).map(|_| Padded::default()).collect(),
+            access,
             max_header_bytes: config.max_header_bytes,
             rewrite_host: config.rewrite_host,
-            timeouts: config.timeouts,
             busy_poll: config.busy_poll,
+            current: Mutex::new(plan),
         });
         let for_workers = Arc::clone(&shared);
         // Read the allowed cores here, before any thread is pinned to one of them.
@@ -295,7 +313,7 @@ impl Proxy {
             addrs,
             shared,
             listener_fds,
-            _checker: checker,
+            checker: Arc::new(Mutex::new(checker)),
             admin,
         })
     }
@@ -303,9 +321,8 @@ impl Proxy {
     /// Requests in flight per backend, as the load-comparing algorithms see them
     /// (always zeros for the others, which do not count).
     pub fn inflight(&self) -> Vec<usize> {
-        (0..self.shared.backends.len())
-            .map(|b| self.shared.inflight.get(b))
-            .collect()
+        let plan = self.shared.current();
+        plan.health.members().iter().map(|m| m.inflight()).collect()
     }
 
     /// Where the admin endpoint listens, if it is on.
@@ -333,11 +350,153 @@ impl Proxy {
         ProxyStats(Arc::clone(&self.shared))
     }
 
+    /// A handle that applies a new configuration to the running proxy.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: Arc::clone(&self.shared),
+            controls: self.workers.controls(),
+            checker: Arc::clone(&self.checker),
+        }
+    }
+
+    /// Apply a new configuration (see `Reloader::reload`).
+    pub fn reload(&self, config: ProxyConfig) -> Result<Reloaded, StartError> {
+        self.reloader().reload(config)
+    }
+
     /// Stop accepting, let exchanges in flight finish (within the shutdown grace
     /// period), and wait for the workers. Returns the final counters.
     pub fn shutdown(mut self) -> Vec<WorkerCounts> {
         self.workers.shutdown();
+        drop(
+            self.checker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         self.counts()
+    }
+}
+
+/// The settings a reload cannot change, by their flag: they shape sockets,
+/// threads and buffers that exist once.
+const RESTART_ONLY: [&str; 8] = [
+    "--listen",
+    "--workers",
+    "--admin",
+    "--access-log",
+    "--max-header-bytes",
+    "--rewrite-host",
+    "--pin",
+    "--busy-poll",
+];
+
+/// What a reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Backends that joined and left, by `host:port`.
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Restart-only settings that differ from those in force (not applied).
+    pub need_restart: Vec<&'static str>,
+    /// Nothing that a reload applies changed.
+    pub unchanged: bool,
+}
+
+/// Applies a new configuration to a running proxy, from any thread.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    controls: Vec<net::ControlHandle>,
+    checker: Arc<Mutex<Option<Checker>>>,
+}
+
+impl Reloader {
+    /// Apply `config`: backends, algorithm, health checks and passive health,
+    /// timeouts, retries, `--max-connections` and `--max-body-bytes` take effect in
+    /// every worker for each new request; exchanges in flight finish as they began.
+    /// Backends that stay (same address and name) keep their health, counters and
+    /// pooled connections. The restart-only settings keep their running values and
+    /// are listed in the result.
+    pub fn reload(&self, mut config: ProxyConfig) -> Result<Reloaded, StartError> {
+        if config.backends.is_empty() {
+            return Err(StartError::NoBackends);
+        }
+        // One reload at a time: the lock is held throughout.
+        let mut current = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let old = &current.config;
+        let mut result = Reloaded::default();
+        for (flag, differs) in RESTART_ONLY.into_iter().zip([
+            config.listen != old.listen,
+            config.workers != old.workers,
+            config.admin != old.admin,
+            config.access_log != old.access_log,
+            config.max_header_bytes != old.max_header_bytes,
+            config.rewrite_host != old.rewrite_host,
+            config.pin != old.pin,
+            config.busy_poll != old.busy_poll,
+        ]) {
+            if differs {
+                result.need_restart.push(flag);
+            }
+        }
+        config.listen = old.listen.clone();
+        config.workers = old.workers;
+        config.admin = old.admin;
+        config.access_log = old.access_log.clone();
+        config.max_header_bytes = old.max_header_bytes;
+        config.rewrite_host = old.rewrite_host;
+        config.pin = old.pin;
+        config.busy_poll = old.busy_poll;
+        config.log_health = old.log_health;
+        if config == *old {
+            result.unchanged = true;
+            return Ok(result);
+        }
+        let has = |list: &[crate::config::Backend], b: &crate::config::Backend| {
+            list.iter()
+                .any(|o| o.addr == b.addr && o.authority == b.authority)
+        };
+        result.added = (config.backends.iter())
+            .filter(|b| !has(&old.backends, b))
+            .map(|b| b.authority.clone())
+            .collect();
+        result.removed = (old.backends.iter())
+            .filter(|b| !has(&config.backends, b))
+            .map(|b| b.authority.clone())
+            .collect();
+        let plan = Arc::new(Plan::build(
+            config,
+            self.controls.len(),
+            current.health.members(),
+        ));
+        // The old checks stop before the workers switch; the new ones start on the
+        // new set, each backend from its last verdict.
+        let mut checker = self.checker.lock().unwrap_or_else(|e| e.into_inner());
+        drop(checker.take());
+        if plan.config.health_check.is_none() {
+            // Without checks, no check verdict may keep a backend out.
+            for b in 0..plan.health.len() {
+                if !plan.health.checked(b) {
+                    plan.health.set_checked(b, true, "health checks are off");
+                }
+            }
+        }
+        for c in &self.controls {
+            c.send(Control::Reload(Arc::clone(&plan)));
+        }
+        if let Some(check) = &plan.config.health_check {
+            *checker = Some(
+                Checker::spawn(Arc::clone(&plan.health), check.clone())
+                    .map_err(StartError::Spawn)?,
+            );
+        }
+        *current = plan;
+        Ok(result)
     }
 }
 
@@ -667,17 +826,33 @@ fn upstream_token(key: usize) -> Token {
     Token((key << 1) | 1)
 }
 
+/// A backend as one worker sees it. Exchanges and backend connections name their
+/// backend by its index in `Worker::locals`, which a reload does not change.
+struct Local {
+    member: Arc<Member>,
+    /// Idle connections to it, most recently used last (LIFO).
+    idle: Vec<usize>,
+    /// In the configuration in force. One that a reload removed stays while
+    /// connections still refer to it, and its place is then reused.
+    live: bool,
+}
+
 struct Worker {
     id: usize,
     ctx: WorkerContext,
     shared: Arc<Shared>,
+    /// The configuration in force here.
+    plan: Arc<Plan>,
+    /// Every backend this worker has connections for, or may pick.
+    locals: Vec<Local>,
+    /// `plan`'s backend index -> index in `locals`.
+    map: Vec<usize>,
     clients: Slab<Client>,
     upstreams: Slab<Upstream>,
-    /// Idle backend connections per backend, most recently used last (LIFO).
-    idle: Vec<Vec<usize>>,
     bufs: Pool<Box<Bufs>>,
     now: Instant,
     timeouts: Timeouts,
+    sweep_interval: Duration,
     accept_paused: bool,
     /// `--max-connections` reached: not accepting until a connection closes.
     at_limit: bool,
@@ -698,10 +873,13 @@ impl Worker {
     fn run(mut ctx: WorkerContext, shared: Arc<Shared>) -> io::Result<()> {
         ctx.register_listeners()?;
         let buf_size = MIN_BUF_SIZE.max(shared.max_header_bytes);
-        let timeouts = shared.timeouts;
+        let plan = shared.current();
+        let timeouts = plan.config.timeouts;
         let mut w = Worker {
             id: ctx.id,
-            idle: vec![Vec::new(); shared.backends.len()],
+            locals: Vec::new(),
+            map: Vec::new(),
+            plan: Arc::clone(&plan),
             ctx,
             shared,
             clients: Slab::with_capacity(1024),
@@ -709,6 +887,7 @@ impl Worker {
             bufs: Pool::new(buf_size, MAX_FREE_BUFS, Bufs::new),
             now: Instant::now(),
             timeouts,
+            sweep_interval: MAX_SWEEP_INTERVAL,
             accept_paused: false,
             at_limit: false,
             access: access::Buffer::default(),
@@ -718,10 +897,9 @@ impl Worker {
             defer_writes: false,
             flush_queue: Vec::with_capacity(1024),
         };
+        w.adopt(plan);
         let mut events = Events::with_capacity(1024);
-        let sweep_interval =
-            (w.timeouts.shortest() / 4).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
-        let mut next_sweep = w.now + sweep_interval;
+        let mut next_sweep = w.now + w.sweep_interval;
         let busy_poll = w.shared.busy_poll;
         let mut last_busy = w.now;
         loop {
@@ -746,8 +924,14 @@ impl Worker {
             for ev in events.iter() {
                 match ev.token() {
                     net::WAKER_TOKEN => {
-                        if w.ctx.control.try_iter().any(|c| c == Control::Shutdown) {
-                            w.begin_shutdown();
+                        while let Ok(message) = w.ctx.control.try_recv() {
+                            match message {
+                                Control::Shutdown => w.begin_shutdown(),
+                                Control::Reload(plan) => {
+                                    w.adopt(plan);
+                                    next_sweep = next_sweep.min(w.now + w.sweep_interval);
+                                }
+                            }
                         }
                     }
                     t => match net::listener_index(t, w.ctx.listeners.len()) {
@@ -770,7 +954,7 @@ impl Worker {
                 .store(w.upstreams.len() as u64, Ordering::Relaxed);
             if w.now >= next_sweep {
                 w.sweep();
-                next_sweep = w.now + sweep_interval;
+                next_sweep = w.now + w.sweep_interval;
             }
             if let Some(deadline) = w.shutdown_deadline
                 && (w.clients.is_empty() || w.now >= deadline)
@@ -781,9 +965,66 @@ impl Worker {
         }
     }
 
-    /// Stop accepting, close idle clients, and let exchanges in flight finish
-    /// (each then closes). The loop ends when no client is left or the grace
-    /// period is over.
+    /// Serve new requests with `plan` (at start, and on each reload). Backends
+    /// that stay keep their place in `locals` and their idle connections; those
+    /// that left lose their idle connections, and their place is reused once no
+    /// connection refers to it. Exchanges in flight are not touched.
+    fn adopt(&mut self, plan: Arc<Plan>) {
+        for l in &mut self.locals {
+            l.live = false;
+        }
+        let members = plan.health.members();
+        let mut map: Vec<Option<usize>> = members
+            .iter()
+            .map(|m| {
+                let i = self.locals.iter().position(|l| Arc::ptr_eq(&l.member, m))?;
+                self.locals[i].live = true;
+                Some(i)
+            })
+            .collect();
+        for l in self.locals.iter_mut().filter(|l| !l.live) {
+            for uk in l.idle.drain(..) {
+                self.upstreams.remove(uk);
+            }
+        }
+        let mut used = vec![false; self.locals.len()];
+        for (_, u) in self.upstreams.iter() {
+            used[u.backend] = true;
+        }
+        for (_, c) in self.clients.iter() {
+            if c.phase == Phase::Exchange || c.x.holding {
+                used[c.x.backend] = true;
+            }
+        }
+        for (m, slot) in members.iter().zip(&mut map) {
+            if slot.is_some() {
+                continue;
+            }
+            let local = Local {
+                member: Arc::clone(m),
+                idle: Vec::new(),
+                live: true,
+            };
+            let free = (0..self.locals.len()).find(|&i| !self.locals[i].live && !used[i]);
+            *slot = Some(match free {
+                Some(i) => {
+                    self.locals[i] = local;
+                    i
+                }
+                None => {
+                    self.locals.push(local);
+                    used.push(false);
+                    self.locals.len() - 1
+                }
+            });
+        }
+        self.map = map.into_iter().flatten().collect();
+        self.timeouts = plan.config.timeouts;
+        self.sweep_interval =
+            (self.timeouts.shortest() / 4).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
+        self.plan = plan;
+    }
+
     /// Add an access log line for the exchange of client `ck`, answered with
     /// `status` by `backend` (`None`: by corelb itself); `timed`: it has a start time.
     #[cold]
@@ -804,7 +1045,7 @@ impl Worker {
             user_agent: &bufs.log_user_agent,
             status,
             bytes: if local { 0 } else { bufs.resp_bytes },
-            backend: backend.map(|b| self.shared.backends[b].authority.as_str()),
+            backend: backend.map(|b| self.locals[b].member.authority.as_str()),
             upstream: bufs
                 .head_at
                 .filter(|_| !local)
@@ -833,7 +1074,8 @@ impl Worker {
 
     /// Accept again once the connection limit has room (connections closed).
     fn resume_accepting(&mut self) {
-        if self.at_limit && self.clients.len() < self.shared.max_connections {
+        let limit = self.plan.config.max_connections;
+        if self.at_limit && (limit == 0 || self.clients.len() < limit) {
             self.at_limit = false;
             for i in 0..self.ctx.listeners.len() {
                 self.accept(i);
@@ -841,6 +1083,9 @@ impl Worker {
         }
     }
 
+    /// Stop accepting, close idle clients, and let exchanges in flight finish
+    /// (each then closes). The loop ends when no client is left or the grace
+    /// period is over.
     fn begin_shutdown(&mut self) {
         self.shutdown_deadline = Some(self.now + self.timeouts.shutdown);
         // Closing the listeners refuses new connections (the kernel resets those
@@ -876,7 +1121,7 @@ impl Worker {
 
     fn accept(&mut self, i: usize) {
         loop {
-            let limit = self.shared.max_connections;
+            let limit = self.plan.config.max_connections;
             if limit > 0 && self.clients.len() >= limit {
                 // Leave the rest in the backlog; `resume_accepting` comes back.
                 self.at_limit = true;
@@ -968,7 +1213,7 @@ impl Worker {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.ready.readable = false,
             _ => {
                 let backend = u.backend;
-                self.idle[backend].retain(|&k| k != uk);
+                self.locals[backend].idle.retain(|&k| k != uk);
                 self.upstreams.remove(uk);
             }
         }
@@ -1063,7 +1308,7 @@ impl Worker {
                     self.upstreams.remove(uk);
                 }
                 if std::mem::take(&mut c.x.holding) {
-                    self.shared.inflight.release(c.x.backend);
+                    self.locals[c.x.backend].member.release();
                 }
                 let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
                 // The request answered: the exchange's, or the head being parsed.
@@ -1076,9 +1321,7 @@ impl Worker {
                 bufs.resp_head.clear();
                 bufs.resp_head
                     .extend_from_slice(reject.response_to(head_request));
-                self.shared.metrics[self.id]
-                    .0
-                    .response(None, reject.status());
+                self.shared.metrics[self.id].0.local.count(reject.status());
                 bufs.resp_head_sent = 0;
                 c.x.resp_pending = 0;
                 c.linger = true;
@@ -1094,8 +1337,10 @@ impl Worker {
             Fail::Backend { reject, may_retry } => {
                 let c = &mut self.clients[ck];
                 let failed = c.x.backend;
-                self.shared.health.record_failure(failed);
-                if !may_retry || c.x.attempts >= self.shared.retries {
+                self.plan
+                    .health
+                    .record_failure_of(&self.locals[failed].member);
+                if !may_retry || c.x.attempts >= self.plan.config.retries {
                     return self.fail(ck, Fail::Reject(reject));
                 }
                 let Some(next) = self.other_backend(failed) else {
@@ -1105,8 +1350,8 @@ impl Worker {
                 crate::log!(
                     crate::log::Level::Debug,
                     "corelb: request moved from backend {} to {} ({})",
-                    self.shared.backends[failed].authority,
-                    self.shared.backends[next].authority,
+                    self.locals[failed].member.authority,
+                    self.locals[next].member.authority,
                     reject.status()
                 );
                 let c = &mut self.clients[ck];
@@ -1114,11 +1359,10 @@ impl Worker {
                 if self.shared.rewrite_host
                     && let Some(bufs) = c.bufs.as_mut()
                 {
-                    let backends = &self.shared.backends;
                     rewrite::retarget_host(
                         &mut bufs.req_head,
-                        &backends[failed].authority,
-                        &backends[next].authority,
+                        &self.locals[failed].member.authority,
+                        &self.locals[next].member.authority,
                     );
                 }
                 self.resend(ck, next, true)
@@ -1156,19 +1400,17 @@ impl Worker {
     }
 
     /// An up backend other than `failed` for a retry (the failed one if it is the
-    /// only one up); `None` if all are down.
+    /// only one up); `None` if all are down. Both are indexes in `locals`.
     fn other_backend(&self, failed: usize) -> Option<usize> {
-        let shared = &self.shared;
-        let now = shared.health.ms_at(self.now);
+        let plan = &self.plan;
+        let now = plan.health.ms_at(self.now);
         let mut pick = None;
-        for i in 0..shared.backends.len() {
+        for i in 0..plan.health.len() {
             // Varying keys, so a hash ring offers other backends too.
-            pick = shared.selector.pick_at(
-                select::mix(i as u64),
-                &shared.health,
-                &shared.inflight,
-                now,
-            );
+            pick = plan
+                .selector
+                .pick_at(select::mix(i as u64), &plan.health, now)
+                .map(|b| self.map[b]);
             if pick != Some(failed) {
                 break;
             }
@@ -1200,10 +1442,10 @@ impl Worker {
         let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
         if !bufs.req.is_empty()
             && let Some((n, info, backend)) =
-                parse_request_head(bufs, c.ip, &self.shared, self.now)?
+                parse_request_head(bufs, c.ip, &self.shared, &self.plan, self.now)?
         {
             bufs.req.consume(n);
-            self.start_exchange(ck, info, backend)?;
+            self.start_exchange(ck, info, self.map[backend])?;
             return Ok(true);
         }
         if c.eof {
@@ -1258,22 +1500,22 @@ impl Worker {
     /// Count the exchange as in flight on `backend`, for the algorithms that
     /// compare loads (nothing is counted for the others).
     fn hold(&mut self, ck: usize, backend: usize) {
-        if self.shared.count_inflight {
+        if self.plan.count_inflight {
             self.unhold(ck);
-            self.shared.inflight.acquire(backend);
+            self.locals[backend].member.acquire();
             let x = &mut self.clients[ck].x;
             x.backend = backend;
             x.holding = true;
         }
     }
 
-    /// The exchange is over (or moved): stop counting it.
+    /// The exchange is over (or moved): stop counting it (even if a reload has
+    /// since chosen an algorithm that does not count).
     fn unhold(&mut self, ck: usize) {
-        if self.shared.count_inflight
-            && let Some(c) = self.clients.get_mut(ck)
+        if let Some(c) = self.clients.get_mut(ck)
             && std::mem::take(&mut c.x.holding)
         {
-            self.shared.inflight.release(c.x.backend);
+            self.locals[c.x.backend].member.release();
         }
     }
 
@@ -1282,7 +1524,7 @@ impl Worker {
     /// else a new non-blocking connect.
     fn connect_upstream(&mut self, ck: usize, backend: usize, reuse: bool) -> Result<(), Fail> {
         let pooled = if reuse {
-            self.idle[backend].pop()
+            self.locals[backend].idle.pop()
         } else {
             None
         };
@@ -1299,7 +1541,7 @@ impl Worker {
                 uk
             }
             None => {
-                let addr = self.shared.backends[backend].addr;
+                let addr = self.locals[backend].member.addr;
                 let mut sock = TcpStream::connect(addr).map_err(|_| Fail::Backend {
                     reject: Reject::BadGateway,
                     may_retry: true,
@@ -1347,7 +1589,7 @@ impl Worker {
             return relay_tunnel(c, u);
         }
         let defer = self.defer_writes;
-        let max_body = self.shared.max_body_bytes;
+        let max_body = self.plan.config.max_body_bytes;
         let progress = check_connected(u)?
             | relay_request(c, u, defer, max_body)?
             | relay_response(c, u, defer)?;
@@ -1361,9 +1603,8 @@ impl Worker {
             // The 101 is queued; from here on this session is a tunnel.
             let (backend, took) = (c.x.backend, self.now.saturating_duration_since(c.x.started));
             self.stats().requests.fetch_add(1, Ordering::Relaxed);
-            let m = &self.shared.metrics[self.id].0;
-            m.response(Some(backend), 101);
-            m.latency(took);
+            self.locals[backend].member.count_response(self.id, 101);
+            self.shared.metrics[self.id].0.latency(took);
             if self.shared.access.is_some() {
                 self.log_access(ck, 101, Some(backend), true);
             }
@@ -1396,8 +1637,10 @@ impl Worker {
         self.stats().requests.fetch_add(1, Ordering::Relaxed);
         self.unhold(ck);
         let x = &self.clients[ck].x;
+        self.locals[x.backend]
+            .member
+            .count_response(self.id, x.status);
         let m = &self.shared.metrics[self.id].0;
-        m.response(Some(x.backend), x.status);
         m.latency(self.now.saturating_duration_since(x.started));
         if self.shared.access.is_some() {
             let (status, backend) = (x.status, x.backend);
@@ -1408,8 +1651,10 @@ impl Worker {
         let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
         if let Some(uk) = c.upstream.take() {
             let u = &mut self.upstreams[uk];
-            let idle = &mut self.idle[u.backend];
-            if c.x.upstream_reusable
+            let local = &mut self.locals[u.backend];
+            let idle = &mut local.idle;
+            if local.live
+                && c.x.upstream_reusable
                 && c.x.req_done
                 && !u.eof
                 && bufs.resp.is_empty()
@@ -1530,12 +1775,12 @@ impl Worker {
                 self.drive(ck);
             }
         }
-        self.shared.health.notice_recoveries();
+        self.plan.health.notice_recoveries();
         self.flush_access_log();
         let upstream_idle = self.timeouts.upstream_idle;
-        for b in 0..self.idle.len() {
+        for local in &mut self.locals {
             let upstreams = &mut self.upstreams;
-            self.idle[b].retain(|&uk| {
+            local.idle.retain(|&uk| {
                 let keep = now.duration_since(upstreams[uk].idle_since) < upstream_idle;
                 if !keep {
                     upstreams.remove(uk);
@@ -1889,6 +2134,7 @@ fn parse_request_head(
     bufs: &mut Bufs,
     client_ip: IpAddr,
     shared: &Shared,
+    plan: &Plan,
     now: Instant,
 ) -> Result<Option<(usize, RequestInfo, usize)>, Fail> {
     if shared.access.is_some() {
@@ -1928,13 +2174,13 @@ fn parse_request_head(
     }
     let info = analyze_request(&req).map_err(Fail::Reject)?;
     if let Framing::Length(n) = info.framing
-        && shared.max_body_bytes > 0
-        && n > shared.max_body_bytes
+        && plan.config.max_body_bytes > 0
+        && n > plan.config.max_body_bytes
     {
         return Err(Fail::Reject(Reject::BodyTooLarge));
     }
-    let key = if shared.hash_key {
-        let header = shared.hash_header.as_deref().and_then(|name| {
+    let key = if plan.hash_key {
+        let header = plan.config.hash_header.as_deref().and_then(|name| {
             req.headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case(name))
@@ -1946,19 +2192,16 @@ fn parse_request_head(
     } else {
         0
     };
-    let now = shared.health.ms_at(now);
-    let Some(backend) = shared
-        .selector
-        .pick_at(key, &shared.health, &shared.inflight, now)
-    else {
-        shared.health.report_all_down();
+    let now = plan.health.ms_at(now);
+    let Some(backend) = plan.selector.pick_at(key, &plan.health, now) else {
+        plan.health.report_all_down();
         return Err(Fail::Reject(Reject::Unavailable));
     };
     let fwd = Forwarding {
         client_ip,
         host: shared
             .rewrite_host
-            .then(|| shared.backends[backend].authority.as_str()),
+            .then(|| plan.health.member(backend).authority.as_str()),
     };
     rewrite::write_request_head(&mut bufs.req_head, &req, &info, fwd);
     Ok(Some((n, info, backend)))

@@ -50,40 +50,16 @@ impl fmt::Display for Algorithm {
     }
 }
 
-/// Requests in flight per backend, kept by the workers for the algorithms that
-/// compare loads.
-#[derive(Debug)]
-pub struct InFlight(Vec<Padded<AtomicUsize>>);
-
-impl InFlight {
-    pub fn new(backends: usize) -> InFlight {
-        InFlight((0..backends).map(|_| Padded::default()).collect())
-    }
-
-    pub fn get(&self, b: usize) -> usize {
-        self.0[b].0.load(Ordering::Relaxed)
-    }
-
-    pub fn acquire(&self, b: usize) {
-        self.0[b].0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn release(&self, b: usize) {
-        self.0[b].0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// One balancing algorithm. `key` is the request's hash key (client address or a
 /// header; 0 for algorithms that do not use it).
 pub trait Select: Send + Sync + fmt::Debug {
     /// The backend for a request, judging health at `now_ms` (`Health::ms_at`).
-    fn pick_at(&self, key: u64, health: &Health, inflight: &InFlight, now_ms: u64)
-    -> Option<usize>;
+    fn pick_at(&self, key: u64, health: &Health, now_ms: u64) -> Option<usize>;
     /// `pick_at` with the clock read here.
-    fn pick(&self, key: u64, health: &Health, inflight: &InFlight) -> Option<usize> {
-        self.pick_at(key, health, inflight, health.now_ms())
+    fn pick(&self, key: u64, health: &Health) -> Option<usize> {
+        self.pick_at(key, health, health.now_ms())
     }
-    /// The algorithm reads `InFlight` (so the workers must keep it).
+    /// The algorithm reads requests in flight (so the workers must count them).
     fn uses_inflight(&self) -> bool {
         false
     }
@@ -93,8 +69,11 @@ pub trait Select: Send + Sync + fmt::Debug {
     }
 }
 
-/// Build the selector for `algorithm` over backends with these weights.
-pub fn build(algorithm: Algorithm, weights: &[u32]) -> Box<dyn Select> {
+/// Build the selector for `algorithm` over backends with these names (their
+/// `host:port`, which places them on a hash ring) and weights.
+pub fn build(algorithm: Algorithm, backends: &[(&str, u32)]) -> Box<dyn Select> {
+    let weights: Vec<u32> = backends.iter().map(|b| b.1).collect();
+    let weights = &weights[..];
     match algorithm {
         Algorithm::RoundRobin => Box::new(RoundRobinSel(RoundRobin::new(weights.len()))),
         Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(weights)),
@@ -103,7 +82,7 @@ pub fn build(algorithm: Algorithm, weights: &[u32]) -> Box<dyn Select> {
             next: Padded(AtomicUsize::new(0)),
             len: weights.len(),
         }),
-        Algorithm::Hash => Box::new(HashRing::new(weights)),
+        Algorithm::Hash => Box::new(HashRing::new(backends)),
     }
 }
 
@@ -111,7 +90,7 @@ pub fn build(algorithm: Algorithm, weights: &[u32]) -> Box<dyn Select> {
 struct RoundRobinSel(RoundRobin);
 
 impl Select for RoundRobinSel {
-    fn pick_at(&self, _: u64, health: &Health, _: &InFlight, now: u64) -> Option<usize> {
+    fn pick_at(&self, _: u64, health: &Health, now: u64) -> Option<usize> {
         self.0.pick_up_at(health, now)
     }
 }
@@ -148,7 +127,7 @@ impl WeightedRoundRobin {
 }
 
 impl Select for WeightedRoundRobin {
-    fn pick_at(&self, _: u64, health: &Health, _: &InFlight, now: u64) -> Option<usize> {
+    fn pick_at(&self, _: u64, health: &Health, now: u64) -> Option<usize> {
         let len = self.sequence.len();
         let n = self.next.0.fetch_add(1, Ordering::Relaxed);
         // A down backend's turns go to the next ones in the sequence.
@@ -164,13 +143,13 @@ impl Select for WeightedRoundRobin {
 struct LeastConnections(RoundRobin);
 
 impl Select for LeastConnections {
-    fn pick_at(&self, _: u64, health: &Health, inflight: &InFlight, now: u64) -> Option<usize> {
+    fn pick_at(&self, _: u64, health: &Health, now: u64) -> Option<usize> {
         let len = health.len();
         let start = self.0.pick();
         (0..len)
             .map(|i| (start + i) % len)
             .filter(|&b| health.is_up_at(b, now))
-            .min_by_key(|&b| inflight.get(b))
+            .min_by_key(|&b| health.inflight(b))
     }
     fn uses_inflight(&self) -> bool {
         true
@@ -186,7 +165,7 @@ struct PowerOfTwo {
 }
 
 impl Select for PowerOfTwo {
-    fn pick_at(&self, _: u64, health: &Health, inflight: &InFlight, now: u64) -> Option<usize> {
+    fn pick_at(&self, _: u64, health: &Health, now: u64) -> Option<usize> {
         let len = self.len;
         let r = mix(self.next.0.fetch_add(1, Ordering::Relaxed) as u64);
         let a = (r % len as u64) as usize;
@@ -196,7 +175,7 @@ impl Select for PowerOfTwo {
             a
         };
         match (health.is_up_at(a, now), health.is_up_at(b, now)) {
-            (true, true) => Some(if inflight.get(b) < inflight.get(a) {
+            (true, true) => Some(if health.inflight(b) < health.inflight(a) {
                 b
             } else {
                 a
@@ -217,7 +196,9 @@ impl Select for PowerOfTwo {
 /// Consistent hashing (ketama): each backend owns `POINTS_PER_WEIGHT` x weight
 /// points on a ring of 64-bit hashes; a key goes to the owner of the first point at
 /// or after its hash. A down backend's points are skipped, so only its keys move,
-/// and they come back when it does.
+/// and they come back when it does. The points hash the backend's name, not its
+/// place in the list, so a reload that adds or removes a backend moves only the
+/// keys that backend gains or loses.
 #[derive(Debug)]
 struct HashRing {
     ring: Vec<(u64, usize)>,
@@ -226,11 +207,12 @@ struct HashRing {
 const POINTS_PER_WEIGHT: u32 = 160;
 
 impl HashRing {
-    fn new(weights: &[u32]) -> HashRing {
+    fn new(backends: &[(&str, u32)]) -> HashRing {
         let mut ring = Vec::new();
-        for (b, &w) in weights.iter().enumerate() {
+        for (b, &(name, w)) in backends.iter().enumerate() {
+            let id = key_of_bytes(name.as_bytes());
             for p in 0..w * POINTS_PER_WEIGHT {
-                ring.push((mix((b as u64) << 32 | u64::from(p)), b));
+                ring.push((mix(id ^ mix(u64::from(p))), b));
             }
         }
         ring.sort_unstable();
@@ -239,7 +221,7 @@ impl HashRing {
 }
 
 impl Select for HashRing {
-    fn pick_at(&self, key: u64, health: &Health, _: &InFlight, now: u64) -> Option<usize> {
+    fn pick_at(&self, key: u64, health: &Health, now: u64) -> Option<usize> {
         let len = self.ring.len();
         let start = self.ring.partition_point(|&(h, _)| h < key);
         (0..len)
@@ -290,12 +272,23 @@ mod tests {
         )
     }
 
-    fn counts(sel: &dyn Select, h: &Health, f: &InFlight, picks: usize) -> Vec<usize> {
+    fn counts(sel: &dyn Select, h: &Health, picks: usize) -> Vec<usize> {
         let mut c = vec![0; h.len()];
         for i in 0..picks {
-            c[sel.pick(key_of_bytes(&i.to_le_bytes()), h, f).unwrap()] += 1;
+            c[sel.pick(key_of_bytes(&i.to_le_bytes()), h).unwrap()] += 1;
         }
         c
+    }
+
+    /// A selector over backends b0, b1 ... with these weights.
+    fn sel(algorithm: Algorithm, weights: &[u32]) -> Box<dyn Select> {
+        let names: Vec<String> = (0..weights.len()).map(|i| format!("b{i}")).collect();
+        let backends: Vec<(&str, u32)> = names
+            .iter()
+            .map(|n| n.as_str())
+            .zip(weights.iter().copied())
+            .collect();
+        build(algorithm, &backends)
     }
 
     #[test]
@@ -309,85 +302,85 @@ mod tests {
     #[test]
     fn weights_are_honoured_within_one_percent_and_spread_smoothly() {
         let weights = [5, 1, 3];
-        let (h, f) = (health(3), InFlight::new(3));
-        let sel = build(Algorithm::WeightedRoundRobin, &weights);
-        let c = counts(sel.as_ref(), &h, &f, 90_000);
+        let h = health(3);
+        let sel = sel(Algorithm::WeightedRoundRobin, &weights);
+        let c = counts(sel.as_ref(), &h, 90_000);
         for (i, &w) in weights.iter().enumerate() {
             let want = 90_000.0 * f64::from(w) / 9.0;
             assert!((c[i] as f64 - want).abs() / want < 0.01, "{c:?}");
         }
         // Smooth: weight 5 of 9 never gets more than two turns in a row.
-        let seq: Vec<usize> = (0..9).map(|_| sel.pick(0, &h, &f).unwrap()).collect();
+        let seq: Vec<usize> = (0..9).map(|_| sel.pick(0, &h).unwrap()).collect();
         assert!(
             !seq.windows(3).any(|w| w.iter().all(|&b| b == 0)),
             "{seq:?}"
         );
         // A down backend's share goes to the others.
         h.set_checked(0, false, "test");
-        let c = counts(sel.as_ref(), &h, &f, 9000);
+        let c = counts(sel.as_ref(), &h, 9000);
         assert_eq!(c[0], 0);
         assert_eq!(c[1] + c[2], 9000);
     }
 
     #[test]
     fn hash_weights_are_honoured_within_a_few_percent() {
-        let (h, f) = (health(2), InFlight::new(2));
-        let sel = build(Algorithm::Hash, &[3, 1]);
-        let c = counts(sel.as_ref(), &h, &f, 100_000);
+        let h = health(2);
+        let sel = sel(Algorithm::Hash, &[3, 1]);
+        let c = counts(sel.as_ref(), &h, 100_000);
         let share = c[0] as f64 / 100_000.0;
         assert!((share - 0.75).abs() < 0.05, "{c:?}");
     }
 
     #[test]
     fn least_connections_prefers_the_idle_backend() {
-        let (h, f) = (health(3), InFlight::new(3));
-        let sel = build(Algorithm::LeastConnections, &[1, 1, 1]);
-        f.acquire(0);
-        f.acquire(0);
-        f.acquire(2);
+        let h = health(3);
+        let sel = sel(Algorithm::LeastConnections, &[1, 1, 1]);
+        h.member(0).acquire();
+        h.member(0).acquire();
+        h.member(2).acquire();
         for _ in 0..10 {
-            assert_eq!(sel.pick(0, &h, &f), Some(1));
+            assert_eq!(sel.pick(0, &h), Some(1));
         }
         // Equal loads share round-robin.
-        f.acquire(1);
-        f.release(0);
-        let picks: Vec<usize> = (0..30).map(|_| sel.pick(0, &h, &f).unwrap()).collect();
+        h.member(1).acquire();
+        h.member(0).release();
+        let picks: Vec<usize> = (0..30).map(|_| sel.pick(0, &h).unwrap()).collect();
         assert!(
             (0..3).all(|b| picks.iter().filter(|&&p| p == b).count() == 10),
             "{picks:?}"
         );
         // Down backends are skipped even when idle.
-        f.release(1);
+        h.member(1).release();
         h.set_checked(1, false, "test");
-        assert_ne!(sel.pick(0, &h, &f), Some(1));
+        assert_ne!(sel.pick(0, &h), Some(1));
     }
 
     #[test]
     fn power_of_two_avoids_the_loaded_backend_and_spreads_otherwise() {
-        let (h, f) = (health(4), InFlight::new(4));
-        let sel = build(Algorithm::PowerOfTwo, &[1; 4]);
+        let h = health(4);
+        let sel = sel(Algorithm::PowerOfTwo, &[1; 4]);
         for _ in 0..100 {
-            f.acquire(3);
+            h.member(3).acquire();
         }
-        let c = counts(sel.as_ref(), &h, &f, 10_000);
+        let c = counts(sel.as_ref(), &h, 10_000);
         assert_eq!(c[3], 0, "the loaded backend lost every comparison: {c:?}");
         assert!(c[..3].iter().all(|&n| n > 2500), "{c:?}");
         for b in 0..4 {
             h.set_checked(b, false, "test");
         }
-        assert_eq!(sel.pick(0, &h, &f), None);
+        assert_eq!(sel.pick(0, &h), None);
     }
 
     #[test]
     fn when_a_backend_leaves_only_its_keys_move() {
-        let (h, f) = (health(5), InFlight::new(5));
-        let sel = build(Algorithm::Hash, &[1; 5]);
+        let h = health(5);
+        let sel = sel(Algorithm::Hash, &[1; 5]);
         let keys: Vec<u64> = (0..20_000u32)
             .map(|i| key_of_bytes(&i.to_le_bytes()))
             .collect();
-        let before: Vec<usize> = keys.iter().map(|&k| sel.pick(k, &h, &f).unwrap()).collect();
+        let before: Vec<usize> = keys.iter().map(|&k| sel.pick(k, &h).unwrap()).collect();
         h.set_checked(2, false, "test");
-        let after: Vec<usize> = keys.iter().map(|&k| sel.pick(k, &h, &f).unwrap()).collect();
+        let after: Vec<usize> = keys.iter().map(|&k| sel.pick(k, &h).unwrap()).collect();
         let mut moved = 0;
         for (b, a) in before.iter().zip(&after) {
             if b == &2 {
@@ -400,16 +393,40 @@ mod tests {
         assert!(moved > 2000, "backend 2 had only {moved} keys");
         // It comes back: its keys return to it.
         h.set_checked(2, true, "test");
-        let back: Vec<usize> = keys.iter().map(|&k| sel.pick(k, &h, &f).unwrap()).collect();
+        let back: Vec<usize> = keys.iter().map(|&k| sel.pick(k, &h).unwrap()).collect();
         assert_eq!(back, before);
     }
 
     #[test]
     fn the_same_key_goes_to_the_same_backend() {
-        let (h, f) = (health(3), InFlight::new(3));
-        let sel = build(Algorithm::Hash, &[1; 3]);
+        let h = health(3);
+        let sel = sel(Algorithm::Hash, &[1; 3]);
         let k = key_of_ip("10.0.0.7".parse().unwrap());
-        let first = sel.pick(k, &h, &f);
-        assert!((0..100).all(|_| sel.pick(k, &h, &f) == first));
+        let first = sel.pick(k, &h);
+        assert!((0..100).all(|_| sel.pick(k, &h) == first));
+    }
+
+    #[test]
+    fn a_reload_that_removes_a_backend_moves_only_its_keys() {
+        let five = ["a:1", "b:1", "c:1", "d:1", "e:1"];
+        let four = ["a:1", "b:1", "d:1", "e:1", "f:1"];
+        let (h5, h4) = (health(5), health(5));
+        let before = build(Algorithm::Hash, &five.map(|n| (n, 1)));
+        let after = build(Algorithm::Hash, &four.map(|n| (n, 1)));
+        let (mut moved, mut to_new) = (0, 0);
+        for i in 0..20_000u32 {
+            let k = key_of_bytes(&i.to_le_bytes());
+            let was = five[before.pick(k, &h5).unwrap()];
+            let is = four[after.pick(k, &h4).unwrap()];
+            if was == "c:1" {
+                moved += 1;
+            } else if is == "f:1" {
+                to_new += 1;
+            } else {
+                assert_eq!(was, is, "a key of a backend that stayed moved");
+            }
+        }
+        assert!(moved > 2000, "c had only {moved} keys");
+        assert!(to_new > 2000, "the new backend took only {to_new} keys");
     }
 }
