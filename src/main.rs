@@ -411,6 +411,12 @@ fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloade
                     done.need_restart.join(", ")
                 );
             }
+            if !done.confirmed && !done.unchanged {
+                log!(
+                    Level::Warn,
+                    "corelb: reload: a worker busy for over a second has not switched yet"
+                );
+            }
             if done.unchanged {
                 log!(
                     Level::Info,

@@ -71,6 +71,8 @@ pub struct WorkerStats {
     pub requests: AtomicU64,
     /// Client connections open now.
     pub open: AtomicU64,
+    /// The number of the plan (configuration) this worker serves with.
+    pub plan: AtomicU64,
 }
 
 /// What every worker reads and a reload leaves alone: counters, the access log,
@@ -98,6 +100,8 @@ impl Shared {
 /// stay keep their `Member` (health, counters, in-flight count), and each worker
 /// its idle connections to them.
 pub struct Plan {
+    /// 0 at start, one more at each reload.
+    number: u64,
     /// What this was built from (restart-only settings are those in force).
     config: ProxyConfig,
     health: Arc<Health>,
@@ -110,7 +114,7 @@ pub struct Plan {
 impl Plan {
     /// Build over `config`'s backends, taking the state of those that are already
     /// `members` (same address and name).
-    fn build(config: ProxyConfig, workers: usize, members: &[Arc<Member>]) -> Plan {
+    fn build(number: u64, config: ProxyConfig, workers: usize, members: &[Arc<Member>]) -> Plan {
         let members = config
             .backends
             .iter()
@@ -130,6 +134,7 @@ impl Plan {
             .collect();
         let selector = select::build(config.algorithm, &backends);
         Plan {
+            number,
             count_inflight: selector.uses_inflight(),
             hash_key: selector.uses_key(),
             selector,
@@ -261,7 +266,7 @@ impl Proxy {
             })?),
             None => None,
         };
-        let plan = Arc::new(Plan::build(config.clone(), workers, &[]));
+        let plan = Arc::new(Plan::build(0, config.clone(), workers, &[]));
         let checker = match &config.health_check {
             Some(check) => Some(
                 Checker::spawn(Arc::clone(&plan.health), check.clone())
@@ -401,6 +406,9 @@ pub struct Reloaded {
     pub need_restart: Vec<&'static str>,
     /// Nothing that a reload applies changed.
     pub unchanged: bool,
+    /// Every worker confirmed it serves new requests with the new configuration
+    /// (a worker busy for longer than a second confirms later).
+    pub confirmed: bool,
 }
 
 /// Applies a new configuration to a running proxy, from any thread.
@@ -470,6 +478,7 @@ impl Reloader {
             .map(|b| b.authority.clone())
             .collect();
         let plan = Arc::new(Plan::build(
+            current.number + 1,
             config,
             self.controls.len(),
             current.health.members(),
@@ -495,7 +504,25 @@ impl Reloader {
                     .map_err(StartError::Spawn)?,
             );
         }
+        let number = plan.number;
         *current = plan;
+        drop(current);
+        // Wait for every worker to switch, so that "reloaded" means it.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let stats = &self.shared.stats;
+            if stats
+                .iter()
+                .all(|s| s.0.plan.load(Ordering::Relaxed) >= number)
+            {
+                result.confirmed = true;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(result)
     }
 }
@@ -1020,6 +1047,7 @@ impl Worker {
         }
         self.map = map.into_iter().flatten().collect();
         self.timeouts = plan.config.timeouts;
+        self.stats().plan.store(plan.number, Ordering::Relaxed);
         self.sweep_interval =
             (self.timeouts.shortest() / 4).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
         self.plan = plan;

@@ -702,3 +702,334 @@ fn timeout_field<'a>(s: &'a mut Settings, name: &str) -> Option<&'a mut Option<D
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one problem `text` has, as "line N: key: problem".
+    fn problem(text: &str) -> String {
+        let errors = parse_file(text).expect_err(text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors[0].to_string()
+    }
+
+    fn ok(text: &str) -> Settings {
+        parse_file(text).unwrap_or_else(|e| panic!("{text}: {e:?}"))
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_and_means_what_it_says() {
+        let text = include_str!("../scripts/corelb.toml");
+        let built = ok(text).build().unwrap();
+        let c = &built.config;
+        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
+        let backends: Vec<(String, u32)> = c
+            .backends
+            .iter()
+            .map(|b| (b.authority.clone(), b.weight))
+            .collect();
+        assert_eq!(
+            backends,
+            [("127.0.0.1:9001".into(), 1), ("127.0.0.1:9002".into(), 1)]
+        );
+        assert_eq!(c.health_check, None, "path is commented out");
+        assert_eq!(c.timeouts, config::Timeouts::default());
+        assert_eq!(c.max_header_bytes, config::DEFAULT_MAX_HEADER_BYTES);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let s = ok(r#"
+            listen = ["127.0.0.1:8081", "[::1]:8082"]
+            workers = 3
+            algorithm = "hash"
+            hash_header = "X-User"
+            admin = "127.0.0.1:9901"
+            rewrite_host = true
+            pin = true
+            busy_poll = 0
+            retries = 5
+            log_level = "debug"
+            access_log = "-"
+            access_log_format = "json"
+            handover = "/run/corelb.sock"
+            [[backend]]
+            address = "http://127.0.0.1:9001/"
+            weight = 7
+            [health]
+            path = "/up"
+            interval = "3s"
+            timeout = "500ms"
+            rise = 4
+            fall = 5
+            max_fails = 6
+            fail_window = "1m"
+            [timeouts]
+            idle = "1s"
+            header = "2s"
+            connect = "3s"
+            response = "4s"
+            body = "5s"
+            upstream_idle = "6s"
+            shutdown = "7s"
+            [limits]
+            max_connections = 100
+            max_header_bytes = 2048
+            max_body_bytes = 1000000
+        "#);
+        let b = s.build().unwrap();
+        let c = &b.config;
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.algorithm, Algorithm::Hash);
+        assert_eq!(c.hash_header.as_deref(), Some("X-User"));
+        assert!(c.rewrite_host && c.pin);
+        assert_eq!(c.busy_poll, Duration::ZERO);
+        assert_eq!(c.retries, 5);
+        assert_eq!(b.log_level, Level::Debug);
+        assert_eq!(c.access_log.as_ref().map(|a| a.path.is_none()), Some(true));
+        assert_eq!(b.handover, Some(PathBuf::from("/run/corelb.sock")));
+        assert_eq!(c.backends[0].authority, "127.0.0.1:9001");
+        assert_eq!(c.backends[0].weight, 7);
+        let h = c.health_check.as_ref().unwrap();
+        assert_eq!(
+            (h.path.as_str(), h.interval, h.timeout, h.rise, h.fall),
+            (
+                "/up",
+                Duration::from_secs(3),
+                Duration::from_millis(500),
+                4,
+                5
+            )
+        );
+        assert_eq!(c.passive.max_fails, 6);
+        assert_eq!(c.passive.window, Duration::from_secs(60));
+        let t = c.timeouts;
+        let secs = [
+            t.idle,
+            t.header,
+            t.connect,
+            t.response,
+            t.body,
+            t.upstream_idle,
+            t.shutdown,
+        ];
+        assert_eq!(secs, [1, 2, 3, 4, 5, 6, 7].map(Duration::from_secs));
+        assert_eq!(
+            (c.max_connections, c.max_header_bytes, c.max_body_bytes),
+            (100, 2048, 1_000_000)
+        );
+    }
+
+    #[test]
+    fn every_kind_of_error_names_its_key_and_line() {
+        let cases: &[(&str, &str)] = &[
+            // Syntax.
+            ("workers = ", "line 1: not valid TOML"),
+            ("[health\npath = 1", "line 1: not valid TOML"),
+            // Unknown keys, at each level.
+            ("\nworker = 2", "line 2: worker: unknown key"),
+            ("[health]\nurl = \"/\"", "line 2: health.url: unknown key"),
+            (
+                "[timeouts]\nread = \"1s\"",
+                "line 2: timeouts.read: unknown key",
+            ),
+            (
+                "[limits]\nmax_conns = 1",
+                "line 2: limits.max_conns: unknown key",
+            ),
+            (
+                "[[backend]]\naddress = \"127.0.0.1:1\"\nwieght = 2",
+                "line 3: backend[0].wieght: unknown key",
+            ),
+            // Types.
+            (
+                "workers = \"2\"",
+                "line 1: workers: expected an integer, found a string",
+            ),
+            (
+                "workers = 2.5",
+                "line 1: workers: expected an integer, found a float",
+            ),
+            (
+                "algorithm = 1",
+                "line 1: algorithm: expected a string, found an integer",
+            ),
+            ("pin = \"yes\"", "line 1: pin: expected true or false"),
+            ("health = 1", "line 1: health: expected a table"),
+            (
+                "[timeouts]\nidle = 60",
+                "line 2: timeouts.idle: expected a duration",
+            ),
+            (
+                "listen = 8080",
+                "line 1: listen: expected an address or a list",
+            ),
+            ("listen = []", "line 1: listen: an empty list"),
+            (
+                "backend = \"127.0.0.1:1\"",
+                "line 1: backend: expected [[backend]] tables",
+            ),
+            ("backend = [1]", "line 1: backend[0]: expected a table"),
+            // Values.
+            ("workers = -1", "line 1: workers: -1: must not be negative"),
+            ("workers = 0", "line 1: workers: 0: must be 1 to 1024"),
+            (
+                "busy_poll = 20000",
+                "line 1: busy_poll: 20000: must be 0 to 10000",
+            ),
+            ("retries = 17", "line 1: retries: 17: must be 0 to 16"),
+            (
+                "algorithm = \"random\"",
+                "line 1: algorithm: \"random\": unknown",
+            ),
+            (
+                "log_level = \"loud\"",
+                "line 1: log_level: \"loud\": one of",
+            ),
+            (
+                "access_log_format = \"xml\"",
+                "access_log_format: \"xml\": combined or json",
+            ),
+            ("access_log = \"\"", "line 1: access_log: \"\": a path"),
+            ("handover = \"\"", "line 1: handover: \"\": a path"),
+            (
+                "hash_header = \"X User\"",
+                "hash_header: \"X User\": not a header name",
+            ),
+            (
+                "admin = \"nowhere\"",
+                "line 1: admin: \"nowhere\": expected host:port",
+            ),
+            (
+                "listen = [\"127.0.0.1:0\"]",
+                "line 1: listen[0]: \"127.0.0.1:0\": port 0",
+            ),
+            (
+                "[[backend]]\naddress = \"https://a:1\"",
+                "line 2: backend[0].address: \"https://a:1\": scheme https://",
+            ),
+            (
+                "[[backend]]\naddress = \"127.0.0.1:1/x\"",
+                "backend[0].address: \"127.0.0.1:1/x\": a backend is host:port, without a path",
+            ),
+            (
+                "[[backend]]\nweight = 2",
+                "line 1: backend[0]: address is missing",
+            ),
+            (
+                "[[backend]]\naddress = \"127.0.0.1:1\"\nweight = 0",
+                "line 3: backend[0].weight: 0: must be 1 to 1000",
+            ),
+            (
+                "[health]\npath = \"up\"",
+                "line 2: health.path: \"up\": must start with /",
+            ),
+            (
+                "[health]\nrise = 0",
+                "line 2: health.rise: 0: must be 1 to 1000",
+            ),
+            (
+                "[health]\nfall = 1001",
+                "line 2: health.fall: 1001: must be 1 to 1000",
+            ),
+            (
+                "[health]\ninterval = \"2\"",
+                "health.interval: \"2\": needs a unit",
+            ),
+            (
+                "[timeouts]\nconnect = \"2h\"",
+                "timeouts.connect: \"2h\": needs a unit",
+            ),
+            (
+                "[timeouts]\nidle = \"61m\"",
+                "timeouts.idle: \"61m\": must be between",
+            ),
+            (
+                "[timeouts]\nbody = \"0s\"",
+                "timeouts.body: \"0s\": must be between",
+            ),
+            (
+                "[limits]\nmax_header_bytes = 100",
+                "line 2: limits.max_header_bytes: 100: must be 1024 to 1048576",
+            ),
+            (
+                "[limits]\nmax_connections = 20000000",
+                "limits.max_connections: 20000000: must be 0 to 10000000",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = problem(text);
+            assert!(
+                got.starts_with(want) || (!want.starts_with("line") && got.contains(want)),
+                "{text:?}: got {got:?}, want {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_in_line_order() {
+        let errors =
+            parse_file("workers = 0\n[limits]\nmax_body_bytes = -5\nfoo = 1\n").unwrap_err();
+        let lines: Vec<Option<usize>> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(1), Some(3), Some(4)], "{errors:?}");
+    }
+
+    #[test]
+    fn checks_across_settings_run_on_the_merged_result() {
+        let no_backend = ok("workers = 1").build().unwrap_err();
+        assert!(no_backend.starts_with("no backend"), "{no_backend}");
+        let b = "[[backend]]\naddress = \"127.0.0.1:1\"\n";
+        let e = ok(&format!("hash_header = \"X-U\"\n{b}"))
+            .build()
+            .unwrap_err();
+        assert!(
+            e.contains("hash_header") && e.contains("only with algorithm hash"),
+            "{e}"
+        );
+        let e = ok(&format!(
+            "{b}[health]\npath = \"/\"\ninterval = \"1s\"\ntimeout = \"2s\""
+        ))
+        .build()
+        .unwrap_err();
+        assert!(e.contains("health.timeout"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let file = ok(r#"
+            workers = 3
+            algorithm = "least-connections"
+            [[backend]]
+            address = "127.0.0.1:9001"
+            [timeouts]
+            connect = "1s"
+        "#);
+        let cli = Settings {
+            workers: Some(1),
+            connect_timeout: Some(Duration::from_millis(250)),
+            ..Settings::default()
+        };
+        let c = cli.over(file).build().unwrap().config;
+        assert_eq!(c.workers, 1, "the flag wins");
+        assert_eq!(
+            c.timeouts.connect,
+            Duration::from_millis(250),
+            "the flag wins"
+        );
+        assert_eq!(c.algorithm, Algorithm::LeastConnections, "the file's");
+        assert_eq!(c.backends.len(), 1, "the file's");
+        assert_eq!(c.timeouts.idle, Duration::from_secs(60), "the default");
+    }
+
+    #[test]
+    fn an_unreadable_file_is_one_error_without_a_line() {
+        let e = load_file(Path::new("/nonexistent/corelb.toml")).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, None);
+        assert!(e[0].problem.starts_with("cannot read"), "{e:?}");
+    }
+}

@@ -1,0 +1,359 @@
+//! Live reload (`Proxy::reload`, what SIGHUP runs): new backends, algorithms,
+//! health settings and timeouts apply to new requests in every worker; exchanges
+//! in flight finish; backends that stay keep their health, counters and pooled
+//! connections.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use common::*;
+use corelb::config::Backend;
+use corelb::health::CheckConfig;
+use corelb::select::Algorithm;
+use corelb::{Origin, Proxy, ProxyConfig};
+
+/// The configuration `proxy_with` starts from, over `addrs`.
+fn config_for(addrs: &[SocketAddr]) -> ProxyConfig {
+    let mut cfg = ProxyConfig::new(
+        vec![loopback()],
+        addrs.iter().map(|&a| backend_of(a)).collect(),
+    );
+    cfg.workers = 1;
+    cfg.log_health = false;
+    cfg
+}
+
+/// Which origin answered each of `n` requests on one keep-alive connection.
+fn keep_alive_bodies(proxy: SocketAddr, n: usize) -> Vec<String> {
+    let mut s = connect(proxy);
+    let mut r = Reader::new(s.try_clone().unwrap());
+    (0..n)
+        .map(|_| {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let resp = r.response();
+            assert_eq!(resp.status, 200);
+            resp.text()
+        })
+        .collect()
+}
+
+fn count(bodies: &[String], origin: &Origin) -> usize {
+    let want = format!("backend {}\n", origin.local_addr());
+    bodies.iter().filter(|b| **b == want).count()
+}
+
+/// The sum of the samples of `metric` whose labels contain `with`.
+fn metric(proxy: &Proxy, metric: &str, with: &str) -> u64 {
+    proxy
+        .stats()
+        .prometheus()
+        .lines()
+        .filter(|l| l.starts_with(metric) && l.contains(with))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn backends_change_and_those_that_stay_keep_pool_and_counters() {
+    let o = origins(3);
+    let (a, b, c) = (&o[0], &o[1], &o[2]);
+    let proxy = Proxy::start(config_for(&[a.local_addr(), b.local_addr()])).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let before = keep_alive_bodies(addr, 10);
+    assert_eq!((count(&before, a), count(&before, b)), (5, 5));
+    assert_eq!(metric(&proxy, "corelb_upstream_connects_total", ""), 2);
+
+    let done = proxy
+        .reload(config_for(&[b.local_addr(), c.local_addr()]))
+        .unwrap();
+    assert!(done.confirmed && !done.unchanged && done.need_restart.is_empty());
+    assert_eq!(done.added, [c.local_addr().to_string()]);
+    assert_eq!(done.removed, [a.local_addr().to_string()]);
+
+    let after = keep_alive_bodies(addr, 10);
+    assert_eq!(count(&after, a), 0, "a removed backend took a request");
+    assert_eq!((count(&after, b), count(&after, c)), (5, 5));
+    // One new connection (to c): b's pooled connection served on.
+    assert_eq!(metric(&proxy, "corelb_upstream_connects_total", ""), 3);
+    // b's counter went on from 5; a is gone from the scrape.
+    let b_label = format!("backend=\"{}\"", b.local_addr());
+    assert_eq!(metric(&proxy, "corelb_requests_total", &b_label), 10);
+    let a_label = format!("backend=\"{}\"", a.local_addr());
+    assert!(!proxy.stats().prometheus().contains(&a_label));
+    assert_eq!(a.requests(), 5, "a got nothing after the reload");
+    assert_no_open_connections(&proxy);
+}
+
+#[test]
+fn an_exchange_in_flight_on_a_removed_backend_finishes() {
+    let (head_seen, seen) = mpsc::channel::<()>();
+    let release = Arc::new(AtomicBool::new(false));
+    let go = Arc::clone(&release);
+    let head_seen = std::sync::Mutex::new(head_seen);
+    let slow = Scripted::start(move |mut s, _| {
+        if read_head(&mut s).is_none() {
+            return;
+        }
+        let _ = head_seen.lock().unwrap().send(());
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !go.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        write_and_close(
+            s,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow",
+        );
+    });
+    let o = origins(1);
+    let proxy = Proxy::start(config_for(&[slow.addr])).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let client = std::thread::spawn(move || get(addr, "/"));
+    seen.recv_timeout(IO_TIMEOUT)
+        .expect("the request reached the slow backend");
+    let done = proxy.reload(config_for(&[o[0].local_addr()])).unwrap();
+    assert_eq!(done.removed, [slow.addr.to_string()]);
+    // New requests go to the new backend while the old exchange still waits.
+    assert_eq!(
+        get(addr, "/").text(),
+        format!("backend {}\n", o[0].local_addr())
+    );
+    release.store(true, Ordering::SeqCst);
+    let resp = client.join().unwrap();
+    assert_eq!((resp.status, resp.text().as_str()), (200, "slow"));
+    assert_eq!(slow.connections.load(Ordering::SeqCst), 1);
+    assert_no_open_connections(&proxy);
+}
+
+#[test]
+fn a_backend_that_is_down_stays_down_across_a_reload() {
+    let o = origins(2);
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind(loopback())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cfg = config_for(&[dead, o[0].local_addr()]);
+    cfg.passive.max_fails = 1;
+    cfg.passive.window = Duration::from_secs(30);
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let addr = proxy.local_addrs()[0];
+    // The first request tries the dead backend, which goes down, and is retried.
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+    let dead_up = |proxy: &Proxy| {
+        let status = proxy.stats().status_json();
+        let at = status.find(&format!("\"address\":\"{dead}\"")).unwrap();
+        status[at..].starts_with(&format!("\"address\":\"{dead}\",\"up\":true"))
+    };
+    assert!(!dead_up(&proxy));
+    let connects = metric(&proxy, "corelb_upstream_connects_total", "");
+
+    let mut next = cfg;
+    next.backends.push(backend_of(o[1].local_addr()));
+    proxy.reload(next).unwrap();
+    assert!(
+        !dead_up(&proxy),
+        "the reload forgot that the backend is down"
+    );
+    let bodies = keep_alive_bodies(addr, 10);
+    assert_eq!((count(&bodies, &o[0]), count(&bodies, &o[1])), (5, 5));
+    // One new connection, to the added backend: the pooled one to o[0] served
+    // on, and the dead backend was not tried.
+    assert_eq!(
+        metric(&proxy, "corelb_upstream_connects_total", ""),
+        connects + 1
+    );
+}
+
+#[test]
+fn the_algorithm_and_weights_change_on_reload() {
+    let o = origins(2);
+    let addrs = [o[0].local_addr(), o[1].local_addr()];
+    let proxy = Proxy::start(config_for(&addrs)).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let bodies = keep_alive_bodies(addr, 8);
+    assert_eq!((count(&bodies, &o[0]), count(&bodies, &o[1])), (4, 4));
+    let mut next = config_for(&addrs);
+    next.algorithm = Algorithm::WeightedRoundRobin;
+    next.backends[0].weight = 3;
+    let done = proxy.reload(next).unwrap();
+    assert!(done.added.is_empty() && done.removed.is_empty() && !done.unchanged);
+    let bodies = keep_alive_bodies(addr, 40);
+    assert_eq!((count(&bodies, &o[0]), count(&bodies, &o[1])), (30, 10));
+    assert!(proxy.stats().status_json().contains("weighted-round-robin"));
+}
+
+#[test]
+fn restart_only_settings_are_reported_and_keep_their_values() {
+    let o = origins(1);
+    let proxy = Proxy::start(config_for(&[o[0].local_addr()])).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let same = config_for(&[o[0].local_addr()]);
+    assert!(proxy.reload(same.clone()).unwrap().unchanged);
+    let mut next = same;
+    next.listen = vec!["127.0.0.1:1".parse().unwrap()];
+    next.max_header_bytes = 4096;
+    next.workers = 2;
+    let done = proxy.reload(next).unwrap();
+    assert_eq!(
+        done.need_restart,
+        ["--listen", "--workers", "--max-header-bytes"]
+    );
+    assert!(done.unchanged, "nothing a reload applies changed");
+    // Still on the old address, with the old head limit (16 KiB).
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(8000)
+    );
+    assert_eq!(roundtrip(addr, big.as_bytes()).0.status, 200);
+}
+
+#[test]
+fn a_reload_without_backends_is_refused_and_changes_nothing() {
+    let o = origins(1);
+    let proxy = Proxy::start(config_for(&[o[0].local_addr()])).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let mut empty = config_for(&[o[0].local_addr()]);
+    empty.backends.clear();
+    assert!(proxy.reload(empty).is_err());
+    assert_eq!(get(addr, "/").status, 200);
+}
+
+#[test]
+fn health_checks_start_stop_and_change_on_reload() {
+    let o = origins(2);
+    let addrs = [o[0].local_addr(), o[1].local_addr()];
+    let proxy = Proxy::start(config_for(&addrs)).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let status_up = |proxy: &Proxy| proxy.stats().status_json().matches("\"up\":true").count();
+    let wait_for = |proxy: &Proxy, up: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while status_up(proxy) != up {
+            assert!(Instant::now() < deadline, "{}", proxy.stats().status_json());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // Checks on, with a path the origins answer 500: both go down.
+    let mut checked = config_for(&addrs);
+    let mut check = CheckConfig::new("/status/500".into());
+    check.interval = Duration::from_millis(30);
+    check.timeout = Duration::from_millis(30);
+    check.fall = 1;
+    check.rise = 1;
+    checked.health_check = Some(check.clone());
+    proxy.reload(checked.clone()).unwrap();
+    wait_for(&proxy, 0);
+    assert_eq!(get(addr, "/").status, 503);
+    // A path that passes: they come back.
+    check.path = "/".into();
+    checked.health_check = Some(check);
+    proxy.reload(checked.clone()).unwrap();
+    wait_for(&proxy, 2);
+    assert_eq!(get(addr, "/").status, 200);
+    // Failing again, then checks off: no stale verdict keeps them out.
+    checked.health_check.as_mut().unwrap().path = "/status/500".into();
+    proxy.reload(checked.clone()).unwrap();
+    wait_for(&proxy, 0);
+    checked.health_check = None;
+    proxy.reload(checked).unwrap();
+    assert_eq!(status_up(&proxy), 2);
+    assert_eq!(get(addr, "/").status, 200);
+}
+
+#[test]
+fn new_timeouts_apply_after_a_reload() {
+    let o = origins(1);
+    let proxy = Proxy::start(config_for(&[o[0].local_addr()])).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let mut next = config_for(&[o[0].local_addr()]);
+    next.timeouts.header = Duration::from_millis(200);
+    proxy.reload(next).unwrap();
+    // A head that never completes now gets 408 after 200 ms, not 10 s.
+    let started = Instant::now();
+    let (resp, _) = roundtrip(addr, b"GET / HTTP/1.1\r\nHost: t\r\n");
+    assert_eq!(resp.status, 408);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Clients in a loop, keep-alive and one request per connection, while the
+/// backend set changes 30 times: no request fails, and at the end the last set
+/// takes all the traffic.
+#[test]
+fn reloads_under_load_lose_nothing() {
+    let o = origins(3);
+    let addrs: Vec<SocketAddr> = o.iter().map(Origin::local_addr).collect();
+    let mut cfg = config_for(&addrs[..2]);
+    cfg.workers = 2;
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let result = std::panic::catch_unwind(|| {
+                        if i % 2 == 0 {
+                            keep_alive_bodies(addr, 20).len()
+                        } else {
+                            usize::from(get(addr, "/").status == 200)
+                        }
+                    });
+                    match result {
+                        Ok(n) => ok.fetch_add(n, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    let sets: [&[usize]; 3] = [&[1, 2], &[0], &[0, 1, 2]];
+    let algorithms = [
+        Algorithm::RoundRobin,
+        Algorithm::LeastConnections,
+        Algorithm::Hash,
+    ];
+    let base = cfg;
+    for round in 0..30 {
+        let mut next = base.clone();
+        next.backends = sets[round % 3]
+            .iter()
+            .map(|&i| backend_of(addrs[i]))
+            .collect::<Vec<Backend>>();
+        next.algorithm = algorithms[round % 3];
+        assert!(proxy.reload(next).unwrap().confirmed);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut last = base;
+    last.backends = vec![backend_of(addrs[2])];
+    proxy.reload(last).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed");
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "too little traffic to show anything"
+    );
+    let before: Vec<u64> = o.iter().map(Origin::requests).collect();
+    let bodies = keep_alive_bodies(addr, 10);
+    assert_eq!(count(&bodies, &o[2]), 10);
+    let after: Vec<u64> = o.iter().map(Origin::requests).collect();
+    assert_eq!(after[0] - before[0] + after[1] - before[1], 0);
+    // Nothing is counted in flight once the traffic has stopped.
+    assert!(
+        proxy.inflight().iter().all(|&n| n == 0),
+        "{:?}",
+        proxy.inflight()
+    );
+    assert_no_open_connections(&proxy);
+}
