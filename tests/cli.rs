@@ -701,3 +701,156 @@ fn log_level_warn_keeps_only_warnings_and_errors() {
     assert!(!err.contains("listening on"), "an info line at warn: {err}");
     assert!(!err.contains("stopping;"), "an info line at warn: {err}");
 }
+
+/// The lines `child` writes on stderr, as they come.
+fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait up to 5 s for a line containing `text`; returns it.
+fn expect_line(rx: &std::sync::mpsc::Receiver<String>, text: &str) -> String {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("no line with {text:?}"));
+        if line.contains(text) {
+            return line;
+        }
+    }
+}
+
+/// A config file for `listen` over `backends`, in a fresh temporary directory.
+fn write_config(path: &std::path::Path, listen: SocketAddr, backends: &[SocketAddr]) {
+    let mut text = format!("listen = \"{listen}\"\nworkers = 2\n");
+    for b in backends {
+        text += &format!("[[backend]]\naddress = \"{b}\"\n");
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("corelb-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example_and_lists_every_problem() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/corelb.toml");
+    let (code, out, err) = run(&["check-config", example]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok: 2 backends, round-robin"), "{out}");
+    let dir = temp_dir("check");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "workers = 0\nalgoritm = \"hash\"\n[[backend]]\naddress = \"127.0.0.1\"\n[timeouts]\nidle = \"5\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    for (line, key) in lines.iter().zip([
+        "line 1: workers",
+        "line 2: algoritm: unknown key",
+        "line 4: backend[0].address",
+        "line 6: timeouts.idle",
+    ]) {
+        assert!(line.contains(key), "{line:?} lacks {key:?}");
+    }
+    // A valid file whose settings do not fit together.
+    std::fs::write(&bad, "workers = 1\n").unwrap();
+    let (code, _, err) = run(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    assert!(err.contains("no backend"), "{err}");
+    let (code, _, err) = run(&["check-config", "/nonexistent.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read"), "{err}");
+    // serve with a bad file: one line, exit 2, pointing at check-config.
+    std::fs::write(&bad, "workers = 0\nretries = 99\n").unwrap();
+    assert_usage_error(
+        &["serve", "--config", bad.to_str().unwrap()],
+        "line 1: workers: 0: must be 1 to 1024 (and 1 more; corelb check-config",
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
+    let (origin_a, a) = start_origin(&["--body", "A"]);
+    let (origin_b, b) = start_origin(&["--body", "B"]);
+    let dir = temp_dir("reload");
+    let file = dir.join("corelb.toml");
+    let listen = free_port();
+    write_config(&file, listen, &[a]);
+    let mut proxy = start(&["serve", "--config", file.to_str().unwrap()], listen);
+    let rx = stderr_lines(&mut proxy);
+    let pid = proxy.id().to_string();
+    assert_eq!(get(listen, "/").text(), "A");
+
+    write_config(&file, listen, &[b]);
+    signal(&pid, "-HUP");
+    let line = expect_line(&rx, "reloaded");
+    assert!(
+        line.contains(&format!("added: {b}")) && line.contains(&format!("removed: {a}")),
+        "{line}"
+    );
+    for _ in 0..10 {
+        assert_eq!(get(listen, "/").text(), "B");
+    }
+
+    // A file with a problem: logged, and the running configuration stays.
+    std::fs::write(&file, format!("listen = \"{listen}\"\nworkers = \"two\"\n")).unwrap();
+    signal(&pid, "-HUP");
+    let line = expect_line(&rx, "reload:");
+    assert!(
+        line.contains("line 2: workers") && line.contains("still running the previous"),
+        "{line}"
+    );
+    assert_eq!(get(listen, "/").text(), "B");
+
+    // A listener change takes a restart: said so, and the backends still change.
+    write_config(&file, free_port(), &[a, b]);
+    signal(&pid, "-HUP");
+    let line = expect_line(&rx, "reload:");
+    assert!(
+        line.contains("--listen") && line.contains("restart"),
+        "{line}"
+    );
+    expect_line(&rx, "reloaded");
+    let bodies: Vec<String> = (0..4).map(|_| get(listen, "/").text()).collect();
+    assert_eq!(bodies.iter().filter(|b| *b == "A").count(), 2, "{bodies:?}");
+
+    // Flags override the file on reload too.
+    stop(proxy, "-TERM");
+    let mut proxy = start(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--backend",
+            &b.to_string(),
+            "--listen",
+            &listen.to_string(),
+        ],
+        listen,
+    );
+    let rx = stderr_lines(&mut proxy);
+    signal(&proxy.id().to_string(), "-HUP");
+    expect_line(&rx, "nothing to change");
+    assert_eq!(get(listen, "/").text(), "B");
+    stop(proxy, "-TERM");
+    stop(origin_a, "-TERM");
+    stop(origin_b, "-TERM");
+    let _ = std::fs::remove_dir_all(dir);
+}
