@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::balance::Padded;
 use crate::log::Level;
@@ -326,6 +326,10 @@ fn run_checks(health: &Health, config: &CheckConfig, stopped: &Receiver<()>) {
     let mut up: Vec<bool> = (0..health.len()).map(|b| health.checked(b)).collect();
     loop {
         for (b, m) in health.members().iter().enumerate() {
+            // Stopping (a reload) need not wait for a round over every backend.
+            if !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
+                return;
+            }
             let result = check_once(m.addr, &m.authority, &config.path, config.timeout);
             streak[b] = match (&result, streak[b]) {
                 (Ok(_), s) if s > 0 => s + 1,

@@ -1528,8 +1528,10 @@ impl Worker {
     /// Count the exchange as in flight on `backend`, for the algorithms that
     /// compare loads (nothing is counted for the others).
     fn hold(&mut self, ck: usize, backend: usize) {
+        // Released even if a reload has since chosen an algorithm that does not
+        // count: a retry must not leave the count on the backend that failed.
+        self.unhold(ck);
         if self.plan.count_inflight {
-            self.unhold(ck);
             self.locals[backend].member.acquire();
             let x = &mut self.clients[ck].x;
             x.backend = backend;

@@ -357,3 +357,78 @@ fn reloads_under_load_lose_nothing() {
     );
     assert_no_open_connections(&proxy);
 }
+
+/// A request counted in flight under least-connections, retried after a reload to
+/// round-robin (which does not count): no count may be left behind or taken twice.
+#[test]
+fn a_retry_across_a_change_of_algorithm_keeps_in_flight_counts_right() {
+    let (head_seen, seen) = mpsc::channel::<()>();
+    let release = Arc::new(AtomicBool::new(false));
+    let go = Arc::clone(&release);
+    let head_seen = std::sync::Mutex::new(head_seen);
+    // Takes the request, waits, then closes without answering: a GET is retried.
+    let dropper = Scripted::start(move |mut s, _| {
+        if read_head(&mut s).is_none() {
+            return;
+        }
+        let _ = head_seen.lock().unwrap().send(());
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !go.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let o = origins(1);
+    let mut cfg = config_for(&[dropper.addr, o[0].local_addr()]);
+    cfg.algorithm = Algorithm::LeastConnections;
+    cfg.passive.max_fails = 0;
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let addr = proxy.local_addrs()[0];
+    // Least-connections with no load picks the first backend: the dropper.
+    let client = std::thread::spawn(move || get(addr, "/"));
+    seen.recv_timeout(IO_TIMEOUT)
+        .expect("the request reached the dropper");
+    assert_eq!(proxy.inflight(), [1, 0]);
+    cfg.algorithm = Algorithm::RoundRobin;
+    proxy.reload(cfg).unwrap();
+    release.store(true, Ordering::SeqCst);
+    let resp = client.join().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), format!("backend {}\n", o[0].local_addr()));
+    assert_eq!(proxy.inflight(), [0, 0]);
+}
+
+/// Health checks against backends that never answer take a whole timeout each;
+/// a reload stops them between two backends, not after a round over all of them.
+#[test]
+fn a_reload_does_not_wait_for_a_round_of_slow_health_checks() {
+    let silent: Vec<Scripted> = (0..8)
+        .map(|_| {
+            Scripted::start(|s, _| {
+                std::thread::sleep(Duration::from_secs(2));
+                drop(s);
+            })
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = silent.iter().map(|s| s.addr).collect();
+    let mut cfg = config_for(&addrs);
+    let mut check = CheckConfig::new("/".into());
+    check.interval = Duration::from_secs(1);
+    check.timeout = Duration::from_secs(1);
+    cfg.health_check = Some(check);
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    // Wait until the check thread is inside its round (a connection is open).
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while silent[0].connections.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no health check arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cfg.health_check = None;
+    let started = Instant::now();
+    proxy.reload(cfg).unwrap();
+    // A round over all eight takes 8 s; stopping after the check in progress, 1 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the reload waited {:?} for the health checks",
+        started.elapsed()
+    );
+}
