@@ -1374,6 +1374,9 @@ impl Worker {
                 let Some(next) = self.other_backend(failed) else {
                     return self.fail(ck, Fail::Reject(reject));
                 };
+                // Released even if a reload has since chosen an algorithm that does
+                // not count: the count must not stay on the backend that failed.
+                self.unhold(ck);
                 self.hold(ck, next);
                 crate::log!(
                     crate::log::Level::Debug,
@@ -1527,10 +1530,8 @@ impl Worker {
 
     /// Count the exchange as in flight on `backend`, for the algorithms that
     /// compare loads (nothing is counted for the others).
+    /// The exchange must not be held already (see `unhold`).
     fn hold(&mut self, ck: usize, backend: usize) {
-        // Released even if a reload has since chosen an algorithm that does not
-        // count: a retry must not leave the count on the backend that failed.
-        self.unhold(ck);
         if self.plan.count_inflight {
             self.locals[backend].member.acquire();
             let x = &mut self.clients[ck].x;
