@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::balance::Padded;
 use crate::log::Level;
-use crate::metrics::Classes;
+use crate::metrics::BackendCounts;
 
 /// Passive health settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +67,8 @@ pub struct Member {
     pub authority: String,
     state: Padded<State>,
     inflight: Padded<AtomicUsize>,
-    /// Responses by worker (each on its own cache line) and status class.
-    responses: Box<[Padded<Classes>]>,
+    /// Responses and their latency, by worker (each on its own cache lines).
+    per_worker: Box<[Padded<BackendCounts>]>,
 }
 
 impl Member {
@@ -83,7 +83,7 @@ impl Member {
                 ..State::default()
             }),
             inflight: Padded::default(),
-            responses: (0..workers.max(1)).map(|_| Padded::default()).collect(),
+            per_worker: (0..workers.max(1)).map(|_| Padded::default()).collect(),
         })
     }
 
@@ -100,14 +100,17 @@ impl Member {
         self.inflight.0.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Worker `worker` relayed a response with `status` from this backend.
-    pub fn count_response(&self, worker: usize, status: u16) {
-        self.responses[worker].0.count(status);
+    /// Worker `worker` relayed a response with `status` from this backend, which
+    /// took `took` from the request head to the response's end.
+    pub fn finished(&self, worker: usize, status: u16, took: Duration) {
+        let c = &self.per_worker[worker].0;
+        c.responses.count(status);
+        c.latency.observe(took);
     }
 
-    /// Responses relayed by each worker, by status class.
-    pub fn responses(&self) -> impl Iterator<Item = &Classes> {
-        self.responses.iter().map(|p| &p.0)
+    /// What each worker counted for this backend.
+    pub fn counts(&self) -> impl Iterator<Item = &BackendCounts> {
+        self.per_worker.iter().map(|p| &p.0)
     }
 }
 

@@ -32,6 +32,54 @@ impl Classes {
     }
 }
 
+/// A latency histogram: non-cumulative counts per bucket of `BUCKETS` (the last
+/// counts what is above them all), and the sum.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What one worker counts for one backend (kept in the backend's
+/// `health::Member`, so it survives reloads).
+#[derive(Debug, Default)]
+pub struct BackendCounts {
+    pub responses: Classes,
+    /// From a request head to the end of its response.
+    pub latency: Histogram,
+}
+
+impl BackendCounts {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            responses: self.responses.get(),
+            latency: self.latency.buckets.each_ref().map(get),
+            latency_sum_micros: get(&self.latency.sum_micros),
+        }
+    }
+}
+
+/// `BackendCounts` as read by a scrape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub responses: [u64; 5],
+    pub latency: [u64; BUCKETS.len() + 1],
+    pub latency_sum_micros: u64,
+}
+
 /// One worker's counters (those of a backend are in its `health::Member`).
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
@@ -42,23 +90,6 @@ pub struct WorkerMetrics {
     pub retries: AtomicU64,
     /// Backend connections open now (busy or pooled).
     pub upstream_open: AtomicU64,
-    /// Non-cumulative counts per bucket; the last counts what is above them all.
-    latency: [AtomicU64; BUCKETS.len() + 1],
-    latency_sum_micros: AtomicU64,
-}
-
-impl WorkerMetrics {
-    /// A request took `took` from its head to the end of its response.
-    pub fn latency(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(BUCKETS.len());
-        self.latency[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -78,8 +109,8 @@ pub struct BackendView<'a> {
     pub name: &'a str,
     pub up: bool,
     pub inflight: usize,
-    /// Responses relayed from this backend, per worker, by class.
-    pub responses: Vec<[u64; 5]>,
+    /// Responses relayed from this backend and their latency, per worker.
+    pub per_worker: Vec<Snapshot>,
 }
 
 /// A label value, escaped as the text format wants (backslash, quote, newline).
@@ -105,7 +136,10 @@ pub fn prometheus(v: &View<'_>) -> String {
         "Responses sent, by worker, backend (\"local\" for corelb's own) and status class.",
     );
     for (w, m) in v.metrics.iter().enumerate() {
-        let backends = v.backends.iter().map(|b| (b.name, b.responses[w]));
+        let backends = v
+            .backends
+            .iter()
+            .map(|b| (b.name, b.per_worker[w].responses));
         for (backend, classes) in backends.chain([("local", m.local.get())]) {
             for (c, n) in classes.iter().enumerate() {
                 let _ = writeln!(
@@ -187,31 +221,28 @@ pub fn prometheus(v: &View<'_>) -> String {
         &mut out,
         "corelb_request_duration_seconds",
         "histogram",
-        "From a request head to the end of its response, by worker.",
+        "From a request head to the end of its response, by worker and backend.",
     );
-    for (w, m) in v.metrics.iter().enumerate() {
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += get(&m.latency[i]);
+    for w in 0..v.metrics.len() {
+        for b in &v.backends {
+            let at = format!("worker=\"{w}\",backend=\"{}\"", label(b.name));
+            let snap = &b.per_worker[w];
+            let mut cumulative = 0;
+            for (i, n) in snap.latency.iter().enumerate() {
+                cumulative += n;
+                let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(
+                    out,
+                    "corelb_request_duration_seconds_bucket{{{at},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = snap.latency_sum_micros as f64 / 1e6;
+            let _ = writeln!(out, "corelb_request_duration_seconds_sum{{{at}}} {sum}");
             let _ = writeln!(
                 out,
-                "corelb_request_duration_seconds_bucket{{worker=\"{w}\",le=\"{bound}\"}} {cumulative}"
+                "corelb_request_duration_seconds_count{{{at}}} {cumulative}"
             );
         }
-        cumulative += get(&m.latency[BUCKETS.len()]);
-        let _ = writeln!(
-            out,
-            "corelb_request_duration_seconds_bucket{{worker=\"{w}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let _ = writeln!(
-            out,
-            "corelb_request_duration_seconds_sum{{worker=\"{w}\"}} {}",
-            get(&m.latency_sum_micros) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "corelb_request_duration_seconds_count{{worker=\"{w}\"}} {cumulative}"
-        );
     }
     out
 }
@@ -242,7 +273,7 @@ pub fn status_json(v: &View<'_>) -> String {
         json_string(&v.algorithm)
     );
     for (i, b) in v.backends.iter().enumerate() {
-        let requests: u64 = b.responses.iter().flatten().sum();
+        let requests: u64 = b.per_worker.iter().flat_map(|s| s.responses).sum();
         if i > 0 {
             out.push(',');
         }
@@ -281,13 +312,17 @@ mod tests {
 
     #[test]
     fn latency_lands_in_the_right_bucket_and_classes_count() {
+        let c = BackendCounts::default();
+        c.latency.observe(Duration::from_micros(400));
+        c.latency.observe(Duration::from_millis(3));
+        c.latency.observe(Duration::from_secs(30));
+        let snap = c.snapshot();
+        assert_eq!(snap.latency[0], 1);
+        assert_eq!(snap.latency[3], 1);
+        assert_eq!(snap.latency[BUCKETS.len()], 1);
+        assert_eq!(snap.latency.iter().sum::<u64>(), 3);
+        assert_eq!(snap.latency_sum_micros, 30_003_400);
         let m = WorkerMetrics::default();
-        m.latency(Duration::from_micros(400));
-        m.latency(Duration::from_millis(3));
-        m.latency(Duration::from_secs(30));
-        assert_eq!(get(&m.latency[0]), 1);
-        assert_eq!(get(&m.latency[3]), 1);
-        assert_eq!(get(&m.latency[BUCKETS.len()]), 1);
         m.local.count(204);
         m.local.count(502);
         m.local.count(502);

@@ -171,7 +171,7 @@ impl ProxyStats {
                     name: &m.authority,
                     up: health.is_up(b),
                     inflight: m.inflight(),
-                    responses: m.responses().map(|c| c.get()).collect(),
+                    per_worker: m.counts().map(|c| c.snapshot()).collect(),
                 })
                 .collect(),
             workers: self
@@ -1634,8 +1634,7 @@ impl Worker {
             // The 101 is queued; from here on this session is a tunnel.
             let (backend, took) = (c.x.backend, self.now.saturating_duration_since(c.x.started));
             self.stats().requests.fetch_add(1, Ordering::Relaxed);
-            self.locals[backend].member.count_response(self.id, 101);
-            self.shared.metrics[self.id].0.latency(took);
+            self.locals[backend].member.finished(self.id, 101, took);
             if self.shared.access.is_some() {
                 self.log_access(ck, 101, Some(backend), true);
             }
@@ -1668,11 +1667,10 @@ impl Worker {
         self.stats().requests.fetch_add(1, Ordering::Relaxed);
         self.unhold(ck);
         let x = &self.clients[ck].x;
+        let took = self.now.saturating_duration_since(x.started);
         self.locals[x.backend]
             .member
-            .count_response(self.id, x.status);
-        let m = &self.shared.metrics[self.id].0;
-        m.latency(self.now.saturating_duration_since(x.started));
+            .finished(self.id, x.status, took);
         if self.shared.access.is_some() {
             let (status, backend) = (x.status, x.backend);
             self.log_access(ck, status, Some(backend), true);
