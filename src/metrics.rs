@@ -98,7 +98,10 @@ fn get(a: &AtomicU64) -> u64 {
 
 /// What a scrape shows besides the worker metrics.
 pub struct View<'a> {
-    pub algorithm: String,
+    /// The configuration in force.
+    pub config: &'a crate::config::ProxyConfig,
+    /// Reloads applied since start.
+    pub reloads: u64,
     pub backends: Vec<BackendView<'a>>,
     /// Per worker: accepted connections, completed requests, open client connections.
     pub workers: Vec<(u64, u64, u64)>,
@@ -197,6 +200,13 @@ pub fn prometheus(v: &View<'_>) -> String {
             let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", value(m, counts));
         }
     }
+    family(
+        &mut out,
+        "corelb_config_reloads_total",
+        "counter",
+        "Configuration reloads applied (SIGHUP with --config).",
+    );
+    let _ = writeln!(out, "corelb_config_reloads_total {}", v.reloads);
     // One series per backend each.
     type PerBackend = fn(&BackendView<'_>) -> u64;
     let per_backend: [(&str, &str, PerBackend); 2] = [
@@ -267,11 +277,41 @@ fn json_string(s: &str) -> String {
 /// busiest worker's requests over the mean; 1.0 is an even spread).
 pub fn status_json(v: &View<'_>) -> String {
     let mut out = String::from("{");
+    let c = v.config;
     let _ = write!(
         out,
-        "\"algorithm\":{},\"backends\":[",
-        json_string(&v.algorithm)
+        "\"algorithm\":{},\"reloads\":{},\"config\":{{\"listen\":[{}],\"workers\":{},\
+         \"retries\":{},\"health_path\":{},\"max_connections\":{},\"max_body_bytes\":{},\
+         \"timeouts_ms\":{{",
+        json_string(&c.algorithm.to_string()),
+        v.reloads,
+        (c.listen.iter())
+            .map(|a| json_string(&a.to_string()))
+            .collect::<Vec<_>>()
+            .join(","),
+        c.workers,
+        c.retries,
+        c.health_check
+            .as_ref()
+            .map_or("null".to_string(), |h| json_string(&h.path)),
+        c.max_connections,
+        c.max_body_bytes,
     );
+    let t = &c.timeouts;
+    let timeouts = [
+        ("idle", t.idle),
+        ("header", t.header),
+        ("connect", t.connect),
+        ("response", t.response),
+        ("body", t.body),
+        ("upstream_idle", t.upstream_idle),
+        ("shutdown", t.shutdown),
+    ];
+    for (i, (name, d)) in timeouts.iter().enumerate() {
+        let comma = if i > 0 { "," } else { "" };
+        let _ = write!(out, "{comma}\"{name}\":{}", d.as_millis());
+    }
+    out.push_str("}},\"backends\":[");
     for (i, b) in v.backends.iter().enumerate() {
         let requests: u64 = b.per_worker.iter().flat_map(|s| s.responses).sum();
         if i > 0 {
@@ -333,8 +373,10 @@ mod tests {
     #[test]
     fn skew_is_one_for_an_even_spread() {
         let m = WorkerMetrics::default();
+        let config = crate::config::ProxyConfig::new(vec![], vec![]);
         let v = View {
-            algorithm: "round-robin".into(),
+            config: &config,
+            reloads: 0,
             backends: vec![],
             workers: vec![(10, 50, 0), (10, 50, 0)],
             metrics: vec![&m, &m],

@@ -162,7 +162,8 @@ impl ProxyStats {
         let s = &self.0;
         let health = &plan.health;
         metrics::View {
-            algorithm: plan.config.algorithm.to_string(),
+            config: &plan.config,
+            reloads: plan.number,
             backends: health
                 .members()
                 .iter()

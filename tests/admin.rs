@@ -288,7 +288,11 @@ fn status_healthz_and_errors() {
     let (status, ctype, body) = admin_get(admin, "GET", "/status");
     assert_eq!((status, ctype.as_str()), (200, "application/json"));
     assert!(
-        body.starts_with("{\"algorithm\":\"round-robin\",\"backends\":[{\"address\":"),
+        body.starts_with("{\"algorithm\":\"round-robin\",\"reloads\":0,\"config\":{\"listen\":[\"127.0.0.1:0\"],\"workers\":2,\"retries\":2,\"health_path\":null,"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\"timeouts_ms\":{\"idle\":60000,\"header\":10000,\"connect\":3000,"),
         "{body}"
     );
     for a in &addrs {

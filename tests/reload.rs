@@ -77,6 +77,8 @@ fn backends_change_and_those_that_stay_keep_pool_and_counters() {
 
     let after = keep_alive_bodies(addr, 10);
     assert_eq!(count(&after, a), 0, "a removed backend took a request");
+    assert!(proxy.stats().status_json().contains("\"reloads\":1,"));
+    assert_eq!(metric(&proxy, "corelb_config_reloads_total", ""), 1);
     assert_eq!((count(&after, b), count(&after, c)), (5, 5));
     // One new connection (to c): b's pooled connection served on.
     assert_eq!(metric(&proxy, "corelb_upstream_connects_total", ""), 3);
