@@ -522,9 +522,13 @@ fn serve(args: Serve) -> ExitCode {
             }
         })
         .collect();
+    let source = match &config_path {
+        Some(p) => format!(" (config {}; SIGHUP reloads it)", p.display()),
+        None => String::new(),
+    };
     log!(
         Level::Info,
-        "corelb: listening on {} with {} worker{} (open files limit {}), {} over {}",
+        "corelb: listening on {} with {} worker{} (open files limit {}), {} over {}{source}",
         addrs.join(", "),
         workers,
         if workers == 1 { "" } else { "s" },
