@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +48,9 @@ struct State {
     window_start: AtomicU64,
     /// What was last logged: up (true) or down.
     reported_up: AtomicBool,
+    /// Consecutive active check results: positive passes, negative failures
+    /// (written by the check thread only; kept across reloads).
+    streak: AtomicI64,
 }
 
 /// The clock cool-downs are kept in, the same for every backend and every
@@ -227,6 +230,37 @@ impl Health {
         self.report(m, self.is_up(b), why);
     }
 
+    /// One active check of backend `b` passed or failed (`why` says how): `fall`
+    /// failures in a row take it out, `rise` passes in a row bring it back. The
+    /// count goes on across reloads.
+    pub fn record_check(&self, b: usize, passed: bool, rise: u32, fall: u32, why: &str) {
+        let s = &self.members[b].state.0;
+        let streak = match (passed, s.streak.load(Ordering::Relaxed)) {
+            (true, n) if n > 0 => n + 1,
+            (true, _) => 1,
+            (false, n) if n < 0 => n - 1,
+            (false, _) => -1,
+        };
+        s.streak.store(streak, Ordering::Relaxed);
+        let up = self.checked(b);
+        if up && -streak >= i64::from(fall) {
+            self.set_checked(b, false, why);
+        } else if !up && streak >= i64::from(rise) {
+            self.set_checked(b, true, why);
+        }
+    }
+
+    /// Active checks are off: forget their counts, and bring back every backend
+    /// they had taken out.
+    pub fn checks_off(&self) {
+        for (b, m) in self.members.iter().enumerate() {
+            m.state.0.streak.store(0, Ordering::Relaxed);
+            if !self.checked(b) {
+                self.set_checked(b, true, "health checks are off");
+            }
+        }
+    }
+
     /// The active checks' last verdict on backend `b`.
     pub fn checked(&self, b: usize) -> bool {
         self.members[b].state.0.checked_up.load(Ordering::Relaxed)
@@ -324,9 +358,6 @@ impl Drop for Checker {
 }
 
 fn run_checks(health: &Health, config: &CheckConfig, stopped: &Receiver<()>) {
-    // Consecutive results so far: positive passes, negative failures.
-    let mut streak = vec![0i64; health.len()];
-    let mut up: Vec<bool> = (0..health.len()).map(|b| health.checked(b)).collect();
     loop {
         for (b, m) in health.members().iter().enumerate() {
             // Stopping (a reload) need not wait for a round over every backend.
@@ -334,23 +365,11 @@ fn run_checks(health: &Health, config: &CheckConfig, stopped: &Receiver<()>) {
                 return;
             }
             let result = check_once(m.addr, &m.authority, &config.path, config.timeout);
-            streak[b] = match (&result, streak[b]) {
-                (Ok(_), s) if s > 0 => s + 1,
-                (Ok(_), _) => 1,
-                (Err(_), s) if s < 0 => s - 1,
-                (Err(_), _) => -1,
-            };
             let why = match &result {
                 Ok(status) => format!("health check: {status}"),
                 Err(e) => format!("health check: {e}"),
             };
-            if up[b] && -streak[b] >= i64::from(config.fall) {
-                up[b] = false;
-                health.set_checked(b, false, &why);
-            } else if !up[b] && streak[b] >= i64::from(config.rise) {
-                up[b] = true;
-                health.set_checked(b, true, &why);
-            }
+            health.record_check(b, result.is_ok(), config.rise, config.fall, &why);
         }
         match stopped.recv_timeout(config.interval) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -457,5 +476,31 @@ mod tests {
         h.set_checked(0, true, "check passed");
         assert!(h.is_up(0));
         assert!(h.members[0].state.0.reported_up.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn check_streaks_flip_the_verdict_and_survive_a_new_configuration() {
+        let h = health(1, 3, 1000);
+        h.record_check(0, false, 3, 2, "fail");
+        assert!(h.is_up(0), "one failure of fall 2");
+        h.record_check(0, false, 3, 2, "fail");
+        assert!(!h.is_up(0));
+        h.record_check(0, true, 3, 2, "pass");
+        h.record_check(0, true, 3, 2, "pass");
+        assert!(!h.is_up(0), "two passes of rise 3");
+        // A reload: a new Health over the same member goes on counting.
+        let again = Health::of(h.members().to_vec(), Passive::default(), false);
+        again.record_check(0, true, 3, 2, "pass");
+        assert!(again.is_up(0), "the third pass in a row");
+        // A failure breaks a run of passes; checks off forget the count.
+        again.record_check(0, false, 3, 2, "fail");
+        assert!(again.is_up(0));
+        again.checks_off();
+        again.record_check(0, false, 3, 2, "fail");
+        assert!(again.is_up(0), "the count started over");
+        again.record_check(0, false, 3, 2, "fail");
+        assert!(!again.is_up(0));
+        again.checks_off();
+        assert!(again.is_up(0), "checks off bring it back");
     }
 }

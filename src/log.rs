@@ -15,6 +15,15 @@ pub enum Level {
 impl Level {
     pub const NAMES: &'static str = "error, warn, info, debug";
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Level> {
         Some(match name {
             "error" => Level::Error,
@@ -27,6 +36,16 @@ impl Level {
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+/// The level in force.
+pub fn level() -> Level {
+    match LEVEL.load(Ordering::Relaxed) {
+        0 => Level::Error,
+        1 => Level::Warn,
+        2 => Level::Info,
+        _ => Level::Debug,
+    }
+}
 
 /// Log `level` and everything more severe from now on (process-wide).
 pub fn set_level(level: Level) {
@@ -55,7 +74,7 @@ mod tests {
     #[test]
     fn levels_parse_and_order() {
         for name in Level::NAMES.split(", ") {
-            assert!(Level::parse(name).is_some(), "{name}");
+            assert_eq!(Level::parse(name).map(Level::name), Some(name));
         }
         assert_eq!(Level::parse("trace"), None);
         assert!(Level::Error < Level::Debug);

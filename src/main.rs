@@ -396,6 +396,7 @@ fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloade
             return;
         }
     };
+    let level_changed = log::level() != built.log_level;
     log::set_level(built.log_level);
     match reloader.reload(built.config) {
         Err(e) => log!(
@@ -418,11 +419,12 @@ fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloade
                 );
             }
             if done.unchanged {
-                log!(
-                    Level::Info,
-                    "corelb: reloaded {}: nothing to change",
-                    path.display()
-                );
+                let change = if level_changed {
+                    format!("log level {}", built.log_level.name())
+                } else {
+                    "nothing to change".to_string()
+                };
+                log!(Level::Info, "corelb: reloaded {}: {change}", path.display());
             } else {
                 let list = |v: &[String]| {
                     if v.is_empty() {

@@ -490,11 +490,7 @@ impl Reloader {
         drop(checker.take());
         if plan.config.health_check.is_none() {
             // Without checks, no check verdict may keep a backend out.
-            for b in 0..plan.health.len() {
-                if !plan.health.checked(b) {
-                    plan.health.set_checked(b, true, "health checks are off");
-                }
-            }
+            plan.health.checks_off();
         }
         for c in &self.controls {
             c.send(Control::Reload(Arc::clone(&plan)));

@@ -849,6 +849,15 @@ fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
     signal(&proxy.id().to_string(), "-HUP");
     expect_line(&rx, "nothing to change");
     assert_eq!(get(listen, "/").text(), "B");
+    // A change of log level alone is applied and said.
+    std::fs::write(
+        &file,
+        format!("log_level = \"debug\"\n[[backend]]\naddress = \"{b}\"\n"),
+    )
+    .unwrap();
+    signal(&proxy.id().to_string(), "-HUP");
+    let line = expect_line(&rx, "reloaded");
+    assert!(line.ends_with(": log level debug"), "{line}");
     stop(proxy, "-TERM");
     stop(origin_a, "-TERM");
     stop(origin_b, "-TERM");
