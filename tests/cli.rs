@@ -377,15 +377,7 @@ fn sigusr1_reports_per_worker_counts_and_keeps_serving() {
     for _ in 0..10 {
         assert_eq!(get(proxy_addr, "/").status, 200);
     }
-    let stderr = proxy.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stderr_lines(&mut proxy);
     let pid = proxy.id().to_string();
     signal(&pid, "-USR1");
     let mut report = Vec::new();
@@ -607,8 +599,7 @@ fn restart_with_handover_under_load_loses_no_request() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let (origin, origin_addr) = start_origin(&[]);
     let backend = origin_addr.to_string();
-    let dir = std::env::temp_dir().join(format!("corelb-restart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("restart");
     let sock = dir.join("handover.sock");
     let sock_arg = sock.to_str().unwrap().to_string();
     let addr = free_port();
@@ -737,6 +728,7 @@ fn write_config(path: &std::path::Path, listen: SocketAddr, backends: &[SocketAd
     std::fs::write(path, text).unwrap();
 }
 
+/// A fresh directory under the system's temporary directory, for this test run.
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("corelb-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

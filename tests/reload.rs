@@ -58,6 +58,50 @@ fn metric(proxy: &Proxy, metric: &str, with: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// A backend that holds each request: it reads the head, reports it on `seen`,
+/// waits for `release` (at most `IO_TIMEOUT`), then writes `answer` and closes.
+struct Held {
+    backend: Scripted,
+    seen: mpsc::Receiver<()>,
+    release: Arc<AtomicBool>,
+}
+
+impl Held {
+    fn start(answer: &'static [u8]) -> Held {
+        let (head_seen, seen) = mpsc::channel::<()>();
+        let head_seen = std::sync::Mutex::new(head_seen);
+        let release = Arc::new(AtomicBool::new(false));
+        let go = Arc::clone(&release);
+        let backend = Scripted::start(move |mut s, _| {
+            if read_head(&mut s).is_none() {
+                return;
+            }
+            let _ = head_seen.lock().unwrap().send(());
+            let deadline = Instant::now() + IO_TIMEOUT;
+            while !go.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            write_and_close(s, answer);
+        });
+        Held {
+            backend,
+            seen,
+            release,
+        }
+    }
+
+    /// Wait until a request is being held.
+    fn wait_for_request(&self) {
+        self.seen
+            .recv_timeout(IO_TIMEOUT)
+            .expect("a request reached the held backend");
+    }
+
+    fn release(&self) {
+        self.release.store(true, Ordering::SeqCst);
+    }
+}
+
 #[test]
 fn backends_change_and_those_that_stay_keep_pool_and_counters() {
     let o = origins(3);
@@ -93,41 +137,24 @@ fn backends_change_and_those_that_stay_keep_pool_and_counters() {
 
 #[test]
 fn an_exchange_in_flight_on_a_removed_backend_finishes() {
-    let (head_seen, seen) = mpsc::channel::<()>();
-    let release = Arc::new(AtomicBool::new(false));
-    let go = Arc::clone(&release);
-    let head_seen = std::sync::Mutex::new(head_seen);
-    let slow = Scripted::start(move |mut s, _| {
-        if read_head(&mut s).is_none() {
-            return;
-        }
-        let _ = head_seen.lock().unwrap().send(());
-        let deadline = Instant::now() + IO_TIMEOUT;
-        while !go.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        write_and_close(
-            s,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow",
-        );
-    });
+    let slow =
+        Held::start(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow");
     let o = origins(1);
-    let proxy = Proxy::start(config_for(&[slow.addr])).unwrap();
+    let proxy = Proxy::start(config_for(&[slow.backend.addr])).unwrap();
     let addr = proxy.local_addrs()[0];
     let client = std::thread::spawn(move || get(addr, "/"));
-    seen.recv_timeout(IO_TIMEOUT)
-        .expect("the request reached the slow backend");
+    slow.wait_for_request();
     let done = proxy.reload(config_for(&[o[0].local_addr()])).unwrap();
-    assert_eq!(done.removed, [slow.addr.to_string()]);
+    assert_eq!(done.removed, [slow.backend.addr.to_string()]);
     // New requests go to the new backend while the old exchange still waits.
     assert_eq!(
         get(addr, "/").text(),
         format!("backend {}\n", o[0].local_addr())
     );
-    release.store(true, Ordering::SeqCst);
+    slow.release();
     let resp = client.join().unwrap();
     assert_eq!((resp.status, resp.text().as_str()), (200, "slow"));
-    assert_eq!(slow.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(slow.backend.connections.load(Ordering::SeqCst), 1);
     assert_no_open_connections(&proxy);
 }
 
@@ -364,35 +391,21 @@ fn reloads_under_load_lose_nothing() {
 /// round-robin (which does not count): no count may be left behind or taken twice.
 #[test]
 fn a_retry_across_a_change_of_algorithm_keeps_in_flight_counts_right() {
-    let (head_seen, seen) = mpsc::channel::<()>();
-    let release = Arc::new(AtomicBool::new(false));
-    let go = Arc::clone(&release);
-    let head_seen = std::sync::Mutex::new(head_seen);
     // Takes the request, waits, then closes without answering: a GET is retried.
-    let dropper = Scripted::start(move |mut s, _| {
-        if read_head(&mut s).is_none() {
-            return;
-        }
-        let _ = head_seen.lock().unwrap().send(());
-        let deadline = Instant::now() + IO_TIMEOUT;
-        while !go.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    });
+    let dropper = Held::start(b"");
     let o = origins(1);
-    let mut cfg = config_for(&[dropper.addr, o[0].local_addr()]);
+    let mut cfg = config_for(&[dropper.backend.addr, o[0].local_addr()]);
     cfg.algorithm = Algorithm::LeastConnections;
     cfg.passive.max_fails = 0;
     let proxy = Proxy::start(cfg.clone()).unwrap();
     let addr = proxy.local_addrs()[0];
     // Least-connections with no load picks the first backend: the dropper.
     let client = std::thread::spawn(move || get(addr, "/"));
-    seen.recv_timeout(IO_TIMEOUT)
-        .expect("the request reached the dropper");
+    dropper.wait_for_request();
     assert_eq!(proxy.inflight(), [1, 0]);
     cfg.algorithm = Algorithm::RoundRobin;
     proxy.reload(cfg).unwrap();
-    release.store(true, Ordering::SeqCst);
+    dropper.release();
     let resp = client.join().unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), format!("backend {}\n", o[0].local_addr()));
