@@ -279,27 +279,28 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, FlagError> {
 }
 
 /// Parse a duration as the CLI takes it: a whole number with a unit, `ms`, `s` or
-/// `m` (`500ms`, `30s`, `2m`). Between 1 ms and 1 hour.
+/// `m` (`500ms`, `30s`, `2m`). Between 1 ms and 1 hour. The error quotes `text`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration(text).map_err(|problem| format!("{text:?} {problem}"))
+}
+
+/// `parse_duration` whose error is the problem only (the caller names the value).
+pub fn duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s or 2m"))?;
+        .map_err(|_| "is not a duration like 500ms, 30s or 2m".to_string())?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => {
-            return Err(format!(
-                "{text:?} needs a unit: ms, s or m (500ms, 30s, 2m)"
-            ));
-        }
+        _ => return Err("needs a unit: ms, s or m (500ms, 30s, 2m)".into()),
     };
     if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
-        return Err(format!("{text:?} must be between 1ms and 60m"));
+        return Err("must be between 1ms and 60m".into());
     }
     Ok(d)
 }

@@ -193,14 +193,9 @@ impl Health {
         s.checked_up.load(Ordering::Relaxed) && s.down_until.load(Ordering::Relaxed) <= now_ms
     }
 
-    /// A connect failure, reset or timeout on backend `b`.
-    pub fn record_failure(&self, b: usize) {
-        self.record_failure_of(&self.members[b]);
-    }
-
-    /// `record_failure` for a backend given by its state (it may have left the
-    /// configuration while the failed request was in flight).
-    pub fn record_failure_of(&self, m: &Member) {
+    /// A connect failure, reset or timeout on backend `m` (given by its state: it
+    /// may have left the configuration while the failed request was in flight).
+    pub fn record_failure(&self, m: &Member) {
         let p = self.passive;
         if p.max_fails == 0 {
             return;
@@ -439,10 +434,10 @@ mod tests {
     #[test]
     fn max_fails_within_the_window_take_a_backend_out_for_a_window() {
         let h = health(2, 3, 200);
-        h.record_failure(0);
-        h.record_failure(0);
+        h.record_failure(h.member(0));
+        h.record_failure(h.member(0));
         assert!(h.is_up(0), "two failures are under the limit");
-        h.record_failure(0);
+        h.record_failure(h.member(0));
         assert!(!h.is_up(0));
         assert!(h.is_up(1), "the other backend is not affected");
         std::thread::sleep(Duration::from_millis(250));
@@ -452,9 +447,9 @@ mod tests {
     #[test]
     fn failures_spread_over_windows_do_not_add_up() {
         let h = health(1, 2, 50);
-        h.record_failure(0);
+        h.record_failure(h.member(0));
         std::thread::sleep(Duration::from_millis(80));
-        h.record_failure(0);
+        h.record_failure(h.member(0));
         assert!(h.is_up(0));
     }
 
@@ -462,7 +457,7 @@ mod tests {
     fn zero_max_fails_never_takes_a_backend_out() {
         let h = health(1, 0, 50);
         for _ in 0..100 {
-            h.record_failure(0);
+            h.record_failure(h.member(0));
         }
         assert!(h.is_up(0));
     }

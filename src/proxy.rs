@@ -384,19 +384,6 @@ impl Proxy {
     }
 }
 
-/// The settings a reload cannot change, by their flag: they shape sockets,
-/// threads and buffers that exist once.
-const RESTART_ONLY: [&str; 8] = [
-    "--listen",
-    "--workers",
-    "--admin",
-    "--access-log",
-    "--max-header-bytes",
-    "--rewrite-host",
-    "--pin",
-    "--busy-poll",
-];
-
 /// What a reload did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reloaded {
@@ -439,28 +426,26 @@ impl Reloader {
             .unwrap_or_else(|e| e.into_inner());
         let old = &current.config;
         let mut result = Reloaded::default();
-        for (flag, differs) in RESTART_ONLY.into_iter().zip([
-            config.listen != old.listen,
-            config.workers != old.workers,
-            config.admin != old.admin,
-            config.access_log != old.access_log,
-            config.max_header_bytes != old.max_header_bytes,
-            config.rewrite_host != old.rewrite_host,
-            config.pin != old.pin,
-            config.busy_poll != old.busy_poll,
-        ]) {
-            if differs {
-                result.need_restart.push(flag);
-            }
+        // The settings that shape sockets, threads and buffers made once: a
+        // reload reports a change and keeps the running value.
+        macro_rules! restart_only {
+            ($($field:ident => $flag:literal),* $(,)?) => {
+                $(if config.$field != old.$field {
+                    result.need_restart.push($flag);
+                    config.$field = old.$field.clone();
+                })*
+            };
         }
-        config.listen = old.listen.clone();
-        config.workers = old.workers;
-        config.admin = old.admin;
-        config.access_log = old.access_log.clone();
-        config.max_header_bytes = old.max_header_bytes;
-        config.rewrite_host = old.rewrite_host;
-        config.pin = old.pin;
-        config.busy_poll = old.busy_poll;
+        restart_only!(
+            listen => "--listen",
+            workers => "--workers",
+            admin => "--admin",
+            access_log => "--access-log",
+            max_header_bytes => "--max-header-bytes",
+            rewrite_host => "--rewrite-host",
+            pin => "--pin",
+            busy_poll => "--busy-poll",
+        );
         config.log_health = old.log_health;
         if config == *old {
             result.unchanged = true;
@@ -1362,9 +1347,7 @@ impl Worker {
             Fail::Backend { reject, may_retry } => {
                 let c = &mut self.clients[ck];
                 let failed = c.x.backend;
-                self.plan
-                    .health
-                    .record_failure_of(&self.locals[failed].member);
+                self.plan.health.record_failure(&self.locals[failed].member);
                 if !may_retry || c.x.attempts >= self.plan.config.retries {
                     return self.fail(ck, Fail::Reject(reject));
                 }

@@ -486,13 +486,7 @@ impl Walk<'_> {
             );
             return None;
         }
-        self.string(v, key, |s| {
-            config::parse_duration(s).map_err(|e| {
-                // parse_duration quotes the value itself; `string` does too.
-                e.split_once(' ')
-                    .map_or(e.clone(), |(_, rest)| rest.to_string())
-            })
-        })
+        self.string(v, key, config::duration)
     }
 
     fn table<'a, 'i>(&mut self, v: &'a Value<'i>, key: &str) -> Option<&'a DeTable<'i>> {
