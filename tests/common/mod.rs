@@ -295,6 +295,21 @@ pub fn write_and_close(mut s: TcpStream, bytes: &[u8]) {
     }
 }
 
+/// Everything `s` receives until the peer closes (or the read fails); fails the
+/// test if that takes longer than `IO_TIMEOUT`.
+pub fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        assert!(Instant::now() < deadline, "the response never ended");
+    }
+}
+
 /// Resident memory of this process, in KiB (Linux).
 pub fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
