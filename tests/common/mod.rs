@@ -2,6 +2,8 @@
 //! over std sockets with timeouts, and run scripted backends that misbehave on purpose.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -9,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use corelb::framing::{BodyScanner, Framing, analyze_response};
 use corelb::{Backend, Origin, Proxy, ProxyConfig};
 
 /// Every socket operation in a test gives up after this long.
@@ -102,29 +103,24 @@ impl Reader {
         }
     }
 
-    /// Read exactly one response (framing per RFC 9112; `head_request` for HEAD).
-    /// The body is kept unless `discard_body`, in which case only its length is
-    /// checked and `body` holds nothing.
+    /// Read exactly one response (framing per RFC 9112, read by `wire`, not by
+    /// corelb's own code; `head_request` for HEAD). The body is kept unless
+    /// `discard_body`, in which case only its length is checked and `body` holds
+    /// nothing. Interim (1xx) responses are skipped.
     pub fn response_opts(
         &mut self,
         head_request: bool,
         discard_body: bool,
     ) -> Option<(Response, u64)> {
-        let (status, head, framing) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 100];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp
-                .parse(&self.buf)
-                .expect("proxy sent a malformed response head")
-            {
-                httparse::Status::Complete(n) => {
-                    let info =
-                        analyze_response(&resp, head_request).expect("proxy sent bad framing");
-                    let head = String::from_utf8_lossy(&self.buf[..n]).into_owned();
+        let (head, framing) = loop {
+            match wire::response_head(&self.buf).expect("proxy sent a malformed response head") {
+                Some((head, n)) => {
+                    let framing =
+                        wire::response_body(&head, head_request).expect("proxy sent bad framing");
                     self.buf.drain(..n);
-                    break (info.status, head, info.framing);
+                    break (head, framing);
                 }
-                httparse::Status::Partial => {
+                None => {
                     if self.fill() == 0 {
                         assert!(
                             self.buf.is_empty(),
@@ -135,32 +131,57 @@ impl Reader {
                 }
             }
         };
-        let mut scanner = BodyScanner::new(framing);
         let mut body = Vec::new();
         let mut length = 0u64;
+        let mut dechunk = wire::Dechunk::default();
         loop {
-            let n = scanner
-                .scan(&self.buf)
-                .expect("proxy sent a bad chunked body");
+            let (n, done) = match framing {
+                wire::Body::None => (0, true),
+                wire::Body::Length(total) => {
+                    let n = (total - length).min(self.buf.len() as u64) as usize;
+                    if !discard_body {
+                        body.extend_from_slice(&self.buf[..n]);
+                    }
+                    (n, length + n as u64 == total)
+                }
+                wire::Body::Chunked => {
+                    // The body is kept as sent, chunk framing included.
+                    let n = dechunk
+                        .feed(&self.buf, &mut Vec::new(), false)
+                        .expect("proxy sent a bad chunked body");
+                    if !discard_body {
+                        body.extend_from_slice(&self.buf[..n]);
+                    }
+                    (n, dechunk.is_done())
+                }
+                wire::Body::Close => {
+                    let n = self.buf.len();
+                    if !discard_body {
+                        body.extend_from_slice(&self.buf);
+                    }
+                    (n, false)
+                }
+            };
             length += n as u64;
-            if !discard_body {
-                body.extend_from_slice(&self.buf[..n]);
-            }
             self.buf.drain(..n);
-            if scanner.is_done() {
+            if done {
                 break;
             }
             if self.fill() == 0 {
                 assert_eq!(
                     framing,
-                    Framing::UntilClose,
+                    wire::Body::Close,
                     "connection closed inside a body"
                 );
                 break;
             }
         }
-        let resp = Response { status, head, body };
-        if (100..200).contains(&status) {
+        let resp = Response {
+            status: head.status,
+            head: head.raw,
+            body,
+        };
+        if (100..200).contains(&resp.status) {
             return self.response_opts(head_request, discard_body);
         }
         Some((resp, length))
