@@ -8,7 +8,8 @@
 //! deviation is an error, because a lenient reading that differs from the backend's
 //! is how requests get smuggled.
 
-/// Largest trailer section accepted, in bytes.
+/// Largest trailer section accepted, in bytes: every field line with its CRLF (the
+/// empty line that ends the body is not part of it).
 pub const MAX_TRAILER_BYTES: u32 = 16 * 1024;
 /// Most hex digits in a chunk size (leading zeros included): 16 fill 64 bits.
 pub const MAX_SIZE_DIGITS: u32 = 16;
@@ -234,7 +235,14 @@ impl ChunkedDecoder {
                     _ => return Err(ChunkError::Syntax),
                 }
             }
-            TrailerLf if b == b'\n' => TrailerStart,
+            TrailerLf if b == b'\n' => {
+                // The line's LF belongs to the section too.
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > MAX_TRAILER_BYTES {
+                    return Err(ChunkError::TrailerTooLarge);
+                }
+                TrailerStart
+            }
             FinalLf if b == b'\n' => Done,
             _ => return Err(ChunkError::Syntax),
         };
@@ -362,6 +370,28 @@ mod tests {
         d.feed(b"0\r\n").unwrap();
         let line = vec![b'a'; MAX_TRAILER_BYTES as usize + 1];
         assert_eq!(d.feed(&line), Err(ChunkError::TrailerTooLarge));
+    }
+
+    #[test]
+    fn the_trailer_limit_counts_every_byte_of_the_section() {
+        // One field line of `len` bytes, CRLF included, then the final CRLF.
+        let section = |len: usize| {
+            let mut body = b"0\r\nX: ".to_vec();
+            body.extend(std::iter::repeat_n(b'v', len - 5));
+            body.extend_from_slice(b"\r\n\r\n");
+            body
+        };
+        let limit = MAX_TRAILER_BYTES as usize;
+        let at_limit = section(limit);
+        assert_eq!(decode(&at_limit), Ok((at_limit.len(), true)));
+        assert_eq!(decode(&section(limit + 1)), Err(ChunkError::TrailerTooLarge));
+        // Many short lines: each line's CRLF counts too.
+        let mut many = b"0\r\n".to_vec();
+        for _ in 0..limit / 8 {
+            many.extend_from_slice(b"A: 1234\r\n");
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(decode(&many), Err(ChunkError::TrailerTooLarge));
     }
 
     #[test]
