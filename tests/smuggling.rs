@@ -44,10 +44,12 @@ fn recorder() -> (Scripted, Log) {
                 .contains("\r\ntransfer-encoding: chunked\r\n");
             if chunked {
                 // Byte by byte, so nothing after the body is taken.
-                let mut decoder = corelb::chunked::ChunkedDecoder::new();
+                let mut decoder = wire::Dechunk::default();
                 let mut byte = [0u8; 1];
                 while !decoder.is_done() {
-                    if s.read_exact(&mut byte).is_err() || decoder.feed(&byte).is_err() {
+                    if s.read_exact(&mut byte).is_err()
+                        || decoder.feed(&byte, &mut Vec::new(), false).is_err()
+                    {
                         return;
                     }
                     record(&byte);

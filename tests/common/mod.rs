@@ -358,3 +358,59 @@ pub fn assert_no_open_connections(proxy: &Proxy) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One request as a scripted backend read it (with `wire`, not corelb's code).
+pub struct Received {
+    pub head: wire::Head,
+    /// The body, chunk framing removed.
+    pub body: Vec<u8>,
+}
+
+/// Read one whole request (head, then a Content-Length or chunked body) from a
+/// scripted backend's stream; `None` if the stream ends or is not HTTP. Heads and
+/// chunked bodies are read byte by byte, so nothing after the request is taken.
+pub fn read_request(s: &mut TcpStream) -> Option<Received> {
+    let raw = read_head(s)?;
+    let (head, _) = wire::request_head(raw.as_bytes()).ok()??;
+    let mut body = Vec::new();
+    match wire::request_body(&head).ok()? {
+        wire::Body::None => {}
+        wire::Body::Length(n) => {
+            body.resize(usize::try_from(n).ok()?, 0);
+            s.read_exact(&mut body).ok()?;
+        }
+        wire::Body::Chunked => {
+            let mut decoder = wire::Dechunk::default();
+            let mut byte = [0u8; 1];
+            while !decoder.is_done() {
+                s.read_exact(&mut byte).ok()?;
+                decoder.feed(&byte, &mut body, true).ok()?;
+            }
+        }
+        wire::Body::Close => return None,
+    }
+    Some(Received { head, body })
+}
+
+/// Wait up to `IO_TIMEOUT` for `condition`, polling every millisecond; fails the
+/// test with `what` if it never holds.
+pub fn wait_until(condition: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A client connection with a small receive buffer (4 KiB asked for), so that a
+/// response backs up in the proxy instead of in the kernel while it does not read.
+pub fn connect_small_window(addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
