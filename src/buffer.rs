@@ -74,15 +74,26 @@ impl Buf {
     }
 }
 
+/// A value that can go back to a pool: `reset` empties it of everything one user
+/// left in it, so the next user starts from nothing (isolation: no byte of one
+/// connection is ever read by another).
+pub trait Recycle {
+    /// Drop every byte and every piece of state a user left.
+    fn reset(&mut self);
+    /// Nothing of a previous user is left (checked on every take in debug builds).
+    fn is_clean(&self) -> bool;
+}
+
 /// A free list of reusable values, bounded so a burst does not pin memory forever.
-pub struct Pool<T> {
+/// Values are reset as they come back, so what `take` returns is always clean.
+pub struct Pool<T: Recycle> {
     free: Vec<T>,
     max_free: usize,
     make: fn(usize) -> T,
     size: usize,
 }
 
-impl<T> Pool<T> {
+impl<T: Recycle> Pool<T> {
     /// `make(size)` creates a value when the free list is empty.
     pub fn new(size: usize, max_free: usize, make: fn(usize) -> T) -> Pool<T> {
         Pool {
@@ -94,13 +105,27 @@ impl<T> Pool<T> {
     }
 
     pub fn take(&mut self) -> T {
-        self.free.pop().unwrap_or_else(|| (self.make)(self.size))
+        let value = self.free.pop().unwrap_or_else(|| (self.make)(self.size));
+        debug_assert!(value.is_clean(), "a pooled value was handed out dirty");
+        value
     }
 
-    pub fn give(&mut self, value: T) {
+    /// Take `value` back, emptied; beyond `max_free` it is dropped.
+    pub fn give(&mut self, mut value: T) {
         if self.free.len() < self.max_free {
+            value.reset();
             self.free.push(value);
         }
+    }
+}
+
+impl Recycle for Buf {
+    fn reset(&mut self) {
+        self.clear();
+    }
+
+    fn is_clean(&self) -> bool {
+        self.is_empty()
     }
 }
 
@@ -124,11 +149,23 @@ mod tests {
 
     #[test]
     fn pool_reuses_and_bounds() {
-        let mut p: Pool<Vec<u8>> = Pool::new(4, 1, Vec::with_capacity);
+        let mut p: Pool<Buf> = Pool::new(4, 1, Buf::with_capacity);
         let a = p.take();
         let b = p.take();
         p.give(a);
         p.give(b);
         assert_eq!(p.free.len(), 1);
+    }
+
+    #[test]
+    fn a_value_comes_back_from_the_pool_empty() {
+        let mut p: Pool<Buf> = Pool::new(16, 4, Buf::with_capacity);
+        let mut a = p.take();
+        let mut src: &[u8] = b"GET /secret HTTP/1.1\r\nCookie: a";
+        a.read_from(&mut src).unwrap();
+        a.consume(4);
+        p.give(a);
+        let b = p.take();
+        assert!(b.is_empty(), "{:?}", b.filled());
     }
 }

@@ -384,7 +384,10 @@ mod tests {
         let limit = MAX_TRAILER_BYTES as usize;
         let at_limit = section(limit);
         assert_eq!(decode(&at_limit), Ok((at_limit.len(), true)));
-        assert_eq!(decode(&section(limit + 1)), Err(ChunkError::TrailerTooLarge));
+        assert_eq!(
+            decode(&section(limit + 1)),
+            Err(ChunkError::TrailerTooLarge)
+        );
         // Many short lines: each line's CRLF counts too.
         let mut many = b"0\r\n".to_vec();
         for _ in 0..limit / 8 {

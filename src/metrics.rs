@@ -88,6 +88,9 @@ pub struct WorkerMetrics {
     pub upstream_connects: AtomicU64,
     pub upstream_reuses: AtomicU64,
     pub retries: AtomicU64,
+    /// Backend connections closed because bytes arrived beyond the end of a
+    /// response, or while the connection was idle.
+    pub upstream_surplus: AtomicU64,
     /// Backend connections open now (busy or pooled).
     pub upstream_open: AtomicU64,
 }
@@ -156,7 +159,7 @@ pub fn prometheus(v: &View<'_>) -> String {
     }
     // One series per worker each: (name, type, help, value).
     type PerWorker = fn(&WorkerMetrics, &(u64, u64, u64)) -> u64;
-    let per_worker: [(&str, &str, &str, PerWorker); 6] = [
+    let per_worker: [(&str, &str, &str, PerWorker); 7] = [
         (
             "corelb_client_connections",
             "gauge",
@@ -192,6 +195,12 @@ pub fn prometheus(v: &View<'_>) -> String {
             "counter",
             "Requests sent again (to another backend, or on a fresh connection), by worker.",
             |m, _| get(&m.retries),
+        ),
+        (
+            "corelb_upstream_surplus_total",
+            "counter",
+            "Backend connections closed, never reused, because the backend sent bytes that belong to no response, by worker.",
+            |m, _| get(&m.upstream_surplus),
         ),
     ];
     for (name, kind, help, value) in per_worker {

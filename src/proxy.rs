@@ -33,7 +33,7 @@ use slab::Slab;
 use crate::access;
 use crate::admin::Admin;
 use crate::balance::Padded;
-use crate::buffer::{Buf, Pool};
+use crate::buffer::{Buf, Pool, Recycle};
 use crate::config::{ProxyConfig, Timeouts};
 use crate::framing::{
     BodyScanner, Framing, MAX_HEADERS, Reject, RequestInfo, analyze_request, analyze_response,
@@ -63,6 +63,17 @@ const MAX_FREE_BUFS: usize = 64;
 /// A Content-Length response body with at least this much still to come is moved
 /// with splice(2), not copied through the buffer.
 const SPLICE_MIN: u64 = 64 * 1024;
+/// A request that is not idempotent is sent on a pooled connection only if it has
+/// been idle at most this long: a backend closing idle connections (gunicorn after
+/// 2 s, Node and Apache after 5 s) may close one just as a request goes out on it,
+/// and such a request cannot be replayed.
+const NON_IDEMPOTENT_MAX_IDLE: Duration = Duration::from_secs(1);
+/// Most interim (1xx) responses relayed for one request; one more is a 502. Real
+/// backends send one or two (100 Continue, 103 Early Hints, a 102 now and then).
+const MAX_INTERIM: u16 = 64;
+/// Largest capacity a head or log buffer keeps when it goes back to the pool: more
+/// than any head the proxy writes, so it only ever trims a buffer something grew.
+const MAX_KEPT_HEAD: usize = 64 * 1024;
 
 /// Per-worker counters, written by their worker only and read by anyone.
 #[derive(Default)]
@@ -656,6 +667,56 @@ impl Bufs {
     }
 }
 
+impl Recycle for Box<Bufs> {
+    /// Everything a session left goes: unread or unforwarded request bytes
+    /// (pipelined requests, half a head), response bytes, heads, bytes in the
+    /// pipe (the pipe itself is dropped then), and the log fields. A head buffer
+    /// grown past `MAX_KEPT_HEAD` is given back to the allocator.
+    fn reset(&mut self) {
+        self.req.clear();
+        self.resp.clear();
+        for head in [&mut self.req_head, &mut self.resp_head] {
+            head.clear();
+            if head.capacity() > MAX_KEPT_HEAD {
+                *head = Vec::with_capacity(1024);
+            }
+        }
+        self.req_head_sent = 0;
+        self.resp_head_sent = 0;
+        if self.piped() {
+            self.pipe = None;
+        }
+        self.no_pipe = false;
+        for field in [
+            &mut self.log_request,
+            &mut self.log_referer,
+            &mut self.log_user_agent,
+        ] {
+            field.clear();
+            if field.capacity() > MAX_KEPT_HEAD {
+                *field = Vec::new();
+            }
+        }
+        self.resp_bytes = 0;
+        self.head_at = None;
+    }
+
+    fn is_clean(&self) -> bool {
+        self.req.is_empty()
+            && self.resp.is_empty()
+            && self.req_head.is_empty()
+            && self.resp_head.is_empty()
+            && self.req_head_sent == 0
+            && self.resp_head_sent == 0
+            && !self.piped()
+            && self.log_request.is_empty()
+            && self.log_referer.is_empty()
+            && self.log_user_agent.is_empty()
+            && self.resp_bytes == 0
+            && self.head_at.is_none()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// Waiting for (the rest of) a request head.
@@ -720,6 +781,17 @@ struct Client {
 }
 
 impl Client {
+    /// In an exchange, everything the client sent so far has gone to the backend
+    /// and more of the request body is to come: the exchange waits on the client.
+    fn waits_on_client_body(&self) -> bool {
+        !self.x.req_body.is_done()
+            && self.x.req_pending == 0
+            && self
+                .bufs
+                .as_ref()
+                .is_some_and(|b| b.req_head_sent == b.req_head.len())
+    }
+
     /// Bytes wait to go out on either side of the exchange (checked after a step
     /// that held its writes back).
     fn wants_flush(&self) -> bool {
@@ -761,6 +833,8 @@ struct Exchange {
     holding: bool,
     /// The final response's status, once its head is parsed.
     status: u16,
+    /// Interim (1xx) responses received so far; more than `MAX_INTERIM` is a 502.
+    interim: u16,
     /// When the request head was parsed (the loop's clock).
     started: Instant,
     /// In a tunnel: our sending side toward the backend / the client is shut.
@@ -788,6 +862,7 @@ impl Exchange {
             attempts: 0,
             holding: false,
             status: 0,
+            interim: 0,
             started,
             backend_shut: false,
             client_shut: false,
@@ -876,6 +951,8 @@ struct Worker {
     /// instead of once per message.
     defer_writes: bool,
     flush_queue: Vec<usize>,
+    /// No line about backend surplus bytes is logged before this (one per second).
+    quiet_surplus_until: Instant,
 }
 
 impl Worker {
@@ -905,6 +982,7 @@ impl Worker {
             nodelay: net::NodelayInherited::Unknown,
             defer_writes: false,
             flush_queue: Vec::with_capacity(1024),
+            quiet_surplus_until: Instant::now(),
         };
         w.adopt(plan);
         let mut events = Events::with_capacity(1024);
@@ -930,6 +1008,18 @@ impl Worker {
                 last_busy = w.now;
             }
             w.defer_writes = true;
+            // Backend readiness first: a pooled connection that got bytes or an end
+            // of stream in this batch is known as such before any session of the
+            // batch can take it (see `checkout`).
+            for ev in events.iter() {
+                let t = ev.token();
+                if t.0 & 1 == 1
+                    && net::listener_index(t, w.ctx.listeners.len()).is_none()
+                    && let Some(u) = w.upstreams.get_mut(t.0 >> 1)
+                {
+                    u.ready.update(ev);
+                }
+            }
             for ev in events.iter() {
                 match ev.token() {
                     net::WAKER_TOKEN => {
@@ -952,7 +1042,7 @@ impl Worker {
                                 w.drive(ck);
                             }
                         }
-                        None => w.on_upstream_event(t.0 >> 1, ev),
+                        None => w.on_upstream_event(t.0 >> 1),
                     },
                 }
             }
@@ -1200,11 +1290,12 @@ impl Worker {
         }
     }
 
-    fn on_upstream_event(&mut self, uk: usize, ev: &mio::event::Event) {
-        let Some(u) = self.upstreams.get_mut(uk) else {
+    /// An event on a backend connection (its readiness was noted before the batch
+    /// was handled, see `Worker::run`).
+    fn on_upstream_event(&mut self, uk: usize) {
+        let Some(u) = self.upstreams.get(uk) else {
             return;
         };
-        u.ready.update(ev);
         match u.client {
             Some(ck) => self.drive(ck),
             None => self.check_idle_upstream(uk),
@@ -1215,18 +1306,63 @@ impl Worker {
     /// bytes nobody asked for. Either way it cannot be reused.
     fn check_idle_upstream(&mut self, uk: usize) {
         let u = &mut self.upstreams[uk];
-        if !u.ready.readable {
+        if !u.ready.readable && !u.ready.read_closed {
             return;
         }
-        let mut scratch = [0u8; 64];
-        match u.sock.read(&mut scratch) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.ready.readable = false,
-            _ => {
+        match leftover(u) {
+            Leftover::Nothing => {}
+            found => {
                 let backend = u.backend;
                 self.locals[backend].idle.retain(|&k| k != uk);
-                self.upstreams.remove(uk);
+                self.discard_upstream(uk, found);
             }
         }
+    }
+
+    /// Close a backend connection that must not be reused, counting and logging
+    /// bytes it sent that belong to no response.
+    fn discard_upstream(&mut self, uk: usize, found: Leftover) {
+        let u = self.upstreams.remove(uk);
+        if found == Leftover::Bytes {
+            self.metrics()
+                .upstream_surplus
+                .fetch_add(1, Ordering::Relaxed);
+            if self.now >= self.quiet_surplus_until {
+                self.quiet_surplus_until = self.now + Duration::from_secs(1);
+                crate::log!(
+                    crate::log::Level::Warn,
+                    "corelb: backend {} sent bytes beyond the end of a response; its connection is closed, not reused (at most one such line per second per worker)",
+                    self.locals[u.backend].member.authority
+                );
+            }
+        }
+    }
+
+    /// A pooled connection to `backend` that is safe to send a request on, or
+    /// `None`: the most recently used one (LIFO: the least likely to be stale) on
+    /// which nothing has arrived since its last response ended. One that got bytes
+    /// or an end of stream (seen in this batch's events, or by a read now) is
+    /// closed and the next is tried. With `max_idle`, only a connection idle for
+    /// at most that long is taken (older ones stay for other requests).
+    fn checkout(&mut self, backend: usize, max_idle: Option<Duration>) -> Option<usize> {
+        while let Some(&uk) = self.locals[backend].idle.last() {
+            let u = &mut self.upstreams[uk];
+            if max_idle.is_some_and(|max| self.now.saturating_duration_since(u.idle_since) > max) {
+                // The rest of the list has been idle even longer.
+                return None;
+            }
+            self.locals[backend].idle.pop();
+            let found = if u.ready.readable || u.ready.read_closed {
+                leftover(u)
+            } else {
+                Leftover::Nothing
+            };
+            if found == Leftover::Nothing {
+                return Some(uk);
+            }
+            self.discard_upstream(uk, found);
+        }
+        None
     }
 
     /// Send the writes held back during the event batch.
@@ -1267,8 +1403,10 @@ impl Worker {
         if c.phase == Phase::Exchange {
             let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
             if !connecting {
+                // Waiting for the backend's head is the response timeout; waiting
+                // for body bytes, from either side, the body timeout.
                 c.deadline = now
-                    + if c.x.resp == RespState::Waiting {
+                    + if c.x.resp == RespState::Waiting && !c.waits_on_client_body() {
                         self.timeouts.response
                     } else {
                         self.timeouts.body
@@ -1307,8 +1445,11 @@ impl Worker {
                     .bufs
                     .as_ref()
                     .is_some_and(|b| b.resp_head_sent == 0 && !b.resp_head.is_empty());
+                // So is a head (interim or final) of which some bytes are out.
+                let head_partly_out = c.bufs.as_ref().is_some_and(|b| b.resp_head_sent > 0);
                 let started = (c.x.resp == RespState::Body && !final_head_unsent)
-                    || c.x.resp == RespState::Tunnel;
+                    || c.x.resp == RespState::Tunnel
+                    || head_partly_out;
                 if started || c.phase == Phase::Closing || c.phase == Phase::Draining {
                     // Part of a response is already out: closing is the only signal left.
                     self.close_client(ck);
@@ -1436,10 +1577,7 @@ impl Worker {
         if let Some(uk) = c.upstream.take() {
             self.upstreams.remove(uk);
         }
-        if let Some(mut bufs) = c.bufs.take() {
-            if bufs.piped() {
-                bufs.pipe = None;
-            }
+        if let Some(bufs) = c.bufs.take() {
             self.bufs.give(bufs);
         }
     }
@@ -1534,8 +1672,11 @@ impl Worker {
     /// one exists (LIFO: the most recently used is the least likely to be stale),
     /// else a new non-blocking connect.
     fn connect_upstream(&mut self, ck: usize, backend: usize, reuse: bool) -> Result<(), Fail> {
+        // A request that must not be replayed avoids connections idle long enough
+        // for the backend to be closing them as it arrives (see README, upstream pool).
+        let max_idle = (!self.clients[ck].x.req.idempotent).then_some(NON_IDEMPOTENT_MAX_IDLE);
         let pooled = if reuse {
-            self.locals[backend].idle.pop()
+            self.checkout(backend, max_idle)
         } else {
             None
         };
@@ -1660,23 +1801,36 @@ impl Worker {
         let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
         if let Some(uk) = c.upstream.take() {
             let u = &mut self.upstreams[uk];
+            // Bytes after the end of the response (already read, or still in the
+            // socket: the last read may not have drained it, as after a splice of
+            // exactly the remaining length) belong to no exchange: never pool them.
+            let found = if !bufs.resp.is_empty() {
+                Leftover::Bytes
+            } else if u.eof {
+                Leftover::Closed
+            } else if u.ready.readable || u.ready.read_closed {
+                leftover(u)
+            } else {
+                Leftover::Nothing
+            };
+            bufs.resp.clear();
             let local = &mut self.locals[u.backend];
-            let idle = &mut local.idle;
-            if local.live
+            if found == Leftover::Nothing
+                && local.live
                 && c.x.upstream_reusable
                 && c.x.req_done
-                && !u.eof
-                && bufs.resp.is_empty()
-                && idle.len() < MAX_IDLE_PER_BACKEND
+                && local.idle.len() < MAX_IDLE_PER_BACKEND
             {
                 u.client = None;
                 u.reused = true;
                 u.idle_since = now;
-                idle.push(uk);
+                local.idle.push(uk);
             } else {
-                self.upstreams.remove(uk);
+                self.discard_upstream(uk, found);
             }
         }
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
         bufs.resp.clear();
         c.x.resp = RespState::Waiting;
         if c.x.close_after || !c.x.req_done {
@@ -1771,6 +1925,10 @@ impl Worker {
                             reject: Reject::BadGateway,
                             may_retry: true,
                         }
+                    } else if c.waits_on_client_body() {
+                        // The client stopped sending its body: its stall, not the
+                        // backend's (RFC 9110 §15.5.9), and never counted against it.
+                        Fail::Reject(Reject::Timeout)
                     } else {
                         Fail::Backend {
                             reject: Reject::GatewayTimeout,
@@ -1802,6 +1960,37 @@ impl Worker {
                 self.accept(i);
             }
         }
+    }
+}
+
+/// What a backend connection that owes no response holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leftover {
+    Nothing,
+    /// Bytes that belong to no response.
+    Bytes,
+    /// An end of stream (or an error).
+    Closed,
+}
+
+/// Look for bytes or an end of stream waiting on a backend connection that owes
+/// no response: one read, which on a quiet socket fails with WouldBlock.
+fn leftover(u: &mut Upstream) -> Leftover {
+    if u.eof || u.ready.read_closed {
+        return Leftover::Closed;
+    }
+    let mut scratch = [0u8; 64];
+    loop {
+        return match u.sock.read(&mut scratch) {
+            Ok(0) => Leftover::Closed,
+            Ok(_) => Leftover::Bytes,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                u.ready.readable = false;
+                Leftover::Nothing
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => Leftover::Closed,
+        };
     }
 }
 
@@ -1933,8 +2122,15 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
     }
 
     if c.x.resp == RespState::Waiting {
-        if !bufs.resp.is_empty() {
-            match parse_response_head(bufs, &c.x.req, &mut c.x.close_after)? {
+        if bufs.resp.is_empty() {
+            if u.eof {
+                return Err(retry_or(c, u, Reject::BadGateway));
+            }
+        } else if bufs.resp_head.is_empty() {
+            // One head at a time: the next one (interim or final) is parsed only once
+            // the one before is out, so interim responses to a client that does not
+            // read them back up in the bounded buffer and stop the backend's reads.
+            match parse_response_head(bufs, &c.x.req, c.x.req_done, &mut c.x.close_after)? {
                 Some(head) => {
                     progress = true;
                     if head.status == 101 {
@@ -1942,19 +2138,25 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
                         c.x.status = 101;
                         return Ok(true);
                     }
-                    if let Some(framing) = head.final_framing {
-                        c.x.status = head.status;
-                        c.x.resp = RespState::Body;
-                        c.x.resp_body = BodyScanner::new(framing);
-                        c.x.upstream_reusable = head.reusable;
+                    match head.final_framing {
+                        Some(framing) => {
+                            c.x.status = head.status;
+                            c.x.resp = RespState::Body;
+                            c.x.resp_body = BodyScanner::new(framing);
+                            c.x.upstream_reusable = head.reusable;
+                        }
+                        None => {
+                            c.x.interim += 1;
+                            if c.x.interim > MAX_INTERIM {
+                                return Err(Fail::Reject(Reject::BadGateway));
+                            }
+                        }
                     }
                 }
                 None if bufs.resp.is_full() => return Err(Fail::Reject(Reject::BadGateway)),
                 None if u.eof => return Err(Fail::Reject(Reject::BadGateway)),
                 None => {}
             }
-        } else if u.eof {
-            return Err(retry_or(c, u, Reject::BadGateway));
         }
     }
 
@@ -2121,18 +2323,26 @@ fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
 }
 
 /// The backend connection failed before any response byte. A reused one may just
-/// have gone stale: the request is sent again on a fresh connection, once, provided
-/// all of it is still at hand (see `Exchange::req_retained`). Otherwise the backend
-/// is at fault, and the request may go to another one if nothing of it was sent, or
-/// if it is idempotent and all of it is still at hand.
+/// have gone stale (the backend closed it as the request went out): the request is
+/// sent again on a fresh connection, once, if nothing of it was sent, or if it is
+/// idempotent and all of it is still at hand (see `Exchange::req_retained`). A
+/// request that may have been received and must not be replayed (RFC 9110 §9.2.2)
+/// gets `reject`; a stale connection is not counted against the backend. A fresh
+/// connection's failure is the backend's, and the request may go to another one
+/// under the same rule.
 fn retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
-    if u.reused && !u.received && !c.x.retried && c.x.replayable {
-        return Fail::Retry;
-    }
     let nothing_sent = c.bufs.as_ref().is_none_or(|b| b.req_head_sent == 0);
+    let replayable = nothing_sent || (c.x.req.idempotent && c.x.replayable);
+    if u.reused && !u.received {
+        return if replayable && !c.x.retried {
+            Fail::Retry
+        } else {
+            Fail::Reject(reject)
+        };
+    }
     Fail::Backend {
         reject,
-        may_retry: !u.received && (nothing_sent || (c.x.req.idempotent && c.x.replayable)),
+        may_retry: !u.received && replayable,
     }
 }
 
@@ -2247,9 +2457,14 @@ struct ResponseHead {
     status: u16,
 }
 
+/// Parse the response head at the front of `bufs.resp` and queue its rewrite in
+/// `bufs.resp_head`. A final response that comes before the whole request went
+/// out (`req_done` false: an early answer) says `Connection: close`, as does one
+/// delimited by the backend's close; `close_after` is set for both.
 fn parse_response_head(
     bufs: &mut Bufs,
     req: &RequestInfo,
+    req_done: bool,
     close_after: &mut bool,
 ) -> Result<Option<ResponseHead>, Fail> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -2292,7 +2507,10 @@ fn parse_response_head(
         // A 1.0 client cannot read chunked, and the backend was asked in 1.0.
         return Err(Fail::Reject(Reject::BadGateway));
     }
-    if info.framing == Framing::UntilClose {
+    if info.framing == Framing::UntilClose || !req_done {
+        // After an early answer the rest of the request body is still to come;
+        // the client is told the connection ends, rather than promised a
+        // keep-alive the proxy could not keep.
         *close_after = true;
     }
     let conn = if *close_after {

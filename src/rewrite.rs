@@ -2,7 +2,9 @@
 //! response head toward the client.
 //!
 //! Both strip hop-by-hop fields (RFC 9110 §7.6.1): Connection and every field it
-//! names, Keep-Alive, Proxy-Connection, TE, Trailer and Upgrade. Content-Length
+//! names, Keep-Alive, Proxy-Connection, TE, Trailer and Upgrade. The framing
+//! fields are never stripped, even when Connection names them: the body is relayed
+//! as it was framed, so the peer must be told the same framing. Content-Length
 //! is written once in normal form, so a list like `5, 5` never reaches a peer that
 //! might read it differently. Writing goes into a caller-owned Vec whose capacity is
 //! reused, so a steady stream of requests allocates nothing.
@@ -209,6 +211,9 @@ pub fn write_response_head(
     for h in resp.headers.iter() {
         match field_kind(h.name) {
             FieldKind::Connection | FieldKind::HopByHop | FieldKind::ContentLength => {}
+            // Framing is never hop-by-hop: the body is relayed as framed, so the
+            // client must read the same framing, whatever Connection lists.
+            FieldKind::TransferEncoding => put_field(out, h.name.as_bytes(), h.value),
             FieldKind::Upgrade => {
                 // Named by Connection, but the one field a switch must keep.
                 if conn == ClientConnection::Upgrade {
@@ -318,6 +323,25 @@ mod tests {
             put_ip(&mut out, ip);
             assert_eq!(out, ip.to_string().into_bytes());
         }
+    }
+
+    #[test]
+    fn framing_fields_survive_a_connection_that_names_them() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding, Content-Length\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        assert!(resp.parse(raw).unwrap().is_complete());
+        let mut out = Vec::new();
+        write_response_head(&mut out, &resp, None, ClientConnection::KeepAlive11);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let out = rewrite(
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+            None,
+        );
+        assert!(out.contains("\r\nTransfer-Encoding: chunked\r\n"), "{out}");
     }
 
     #[test]

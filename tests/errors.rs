@@ -323,6 +323,7 @@ fn one_bad_client_does_not_affect_another() {
 
 #[test]
 fn stale_pooled_connection_is_retried_with_the_request_body() {
+    // PUT: idempotent, so it may be sent again (a POST is not: tests/isolation.rs).
     let backend = stale_after_one(11);
     let proxy = proxy_for(&[backend.addr], 1);
     let mut r = Reader::new(connect(proxy.local_addrs()[0]));
@@ -331,7 +332,7 @@ fn stale_pooled_connection_is_retried_with_the_request_body() {
         .unwrap();
     assert_eq!(r.response().text(), "first");
     r.stream
-        .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world")
+        .write_all(b"PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world")
         .unwrap();
     let resp = r.response();
     assert_eq!(resp.status, 200);

@@ -1,0 +1,512 @@
+//! Isolation: no byte of one client or one exchange ever reaches another. Each test
+//! plays an attacker (or an unlucky client, or a broken backend) and then checks
+//! that the next, innocent exchange sees only its own bytes: what the backend
+//! received, and what the client got back.
+
+mod common;
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// Request lines the backend received, in order.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A backend that answers every request with `200` and a body made of the request
+/// line it received and the request body, so each response says what reached the
+/// backend. `/fail...` is read and then the connection is closed unanswered.
+fn echo_backend() -> (Scripted, Seen) {
+    let seen: Seen = Arc::default();
+    let log = Arc::clone(&seen);
+    let backend = Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            log.lock().unwrap().push(req.head.start.clone());
+            if req.head.target.starts_with("/fail") {
+                return;
+            }
+            let mut body = req.head.start.clone().into_bytes();
+            body.push(b'\n');
+            body.extend_from_slice(&req.body);
+            let mut out =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            out.extend_from_slice(&body);
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    });
+    (backend, seen)
+}
+
+/// An innocent client's request on a new connection: it must be answered with
+/// exactly what it sent, and the backend must have seen exactly its request line.
+fn victim(proxy: SocketAddr, seen: &Seen, n: usize) {
+    let line = format!("GET /victim/{n} HTTP/1.1");
+    let request = format!("{line}\r\nHost: v\r\nCookie: secret={n}\r\n\r\n");
+    let (resp, _) = roundtrip(proxy, request.as_bytes());
+    assert_eq!(resp.status, 200, "victim {n} got {:?}", resp.head);
+    assert_eq!(resp.text(), format!("{line}\n"), "victim {n}'s answer");
+    assert_eq!(
+        seen.lock().unwrap().last().map(String::as_str),
+        Some(line.as_str()),
+        "the backend's last request should be victim {n}'s"
+    );
+}
+
+/// Close with a reset (SO_LINGER 0) instead of a FIN.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+#[test]
+fn a_partial_head_left_by_a_closed_connection_never_reaches_the_next_client() {
+    let (backend, seen) = echo_backend();
+    let proxy = proxy_for(&[backend.addr], 1);
+    let addr = proxy.local_addrs()[0];
+    let attacks: [&[u8]; 3] = [
+        // An unfinished header line: the victim's request line would become its value.
+        b"GET /attacker-action HTTP/1.1\r\nX-Swallow: ",
+        // A head with a body length, unfinished: the victim's request would be its body.
+        b"POST /steal HTTP/1.1\r\nContent-Length: 200\r\nX: ",
+        // Just a request line.
+        b"GET /attacker-action HTTP/1.1\r\n",
+    ];
+    for (i, attack) in attacks.iter().enumerate() {
+        let mut a = connect(addr);
+        a.write_all(attack).unwrap();
+        a.shutdown(Shutdown::Write).unwrap();
+        // The proxy sees the bytes and the end of stream, and closes.
+        assert!(read_until_closed(&mut a).is_empty());
+        assert_no_open_connections(&proxy);
+        victim(addr, &seen, i);
+    }
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|l| l.starts_with("GET /victim/")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[test]
+fn pipelined_requests_left_by_a_closed_connection_are_never_answered_to_another() {
+    let (backend, seen) = echo_backend();
+    // The failure in part 2 must not take the lone backend out (issue 13).
+    let proxy = proxy_with(&[backend.addr], |c| c.passive.max_fails = 0);
+    let addr = proxy.local_addrs()[0];
+    // 1. `Connection: close` on the first, a second one behind it, then a half-close.
+    let mut a = connect(addr);
+    a.write_all(
+        b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /left-behind HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    a.shutdown(Shutdown::Write).unwrap();
+    let got = String::from_utf8(read_until_closed(&mut a)).unwrap();
+    assert!(got.contains("GET /a HTTP/1.1\n"), "{got}");
+    assert_no_open_connections(&proxy);
+    victim(addr, &seen, 1);
+    // 2. A backend failure (502) ends the exchange with a request still buffered.
+    let mut a = connect(addr);
+    a.write_all(
+        b"GET /fail HTTP/1.1\r\nHost: a\r\n\r\nGET /left-behind HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    let mut r = Reader::new(a);
+    assert_eq!(r.response().status, 502);
+    drop(r);
+    assert_no_open_connections(&proxy);
+    victim(addr, &seen, 2);
+    // 3. A complete request answered, then half a head, then a reset.
+    let a = connect(addr);
+    let mut r = Reader::new(a);
+    r.stream
+        .write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /attacker-action HTTP/1.1\r\nX: ")
+        .unwrap();
+    assert_eq!(r.response().status, 200);
+    reset(r.stream);
+    assert_no_open_connections(&proxy);
+    victim(addr, &seen, 3);
+    assert!(
+        !seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("left-behind") || l.contains("attacker")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[test]
+fn thousands_of_half_heads_do_not_disturb_later_clients() {
+    let (backend, seen) = echo_backend();
+    let proxy = proxy_for(&[backend.addr], 1);
+    let addr = proxy.local_addrs()[0];
+    for _ in 0..10 {
+        let conns: Vec<TcpStream> = (0..100)
+            .map(|_| {
+                let mut s = connect(addr);
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Half: ")
+                    .unwrap();
+                s
+            })
+            .collect();
+        drop(conns);
+    }
+    assert_no_open_connections(&proxy);
+    for n in 0..100 {
+        victim(addr, &seen, n);
+    }
+}
+
+#[test]
+fn a_client_that_pipelines_megabytes_and_leaves_does_not_poison_the_worker() {
+    let (backend, seen) = echo_backend();
+    let proxy = proxy_for(&[backend.addr], 1);
+    let addr = proxy.local_addrs()[0];
+    let mut a = connect(addr);
+    a.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let request = b"GET /flood HTTP/1.1\r\nHost: a\r\n\r\n";
+    let flood: Vec<u8> = request
+        .iter()
+        .copied()
+        .cycle()
+        .take(request.len() * 20_000)
+        .collect();
+    // It never reads: the proxy stops reading it once its answers back up, and the
+    // write stalls. What it wrote is gone with it.
+    let _ = a.write_all(&flood);
+    reset(a);
+    assert_no_open_connections(&proxy);
+    let before = seen.lock().unwrap().len();
+    for n in 0..20 {
+        victim(addr, &seen, n);
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.len(),
+        before + 20,
+        "only the victims' requests after the flood"
+    );
+}
+
+/// A backend whose first answer (on whichever connection) is `first`, written at
+/// once, and every later one `200 good`. Counts connections; `wrote` is set once
+/// the first answer is written in full.
+fn answers_first_then_good(first: Vec<u8>) -> (Scripted, Arc<AtomicBool>) {
+    let first: Arc<[u8]> = first.into();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let wrote = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&wrote);
+    let backend = Scripted::start(move |mut s, _| {
+        while read_request(&mut s).is_some() {
+            let first_answer = answered.fetch_add(1, Ordering::SeqCst) == 0;
+            let out: &[u8] = if first_answer {
+                &first
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"
+            };
+            if s.write_all(out).is_err() {
+                return;
+            }
+            flag.fetch_or(first_answer, Ordering::SeqCst);
+        }
+    });
+    (backend, wrote)
+}
+
+#[test]
+fn surplus_backend_bytes_after_a_body_never_reach_the_next_request() {
+    // Bodies under and over the splice threshold (64 KiB), each followed by a
+    // whole fake response, or by bytes a miscounted Content-Length left over.
+    for length in [100usize, 70_000, 300_000] {
+        for surplus in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"[..],
+            &b"\xc3\xa9tc"[..],
+        ] {
+            let mut first =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n").into_bytes();
+            first.extend(std::iter::repeat_n(b'x', length));
+            first.extend_from_slice(surplus);
+            let (backend, wrote) = answers_first_then_good(first);
+            let proxy = proxy_for(&[backend.addr], 1);
+            let addr = proxy.local_addrs()[0];
+            // The client reads only once the backend has written everything, so
+            // the surplus is already waiting when the body's last byte is relayed;
+            // its next request is pipelined, so it goes out as soon as the first
+            // exchange ends.
+            let mut s = connect_small_window(addr);
+            s.write_all(
+                b"GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /next HTTP/1.1\r\nHost: t\r\n\r\n",
+            )
+            .unwrap();
+            wait_until(
+                || wrote.load(Ordering::SeqCst),
+                "the backend wrote its answer",
+            );
+            let mut r = Reader::new(s);
+            let resp = r.response();
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.body.len(), length);
+            assert!(resp.body.iter().all(|&b| b == b'x'));
+            for i in 0..3 {
+                if i > 0 {
+                    r.stream
+                        .write_all(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n")
+                        .unwrap();
+                }
+                let resp = r.response();
+                assert_eq!(
+                    (resp.status, resp.text().as_str()),
+                    (200, "good"),
+                    "after a {length}-byte body and surplus {surplus:?}"
+                );
+            }
+            assert_eq!(
+                backend.connections.load(Ordering::SeqCst),
+                2,
+                "the connection that sent surplus must not be reused"
+            );
+        }
+    }
+}
+
+#[test]
+fn surplus_after_a_chunked_body_closes_the_backend_connection() {
+    let (backend, _) = answers_first_then_good(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!".to_vec(),
+    );
+    let proxy = proxy_for(&[backend.addr], 1);
+    let addr = proxy.local_addrs()[0];
+    assert_eq!(get(addr, "/").status, 200);
+    assert_eq!(get(addr, "/").text(), "good");
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_post_is_never_sent_twice_when_a_pooled_connection_turns_out_stale() {
+    // Each connection answers its first request, then reads the second whole and
+    // closes without a byte: from the proxy's side, a stale pooled connection.
+    let posts = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&posts);
+    let backend = Scripted::start(move |mut s, _| {
+        let mut n = 0;
+        while let Some(req) = read_request(&mut s) {
+            if req.head.method == "POST" {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            if n == 1 {
+                return;
+            }
+            n += 1;
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |c| c.passive.max_fails = 0);
+    let addr = proxy.local_addrs()[0];
+    let mut r = Reader::new(connect(addr));
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().status, 200);
+    r.stream
+        .write_all(b"POST /pay HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n12345")
+        .unwrap();
+    let resp = r.response();
+    assert_eq!(
+        resp.status, 502,
+        "a POST that may have been received is not replayed"
+    );
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        1,
+        "the backend got the POST once"
+    );
+    // A GET in the same situation is replayed on a fresh connection.
+    let mut r = Reader::new(connect(addr));
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().status, 200);
+    r.stream
+        .write_all(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().status, 200);
+}
+
+#[test]
+fn a_post_avoids_a_pooled_connection_that_has_been_idle_for_a_second() {
+    // As above, but the POST comes after the pooled connection has been idle
+    // for over a second: it goes out on a fresh connection instead, and succeeds.
+    let backend = Scripted::start(move |mut s, _| {
+        let mut n = 0;
+        while read_request(&mut s).is_some() {
+            if n == 1 {
+                return;
+            }
+            n += 1;
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |c| c.passive.max_fails = 0);
+    let mut r = Reader::new(connect(proxy.local_addrs()[0]));
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().status, 200);
+    let answered = std::time::Instant::now();
+    wait_until(
+        || answered.elapsed() > Duration::from_millis(1100),
+        "the pooled connection ages",
+    );
+    r.stream
+        .write_all(b"POST /pay HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n12345")
+        .unwrap();
+    assert_eq!(r.response().status, 200);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+    // The idle connection stays for idempotent requests (it is the stale one here).
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().status, 200);
+}
+
+#[test]
+fn connection_naming_transfer_encoding_does_not_unframe_a_response() {
+    let backend = Scripted::answering(
+        b"HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding, Content-Length\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut r = Reader::new(connect(proxy.local_addrs()[0]));
+    for _ in 0..2 {
+        r.stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let resp = r.response();
+        assert_eq!(resp.status, 200);
+        assert_eq!(
+            resp.header("transfer-encoding").as_deref(),
+            Some("chunked"),
+            "{}",
+            resp.head
+        );
+        assert_eq!(resp.text(), "5\r\nhello\r\n0\r\n\r\n");
+    }
+}
+
+#[test]
+fn connection_naming_framing_fields_of_a_request_does_not_unframe_it() {
+    let (backend, _) = echo_backend();
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut r = Reader::new(connect(proxy.local_addrs()[0]));
+    r.stream
+        .write_all(b"POST /a HTTP/1.1\r\nHost: t\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().text(), "POST /a HTTP/1.1\nabc");
+    r.stream
+        .write_all(b"POST /b HTTP/1.1\r\nHost: t\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\nxyz")
+        .unwrap();
+    assert_eq!(r.response().text(), "POST /b HTTP/1.1\nxyz");
+}
+
+#[test]
+fn endless_interim_responses_end_in_a_502() {
+    // 103 Early Hints without end, to a client that reads them.
+    let backend = Scripted::start(|mut s, _| {
+        if read_request(&mut s).is_some() {
+            while s
+                .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                .is_ok()
+            {}
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let got = String::from_utf8_lossy(&read_until_closed(&mut s)).into_owned();
+    let interim = got.matches("HTTP/1.1 103 ").count();
+    assert!(interim > 0, "interim responses are relayed");
+    assert!(
+        got.ends_with(std::str::from_utf8(corelb::framing::Reject::BadGateway.response()).unwrap()),
+        "after {interim} interim responses: ...{:?}",
+        &got[got.len().saturating_sub(200)..]
+    );
+}
+
+#[test]
+fn an_early_answer_says_close_or_keeps_the_connection_usable() {
+    // The backend answers as soon as it has the head, without reading the body.
+    let backend = Scripted::start(|mut s, _| {
+        while read_head(&mut s).is_some() {
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut r = Reader::new(connect(proxy.local_addrs()[0]));
+    r.stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .unwrap();
+    let resp = r.response();
+    assert_eq!(resp.text(), "early");
+    if resp
+        .header("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+    {
+        r.expect_closed();
+    } else {
+        // It promised keep-alive: the rest of the body and another request must work.
+        r.stream
+            .write_all(b"0\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(r.response().status, 200, "keep-alive was promised");
+    }
+}
+
+#[test]
+fn a_client_that_stalls_its_upload_gets_408_and_the_backend_stays_up() {
+    let (backend, seen) = echo_backend();
+    let proxy = proxy_with(&[backend.addr], |c| {
+        c.timeouts.body = Duration::from_millis(300);
+        c.timeouts.response = Duration::from_millis(300);
+        c.passive.max_fails = 3;
+    });
+    let addr = proxy.local_addrs()[0];
+    let stalled: Vec<Reader> = (0..4)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\npart")
+                .unwrap();
+            Reader::new(s)
+        })
+        .collect();
+    for mut r in stalled {
+        assert_eq!(r.response().status, 408, "the stall is the client's");
+    }
+    for n in 0..3 {
+        victim(addr, &seen, n);
+    }
+}
