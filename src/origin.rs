@@ -10,6 +10,8 @@
 //! - `/echo`: the request head and body it received, as the response body;
 //! - `/ws`: a WebSocket handshake (RFC 6455), then every frame echoed back (a ping
 //!   gets a pong, a close gets a close); frames up to 64 KiB.
+//!   `/ws?sink` discards what it receives and `/ws?source` sends one endless frame:
+//!   one-way tunnels at full speed, for benchmarks.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -123,16 +125,32 @@ enum Route {
     Size(u64),
     Status(u16),
     Echo,
-    WebSocket,
+    WebSocket(Tunnel),
     Invalid,
 }
 
-fn route(path: &str) -> Route {
-    let path = path.split('?').next().unwrap_or("");
+/// What a WebSocket connection does after the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tunnel {
+    /// `/ws`: every frame echoed back.
+    Echo,
+    /// `/ws?sink`: everything received is discarded; nothing is sent.
+    Sink,
+    /// `/ws?source`: one endless binary frame of the pattern, sent as fast as the
+    /// peer takes it; nothing is read.
+    Source,
+}
+
+fn route(target: &str) -> Route {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if path == "/echo" {
         Route::Echo
     } else if path == "/ws" {
-        Route::WebSocket
+        Route::WebSocket(match query {
+            "sink" => Tunnel::Sink,
+            "source" => Tunnel::Source,
+            _ => Tunnel::Echo,
+        })
     } else if let Some(n) = path.strip_prefix("/size/") {
         n.parse().map_or(Route::Invalid, Route::Size)
     } else if let Some(code) = path.strip_prefix("/status/") {
@@ -180,7 +198,7 @@ struct Conn {
     readable: bool,
     read_closed: bool,
     /// The connection switched to WebSocket: input is frames, not requests.
-    websocket: bool,
+    websocket: Option<Tunnel>,
 }
 
 fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Result<()> {
@@ -188,12 +206,27 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
     let mut conns: Slab<Conn> = Slab::new();
     let mut nodelay = net::NodelayInherited::Unknown;
     let mut events = Events::with_capacity(1024);
+    // Connections that used up their turn (see `serve`), served again after the
+    // next poll, which then does not sleep.
+    let mut again: Vec<usize> = Vec::new();
+    let mut resume: Vec<usize> = Vec::new();
     loop {
-        if let Err(e) = ctx.poll.poll(&mut events, None) {
+        let timeout = (!again.is_empty()).then_some(std::time::Duration::ZERO);
+        if let Err(e) = ctx.poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return Err(e);
+        }
+        std::mem::swap(&mut again, &mut resume);
+        for key in resume.drain(..) {
+            if let Some(conn) = conns.get_mut(key) {
+                match serve(conn, &body, counters) {
+                    Served::Close => drop(conns.remove(key)),
+                    Served::More => again.push(key),
+                    Served::Idle => {}
+                }
+            }
         }
         for ev in events.iter() {
             let t = ev.token();
@@ -227,7 +260,7 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
                                     eof: false,
                                     readable: true,
                                     read_closed: false,
-                                    websocket: false,
+                                    websocket: None,
                                 });
                             }
                         }
@@ -239,17 +272,35 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
             } else if let Some(conn) = conns.get_mut(t.0) {
                 conn.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 conn.read_closed |= ev.is_read_closed();
-                if !serve(conn, &body, counters) {
-                    conns.remove(t.0);
+                match serve(conn, &body, counters) {
+                    Served::Close => drop(conns.remove(t.0)),
+                    // Served twice in one pass at most: the list may hold it already.
+                    Served::More if !again.contains(&t.0) => again.push(t.0),
+                    Served::More | Served::Idle => {}
                 }
             }
         }
     }
 }
 
-/// Make all the progress possible on one connection; false means close it.
-fn serve(c: &mut Conn, body: &[u8], counters: &Counters) -> bool {
-    loop {
+/// What `serve` left a connection in.
+enum Served {
+    /// Nothing more can move until the next event.
+    Idle,
+    /// It used up its turn and could go on.
+    More,
+    /// Close it.
+    Close,
+}
+
+/// Passes of `serve`'s loop one connection gets per turn (each moves at most one
+/// 64 KiB read and 256 KiB of writes), so one fast stream does not starve the
+/// other connections of its worker.
+const SERVE_TURN: usize = 8;
+
+/// Make progress on one connection, up to its turn.
+fn serve(c: &mut Conn, body: &[u8], counters: &Counters) -> Served {
+    for _ in 0..SERVE_TURN {
         let mut progress = false;
         if c.readable
             && !c.eof
@@ -268,7 +319,7 @@ fn serve(c: &mut Conn, body: &[u8], counters: &Counters) -> bool {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                Err(_) => return false,
+                Err(_) => return Served::Close,
             }
         }
         while !c.close_after_flush
@@ -286,25 +337,27 @@ fn serve(c: &mut Conn, body: &[u8], counters: &Counters) -> bool {
         }
         match flush(c) {
             Ok(p) => progress |= p,
-            Err(_) => return false,
+            Err(_) => return Served::Close,
         }
         let flushed = c.out_sent == c.out.len() && c.fill_left == 0;
         if flushed && (c.close_after_flush || (c.eof && c.current.is_none())) {
-            return false;
+            return Served::Close;
         }
         if c.eof && c.current.is_some() && c.inbuf.is_empty() {
-            return false;
+            return Served::Close;
         }
         if !progress {
-            return true;
+            return Served::Idle;
         }
     }
+    Served::More
 }
 
-/// Write queued output, then pattern bytes. Returns whether anything was written.
+/// Write queued output, then pattern bytes, at most four writes' worth. Returns
+/// whether anything was written.
 fn flush(c: &mut Conn) -> io::Result<bool> {
     let mut progress = false;
-    loop {
+    for _ in 0..4 {
         let chunk: &[u8] = if c.out_sent < c.out.len() {
             &c.out[c.out_sent..]
         } else if c.fill_left > 0 {
@@ -331,14 +384,22 @@ fn flush(c: &mut Conn) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
+    Ok(progress)
 }
 
 /// Parse what is buffered: a head, or body bytes of the request in flight. Returns
 /// Some(true) on progress, Some(false) when more input is needed, None on a request
 /// so bad the connection must close (its error response is already queued).
 fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> {
-    if c.websocket {
-        return websocket_frame(c);
+    match c.websocket {
+        Some(Tunnel::Echo) => return websocket_frame(c),
+        Some(Tunnel::Sink) => {
+            let n = c.inbuf.len();
+            c.inbuf.consume(n);
+            return Some(n > 0);
+        }
+        Some(Tunnel::Source) => return Some(false),
+        None => {}
     }
     if c.current.is_none() {
         if c.inbuf.is_empty() {
@@ -362,7 +423,7 @@ fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> 
             }
         };
         let route = route(req.path.unwrap_or("/"));
-        if route == Route::WebSocket {
+        if let Route::WebSocket(tunnel) = route {
             counters.requests.fetch_add(1, Ordering::Relaxed);
             let key = websocket_key(&req, &info);
             c.inbuf.consume(n);
@@ -381,7 +442,16 @@ fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> 
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
                 websocket_accept(&key)
             );
-            c.websocket = true;
+            if tunnel == Tunnel::Source {
+                // One binary frame (FIN, opcode 2) with a 64-bit length of 2^62:
+                // the pattern follows for as long as anyone reads.
+                let len = 1u64 << 62;
+                c.out.extend_from_slice(&[0x82, 127]);
+                c.out.extend_from_slice(&len.to_be_bytes());
+                c.fill_left = len;
+                c.fill_sent = 0;
+            }
+            c.websocket = Some(tunnel);
             return Some(true);
         }
         let echo = if route == Route::Echo {
@@ -442,7 +512,9 @@ fn handle_input(c: &mut Conn, body: &[u8], counters: &Counters) -> Option<bool> 
             respond(c, code, head_only, text.as_bytes(), close, v)
         }
         // Unreachable: `/ws` is answered when its head is parsed.
-        Route::Invalid | Route::WebSocket => respond(c, 400, head_only, b"bad route\n", close, v),
+        Route::Invalid | Route::WebSocket(_) => {
+            respond(c, 400, head_only, b"bad route\n", close, v)
+        }
         Route::Size(n) => {
             write_head(c, 200, Some(n), close, v);
             if !head_only {
@@ -612,7 +684,9 @@ mod tests {
         assert_eq!(route("/anything?x=1"), Route::Hello);
         assert_eq!(route("/size/10"), Route::Size(10));
         assert_eq!(route("/size/x"), Route::Invalid);
-        assert_eq!(route("/ws?x"), Route::WebSocket);
+        assert_eq!(route("/ws?x"), Route::WebSocket(Tunnel::Echo));
+        assert_eq!(route("/ws?sink"), Route::WebSocket(Tunnel::Sink));
+        assert_eq!(route("/ws?source"), Route::WebSocket(Tunnel::Source));
         assert_eq!(route("/status/204"), Route::Status(204));
         assert_eq!(route("/status/100"), Route::Invalid);
         assert_eq!(route("/echo"), Route::Echo);

@@ -49,7 +49,7 @@ use crate::splice::Pipe;
 /// Smallest per-direction buffer; bigger heads limits get bigger buffers.
 const MIN_BUF_SIZE: usize = 32 * 1024;
 /// Most bytes discarded from a closing client.
-const MAX_DRAIN_BYTES: usize = 1 << 20;
+const MAX_DRAIN_BYTES: u32 = 1 << 20;
 /// Most idle connections kept per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 /// At shutdown, how long a connection between requests may take to send its next
@@ -68,9 +68,18 @@ const SPLICE_MIN: u64 = 64 * 1024;
 /// 2 s, Node and Apache after 5 s) may close one just as a request goes out on it,
 /// and such a request cannot be replayed.
 const NON_IDEMPOTENT_MAX_IDLE: Duration = Duration::from_secs(1);
+/// Most state-machine steps one session takes per turn of the loop (a step moves
+/// at most 32 KiB each way: one buffer, or `SPLICE_STEP`). A session that could
+/// go on is driven again after the others have had their turn, so one client
+/// streaming at full speed cannot starve the rest of its worker
+/// (`scripts/fairness.py` measures it).
+const MAX_STEPS_PER_TURN: u32 = 8;
 /// Most interim (1xx) responses relayed for one request; one more is a 502. Real
 /// backends send one or two (100 Continue, 103 Early Hints, a 102 now and then).
 const MAX_INTERIM: u16 = 64;
+/// Most bytes one splice step moves from the backend into the pipe: as much as a
+/// buffered step, so a turn costs the same on either path.
+const SPLICE_STEP: usize = 32 * 1024;
 /// Largest capacity a head or log buffer keeps when it goes back to the pool: more
 /// than any head the proxy writes, so it only ever trims a buffer something grew.
 const MAX_KEPT_HEAD: usize = 64 * 1024;
@@ -767,13 +776,17 @@ struct Client {
     deadline: Instant,
     /// The client has shut down its sending side.
     eof: bool,
-    drained: usize,
+    drained: u32,
     /// When closing, wait for the client to close first: it may still be sending
     /// (a refused request, or a body the backend did not wait for).
     linger: bool,
     /// A relay write was held back until the end of the event batch, and the
     /// client is in `Worker::flush_queue`.
     queued: bool,
+    /// It used up its turn and is in `Worker::yielded`.
+    yielded: bool,
+    /// The pass of the loop (`Worker::turn`) in which it was last driven.
+    turn: u16,
     /// The backend connection of the exchange in progress.
     upstream: Option<usize>,
     /// The exchange in progress (or the last one, between requests).
@@ -828,7 +841,7 @@ struct Exchange {
     backend: usize,
     retried: bool,
     /// Times the request was moved to another backend after a failure.
-    attempts: u32,
+    attempts: u8,
     /// The exchange counts as in flight on `backend` (see `Worker::hold`).
     holding: bool,
     /// The final response's status, once its head is parsed.
@@ -951,6 +964,10 @@ struct Worker {
     /// instead of once per message.
     defer_writes: bool,
     flush_queue: Vec<usize>,
+    /// Sessions to drive again after the next poll (see `resume_yielded`).
+    yielded: Vec<usize>,
+    /// Passes of the loop so far (wrapping).
+    turn: u16,
     /// No line about backend surplus bytes is logged before this (one per second).
     quiet_surplus_until: Instant,
 }
@@ -982,6 +999,8 @@ impl Worker {
             nodelay: net::NodelayInherited::Unknown,
             defer_writes: false,
             flush_queue: Vec::with_capacity(1024),
+            yielded: Vec::with_capacity(64),
+            turn: 0,
             quiet_surplus_until: Instant::now(),
         };
         w.adopt(plan);
@@ -993,7 +1012,7 @@ impl Worker {
             // Busy polling: for a moment after events, poll without sleeping. A sleeping
             // worker costs every peer that writes to it a wakeup (and itself a context
             // switch), which on a loaded machine is more than the spin costs.
-            let timeout = if w.now.duration_since(last_busy) < busy_poll {
+            let timeout = if !w.yielded.is_empty() || w.now.duration_since(last_busy) < busy_poll {
                 Duration::ZERO
             } else {
                 next_sweep.saturating_duration_since(w.now)
@@ -1004,6 +1023,7 @@ impl Worker {
                 return Err(e);
             }
             w.now = Instant::now();
+            w.turn = w.turn.wrapping_add(1);
             if !events.is_empty() {
                 last_busy = w.now;
             }
@@ -1047,6 +1067,7 @@ impl Worker {
                 }
             }
             w.flush_deferred();
+            w.resume_yielded();
             w.resume_accepting();
             w.metrics()
                 .upstream_open
@@ -1282,6 +1303,8 @@ impl Worker {
                 drained: 0,
                 linger: false,
                 queued: false,
+                yielded: false,
+                turn: 0,
                 upstream: None,
                 x: Exchange::none(self.now),
             });
@@ -1382,20 +1405,52 @@ impl Worker {
         self.flush_queue.clear();
     }
 
-    /// Run a session until it can make no more progress, handling failures.
+    /// Sessions that used up their turn (see `MAX_STEPS_PER_TURN`) while they
+    /// could still move: driven again after the next poll, which does not sleep.
+    /// A session that already had its turn in this pass of the loop (woken by an
+    /// event) waits for the next pass.
+    fn resume_yielded(&mut self) {
+        let mut again = std::mem::take(&mut self.yielded);
+        for &ck in &again {
+            // A session closed since may have had its key reused by a new one,
+            // which is not marked.
+            if let Some(c) = self.clients.get_mut(ck)
+                && c.yielded
+            {
+                if c.turn == self.turn {
+                    self.yielded.push(ck);
+                    continue;
+                }
+                c.yielded = false;
+                self.drive(ck);
+            }
+        }
+        again.clear();
+        // Keep the longer list's capacity, and what was yielded meanwhile.
+        again.append(&mut self.yielded);
+        self.yielded = again;
+    }
+
+    /// Run a session until it can make no more progress or has used up its turn,
+    /// handling failures.
     fn drive(&mut self, ck: usize) {
-        loop {
+        self.clients[ck].turn = self.turn;
+        let more = loop {
             match self.pump(ck) {
-                Ok(()) => break,
+                Ok(more) => break more,
                 Err(fail) => {
                     if !self.fail(ck, fail) {
                         return;
                     }
                 }
             }
-        }
+        };
         let now = self.now;
         let c = &mut self.clients[ck];
+        if more && !c.yielded {
+            c.yielded = true;
+            self.yielded.push(ck);
+        }
         if self.defer_writes && c.wants_flush() && !c.queued {
             c.queued = true;
             self.flush_queue.push(ck);
@@ -1415,8 +1470,10 @@ impl Worker {
         }
     }
 
-    fn pump(&mut self, ck: usize) -> Result<(), Fail> {
-        loop {
+    /// Step a session's state machine while it makes progress, at most
+    /// `MAX_STEPS_PER_TURN` times; returns whether it could still move.
+    fn pump(&mut self, ck: usize) -> Result<bool, Fail> {
+        for _ in 0..MAX_STEPS_PER_TURN {
             let progress = match self.clients[ck].phase {
                 Phase::Head => self.step_head(ck)?,
                 Phase::Exchange => self.step_exchange(ck)?,
@@ -1424,9 +1481,10 @@ impl Worker {
                 Phase::Draining => self.step_draining(ck)?,
             };
             if !progress {
-                return Ok(());
+                return Ok(false);
             }
         }
+        Ok(true)
     }
 
     /// Handle a failed step; returns whether the session still exists.
@@ -1489,7 +1547,7 @@ impl Worker {
                 let c = &mut self.clients[ck];
                 let failed = c.x.backend;
                 self.plan.health.record_failure(&self.locals[failed].member);
-                if !may_retry || c.x.attempts >= self.plan.config.retries {
+                if !may_retry || u32::from(c.x.attempts) >= self.plan.config.retries {
                     return self.fail(ck, Fail::Reject(reject));
                 }
                 let Some(next) = self.other_backend(failed) else {
@@ -1888,7 +1946,7 @@ impl Worker {
         bufs.req.clear();
         match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
             Ok(ReadOutcome::Data) => {
-                c.drained += bufs.req.len();
+                c.drained += bufs.req.len() as u32;
                 bufs.req.clear();
                 if c.drained > MAX_DRAIN_BYTES {
                     return Err(Fail::Close);
@@ -2284,42 +2342,35 @@ fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
     let BodyScanner::Length(remaining) = &mut c.x.resp_body else {
         return Err(Fail::Close);
     };
-    let mut progress = false;
-    let mut drained = 0u64;
-    let result = loop {
-        let mut moved = false;
-        if !pipe.is_empty() && c.ready.writable {
-            match pipe.drain(c.sock.as_raw_fd()) {
-                Ok(n) => {
-                    moved |= n > 0;
-                    drained += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.ready.writable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break Err(Fail::Close),
+    // One drain and one fill per step: the session's turn bounds how much it
+    // moves before the others get theirs (see `MAX_STEPS_PER_TURN`).
+    let mut moved = false;
+    if !pipe.is_empty() && c.ready.writable {
+        match pipe.drain(c.sock.as_raw_fd()) {
+            Ok(n) => {
+                moved |= n > 0;
+                bufs.resp_bytes += n as u64;
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.ready.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Fail::Close),
         }
-        if *remaining > 0 && pipe.room() > 0 && u.ready.readable && !u.eof {
-            let max = usize::try_from(*remaining).unwrap_or(usize::MAX);
-            match pipe.fill(u.sock.as_raw_fd(), max) {
-                Ok(0) => u.eof = true,
-                Ok(n) => {
-                    *remaining -= n as u64;
-                    moved = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.ready.readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Reset: like end of stream, which the caller sees as a truncated body.
-                Err(_) => u.eof = true,
+    }
+    if *remaining > 0 && pipe.room() > 0 && u.ready.readable && !u.eof {
+        let max = usize::try_from(*remaining).map_or(SPLICE_STEP, |r| r.min(SPLICE_STEP));
+        match pipe.fill(u.sock.as_raw_fd(), max) {
+            Ok(0) => u.eof = true,
+            Ok(n) => {
+                *remaining -= n as u64;
+                moved = true;
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.ready.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // Reset: like end of stream, which the caller sees as a truncated body.
+            Err(_) => u.eof = true,
         }
-        if !moved {
-            break Ok(progress);
-        }
-        progress = true;
-    };
-    bufs.resp_bytes += drained;
-    result
+    }
+    Ok(moved)
 }
 
 /// The backend connection failed before any response byte. A reused one may just
