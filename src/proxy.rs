@@ -1468,6 +1468,8 @@ impl Worker {
                     };
             }
         }
+        #[cfg(debug_assertions)]
+        self.check_invariants(ck);
     }
 
     /// Step a session's state machine while it makes progress, at most
@@ -1960,6 +1962,8 @@ impl Worker {
 
     /// Timers: expired sessions, stale idle backend connections, paused accepts.
     fn sweep(&mut self) {
+        #[cfg(debug_assertions)]
+        self.check_all_invariants();
         let now = self.now;
         self.expired.clear();
         self.expired.extend(
@@ -2018,6 +2022,157 @@ impl Worker {
                 self.accept(i);
             }
         }
+    }
+}
+
+/// The isolation invariants, as code: what a session or a backend connection may
+/// hold in each state. Checked after every drive of a session and at every
+/// sweep in debug and test builds (so every test and the session fuzzer run
+/// them); compiled out of release builds.
+#[cfg(debug_assertions)]
+impl Worker {
+    /// Panic with what broke if session `ck` (or its backend connection) is in a
+    /// state that could let bytes of one exchange reach another.
+    fn check_invariants(&self, ck: usize) {
+        if let Err(broken) = self.session_invariants(ck) {
+            panic!("session {ck} breaks an invariant: {broken}");
+        }
+    }
+
+    /// Every session, every backend connection and every idle list.
+    fn check_all_invariants(&self) {
+        for (ck, _) in self.clients.iter() {
+            self.check_invariants(ck);
+        }
+        for (uk, u) in self.upstreams.iter() {
+            let listed = self.locals[u.backend]
+                .idle
+                .iter()
+                .filter(|&&k| k == uk)
+                .count();
+            let ok = match u.client {
+                Some(ck) => {
+                    listed == 0 && self.clients.get(ck).is_some_and(|c| c.upstream == Some(uk))
+                }
+                // Idle: pooled exactly once, and nothing of an exchange left on it.
+                None => listed == 1 && u.connected && !u.eof && u.reused,
+            };
+            assert!(ok, "backend connection {uk} breaks an invariant");
+        }
+        for (b, local) in self.locals.iter().enumerate() {
+            for &uk in &local.idle {
+                assert!(
+                    self.upstreams
+                        .get(uk)
+                        .is_some_and(|u| u.client.is_none() && u.backend == b),
+                    "idle list {b} holds {uk}, which is not idle there"
+                );
+            }
+        }
+    }
+
+    fn session_invariants(&self, ck: usize) -> Result<(), &'static str> {
+        fn ensure(ok: bool, broken: &'static str) -> Result<(), &'static str> {
+            if ok { Ok(()) } else { Err(broken) }
+        }
+        let c = &self.clients[ck];
+        let x = &c.x;
+        if let Some(uk) = c.upstream {
+            let u = self
+                .upstreams
+                .get(uk)
+                .ok_or("its backend connection is gone")?;
+            ensure(
+                u.client == Some(ck),
+                "its backend connection serves another session",
+            )?;
+            ensure(
+                u.backend == x.backend,
+                "its backend connection is to another backend",
+            )?;
+            ensure(
+                !self.locals[u.backend].idle.contains(&uk),
+                "its backend connection is also in the idle pool",
+            )?;
+        }
+        match c.phase {
+            Phase::Head => {
+                ensure(
+                    c.upstream.is_none(),
+                    "between requests, it holds a backend connection",
+                )?;
+                ensure(!x.holding, "between requests, it counts as in flight")?;
+                if let Some(b) = &c.bufs {
+                    ensure(
+                        b.resp.is_empty(),
+                        "between requests, response bytes are left",
+                    )?;
+                    ensure(
+                        b.resp_head.is_empty() && b.resp_head_sent == 0,
+                        "between requests, a response head is left",
+                    )?;
+                    ensure(
+                        !b.piped(),
+                        "between requests, response bytes are in the pipe",
+                    )?;
+                }
+            }
+            Phase::Exchange => {
+                let b = c.bufs.as_ref().ok_or("in an exchange without buffers")?;
+                ensure(
+                    c.upstream.is_some(),
+                    "in an exchange without a backend connection",
+                )?;
+                ensure(
+                    x.req_retained + x.req_pending <= b.req.len(),
+                    "more request bytes accounted for than buffered",
+                )?;
+                ensure(
+                    x.resp_pending <= b.resp.len(),
+                    "more response bytes pending than buffered",
+                )?;
+                ensure(
+                    x.replayable || x.req_retained == 0,
+                    "bytes kept for a replay that cannot happen",
+                )?;
+                ensure(
+                    b.req_head_sent <= b.req_head.len(),
+                    "more of the request head sent than it has",
+                )?;
+                ensure(
+                    b.resp_head_sent <= b.resp_head.len(),
+                    "more of a response head sent than it has",
+                )?;
+                ensure(
+                    !x.req_done
+                        || (b.req_head_sent == b.req_head.len()
+                            && x.req_pending == 0
+                            && x.req_body.is_done()),
+                    "the request is done with bytes of it unsent",
+                )?;
+                ensure(
+                    x.resp != RespState::Waiting || x.resp_pending == 0,
+                    "response body pending before its head",
+                )?;
+                ensure(
+                    x.interim <= MAX_INTERIM,
+                    "more interim responses than allowed",
+                )?;
+                ensure(
+                    b.resp_head.windows(4).filter(|w| w == b"\r\n\r\n").count() <= 1,
+                    "more than one response head queued",
+                )?;
+                ensure(
+                    !b.piped() || x.resp == RespState::Body,
+                    "pipe bytes outside a response body",
+                )?;
+            }
+            Phase::Closing | Phase::Draining => {
+                ensure(c.upstream.is_none(), "closing with a backend connection")?;
+                ensure(!x.holding, "closing while counted as in flight")?;
+            }
+        }
+        Ok(())
     }
 }
 
