@@ -754,6 +754,9 @@ enum RespState {
 enum Fail {
     /// Close the client (and its backend connection) now.
     Close,
+    /// Reset the client connection now: a response delimited by the close was
+    /// cut short, which a clean close would hide.
+    Reset,
     /// Answer with this local response if no response has started, then close.
     Reject(Reject),
     /// The reused backend connection was stale: send the request again on a new one.
@@ -911,6 +914,8 @@ struct Upstream {
     /// Bytes arrived for the current exchange.
     received: bool,
     eof: bool,
+    /// The stream ended with a reset (or another read error), not a FIN.
+    reset: bool,
     client: Option<usize>,
     idle_since: Instant,
 }
@@ -1496,6 +1501,12 @@ impl Worker {
                 self.close_client(ck);
                 false
             }
+            Fail::Reset => {
+                let sock = socket2::SockRef::from(&self.clients[ck].sock);
+                let _ = sock.set_linger(Some(Duration::ZERO));
+                self.close_client(ck);
+                false
+            }
             Fail::Reject(reject) => {
                 let now = self.now;
                 let c = &mut self.clients[ck];
@@ -1778,6 +1789,7 @@ impl Worker {
                     reused: false,
                     received: false,
                     eof: false,
+                    reset: false,
                     client: Some(ck),
                     idle_since: self.now,
                 });
@@ -1827,9 +1839,14 @@ impl Worker {
             && c.x.resp_pending == 0
             && !bufs.piped()
         {
-            if c.x.resp_body.is_done()
-                || (c.x.resp_body == BodyScanner::UntilClose && u.eof && bufs.resp.is_empty())
-            {
+            let until_close_ended =
+                c.x.resp_body == BodyScanner::UntilClose && u.eof && bufs.resp.is_empty();
+            if until_close_ended && u.reset {
+                // A body delimited by the close, ended by a reset: a clean close
+                // would tell the client it has all of it.
+                return Err(Fail::Reset);
+            }
+            if c.x.resp_body.is_done() || until_close_ended {
                 self.finish_exchange(ck)?;
                 return Ok(true);
             }
@@ -1894,7 +1911,11 @@ impl Worker {
         bufs.resp.clear();
         c.x.resp = RespState::Waiting;
         if c.x.close_after || !c.x.req_done {
-            c.linger |= !c.x.req_done;
+            // The client may still be sending: the rest of this request's body,
+            // or, if it did not ask to close, requests pipelined behind it. A
+            // close with their bytes unread would be a reset, which can destroy
+            // the response still on its way (see `step_closing`).
+            c.linger |= !c.x.req_done || c.x.req.keep_alive;
             c.phase = Phase::Closing;
             c.deadline = now + self.timeouts.linger;
         } else {
@@ -2327,8 +2348,9 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
             }
             Ok(ReadOutcome::Blocked) => {}
             Err(_) => {
-                // Reset: like end of stream (and never reused).
+                // Reset: the end of the stream, but not a clean one.
                 u.eof = true;
+                u.reset = true;
                 progress = true;
             }
         }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -404,4 +404,34 @@ fn backend_closing_mid_large_body_closes_the_client_after_what_it_sent() {
         "body bytes relayed before the close"
     );
     assert!(got[head_end..].iter().all(|&b| b == b'x'));
+}
+
+#[test]
+fn a_body_delimited_by_the_close_that_ends_in_a_reset_is_passed_on_as_a_reset() {
+    // No Content-Length: the body ends when the backend closes. A reset instead
+    // of a FIN means it was cut short, which a clean close would hide.
+    let backend = Scripted::start(|mut s, _| {
+        if read_head(&mut s).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nthe first half");
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert_eq!(
+        end,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "after {:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
