@@ -736,6 +736,11 @@ enum Phase {
     Closing,
     /// Our side is shut; discarding input until the client closes.
     Draining,
+    /// A response delimited by the close was cut short by its backend: what was
+    /// sent is delivered first (a reset now would destroy it, and the answers to
+    /// earlier requests still on their way), then the connection is reset, since
+    /// a clean close would tell the client it has the whole body.
+    Aborting,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -754,8 +759,10 @@ enum RespState {
 enum Fail {
     /// Close the client (and its backend connection) now.
     Close,
-    /// Reset the client connection now: a response delimited by the close was
-    /// cut short, which a clean close would hide.
+    /// Reset the client connection once what was sent is delivered (see
+    /// `Phase::Aborting`).
+    Abort,
+    /// Reset the client connection now.
     Reset,
     /// Answer with this local response if no response has started, then close.
     Reject(Reject),
@@ -1232,7 +1239,7 @@ impl Worker {
                 // answered that way (the connection drains like an idle one).
                 Phase::Exchange if c.x.resp == RespState::Waiting => c.x.close_after = true,
                 Phase::Exchange => {}
-                Phase::Closing | Phase::Draining => {}
+                Phase::Closing | Phase::Draining | Phase::Aborting => {}
             }
         }
     }
@@ -1486,6 +1493,7 @@ impl Worker {
                 Phase::Exchange => self.step_exchange(ck)?,
                 Phase::Closing => self.step_closing(ck)?,
                 Phase::Draining => self.step_draining(ck)?,
+                Phase::Aborting => step_aborting(&self.clients[ck])?,
             };
             if !progress {
                 return Ok(false);
@@ -1500,6 +1508,20 @@ impl Worker {
             Fail::Close => {
                 self.close_client(ck);
                 false
+            }
+            Fail::Abort => {
+                self.unhold(ck);
+                let now = self.now;
+                let c = &mut self.clients[ck];
+                if let Some(uk) = c.upstream.take() {
+                    self.upstreams.remove(uk);
+                }
+                if let Some(bufs) = c.bufs.take() {
+                    self.bufs.give(bufs);
+                }
+                c.phase = Phase::Aborting;
+                c.deadline = now + self.timeouts.linger;
+                true
             }
             Fail::Reset => {
                 let sock = socket2::SockRef::from(&self.clients[ck].sock);
@@ -1521,7 +1543,8 @@ impl Worker {
                 let started = (c.x.resp == RespState::Body && !final_head_unsent)
                     || c.x.resp == RespState::Tunnel
                     || head_partly_out;
-                if started || c.phase == Phase::Closing || c.phase == Phase::Draining {
+                if started || matches!(c.phase, Phase::Closing | Phase::Draining | Phase::Aborting)
+                {
                     // Part of a response is already out: closing is the only signal left.
                     self.close_client(ck);
                     return false;
@@ -1844,7 +1867,7 @@ impl Worker {
             if until_close_ended && u.reset {
                 // A body delimited by the close, ended by a reset: a clean close
                 // would tell the client it has all of it.
-                return Err(Fail::Reset);
+                return Err(Fail::Abort);
             }
             if c.x.resp_body.is_done() || until_close_ended {
                 self.finish_exchange(ck)?;
@@ -1987,16 +2010,24 @@ impl Worker {
         self.check_all_invariants();
         let now = self.now;
         self.expired.clear();
+        // Aborting sessions too: whether what they sent is delivered is not an
+        // event, so it is checked at each sweep.
         self.expired.extend(
             self.clients
                 .iter()
-                .filter(|(_, c)| c.deadline <= now)
+                .filter(|(_, c)| c.deadline <= now || c.phase == Phase::Aborting)
                 .map(|(k, _)| k),
         );
         for i in 0..self.expired.len() {
             let ck = self.expired[i];
             let c = &self.clients[ck];
             let fail = match c.phase {
+                Phase::Aborting if c.deadline > now => {
+                    self.drive(ck);
+                    continue;
+                }
+                // Not delivered within the linger time: reset anyway.
+                Phase::Aborting => Fail::Reset,
                 Phase::Head if c.bufs.as_ref().is_some_and(|b| !b.req.is_empty()) => {
                     Fail::Reject(Reject::Timeout)
                 }
@@ -2188,7 +2219,7 @@ impl Worker {
                     "pipe bytes outside a response body",
                 )?;
             }
-            Phase::Closing | Phase::Draining => {
+            Phase::Closing | Phase::Draining | Phase::Aborting => {
                 ensure(c.upstream.is_none(), "closing with a backend connection")?;
                 ensure(!x.holding, "closing while counted as in flight")?;
             }
@@ -2226,6 +2257,19 @@ fn leftover(u: &mut Upstream) -> Leftover {
             Err(_) => Leftover::Closed,
         };
     }
+}
+
+/// An aborting session resets its connection once the kernel has nothing left
+/// to send on it, nor any byte unacknowledged (SIOCOUTQ).
+fn step_aborting(c: &Client) -> Step {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int through the
+    // pointer, which points at a live local.
+    let r = unsafe { libc::ioctl(c.sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if r != 0 || queued == 0 {
+        return Err(Fail::Reset);
+    }
+    Ok(false)
 }
 
 /// A new backend connection: has the connect finished, or failed?

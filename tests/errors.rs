@@ -5,7 +5,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -434,4 +435,60 @@ fn a_body_delimited_by_the_close_that_ends_in_a_reset_is_passed_on_as_a_reset() 
         "after {:?}",
         String::from_utf8_lossy(&got)
     );
+}
+
+#[test]
+fn answers_still_on_their_way_are_delivered_before_that_reset() {
+    // Two pipelined requests: a 1 MiB answer, then one delimited by the close and
+    // cut short by a reset. The client reads only once both are written: the
+    // reset must wait until the first answer (and what came of the second) has
+    // been delivered, or it would destroy them.
+    let wrote = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&wrote);
+    let backend = Scripted::start(move |mut s, _| {
+        while let Some(head) = read_head(&mut s) {
+            if head.starts_with("GET /big ") {
+                let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+                answer.extend(std::iter::repeat_n(b'b', 1 << 20));
+                if s.write_all(&answer).is_err() {
+                    return;
+                }
+            } else {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nthe first half");
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                count.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let mut s = connect_small_window(proxy.local_addrs()[0]);
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /cut HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    wait_until(
+        || wrote.load(Ordering::SeqCst) == 1,
+        "the backend wrote both answers",
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    let first = text.find("\r\n\r\n").map(|h| h + 4).unwrap_or(0);
+    assert!(
+        text[first..].starts_with(&"b".repeat(1 << 20)),
+        "the first answer was cut: {} bytes in all",
+        got.len()
+    );
+    assert!(
+        text.ends_with("the first half"),
+        "{:?}",
+        &text[text.len().saturating_sub(100)..]
+    );
+    assert_eq!(end, Some(std::io::ErrorKind::ConnectionReset));
 }

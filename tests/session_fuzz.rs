@@ -1034,6 +1034,7 @@ fn client_conn(addr: SocketAddr, plan: ConnPlan, seed: u64) -> ConnReport {
         // The body, read with the oracle's own framing.
         let mut body = Vec::new();
         let mut dechunk = wire::Dechunk::default();
+        let mut ended_by = Fill::Data;
         let complete = loop {
             let done = match body_kind {
                 wire::Body::None => true,
@@ -1060,14 +1061,15 @@ fn client_conn(addr: SocketAddr, plan: ConnPlan, seed: u64) -> ConnReport {
             if done {
                 break true;
             }
-            match fill(
+            ended_by = fill(
                 &mut s,
                 &mut buf,
                 plan.slow_reader,
                 &mut rng,
                 &shared,
                 ANSWER_WAIT,
-            ) {
+            );
+            match ended_by {
                 Fill::Data => {}
                 // A clean end completes a body delimited by the close. A short
                 // one must have ended in a reset: certainly so if the writer was
@@ -1107,7 +1109,7 @@ fn client_conn(addr: SocketAddr, plan: ConnPlan, seed: u64) -> ConnReport {
                     if req.plan.fault != Some(Fault::ResetMid) && excused_from.is_none_or(|e| i < e)
                     {
                         violations.push(format!(
-                            "{}: answer cut short after {} bytes: {} {:?} ({:?}), after {:?}; connection {:?} depth {}",
+                            "{}: answer cut short after {} bytes ({ended_by:?}): {} {:?} ({:?}), after {:?}; connection {:?} depth {}",
                             req.id,
                             body.len(),
                             req.method,
@@ -1222,12 +1224,34 @@ fn client_conn(addr: SocketAddr, plan: ConnPlan, seed: u64) -> ConnReport {
             continue;
         }
         outcomes.push((req.id.clone(), Outcome::Unanswered));
-        if excused_from.is_none_or(|e| i < e) && req.plan.fault.is_none() {
+        // A backend that failed this request ends the connection for those
+        // behind it too (the proxy answers 502 and closes, or resets).
+        if req.plan.fault.is_some() {
+            excuse(i, &mut excused_from);
+        }
+        if excused_from.is_none_or(|e| i < e) {
             violations.push(format!(
                 "{}: sent and never answered, with nothing to explain it",
                 req.id
             ));
         }
+    }
+    if !violations.is_empty() && std::env::var_os("CORELB_FUZZ_DUMP").is_some() {
+        eprintln!(
+            "connection plan: depth {} fault {:?} dribble {} slow reader {}",
+            plan.depth, plan.fault, plan.dribble, plan.slow_reader
+        );
+        for r in &plan.requests {
+            eprintln!(
+                "  {} {} body {} close {} {:?}",
+                r.id,
+                r.method,
+                r.body.len(),
+                r.close,
+                r.plan
+            );
+        }
+        eprintln!("  outcomes {outcomes:?}");
     }
     let sent = std::mem::take(&mut *sent.lock().unwrap());
     ConnReport {
