@@ -9,14 +9,22 @@
 //! Every socket is registered once, edge-triggered, for both directions, and its
 //! readiness is cached (`Ready`): an operation is tried only while the cache says it
 //! may succeed, and a `WouldBlock` clears the flag until the next event. A session
-//! is driven by `Worker::pump`, which steps its state machine until nothing moves.
+//! is driven by `Worker::pump`, which steps its state machine until nothing moves
+//! or its turn is used up (`MAX_STEPS_PER_TURN`: then it goes on after the others).
 //!
 //! A session's life: `Phase::Head` (waiting for a request head, holding no buffers
 //! when idle) -> `Phase::Exchange` (request streamed to a backend, response streamed
 //! back) -> `Head` again for keep-alive, or `Closing` (flush, then close; or, when
 //! the client may still be sending, shut down our side) -> `Draining` (discard what
 //! the client still sends, so our last response is not destroyed by a reset) ->
-//! closed.
+//! closed. `Aborting` delivers what was sent, then resets (a response delimited by
+//! the close that its backend cut short).
+//!
+//! Isolation (no byte of one client or exchange reaches another) rests on three
+//! rules, each checked by `check_invariants` in debug builds: buffers return to the
+//! pool empty (`Recycle`); a backend connection is pooled only at a message
+//! boundary and never handed out after anything arrived on it (`checkout`); a
+//! request is replayed only if that cannot send it twice (`retry_or`).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
