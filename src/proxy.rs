@@ -82,6 +82,10 @@ const NON_IDEMPOTENT_MAX_IDLE: Duration = Duration::from_secs(1);
 /// streaming at full speed cannot starve the rest of its worker
 /// (`scripts/fairness.py` measures it).
 const MAX_STEPS_PER_TURN: u32 = 8;
+/// How long a worker pools no connection to a backend after it sent bytes that
+/// belong to no response: each request gets a fresh connection, so late surplus
+/// from a backend that miscounts its bodies reaches nobody.
+const DISTRUST: Duration = Duration::from_secs(10);
 /// Most interim (1xx) responses relayed for one request; one more is a 502. Real
 /// backends send one or two (100 Continue, 103 Early Hints, a 102 now and then).
 const MAX_INTERIM: u16 = 64;
@@ -744,10 +748,11 @@ enum Phase {
     Closing,
     /// Our side is shut; discarding input until the client closes.
     Draining,
-    /// A response delimited by the close was cut short by its backend: what was
-    /// sent is delivered first (a reset now would destroy it, and the answers to
-    /// earlier requests still on their way), then the connection is reset, since
-    /// a clean close would tell the client it has the whole body.
+    /// A response was cut short after part of it went out (its backend failed):
+    /// what was sent is delivered first (closing now, with input unread, would be
+    /// a reset that destroys it, and the answers to earlier requests still on
+    /// their way), then the connection is reset: for a body delimited by the
+    /// close, a clean close would tell the client it has all of it.
     Aborting,
 }
 
@@ -767,8 +772,8 @@ enum RespState {
 enum Fail {
     /// Close the client (and its backend connection) now.
     Close,
-    /// Reset the client connection once what was sent is delivered (see
-    /// `Phase::Aborting`).
+    /// End the client connection once what was sent is delivered, with a reset
+    /// (see `Phase::Aborting`).
     Abort,
     /// Reset the client connection now.
     Reset,
@@ -952,6 +957,9 @@ struct Local {
     /// In the configuration in force. One that a reload removed stays while
     /// connections still refer to it, and its place is then reused.
     live: bool,
+    /// Until then, no connection to it is pooled: it sent bytes that belong to no
+    /// response (see `DISTRUST`).
+    distrust_until: Instant,
 }
 
 struct Worker {
@@ -1087,7 +1095,9 @@ impl Worker {
                 }
             }
             w.flush_deferred();
-            w.resume_yielded();
+            if !w.yielded.is_empty() {
+                w.resume_yielded();
+            }
             w.resume_accepting();
             w.metrics()
                 .upstream_open
@@ -1144,6 +1154,7 @@ impl Worker {
                 member: Arc::clone(m),
                 idle: Vec::new(),
                 live: true,
+                distrust_until: self.now,
             };
             let free = (0..self.locals.len()).find(|&i| !self.locals[i].live && !used[i]);
             *slot = Some(match free {
@@ -1347,6 +1358,7 @@ impl Worker {
 
     /// An idle pooled connection became readable: the backend closed it, or sent
     /// bytes nobody asked for. Either way it cannot be reused.
+    #[cold]
     fn check_idle_upstream(&mut self, uk: usize) {
         let u = &mut self.upstreams[uk];
         if !u.ready.readable && !u.ready.read_closed {
@@ -1364,18 +1376,30 @@ impl Worker {
 
     /// Close a backend connection that must not be reused, counting and logging
     /// bytes it sent that belong to no response.
+    /// Bytes that belong to no response mean the backend's connections cannot be
+    /// trusted to stay in step (the next ones may come late, after a reuse, and be
+    /// taken for the next response): this worker closes its idle ones to that
+    /// backend and pools none for `DISTRUST`.
+    #[cold]
     fn discard_upstream(&mut self, uk: usize, found: Leftover) {
         let u = self.upstreams.remove(uk);
         if found == Leftover::Bytes {
             self.metrics()
                 .upstream_surplus
                 .fetch_add(1, Ordering::Relaxed);
+            let local = &mut self.locals[u.backend];
+            local.distrust_until = self.now + DISTRUST;
+            for idle in local.idle.drain(..) {
+                self.upstreams.remove(idle);
+            }
             if self.now >= self.quiet_surplus_until {
                 self.quiet_surplus_until = self.now + Duration::from_secs(1);
                 crate::log!(
                     crate::log::Level::Warn,
-                    "corelb: backend {} sent bytes beyond the end of a response; its connection is closed, not reused (at most one such line per second per worker)",
-                    self.locals[u.backend].member.authority
+                    "corelb: backend {} sent bytes beyond the end of a response; worker {} closes its connections to it and reuses none for {} s (at most one such line per second per worker)",
+                    local.member.authority,
+                    self.id,
+                    DISTRUST.as_secs()
                 );
             }
         }
@@ -1388,6 +1412,20 @@ impl Worker {
     /// closed and the next is tried. With `max_idle`, only a connection idle for
     /// at most that long is taken (older ones stay for other requests).
     fn checkout(&mut self, backend: usize, max_idle: Option<Duration>) -> Option<usize> {
+        // The usual case, kept short: the newest idle connection, nothing on it.
+        let idle = &mut self.locals[backend].idle;
+        let &uk = idle.last()?;
+        let ready = self.upstreams[uk].ready;
+        if max_idle.is_none() && !ready.readable && !ready.read_closed {
+            idle.pop();
+            return Some(uk);
+        }
+        self.checkout_carefully(backend, max_idle)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn checkout_carefully(&mut self, backend: usize, max_idle: Option<Duration>) -> Option<usize> {
         while let Some(&uk) = self.locals[backend].idle.last() {
             let u = &mut self.upstreams[uk];
             if max_idle.is_some_and(|max| self.now.saturating_duration_since(u.idle_since) > max) {
@@ -1551,11 +1589,14 @@ impl Worker {
                 let started = (c.x.resp == RespState::Body && !final_head_unsent)
                     || c.x.resp == RespState::Tunnel
                     || head_partly_out;
-                if started || matches!(c.phase, Phase::Closing | Phase::Draining | Phase::Aborting)
-                {
-                    // Part of a response is already out: closing is the only signal left.
+                if matches!(c.phase, Phase::Closing | Phase::Draining | Phase::Aborting) {
                     self.close_client(ck);
                     return false;
+                }
+                if started {
+                    // Part of a response is already out: ending the connection is the
+                    // only signal left.
+                    return self.fail(ck, Fail::Abort);
                 }
                 if let Some(uk) = c.upstream.take() {
                     self.upstreams.remove(uk);
@@ -1883,8 +1924,8 @@ impl Worker {
             }
             if u.eof {
                 // The backend closed in the middle of a delimited body: the client must
-                // see the truncation, and only a close says so.
-                return Err(Fail::Close);
+                // see the truncation, and only the end of the connection says so.
+                return Err(Fail::Abort);
             }
         }
         Ok(progress)
@@ -1924,6 +1965,7 @@ impl Worker {
             bufs.resp.clear();
             let local = &mut self.locals[u.backend];
             if found == Leftover::Nothing
+                && now >= local.distrust_until
                 && local.live
                 && c.x.upstream_reusable
                 && c.x.req_done
@@ -2248,6 +2290,7 @@ enum Leftover {
 
 /// Look for bytes or an end of stream waiting on a backend connection that owes
 /// no response: one read, which on a quiet socket fails with WouldBlock.
+#[cold]
 fn leftover(u: &mut Upstream) -> Leftover {
     if u.eof || u.ready.read_closed {
         return Leftover::Closed;
@@ -2269,6 +2312,7 @@ fn leftover(u: &mut Upstream) -> Leftover {
 
 /// An aborting session resets its connection once the kernel has nothing left
 /// to send on it, nor any byte unacknowledged (SIOCOUTQ).
+#[cold]
 fn step_aborting(c: &Client) -> Step {
     let mut queued: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int through the
@@ -2741,6 +2785,7 @@ struct ResponseHead {
 /// `bufs.resp_head`. A final response that comes before the whole request went
 /// out (`req_done` false: an early answer) says `Connection: close`, as does one
 /// delimited by the backend's close; `close_after` is set for both.
+#[inline(never)]
 fn parse_response_head(
     bufs: &mut Bufs,
     req: &RequestInfo,

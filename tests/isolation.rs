@@ -272,13 +272,60 @@ fn surplus_backend_bytes_after_a_body_never_reach_the_next_request() {
                     "after a {length}-byte body and surplus {surplus:?}"
                 );
             }
+            // The connection that sent surplus is closed, and for a while each
+            // request to that backend gets a fresh one.
             assert_eq!(
                 backend.connections.load(Ordering::SeqCst),
-                2,
-                "the connection that sent surplus must not be reused"
+                4,
+                "the connection that sent surplus must not be reused, nor any other"
             );
         }
     }
+}
+
+#[test]
+fn late_surplus_on_an_idle_connection_is_caught_and_the_backend_is_not_pooled_for_a_while() {
+    // The answer, then (once the client has it) bytes nobody asked for: they
+    // arrive while the connection is idle in the pool.
+    let sent_surplus = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&sent_surplus);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let backend = Scripted::start(move |mut s, _| {
+        while read_request(&mut s).is_some() {
+            let first = answered.fetch_add(1, Ordering::SeqCst) == 0;
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+            if first {
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!");
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    let proxy = proxy_for(&[backend.addr], 1);
+    let addr = proxy.local_addrs()[0];
+    assert_eq!(get(addr, "/").text(), "ok");
+    wait_until(
+        || sent_surplus.load(Ordering::SeqCst),
+        "the backend sends surplus",
+    );
+    // The idle connection sees the bytes and is closed (the metric counts it).
+    let metrics = || proxy.stats().prometheus();
+    wait_until(
+        || metrics().contains("corelb_upstream_surplus_total{worker=\"0\"} 1"),
+        "the surplus is noticed",
+    );
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/").text(), "ok");
+    }
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        4,
+        "after surplus, each request gets a fresh connection"
+    );
 }
 
 #[test]
