@@ -199,6 +199,8 @@ struct Conn {
     read_closed: bool,
     /// The connection switched to WebSocket: input is frames, not requests.
     websocket: Option<Tunnel>,
+    /// It used up its turn and is in the list to serve after the next poll.
+    listed: bool,
 }
 
 fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Result<()> {
@@ -221,9 +223,13 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
         std::mem::swap(&mut again, &mut resume);
         for key in resume.drain(..) {
             if let Some(conn) = conns.get_mut(key) {
+                conn.listed = false;
                 match serve(conn, &body, counters) {
                     Served::Close => drop(conns.remove(key)),
-                    Served::More => again.push(key),
+                    Served::More => {
+                        conn.listed = true;
+                        again.push(key);
+                    }
                     Served::Idle => {}
                 }
             }
@@ -261,6 +267,7 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
                                     readable: true,
                                     read_closed: false,
                                     websocket: None,
+                                    listed: false,
                                 });
                             }
                         }
@@ -274,8 +281,10 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
                 conn.read_closed |= ev.is_read_closed();
                 match serve(conn, &body, counters) {
                     Served::Close => drop(conns.remove(t.0)),
-                    // Served twice in one pass at most: the list may hold it already.
-                    Served::More if !again.contains(&t.0) => again.push(t.0),
+                    Served::More if !conn.listed => {
+                        conn.listed = true;
+                        again.push(t.0);
+                    }
                     Served::More | Served::Idle => {}
                 }
             }

@@ -81,7 +81,7 @@ const NON_IDEMPOTENT_MAX_IDLE: Duration = Duration::from_secs(1);
 /// go on is driven again after the others have had their turn, so one client
 /// streaming at full speed cannot starve the rest of its worker
 /// (`scripts/fairness.py` measures it).
-const MAX_STEPS_PER_TURN: u32 = 8;
+const MAX_STEPS_PER_TURN: u8 = 8;
 /// How long a worker pools no connection to a backend after it sent bytes that
 /// belong to no response: each request gets a fresh connection, so late surplus
 /// from a backend that miscounts its bodies reaches nobody.
@@ -808,8 +808,10 @@ struct Client {
     queued: bool,
     /// It used up its turn and is in `Worker::yielded`.
     yielded: bool,
-    /// The pass of the loop (`Worker::turn`) in which it was last driven.
+    /// The pass of the loop (`Worker::turn`) in which it was last driven, and the
+    /// steps it took in that pass.
     turn: u16,
+    steps: u8,
     /// The backend connection of the exchange in progress.
     upstream: Option<usize>,
     /// The exchange in progress (or the last one, between requests).
@@ -819,13 +821,29 @@ struct Client {
 impl Client {
     /// In an exchange, everything the client sent so far has gone to the backend
     /// and more of the request body is to come: the exchange waits on the client.
+    /// Not while a client that sent `Expect: 100-continue` and no body byte yet
+    /// still waits for the backend's 100.
     fn waits_on_client_body(&self) -> bool {
-        !self.x.req_body.is_done()
-            && self.x.req_pending == 0
+        let x = &self.x;
+        let awaiting_continue = x.req.expect_continue
+            && x.interim == 0
+            && x.req_body == BodyScanner::new(x.req.framing);
+        !x.req_body.is_done()
+            && !x.upload_failed
+            && x.req_pending == 0
+            && !awaiting_continue
             && self
                 .bufs
                 .as_ref()
                 .is_some_and(|b| b.req_head_sent == b.req_head.len())
+    }
+
+    /// Before the final response head, a head waits to be written to a client
+    /// that does not take it: the exchange waits on the client, not the backend.
+    fn waits_on_client_reading(&self) -> bool {
+        self.bufs
+            .as_ref()
+            .is_some_and(|b| b.resp_head_sent < b.resp_head.len())
     }
 
     /// Bytes wait to go out on either side of the exchange (checked after a step
@@ -855,6 +873,8 @@ struct Exchange {
     /// Every byte of the request can still be sent again (nothing was released).
     replayable: bool,
     req_done: bool,
+    /// The backend stopped taking the request after it began to answer.
+    upload_failed: bool,
     resp: RespState,
     resp_body: BodyScanner,
     /// Bytes at the front of `bufs.resp` known to be response body, not yet written.
@@ -888,6 +908,7 @@ impl Exchange {
             req_retained: 0,
             replayable: true,
             req_done: false,
+            upload_failed: false,
             resp: RespState::Waiting,
             resp_body: BodyScanner::new(Framing::None),
             resp_pending: 0,
@@ -1109,6 +1130,11 @@ impl Worker {
             if let Some(deadline) = w.shutdown_deadline
                 && (w.clients.is_empty() || w.now >= deadline)
             {
+                // Sessions dropped here close with a FIN, except those aborting a
+                // cut-short response, which must end with a reset.
+                for (_, c) in w.clients.iter().filter(|(_, c)| c.phase == Phase::Aborting) {
+                    let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
+                }
                 w.flush_access_log();
                 return Ok(());
             }
@@ -1336,6 +1362,7 @@ impl Worker {
                 queued: false,
                 yielded: false,
                 turn: 0,
+                steps: 0,
                 upstream: None,
                 x: Exchange::none(self.now),
             });
@@ -1433,7 +1460,9 @@ impl Worker {
                 return None;
             }
             self.locals[backend].idle.pop();
-            let found = if u.ready.readable || u.ready.read_closed {
+            // A request that must not be replayed pays for a read that makes sure
+            // nothing arrived since the last poll (the flags are as of then).
+            let found = if max_idle.is_some() || u.ready.readable || u.ready.read_closed {
                 leftover(u)
             } else {
                 Leftover::Nothing
@@ -1492,7 +1521,12 @@ impl Worker {
     /// Run a session until it can make no more progress or has used up its turn,
     /// handling failures.
     fn drive(&mut self, ck: usize) {
-        self.clients[ck].turn = self.turn;
+        let c = &mut self.clients[ck];
+        if c.turn != self.turn {
+            // The first drive in this pass: a new turn.
+            c.turn = self.turn;
+            c.steps = 0;
+        }
         let more = loop {
             match self.pump(ck) {
                 Ok(more) => break more,
@@ -1519,7 +1553,10 @@ impl Worker {
                 // Waiting for the backend's head is the response timeout; waiting
                 // for body bytes, from either side, the body timeout.
                 c.deadline = now
-                    + if c.x.resp == RespState::Waiting && !c.waits_on_client_body() {
+                    + if c.x.resp == RespState::Waiting
+                        && !c.waits_on_client_body()
+                        && !c.waits_on_client_reading()
+                    {
                         self.timeouts.response
                     } else {
                         self.timeouts.body
@@ -1530,11 +1567,17 @@ impl Worker {
         self.check_invariants(ck);
     }
 
-    /// Step a session's state machine while it makes progress, at most
-    /// `MAX_STEPS_PER_TURN` times; returns whether it could still move.
+    /// Step a session's state machine while it makes progress, until it has
+    /// taken `MAX_STEPS_PER_TURN` steps in this pass of the loop (however many
+    /// times it is driven in it); returns whether it could still move.
     fn pump(&mut self, ck: usize) -> Result<bool, Fail> {
-        for _ in 0..MAX_STEPS_PER_TURN {
-            let progress = match self.clients[ck].phase {
+        loop {
+            let c = &mut self.clients[ck];
+            if c.steps >= MAX_STEPS_PER_TURN {
+                return Ok(true);
+            }
+            c.steps += 1;
+            let progress = match c.phase {
                 Phase::Head => self.step_head(ck)?,
                 Phase::Exchange => self.step_exchange(ck)?,
                 Phase::Closing => self.step_closing(ck)?,
@@ -1545,7 +1588,6 @@ impl Worker {
                 return Ok(false);
             }
         }
-        Ok(true)
     }
 
     /// Handle a failed step; returns whether the session still exists.
@@ -2093,6 +2135,10 @@ impl Worker {
                         // The client stopped sending its body: its stall, not the
                         // backend's (RFC 9110 §15.5.9), and never counted against it.
                         Fail::Reject(Reject::Timeout)
+                    } else if c.waits_on_client_reading() {
+                        // The client stopped reading (an interim head is out in
+                        // part or waits): its stall too. Only a close is left.
+                        Fail::Close
                     } else {
                         Fail::Backend {
                             reject: Reject::GatewayTimeout,
@@ -2143,8 +2189,18 @@ impl Worker {
 
     /// Every session, every backend connection and every idle list.
     fn check_all_invariants(&self) {
-        for (ck, _) in self.clients.iter() {
+        for (ck, c) in self.clients.iter() {
             self.check_invariants(ck);
+            // The flags that say a session is in a list, and the lists (a session
+            // marked yielded but not listed would never be driven again).
+            assert!(
+                !c.queued,
+                "session {ck} is marked for a flush after the flush"
+            );
+            assert!(
+                !c.yielded || self.yielded.contains(&ck),
+                "session {ck} is marked yielded but is not in the list"
+            );
         }
         for (uk, u) in self.upstreams.iter() {
             let listed = self.locals[u.backend]
@@ -2156,8 +2212,16 @@ impl Worker {
                 Some(ck) => {
                     listed == 0 && self.clients.get(ck).is_some_and(|c| c.upstream == Some(uk))
                 }
-                // Idle: pooled exactly once, and nothing of an exchange left on it.
-                None => listed == 1 && u.connected && !u.eof && u.reused,
+                // Idle: pooled exactly once, nothing of an exchange left on it, and
+                // nothing seen arriving since (that closes it at once).
+                None => {
+                    listed == 1
+                        && u.connected
+                        && !u.eof
+                        && u.reused
+                        && !u.ready.readable
+                        && !u.ready.read_closed
+                }
             };
             assert!(ok, "backend connection {uk} breaks an invariant");
         }
@@ -2272,6 +2336,10 @@ impl Worker {
             Phase::Closing | Phase::Draining | Phase::Aborting => {
                 ensure(c.upstream.is_none(), "closing with a backend connection")?;
                 ensure(!x.holding, "closing while counted as in flight")?;
+                ensure(
+                    c.phase != Phase::Aborting || c.bufs.is_none(),
+                    "aborting with buffers",
+                )?;
             }
         }
         Ok(())
@@ -2314,6 +2382,10 @@ fn leftover(u: &mut Upstream) -> Leftover {
 /// to send on it, nor any byte unacknowledged (SIOCOUTQ).
 #[cold]
 fn step_aborting(c: &Client) -> Step {
+    if !matches!(c.sock.take_error(), Ok(None)) {
+        // The client reset (or the socket failed): nothing more can be delivered.
+        return Err(Fail::Reset);
+    }
     let mut queued: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int through the
     // pointer, which points at a live local.
@@ -2386,6 +2458,14 @@ fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -
         return Err(Fail::Close);
     }
 
+    if c.x.upload_failed {
+        // The backend stopped taking the request after it began to answer: the
+        // rest of the body is read and dropped (the connection closes after the
+        // response, see `finish_exchange`).
+        bufs.req.consume(c.x.req_pending);
+        c.x.req_pending = 0;
+        return Ok(progress);
+    }
     // Buffer -> backend: the rewritten head, then body bytes as they are known.
     if u.connected && !c.x.req_done {
         let head = &bufs.req_head[bufs.req_head_sent..];
@@ -2404,7 +2484,26 @@ fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -
                     }
                     progress |= n > 0;
                 }
-                Err(_) => return Err(retry_or(c, u, Reject::BadGateway)),
+                Err(_) => {
+                    // An early answer and then a close with the body unread (a
+                    // reset) leaves the answer waiting behind the failed write.
+                    if !u.received
+                        && !bufs.resp.is_full()
+                        && let Ok(ReadOutcome::Data) =
+                            read_into(&mut u.sock, &mut bufs.resp, &mut u.ready)
+                    {
+                        u.received = true;
+                        bufs.req.consume(c.x.req_retained);
+                        c.x.req_retained = 0;
+                        c.x.replayable = false;
+                    }
+                    if u.received {
+                        // It has begun to answer: not a failure, and its answer stands.
+                        c.x.upload_failed = true;
+                        return Ok(true);
+                    }
+                    return Err(retry_or(c, u, Reject::BadGateway));
+                }
             }
         }
         if bufs.req_head_sent == bufs.req_head.len()

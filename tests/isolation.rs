@@ -490,7 +490,7 @@ fn endless_interim_responses_end_in_a_502() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let got = String::from_utf8_lossy(&read_until_closed(&mut s)).into_owned();
     let interim = got.matches("HTTP/1.1 103 ").count();
-    assert!(interim > 0, "interim responses are relayed");
+    assert_eq!(interim, 64, "64 interim responses are relayed, then a 502");
     assert!(
         got.ends_with(std::str::from_utf8(corelb::framing::Reject::BadGateway.response()).unwrap()),
         "after {interim} interim responses: ...{:?}",
@@ -556,4 +556,136 @@ fn a_client_that_stalls_its_upload_gets_408_and_the_backend_stays_up() {
     for n in 0..3 {
         victim(addr, &seen, n);
     }
+}
+
+#[test]
+fn an_early_answer_stands_when_the_backend_then_stops_reading_the_upload() {
+    // The backend refuses a large upload as soon as it has the head, and closes
+    // with the body unread (a reset). Its 413 is the answer; the failed upload is
+    // not a backend failure (one would take this backend out).
+    let backend = Scripted::start(|mut s, _| {
+        if let Some(head) = read_head(&mut s) {
+            if head.starts_with("POST ") {
+                let _ = s.write_all(
+                    b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n",
+                );
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                return;
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |c| c.passive.max_fails = 1);
+    let addr = proxy.local_addrs()[0];
+    for _ in 0..3 {
+        let mut s = connect(addr);
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n")
+            .unwrap();
+        let writer = {
+            let mut s = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let block = vec![b'u'; 64 * 1024];
+                for _ in 0..64 {
+                    if s.write_all(&block).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut r = Reader::new(s);
+        let resp = r.response();
+        assert_eq!(resp.status, 413, "{}", resp.head);
+        assert_eq!(resp.text(), "too big\n");
+        drop(r);
+        writer.join().unwrap();
+    }
+    assert_eq!(get(addr, "/").status, 200, "the backend was not taken out");
+}
+
+#[test]
+fn a_client_that_stops_reading_interim_responses_is_not_blamed_on_the_backend() {
+    // The client pipelines a 2 MiB download and a request answered after 60
+    // interim heads of 30 KB, and reads nothing. The kernel takes about 3 MB on
+    // its behalf here: the download fits, the heads after it back up in the proxy.
+    let link = format!("Link: <{}>; rel=preload\r\n", "/x".repeat(15_000));
+    let backend = Scripted::start(move |mut s, _| {
+        while let Some(head) = read_head(&mut s) {
+            let mut out = Vec::new();
+            if head.starts_with("GET /big ") {
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2097152\r\n\r\n");
+                out.extend(std::iter::repeat_n(b'b', 2 << 20));
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+                continue;
+            }
+            if head.starts_with("GET /hints ") {
+                for _ in 0..60 {
+                    out.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\n");
+                    out.extend_from_slice(link.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |c| {
+        c.passive.max_fails = 1;
+        c.timeouts.response = Duration::from_millis(300);
+        c.timeouts.body = Duration::from_millis(300);
+        c.timeouts.linger = Duration::from_secs(1);
+    });
+    let addr = proxy.local_addrs()[0];
+    let mut stalled = connect_small_window(addr);
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /hints HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // The proxy gives up on the client that does not read, and closes it.
+    wait_until(
+        || proxy.counts().iter().any(|c| c.accepted == 1),
+        "the proxy accepts the client",
+    );
+    wait_until(
+        || proxy.counts().iter().all(|c| c.open == 0),
+        "the proxy closes the stalled client",
+    );
+    assert_eq!(get(addr, "/").status, 200, "the backend was not taken out");
+    // It was the interim heads that backed up: the download and some of them
+    // got out, the answer did not.
+    let got = read_until_closed(&mut stalled);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains(&"b".repeat(2 << 20)), "the download was cut");
+    assert!(
+        text.contains("HTTP/1.1 103 Early Hints"),
+        "no interim head got out"
+    );
+    assert_eq!(
+        text.matches("HTTP/1.1 200").count(),
+        1,
+        "the second answer got out: nothing backed up"
+    );
+}
+
+#[test]
+fn a_client_waiting_for_100_continue_is_not_blamed_for_the_wait() {
+    // The client sends `Expect: 100-continue` and waits for the 100, which the
+    // backend never sends: the backend is the one too slow (504), not the client.
+    let backend = Scripted::start(|mut s, _| {
+        if read_head(&mut s).is_some() {
+            let mut sink = [0u8; 64];
+            let _ = std::io::Read::read(&mut s, &mut sink);
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |c| {
+        c.timeouts.body = Duration::from_millis(200);
+        c.timeouts.response = Duration::from_millis(400);
+    });
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"PUT /f HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let mut r = Reader::new(s);
+    assert_eq!(r.response().status, 504);
 }

@@ -149,7 +149,12 @@ impl Plan {
             p.len = 0;
         }
         if rng.chance(8) {
-            p.interim = 1 + rng.below(3) as u8;
+            // Now and then more than the proxy relays (64): that is a 502.
+            p.interim = if rng.chance(5) {
+                70
+            } else {
+                1 + rng.below(3) as u8
+            };
         }
         if rng.chance(10) {
             p.fault = Some(match rng.below(3) {
@@ -238,6 +243,8 @@ impl Plan {
 struct BackendLog {
     /// Every request read whole: id -> (times, body digest of the last one).
     received: HashMap<String, (u32, u64)>,
+    /// Every request head that reached a backend, whole request or not: id -> times.
+    heads: HashMap<String, u32>,
     /// Requests read whole and then dropped without a byte (stale connections).
     killed: HashSet<String>,
     /// Requests answered early, before their body was read.
@@ -364,6 +371,23 @@ impl BackendConn {
     fn reset(self) {
         let _ = socket2::SockRef::from(&self.s).set_linger(Some(Duration::ZERO));
     }
+
+    /// Reset once the kernel has nothing left to send (a reset discards what it
+    /// still holds: the answer would be cut by the backend itself).
+    fn reset_when_delivered(self) {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ writes one int through a pointer to a live local.
+            let r = unsafe { libc::ioctl(self.s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+            if r != 0 || queued == 0 || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.reset();
+    }
 }
 
 /// One backend connection: read requests, answer each as its plan says.
@@ -381,17 +405,33 @@ fn backend_conn(s: TcpStream, log: Log, seed: u64) {
             ));
             return;
         };
+        *log.lock().unwrap().heads.entry(id.clone()).or_insert(0) += 1;
         if plan.early && !kill_next {
             log.lock().unwrap().early.insert(id.clone());
             let (answer, _) = response(&id, &plan, "early", &head);
             let _ = c.send(&answer, plan.slow, &mut rng);
-            // The rest of the body is still on its way: close our side, and read
-            // until the proxy closes (a close with unread bytes would be a reset,
-            // which can destroy the answer in flight).
-            let _ = c.s.shutdown(Shutdown::Write);
-            while c.fill() {
-                c.buf.clear();
+            if rng.chance(50) {
+                // The rest of the body is still on its way: close our side, and
+                // read until the proxy closes (a lingering close).
+                let _ = c.s.shutdown(Shutdown::Write);
+                while c.fill() {
+                    c.buf.clear();
+                }
+            } else {
+                // Or, once the answer is delivered, close with the body unread,
+                // which is a reset: the answer must stand, and the failed upload
+                // is not the backend's failure.
+                c.reset_when_delivered();
             }
+            return;
+        }
+        let expects_continue = head
+            .get("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+        if expects_continue
+            && !kill_next
+            && c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+        {
             return;
         }
         let Some(body) = c.body(&head, &log) else {
@@ -584,6 +624,9 @@ struct Request {
     plan: Plan,
     /// The client asks to close after this one.
     close: bool,
+    /// `Expect: 100-continue`: the body goes out once a 100 (or an answer) came,
+    /// or after 20 ms without one.
+    expect: bool,
     bytes: Vec<u8>,
     /// Offset of the body in `bytes`.
     body_at: usize,
@@ -600,14 +643,19 @@ impl Request {
             _ => 5,
         }];
         let with_body = matches!(method, "POST" | "PUT" | "PATCH") || rng.chance(5);
-        let body = if with_body {
+        let mut body = if with_body {
             pattern(&format!("req-{id}"), rng.size(100_000) as usize)
         } else {
             Vec::new()
         };
         let chunked = with_body && rng.chance(40);
         let plan = Plan::random(rng, !body.is_empty());
+        if plan.early {
+            // Large enough to be still on its way when the early answer comes.
+            body = pattern(&format!("req-{id}"), 200_000 + rng.size(200_000) as usize);
+        }
         let close = rng.chance(8);
+        let expect = !body.is_empty() && rng.chance(20);
         let mut head = format!(
             "{method} /fuzz/{id} HTTP/1.1\r\nHost: fuzz\r\nX-Fuzz-Id: {id}\r\nX-Fuzz-Plan: {}\r\n",
             plan.encode()
@@ -619,6 +667,9 @@ impl Request {
         }
         if close {
             head.push_str("Connection: close\r\n");
+        }
+        if expect {
+            head.push_str("Expect: 100-continue\r\n");
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
@@ -643,6 +694,7 @@ impl Request {
             body,
             plan,
             close,
+            expect,
             bytes,
             body_at,
         }
@@ -744,6 +796,9 @@ struct Shared {
     /// A write failed with a reset: the reset was reported to the writer, and a
     /// read after it sees a plain end of stream.
     write_reset: AtomicBool,
+    /// Interim responses the reader has seen so far (a writer waiting for a 100
+    /// Continue watches it).
+    interims: AtomicUsize,
 }
 
 fn write_dribbled(
@@ -820,7 +875,29 @@ fn writer(
             }
             _ => {}
         }
-        if let Err(e) = write_dribbled(&mut s, &req.bytes, plan.dribble, &mut rng) {
+        let written = if req.expect {
+            // The head, then the body once a 100 Continue (or an answer) came, or
+            // after 20 ms, as curl does after a second.
+            let (seen, answered) = (
+                shared.interims.load(Ordering::SeqCst),
+                shared.answered.load(Ordering::SeqCst),
+            );
+            write_dribbled(&mut s, &req.bytes[..req.body_at], plan.dribble, &mut rng).and_then(
+                |()| {
+                    let wait = Instant::now() + Duration::from_millis(20);
+                    while Instant::now() < wait
+                        && shared.interims.load(Ordering::SeqCst) == seen
+                        && shared.answered.load(Ordering::SeqCst) == answered
+                    {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    write_dribbled(&mut s, &req.bytes[req.body_at..], plan.dribble, &mut rng)
+                },
+            )
+        } else {
+            write_dribbled(&mut s, &req.bytes, plan.dribble, &mut rng)
+        };
+        if let Err(e) = written {
             // The connection was closed on us (after an early answer, say).
             if e.kind() == ErrorKind::ConnectionReset {
                 shared.write_reset.store(true, Ordering::SeqCst);
@@ -831,6 +908,12 @@ fn writer(
             .unwrap()
             .push((req.id.clone(), digest(&req.body)));
         if req.close {
+            break;
+        }
+        if req.plan.fault == Some(Fault::ResetMid) && req.plan.framing == Framing::Close {
+            // Its answer will end in a reset, which the reader must see itself: a
+            // write after it would be told of the reset instead, and the reader
+            // would see a plain end of stream.
             break;
         }
     }
@@ -919,6 +1002,7 @@ fn client_conn(addr: SocketAddr, plan: ConnPlan, seed: u64) -> ConnReport {
         writer_done: AtomicBool::new(false),
         aborted: AtomicBool::new(false),
         write_reset: AtomicBool::new(false),
+        interims: AtomicUsize::new(0),
     });
     let sent = Arc::new(Mutex::new(Vec::new()));
     let writer_thread = {
@@ -974,13 +1058,19 @@ fn client_conn(addr: SocketAddr, plan: ConnPlan, seed: u64) -> ConnReport {
         }
         // The head (interim ones skipped, each checked).
         let mut interim = 0;
+        let mut continued = false;
         let head = loop {
             match wire::response_head(&buf) {
                 Ok(Some((head, n))) => {
                     buf.drain(..n);
                     if (100..200).contains(&head.status) {
+                        shared.interims.fetch_add(1, Ordering::SeqCst);
+                        if head.status == 100 && req.expect && !continued {
+                            continued = true;
+                            continue;
+                        }
                         interim += 1;
-                        if head.status != 103 || interim > req.plan.interim {
+                        if head.status != 103 || interim > req.plan.interim.min(64) {
                             violations.push(format!(
                                 "{}: unexpected interim response {:?}",
                                 req.id, head.start
@@ -1071,27 +1161,20 @@ fn client_conn(addr: SocketAddr, plan: ConnPlan, seed: u64) -> ConnReport {
             );
             match ended_by {
                 Fill::Data => {}
-                // A clean end completes a body delimited by the close. A short
-                // one must have ended in a reset: certainly so if the writer was
-                // not the one told of it (the two share the socket).
-                Fill::End if body_kind == wire::Body::Close => {
+                // A body delimited by the close is complete when all of it came,
+                // however the connection then ended (an early answer may be
+                // followed by a reset). One that came short must have ended in a
+                // reset, which the reader sees itself: the writer stops after a
+                // request whose answer is planned to end so (see `writer`).
+                Fill::End | Fill::Reset if body_kind == wire::Body::Close => {
                     let whole = body.len() == req.expected_body().len();
-                    if !whole {
-                        shared.ended.store(true, Ordering::SeqCst);
-                        let deadline = Instant::now() + CLOSE_WAIT;
-                        while !shared.writer_done.load(Ordering::SeqCst)
-                            && Instant::now() < deadline
-                        {
-                            std::thread::sleep(Duration::from_micros(200));
-                        }
-                        if !shared.write_reset.load(Ordering::SeqCst) {
-                            violations.push(format!(
-                                "{}: a body delimited by the close ended cleanly after {} of {} bytes",
-                                req.id,
-                                body.len(),
-                                req.expected_body().len()
-                            ));
-                        }
+                    if !whole && ended_by == Fill::End {
+                        violations.push(format!(
+                            "{}: a body delimited by the close ended cleanly after {} of {} bytes",
+                            req.id,
+                            body.len(),
+                            req.expected_body().len()
+                        ));
                     }
                     break whole;
                 }
@@ -1346,8 +1429,8 @@ fn run(seed: u64, clients: usize, conns_per_client: usize) -> Result<Run, Vec<St
         .flat_map(|r| r.sent.iter())
         .map(|(id, d)| (id.as_str(), *d))
         .collect();
-    for (id, &(times, body)) in &log.received {
-        let Some(req) = all.get(id.as_str()) else {
+    for (id, &(_, body)) in &log.received {
+        if !all.contains_key(id.as_str()) {
             violations.push(format!(
                 "a backend received a request no client made: {id:?}"
             ));
@@ -1362,7 +1445,13 @@ fn run(seed: u64, clients: usize, conns_per_client: usize) -> Result<Run, Vec<St
             }
             _ => {}
         }
-        if times > 1 && !req.idempotent {
+    }
+    // Nothing that is not idempotent may reach a backend twice, whole or not.
+    for (id, &times) in &log.heads {
+        if let Some(req) = all.get(id.as_str())
+            && times > 1
+            && !req.idempotent
+        {
             violations.push(format!(
                 "{id}: a {} reached the backends {times} times",
                 req.method
@@ -1389,10 +1478,19 @@ fn run(seed: u64, clients: usize, conns_per_client: usize) -> Result<Run, Vec<St
                             if r.plan.requests[i].id == *id);
                     let explained = match status {
                         408 => client_fault,
-                        // A failing backend, or a stale connection under a request
-                        // that could not be replayed (not idempotent, or its body
-                        // no longer all at hand).
-                        502 => req.plan.fault.is_some() || log.killed.contains(id),
+                        // A failing backend; more interim responses than relayed; or
+                        // a stale connection under a request that could not be
+                        // replayed: not idempotent, or its body perhaps no longer
+                        // all at hand (over 16 KiB, or requests pipelined behind it
+                        // filling the 32 KiB buffer).
+                        502 => {
+                            req.plan.fault.is_some()
+                                || req.plan.interim > 64
+                                || (log.killed.contains(id)
+                                    && (!req.idempotent
+                                        || req.bytes.len() - req.body_at > 16 * 1024
+                                        || r.plan.depth > 1))
+                        }
                         _ => false,
                     };
                     if !explained {

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Proxy CPU time per request: the figure machine noise moves least.
+
+Starts two `corelb backend` origins and, in front of them with 1 worker each,
+corelb (target/release) and, with --baseline, another corelb binary beside it.
+For each scenario and round (rounds interleaved, so both builds see the same
+machine), runs wrk against each proxy and reads the proxy's user and system time
+from /proc/PID/stat before and after; prints the medians of user+system
+microseconds per request, and the ratio new / baseline. Loopback only; every run
+is bounded by its duration.
+
+Scenarios (wrk -t1): s16_c50 (16-byte body, 50 connections), s16k_c50 (16 KiB),
+s1m_c16 (1 MiB, spliced), close_c50 (16 bytes, Connection: close).
+
+Usage: scripts/cpu_per_request.py [--baseline PATH] [--rounds N] [--seconds S]
+                                  [--scenarios s16_c50,...]
+       (run `cargo build --release` first; wrk from Debian's packages)
+"""
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "corelb")
+ORIGINS = [("127.0.0.1", 19701), ("127.0.0.1", 19702)]
+SCENARIOS = {
+    "s16_c50": ("/size/16", 50, []),
+    "s16k_c50": ("/size/16384", 50, []),
+    "s1m_c16": ("/size/1048576", 16, []),
+    "close_c50": ("/size/16", 50, ["-H", "Connection: close"]),
+}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(addr, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(addr, timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("cpu_per_request: nothing listens on %s:%d" % addr)
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat (1-based), 12 and 13 here.
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wrk(port, path, conns, extra, seconds):
+    out = subprocess.run(
+        ["wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds] + extra + ["http://127.0.0.1:%d%s" % (port, path)],
+        capture_output=True, text=True, timeout=seconds + 30,
+    ).stdout
+    m = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if not m:
+        sys.exit("cpu_per_request: wrk said: " + out)
+    return int(m.group(1)), errors.group(0) if errors else ""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("cpu_per_request: wrk is missing: apt-get install -y wrk")
+    if not os.path.exists(BIN):
+        sys.exit("cpu_per_request: build first: cargo build --release")
+    backends = []
+    for addr in ORIGINS:
+        backends += ["--backend", "%s:%d" % addr]
+    builds = [("corelb", BIN, 19710)]
+    if args.baseline:
+        builds.append(("baseline", args.baseline, 19711))
+    procs = []
+    try:
+        for addr in ORIGINS:
+            procs.append(subprocess.Popen([BIN, "backend", "--listen", "%s:%d" % addr], stderr=subprocess.DEVNULL))
+            wait_port(addr)
+        pids = {}
+        for name, path, port in builds:
+            p = subprocess.Popen([path, "serve", "--listen", "127.0.0.1:%d" % port, "--workers", "1"] + backends,
+                                 stderr=subprocess.DEVNULL)
+            procs.append(p)
+            wait_port(("127.0.0.1", port))
+            pids[name] = (p.pid, port)
+        results = {}
+        for r in range(args.rounds):
+            for scenario in args.scenarios.split(","):
+                path, conns, extra = SCENARIOS[scenario]
+                for name, _, _ in builds:
+                    pid, port = pids[name]
+                    before = cpu_seconds(pid)
+                    n, errors = wrk(port, path, conns, extra, args.seconds)
+                    used = cpu_seconds(pid) - before
+                    results.setdefault((scenario, name), []).append(used / n * 1e6)
+                    print("round %d %-9s %-8s %8d requests  %6.2f us CPU per request %s"
+                          % (r + 1, scenario, name, n, used / n * 1e6, errors), flush=True)
+        print()
+        print("%-9s %-8s %s" % ("scenario", "build", "median us CPU/request (all rounds)"))
+        for scenario in args.scenarios.split(","):
+            line = []
+            for name, _, _ in builds:
+                v = results[(scenario, name)]
+                line.append(statistics.median(v))
+                print("%-9s %-8s %6.2f  (%s)" % (scenario, name, statistics.median(v), ", ".join("%.2f" % x for x in v)))
+            if len(line) == 2:
+                print("%-9s ratio    %.3f" % (scenario, line[0] / line[1]))
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
