@@ -825,19 +825,24 @@ impl Client {
     /// and more of the request body is to come: the exchange waits on the client.
     /// Not while a client that sent `Expect: 100-continue` and no body byte yet
     /// still waits for the backend's 100.
+    #[inline]
     fn waits_on_client_body(&self) -> bool {
         let x = &self.x;
+        // Cheapest first: most requests have no body (or all of it is in).
+        if x.req_body.is_done() || x.upload_failed || x.req_pending != 0 {
+            return false;
+        }
+        if !self
+            .bufs
+            .as_ref()
+            .is_some_and(|b| b.req_head_sent == b.req_head.len())
+        {
+            return false;
+        }
         let awaiting_continue = x.req.expect_continue
             && x.interim == 0
             && x.req_body == BodyScanner::new(x.req.framing);
-        !x.req_body.is_done()
-            && !x.upload_failed
-            && x.req_pending == 0
-            && !awaiting_continue
-            && self
-                .bufs
-                .as_ref()
-                .is_some_and(|b| b.req_head_sent == b.req_head.len())
+        !awaiting_continue
     }
 
     /// Before the final response head, a head waits to be written to a client
