@@ -832,10 +832,10 @@ impl Client {
         if x.req_body.is_done() || x.upload_failed || x.req_pending != 0 {
             return false;
         }
-        if !self
+        if self
             .bufs
             .as_ref()
-            .is_some_and(|b| b.req_head_sent == b.req_head.len())
+            .is_none_or(|b| b.req_head_sent != b.req_head.len())
         {
             return false;
         }
