@@ -4,7 +4,7 @@
 Starts two `corelb backend` origins and, in front of them with 1 worker each,
 corelb (target/release) and, with --baseline, another corelb binary beside it.
 For each scenario and round (rounds interleaved, so both builds see the same
-machine), runs wrk against each proxy and reads the proxy's user and system time
+machine, and which goes first alternating), runs wrk against each proxy and reads the proxy's user and system time
 from /proc/PID/stat before and after; prints the medians of user+system
 microseconds per request, and the ratio new / baseline. Loopback only; every run
 is bounded by its duration.
@@ -101,7 +101,10 @@ def main():
         for r in range(args.rounds):
             for scenario in args.scenarios.split(","):
                 path, conns, extra = SCENARIOS[scenario]
-                for name, _, _ in builds:
+                # Alternate which build goes first, so neither always meets the
+                # machine as the other left it.
+                order = builds if r % 2 == 0 else list(reversed(builds))
+                for name, _, _ in order:
                     pid, port = pids[name]
                     before = cpu_seconds(pid)
                     n, errors = wrk(port, path, conns, extra, args.seconds)
