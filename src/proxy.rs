@@ -77,11 +77,19 @@ const SPLICE_MIN: u64 = 64 * 1024;
 /// and such a request cannot be replayed.
 const NON_IDEMPOTENT_MAX_IDLE: Duration = Duration::from_secs(1);
 /// Most state-machine steps one session takes per pass of the loop: a step moves
-/// at most one 32 KiB buffer each way (256 KiB per turn), or one splice of up to
-/// `SPLICE_STEP`. A session that could go on is driven again after the others
-/// have had their turn, so one client streaming at full speed cannot starve the
-/// rest of its worker (`scripts/fairness.py` measures it).
+/// at most one 32 KiB buffer each way (256 KiB per turn), and a splice counts one
+/// step per `SPLICE_STEP_BYTES` it moved (512 KiB per turn). A session that could
+/// go on is driven again after the others have had their turn, so one client
+/// streaming at full speed cannot starve the rest of its worker
+/// (`scripts/fairness.py` measures it).
 const MAX_STEPS_PER_TURN: u8 = 8;
+/// The bytes a splice moves per step counted. Measured with a full-speed spliced
+/// download beside 20 light clients (`scripts/fairness.py`, 3 rounds): counting
+/// one step per 256 KiB (2 MiB per turn) put their p99 at about 6x its unloaded
+/// value, one per 64 KiB at about 4.7x (one per 32 KiB, like a buffered turn,
+/// at about 3.5x), for 18% more CPU per 1 MiB response than one per 256 KiB
+/// (`scripts/cpu_per_request.py`: more passes of the loop per response).
+const SPLICE_STEP_BYTES: usize = 64 * 1024;
 /// How long a worker pools no connection to a backend after it sent bytes that
 /// belong to no response: each request gets a fresh connection, so late surplus
 /// from a backend that miscounts its bodies reaches nobody.
@@ -89,10 +97,8 @@ const DISTRUST: Duration = Duration::from_secs(10);
 /// Most interim (1xx) responses relayed for one request; one more is a 502. Real
 /// backends send one or two (100 Continue, 103 Early Hints, a 102 now and then).
 const MAX_INTERIM: u16 = 64;
-/// Most bytes one splice step moves from the backend into the pipe (the pipe's
-/// size). A spliced turn may move up to 2 MiB, but without copying it costs about
-/// what a buffered turn does; counting its bytes as buffered steps cost 25% more
-/// CPU per 1 MiB response (`scripts/cpu_per_request.py`, 7 rounds).
+/// Most bytes one splice moves from the backend into the pipe (the pipe's size):
+/// few large splices cost fewer syscalls than many small ones.
 const SPLICE_STEP: usize = 256 * 1024;
 /// Largest capacity a head or log buffer keeps when it goes back to the pool: more
 /// than any head the proxy writes, so it only ever trims a buffer something grew.
@@ -2742,6 +2748,9 @@ fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
             Ok(n) => {
                 *remaining -= n as u64;
                 moved = true;
+                // The step counts one; each further `SPLICE_STEP_BYTES`, one more.
+                let more = n.saturating_sub(1) / SPLICE_STEP_BYTES;
+                c.steps = c.steps.saturating_add(more.min(usize::from(u8::MAX)) as u8);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.ready.readable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
