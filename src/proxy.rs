@@ -77,19 +77,19 @@ const SPLICE_MIN: u64 = 64 * 1024;
 /// and such a request cannot be replayed.
 const NON_IDEMPOTENT_MAX_IDLE: Duration = Duration::from_secs(1);
 /// Most state-machine steps one session takes per pass of the loop: a step moves
-/// at most one 32 KiB buffer each way (256 KiB per turn), and a splice counts one
-/// step per `SPLICE_STEP_BYTES` it moved (512 KiB per turn). A session that could
-/// go on is driven again after the others have had their turn, so one client
-/// streaming at full speed cannot starve the rest of its worker
-/// (`scripts/fairness.py` measures it).
+/// at most one 32 KiB buffer each way, and a splice counts one step per
+/// `SPLICE_STEP_BYTES` it moved, so a turn moves at most 256 KiB either way. A
+/// session that could go on is driven again after the others have had their
+/// turn, so one client streaming at full speed cannot starve the rest of its
+/// worker (`scripts/fairness.py` measures it).
 const MAX_STEPS_PER_TURN: u8 = 8;
-/// The bytes a splice moves per step counted. Measured with a full-speed spliced
-/// download beside 20 light clients (`scripts/fairness.py`, 3 rounds): counting
-/// one step per 256 KiB (2 MiB per turn) put their p99 at about 6x its unloaded
-/// value, one per 64 KiB at about 4.7x (one per 32 KiB, like a buffered turn,
-/// at about 3.5x), for 18% more CPU per 1 MiB response than one per 256 KiB
-/// (`scripts/cpu_per_request.py`: more passes of the loop per response).
-const SPLICE_STEP_BYTES: usize = 64 * 1024;
+/// The bytes a splice moves per step counted: as many as a buffered step. With a
+/// full-speed spliced download beside 20 light clients (`scripts/fairness.py`),
+/// 2 MiB turns put their p99 at about 6x its unloaded value, 512 KiB turns at
+/// about 5x, 256 KiB turns at about 4x. The price is more passes of the loop per
+/// large response: 1.2x the CPU per 1 MiB response of 2 MiB turns
+/// (`scripts/cpu_per_request.py`, 6 interleaved rounds).
+const SPLICE_STEP_BYTES: usize = 32 * 1024;
 /// How long a worker pools no connection to a backend after it sent bytes that
 /// belong to no response: each request gets a fresh connection, so late surplus
 /// from a backend that miscounts its bodies reaches nobody.
