@@ -221,6 +221,10 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
             return Err(e);
         }
         std::mem::swap(&mut again, &mut resume);
+        // A key can be listed twice when a listed connection closed and a new one
+        // took its key: serve each once.
+        resume.sort_unstable();
+        resume.dedup();
         for key in resume.drain(..) {
             if let Some(conn) = conns.get_mut(key) {
                 conn.listed = false;

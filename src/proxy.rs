@@ -1143,9 +1143,14 @@ impl Worker {
             if let Some(deadline) = w.shutdown_deadline
                 && (w.clients.is_empty() || w.now >= deadline)
             {
-                // Sessions dropped here close with a FIN, except those aborting a
-                // cut-short response, which must end with a reset.
-                for (_, c) in w.clients.iter().filter(|(_, c)| c.phase == Phase::Aborting) {
+                // Sessions dropped here close with a FIN, except those whose
+                // response is cut short (aborting, or a body still under way),
+                // which must end with a reset.
+                let cut_short = |c: &Client| {
+                    c.phase == Phase::Aborting
+                        || (c.phase == Phase::Exchange && c.x.resp == RespState::Body)
+                };
+                for (_, c) in w.clients.iter().filter(|(_, c)| cut_short(c)) {
                     let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
                 }
                 w.flush_access_log();
@@ -2159,6 +2164,10 @@ impl Worker {
                         }
                     }
                 }
+                // A body that stalled (either side) is cut short: the client must
+                // be able to tell, which for a body delimited by the close only a
+                // reset does (after what was sent is delivered).
+                Phase::Exchange if c.x.resp == RespState::Body => Fail::Abort,
                 _ => Fail::Close,
             };
             if self.fail(ck, fail) {

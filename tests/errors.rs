@@ -492,3 +492,34 @@ fn answers_still_on_their_way_are_delivered_before_that_reset() {
     );
     assert_eq!(end, Some(std::io::ErrorKind::ConnectionReset));
 }
+
+#[test]
+fn a_body_delimited_by_the_close_that_stalls_ends_in_a_reset() {
+    // The backend sends part of a close-delimited body and then nothing: at the
+    // body timeout the client must see a reset, not a clean close that would make
+    // the part look whole.
+    let backend = Scripted::start(|mut s, _| {
+        if read_head(&mut s).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nthe first half");
+            let mut sink = [0u8; 16];
+            let _ = std::io::Read::read(&mut s, &mut sink);
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |c| {
+        c.timeouts.body = Duration::from_millis(200);
+        c.timeouts.linger = Duration::from_millis(500);
+    });
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert!(String::from_utf8_lossy(&got).ends_with("the first half"));
+    assert_eq!(end, Some(std::io::ErrorKind::ConnectionReset));
+}
