@@ -1406,10 +1406,7 @@ impl Worker {
     #[cold]
     fn check_idle_upstream(&mut self, uk: usize) {
         let u = &mut self.upstreams[uk];
-        if !u.ready.readable && !u.ready.read_closed {
-            return;
-        }
-        match leftover(u) {
+        match leftover_seen(u) {
             Leftover::Nothing => {}
             found => {
                 let backend = u.backend;
@@ -1480,10 +1477,10 @@ impl Worker {
             self.locals[backend].idle.pop();
             // A request that must not be replayed pays for a read that makes sure
             // nothing arrived since the last poll (the flags are as of then).
-            let found = if max_idle.is_some() || u.ready.readable || u.ready.read_closed {
+            let found = if max_idle.is_some() {
                 leftover(u)
             } else {
-                Leftover::Nothing
+                leftover_seen(u)
             };
             if found == Leftover::Nothing {
                 return Some(uk);
@@ -1512,8 +1509,8 @@ impl Worker {
 
     /// Sessions that used up their turn (see `MAX_STEPS_PER_TURN`) while they
     /// could still move: driven again after the next poll, which does not sleep.
-    /// A session that already had its turn in this pass of the loop (woken by an
-    /// event) waits for the next pass.
+    /// One that used up this pass's turn already (woken by an event) takes no
+    /// step and goes back on the list.
     fn resume_yielded(&mut self) {
         let mut again = std::mem::take(&mut self.yielded);
         for &ck in &again {
@@ -1522,10 +1519,6 @@ impl Worker {
             if let Some(c) = self.clients.get_mut(ck)
                 && c.yielded
             {
-                if c.turn == self.turn {
-                    self.yielded.push(ck);
-                    continue;
-                }
                 c.yielded = false;
                 self.drive(ck);
             }
@@ -2015,12 +2008,8 @@ impl Worker {
             // exactly the remaining length) belong to no exchange: never pool them.
             let found = if !bufs.resp.is_empty() {
                 Leftover::Bytes
-            } else if u.eof {
-                Leftover::Closed
-            } else if u.ready.readable || u.ready.read_closed {
-                leftover(u)
             } else {
-                Leftover::Nothing
+                leftover_seen(u)
             };
             bufs.resp.clear();
             let local = &mut self.locals[u.backend];
@@ -2418,6 +2407,17 @@ fn step_aborting(c: &Client) -> Step {
     Ok(false)
 }
 
+/// `leftover`, but only when the connection's state says something may have come
+/// (an end of stream, or readiness not yet cleared by a read that found nothing):
+/// a socket drained by a short read raises a new edge for anything that arrives.
+fn leftover_seen(u: &mut Upstream) -> Leftover {
+    if u.eof || u.ready.readable || u.ready.read_closed {
+        leftover(u)
+    } else {
+        Leftover::Nothing
+    }
+}
+
 /// A new backend connection: has the connect finished, or failed?
 fn check_connected(u: &mut Upstream) -> Step {
     const REFUSED: Fail = Fail::Backend {
@@ -2444,6 +2444,15 @@ fn check_connected(u: &mut Upstream) -> Step {
     }
 
     Ok(progress)
+}
+
+/// The first response bytes arrived: the request will not be sent again, so the
+/// body bytes kept for a replay are let go.
+fn answer_began(x: &mut Exchange, req: &mut Buf, u: &mut Upstream) {
+    u.received = true;
+    req.consume(x.req_retained);
+    x.req_retained = 0;
+    x.replayable = false;
 }
 
 /// Client -> backend: read the request body (or pipelined requests, bounded by the
@@ -2514,10 +2523,7 @@ fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -
                         && let Ok(ReadOutcome::Data) =
                             read_into(&mut u.sock, &mut bufs.resp, &mut u.ready)
                     {
-                        u.received = true;
-                        bufs.req.consume(c.x.req_retained);
-                        c.x.req_retained = 0;
-                        c.x.replayable = false;
+                        answer_began(&mut c.x, &mut bufs.req, u);
                     }
                     if u.received {
                         // It has begun to answer: not a failure, and its answer stands.
@@ -2552,11 +2558,7 @@ fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
     if u.connected && u.ready.readable && !u.eof && !bufs.resp.is_full() {
         match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
             Ok(ReadOutcome::Data) => {
-                // The backend is answering: the request will not be sent again.
-                u.received = true;
-                bufs.req.consume(c.x.req_retained);
-                c.x.req_retained = 0;
-                c.x.replayable = false;
+                answer_began(&mut c.x, &mut bufs.req, u);
                 progress = true;
             }
             Ok(ReadOutcome::Eof) => {
