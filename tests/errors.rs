@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -420,15 +420,7 @@ fn a_body_delimited_by_the_close_that_ends_in_a_reset_is_passed_on_as_a_reset() 
     let proxy = proxy_for(&[backend.addr], 1);
     let mut s = connect(proxy.local_addrs()[0]);
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let end = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break None,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => break Some(e.kind()),
-        }
-    };
+    let (got, end) = read_until_end(&mut s);
     assert_eq!(
         end,
         Some(std::io::ErrorKind::ConnectionReset),
@@ -469,15 +461,7 @@ fn answers_still_on_their_way_are_delivered_before_that_reset() {
         || wrote.load(Ordering::SeqCst) == 1,
         "the backend wrote both answers",
     );
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    let end = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break None,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => break Some(e.kind()),
-        }
-    };
+    let (got, end) = read_until_end(&mut s);
     let text = String::from_utf8_lossy(&got);
     let first = text.find("\r\n\r\n").map(|h| h + 4).unwrap_or(0);
     assert!(
@@ -501,8 +485,8 @@ fn a_body_delimited_by_the_close_that_stalls_ends_in_a_reset() {
     let backend = Scripted::start(|mut s, _| {
         if read_head(&mut s).is_some() {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nthe first half");
-            let mut sink = [0u8; 16];
-            let _ = std::io::Read::read(&mut s, &mut sink);
+            // Then nothing more, until the proxy gives up.
+            read_until_end(&mut s);
         }
     });
     let proxy = proxy_with(&[backend.addr], |c| {
@@ -511,15 +495,7 @@ fn a_body_delimited_by_the_close_that_stalls_ends_in_a_reset() {
     });
     let mut s = connect(proxy.local_addrs()[0]);
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let end = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break None,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => break Some(e.kind()),
-        }
-    };
+    let (got, end) = read_until_end(&mut s);
     assert!(String::from_utf8_lossy(&got).ends_with("the first half"));
     assert_eq!(end, Some(std::io::ErrorKind::ConnectionReset));
 }

@@ -289,6 +289,8 @@ fn late_surplus_on_an_idle_connection_is_caught_and_the_backend_is_not_pooled_fo
     // arrive while the connection is idle in the pool.
     let sent_surplus = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&sent_surplus);
+    let client_has_it = Arc::new(AtomicBool::new(false));
+    let has_it = Arc::clone(&client_has_it);
     let answered = Arc::new(AtomicUsize::new(0));
     let backend = Scripted::start(move |mut s, _| {
         while read_request(&mut s).is_some() {
@@ -299,7 +301,10 @@ fn late_surplus_on_an_idle_connection_is_caught_and_the_backend_is_not_pooled_fo
                 return;
             }
             if first {
-                std::thread::sleep(Duration::from_millis(50));
+                wait_until(
+                    || has_it.load(Ordering::SeqCst),
+                    "the client has the answer",
+                );
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!");
                 flag.store(true, Ordering::SeqCst);
             }
@@ -308,6 +313,7 @@ fn late_surplus_on_an_idle_connection_is_caught_and_the_backend_is_not_pooled_fo
     let proxy = proxy_for(&[backend.addr], 1);
     let addr = proxy.local_addrs()[0];
     assert_eq!(get(addr, "/").text(), "ok");
+    client_has_it.store(true, Ordering::SeqCst);
     wait_until(
         || sent_surplus.load(Ordering::SeqCst),
         "the backend sends surplus",
@@ -340,17 +346,15 @@ fn surplus_after_a_chunked_body_closes_the_backend_connection() {
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
 }
 
-#[test]
-fn a_post_is_never_sent_twice_when_a_pooled_connection_turns_out_stale() {
-    // Each connection answers its first request, then reads the second whole and
-    // closes without a byte: from the proxy's side, a stale pooled connection.
-    let posts = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&posts);
-    let backend = Scripted::start(move |mut s, _| {
+/// A backend whose every connection answers its first request, then reads the
+/// second whole and closes without a byte: from the proxy's side, a stale pooled
+/// connection. Counts the POSTs it reads.
+fn stale_after_one(posts: Arc<AtomicUsize>) -> Scripted {
+    Scripted::start(move |mut s, _| {
         let mut n = 0;
         while let Some(req) = read_request(&mut s) {
             if req.head.method == "POST" {
-                counted.fetch_add(1, Ordering::SeqCst);
+                posts.fetch_add(1, Ordering::SeqCst);
             }
             if n == 1 {
                 return;
@@ -362,7 +366,13 @@ fn a_post_is_never_sent_twice_when_a_pooled_connection_turns_out_stale() {
                 return;
             }
         }
-    });
+    })
+}
+
+#[test]
+fn a_post_is_never_sent_twice_when_a_pooled_connection_turns_out_stale() {
+    let posts = Arc::new(AtomicUsize::new(0));
+    let backend = stale_after_one(Arc::clone(&posts));
     let proxy = proxy_with(&[backend.addr], |c| c.passive.max_fails = 0);
     let addr = proxy.local_addrs()[0];
     let mut r = Reader::new(connect(addr));
@@ -399,20 +409,7 @@ fn a_post_is_never_sent_twice_when_a_pooled_connection_turns_out_stale() {
 fn a_post_avoids_a_pooled_connection_that_has_been_idle_for_a_second() {
     // As above, but the POST comes after the pooled connection has been idle
     // for over a second: it goes out on a fresh connection instead, and succeeds.
-    let backend = Scripted::start(move |mut s, _| {
-        let mut n = 0;
-        while read_request(&mut s).is_some() {
-            if n == 1 {
-                return;
-            }
-            n += 1;
-            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
+    let backend = stale_after_one(Arc::default());
     let proxy = proxy_with(&[backend.addr], |c| c.passive.max_fails = 0);
     let mut r = Reader::new(connect(proxy.local_addrs()[0]));
     r.stream
@@ -675,8 +672,7 @@ fn a_client_waiting_for_100_continue_is_not_blamed_for_the_wait() {
     // backend never sends: the backend is the one too slow (504), not the client.
     let backend = Scripted::start(|mut s, _| {
         if read_head(&mut s).is_some() {
-            let mut sink = [0u8; 64];
-            let _ = std::io::Read::read(&mut s, &mut sink);
+            read_until_end(&mut s);
         }
     });
     let proxy = proxy_with(&[backend.addr], |c| {

@@ -61,16 +61,6 @@ fn start_corelb(backend: SocketAddr) -> (Corelb, SocketAddr) {
     (proxy, listen)
 }
 
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 /// What the backend sends after the request head, before the flood.
 const KINDS: [(&str, &[u8], &[u8]); 5] = [
     (
@@ -141,7 +131,7 @@ fn a_client_that_never_reads_costs_no_memory_whatever_its_backend_sends() {
         // Warm up: a whole exchange, so buffers and pools exist before the baseline.
         let warm = get(addr, "/");
         assert_eq!(warm.status, 200);
-        let before = rss_of(proxy.0.id());
+        let before = rss_kib_of(&proxy.0.id().to_string());
         let mut client = connect_small_window(addr);
         let request: &[u8] = if kind == 4 {
             b"GET /flood HTTP/1.1\r\nHost: t\r\nUpgrade: flood\r\nConnection: upgrade\r\n\r\n"
@@ -154,7 +144,7 @@ fn a_client_that_never_reads_costs_no_memory_whatever_its_backend_sends() {
             || done.load(Ordering::SeqCst) == 1,
             "the backend floods until it is pushed back",
         );
-        let after = rss_of(proxy.0.id());
+        let after = rss_kib_of(&proxy.0.id().to_string());
         let flooded = sent.load(Ordering::SeqCst);
         report.push(format!(
             "{what}: {} MiB sent in {:.1} s, RSS {before} -> {after} KiB",

@@ -319,27 +319,40 @@ pub fn write_and_close(mut s: TcpStream, bytes: &[u8]) {
 /// Everything `s` receives until the peer closes (or the read fails); fails the
 /// test if that takes longer than `IO_TIMEOUT`.
 pub fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let started = Instant::now();
+    let (got, _) = read_until_end(s);
+    assert!(started.elapsed() < IO_TIMEOUT, "the response never ended");
+    got
+}
+
+/// Everything `s` receives until the stream ends, and how it ended: `None` for a
+/// clean end of stream, else the read error (a reset, or the read timeout).
+pub fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, Option<ErrorKind>) {
     let mut got = Vec::new();
-    let deadline = Instant::now() + IO_TIMEOUT;
     let mut buf = [0u8; 65536];
     loop {
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => return got,
+            Ok(0) => return (got, None),
             Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return (got, Some(e.kind())),
         }
-        assert!(Instant::now() < deadline, "the response never ended");
     }
 }
 
 /// Resident memory of this process, in KiB (Linux).
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    rss_kib_of("self")
+}
+
+/// Resident memory of process `pid` ("self" for this one), in KiB (Linux).
+pub fn rss_kib_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/self/status")
+        .expect("VmRSS in /proc/PID/status")
 }
 
 /// Wait up to 5 s until no worker of `proxy` holds a client connection: after the
