@@ -20,11 +20,12 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
+
+from loopback import stop, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "corelb")
@@ -36,17 +37,6 @@ SCENARIOS = {
     "close_c50": ("/size/16", 50, ["-H", "Connection: close"]),
 }
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def wait_port(addr, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(addr, timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit("cpu_per_request: nothing listens on %s:%d" % addr)
 
 
 def cpu_seconds(pid):
@@ -89,13 +79,13 @@ def main():
     try:
         for addr in ORIGINS:
             procs.append(subprocess.Popen([BIN, "backend", "--listen", "%s:%d" % addr], stderr=subprocess.DEVNULL))
-            wait_port(addr)
+            wait_port(addr, "cpu_per_request")
         pids = {}
         for name, path, port in builds:
             p = subprocess.Popen([path, "serve", "--listen", "127.0.0.1:%d" % port, "--workers", "1"] + backends,
                                  stderr=subprocess.DEVNULL)
             procs.append(p)
-            wait_port(("127.0.0.1", port))
+            wait_port(("127.0.0.1", port), "cpu_per_request")
             pids[name] = (p.pid, port)
         results = {}
         for r in range(args.rounds):
@@ -123,12 +113,7 @@ def main():
             if len(line) == 2:
                 print("%-9s ratio    %.3f" % (scenario, line[0] / line[1]))
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ import tempfile
 import threading
 import time
 
+from loopback import stop, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "corelb")
 ORIGIN = ("127.0.0.1", 19501)
@@ -45,17 +47,6 @@ LIGHT = 20
 INTERVAL = 0.005
 NICE_HEAVY = 10
 SCENARIOS = ["none", "download", "upload", "tunnel-up", "tunnel-down", "tunnel-echo"]
-
-
-def wait_port(addr, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(addr, timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit("fairness: nothing listens on %s:%d" % addr)
 
 
 def response_end(buf):
@@ -245,7 +236,7 @@ def main():
     proxies = []
     try:
         procs.append(subprocess.Popen([BIN, "backend", "--listen", "%s:%d" % ORIGIN, "--workers", "2"], stderr=subprocess.DEVNULL))
-        wait_port(ORIGIN)
+        wait_port(ORIGIN, "fairness")
         backend = "%s:%d" % ORIGIN
         proxies.append(("corelb", [BIN, "serve", "--backend", backend, "--listen", "127.0.0.1:19510", "--workers", "1"], 19510))
         if args.baseline:
@@ -283,7 +274,7 @@ def main():
             p = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
             procs.append(p)
             addr = ("127.0.0.1", port)
-            wait_port(addr)
+            wait_port(addr, "fairness")
             idle_p99 = None
             kinds = SCENARIOS if not args.kinds else ["none"] + args.kinds.split(",")
             for kind in kinds:
@@ -294,13 +285,7 @@ def main():
             p.terminate()
             p.wait(timeout=10)
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -18,21 +18,12 @@ import sys
 import tempfile
 import time
 
+from loopback import stop, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "corelb")
 ORIGIN = ("127.0.0.1", 19301)
 REQUEST = b"GET /size/16 HTTP/1.1\r\nHost: idle\r\n\r\n"
-
-
-def wait_port(addr, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(addr, timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit("idle_memory: nothing listens on %s:%d" % addr)
 
 
 def rss_kib(pids):
@@ -67,7 +58,7 @@ def open_idle(addr, n):
 
 
 def measure(name, addr, pids_of, n):
-    wait_port(addr)
+    wait_port(addr, "idle_memory")
     # One connection first, so the worker's one-off allocations are in the baseline.
     for s in open_idle(addr, 1):
         s.close()
@@ -96,7 +87,7 @@ def main():
     procs = []
     try:
         procs.append(subprocess.Popen([BIN, "backend", "--listen", "%s:%d" % ORIGIN], stderr=subprocess.DEVNULL))
-        wait_port(ORIGIN)
+        wait_port(ORIGIN, "idle_memory")
         corelb = subprocess.Popen([BIN, "serve", "--backend", "%s:%d" % ORIGIN, "--listen", "127.0.0.1:19310", "--workers", "1"], stderr=subprocess.DEVNULL)
         procs.append(corelb)
         measure("corelb", ("127.0.0.1", 19310), lambda: [corelb.pid], n)
@@ -112,7 +103,7 @@ def main():
                 )
             master = subprocess.Popen(["nginx", "-c", conf, "-p", work, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
             procs.append(master)
-            wait_port(("127.0.0.1", 19311))
+            wait_port(("127.0.0.1", 19311), "idle_memory")
             measure("nginx", ("127.0.0.1", 19311), lambda: children(master.pid)[1:], n)
         if shutil.which("haproxy"):
             cfg = os.path.join(work, "haproxy.cfg")
@@ -128,12 +119,7 @@ def main():
             procs.append(hap)
             measure("haproxy", ("127.0.0.1", 19312), lambda: children(hap.pid), n)
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 
