@@ -34,7 +34,7 @@
 pub mod access;
 pub mod admin;
 pub mod balance;
-pub mod buffer;
+
 pub mod checks;
 pub mod chunked;
 pub mod config;
@@ -42,6 +42,7 @@ pub mod demo;
 pub mod framing;
 pub mod handover;
 pub mod health;
+pub mod io;
 pub mod log;
 pub mod metrics;
 pub mod net;
@@ -50,7 +51,6 @@ pub mod proxy;
 pub mod rewrite;
 pub mod select;
 pub mod settings;
-pub mod splice;
 
 pub use config::{Backend, ProxyConfig};
 pub use origin::Origin;

@@ -22,8 +22,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 
-use crate::buffer::Buf;
 use crate::framing::{BodyScanner, Framing, MAX_HEADERS, RequestInfo, analyze_request};
+use crate::io::buffer::Buf;
 use crate::net::{self, StartError, WorkerContext, Workers};
 
 const READ_BUF: usize = 64 * 1024;

@@ -3,7 +3,9 @@
 //! in debug and test builds (so every test and the session fuzzer run them);
 //! compiled out of release builds.
 
-use super::{MAX_INTERIM, Phase, RespState, Worker};
+use super::MAX_INTERIM;
+use super::session::{Phase, RespState};
+use super::worker::Worker;
 
 impl Worker {
     /// Panic with what broke if session `ck` (or its backend connection) is in a

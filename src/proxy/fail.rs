@@ -1,0 +1,204 @@
+//! Where a request fails: counting a failure against its backend, retrying on
+//! another one when that cannot send the request twice, or answering locally.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::framing::Reject;
+use crate::rewrite::{self};
+use crate::select;
+
+use super::session::{Client, Fail, Phase, RespState};
+use super::upstream::Upstream;
+use super::worker::Worker;
+
+impl Worker {
+    /// Handle a failed step; returns whether the session still exists.
+    pub(super) fn fail(&mut self, ck: usize, fail: Fail) -> bool {
+        match fail {
+            Fail::Close => {
+                self.close_client(ck);
+                false
+            }
+            Fail::Abort => {
+                self.unhold(ck);
+                let now = self.now;
+                let c = &mut self.clients[ck];
+                if let Some(uk) = c.upstream.take() {
+                    self.upstreams.remove(uk);
+                }
+                if let Some(bufs) = c.bufs.take() {
+                    self.bufs.give(bufs);
+                }
+                c.phase = Phase::Aborting;
+                c.deadline = now + self.timeouts.linger;
+                true
+            }
+            Fail::Reset => {
+                let sock = socket2::SockRef::from(&self.clients[ck].sock);
+                let _ = sock.set_linger(Some(Duration::ZERO));
+                self.close_client(ck);
+                false
+            }
+            Fail::Reject(reject) => {
+                let now = self.now;
+                let c = &mut self.clients[ck];
+                // The final head may be queued but, while not one byte of it is out,
+                // the client can still get an error response instead.
+                let final_head_unsent = c
+                    .bufs
+                    .as_ref()
+                    .is_some_and(|b| b.resp_head_sent == 0 && !b.resp_head.is_empty());
+                // So is a head (interim or final) of which some bytes are out.
+                let head_partly_out = c.bufs.as_ref().is_some_and(|b| b.resp_head_sent > 0);
+                let started = (c.x.resp == RespState::Body && !final_head_unsent)
+                    || c.x.resp == RespState::Tunnel
+                    || head_partly_out;
+                if matches!(c.phase, Phase::Closing | Phase::Draining | Phase::Aborting) {
+                    self.close_client(ck);
+                    return false;
+                }
+                if started {
+                    // Part of a response is already out: ending the connection is the
+                    // only signal left.
+                    return self.fail(ck, Fail::Abort);
+                }
+                if let Some(uk) = c.upstream.take() {
+                    self.upstreams.remove(uk);
+                }
+                if std::mem::take(&mut c.x.holding) {
+                    self.locals[c.x.backend].member.release();
+                }
+                let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
+                // The request answered: the exchange's, or the head being parsed.
+                let head_request = if c.phase == Phase::Exchange {
+                    c.x.req.is_head
+                } else {
+                    bufs.req.filled().starts_with(b"HEAD ")
+                };
+                bufs.resp.clear();
+                bufs.resp_head.clear();
+                bufs.resp_head
+                    .extend_from_slice(reject.response_to(head_request));
+                self.shared.metrics[self.id].0.local.count(reject.status());
+                bufs.resp_head_sent = 0;
+                c.x.resp_pending = 0;
+                c.linger = true;
+                // Timed from its head only if the refused request got that far.
+                let timed = c.phase == Phase::Exchange;
+                c.phase = Phase::Closing;
+                c.deadline = now + self.timeouts.linger;
+                if self.shared.access.is_some() {
+                    self.log_access(ck, reject.status(), None, timed);
+                }
+                true
+            }
+            Fail::Backend { reject, may_retry } => {
+                let c = &mut self.clients[ck];
+                let failed = c.x.backend;
+                self.plan.health.record_failure(&self.locals[failed].member);
+                if !may_retry || u32::from(c.x.attempts) >= self.plan.config.retries {
+                    return self.fail(ck, Fail::Reject(reject));
+                }
+                let Some(next) = self.other_backend(failed) else {
+                    return self.fail(ck, Fail::Reject(reject));
+                };
+                // Released even if a reload has since chosen an algorithm that does
+                // not count: the count must not stay on the backend that failed.
+                self.unhold(ck);
+                self.hold(ck, next);
+                crate::log!(
+                    crate::log::Level::Debug,
+                    "corelb: request moved from backend {} to {} ({})",
+                    self.locals[failed].member.authority,
+                    self.locals[next].member.authority,
+                    reject.status()
+                );
+                let c = &mut self.clients[ck];
+                c.x.attempts += 1;
+                if self.shared.rewrite_host
+                    && let Some(bufs) = c.bufs.as_mut()
+                {
+                    rewrite::retarget_host(
+                        &mut bufs.req_head,
+                        &self.locals[failed].member.authority,
+                        &self.locals[next].member.authority,
+                    );
+                }
+                self.resend(ck, next, true)
+            }
+            Fail::Retry => {
+                let c = &mut self.clients[ck];
+                c.x.retried = true;
+                let backend = c.x.backend;
+                self.resend(ck, backend, false)
+            }
+        }
+    }
+
+    /// Send the request again, from its start, to `backend` (on a pooled connection
+    /// if `reuse` allows); returns whether the session still exists.
+    pub(super) fn resend(&mut self, ck: usize, backend: usize, reuse: bool) -> bool {
+        self.metrics().retries.fetch_add(1, Ordering::Relaxed);
+        let c = &mut self.clients[ck];
+        c.x.backend = backend;
+        c.x.req_done = false;
+        if let Some(uk) = c.upstream.take() {
+            self.upstreams.remove(uk);
+        }
+        if let Some(bufs) = c.bufs.as_mut() {
+            bufs.req_head_sent = 0;
+            bufs.resp.clear();
+        }
+        // What was sent is sent again: the retained bytes are pending once more.
+        c.x.req_pending += c.x.req_retained;
+        c.x.req_retained = 0;
+        match self.connect_upstream(ck, backend, reuse) {
+            Ok(()) => true,
+            Err(f) => self.fail(ck, f),
+        }
+    }
+
+    /// An up backend other than `failed` for a retry (the failed one if it is the
+    /// only one up); `None` if all are down. Both are indexes in `locals`.
+    pub(super) fn other_backend(&self, failed: usize) -> Option<usize> {
+        let plan = &self.plan;
+        let now = plan.health.ms_at(self.now);
+        let mut pick = None;
+        for i in 0..plan.health.len() {
+            // Varying keys, so a hash ring offers other backends too.
+            pick = plan
+                .selector
+                .pick_at(select::mix(i as u64), &plan.health, now)
+                .map(|b| self.map[b]);
+            if pick != Some(failed) {
+                break;
+            }
+        }
+        pick
+    }
+}
+
+/// The backend connection failed before any response byte. A reused one may just
+/// have gone stale (the backend closed it as the request went out): the request is
+/// sent again on a fresh connection, once, if nothing of it was sent, or if it is
+/// idempotent and all of it is still at hand (see `Exchange::req_retained`). A
+/// request that may have been received and must not be replayed (RFC 9110 §9.2.2)
+/// gets `reject`; a stale connection is not counted against the backend. A fresh
+/// connection's failure is the backend's, and the request may go to another one
+/// under the same rule.
+pub(super) fn retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
+    let nothing_sent = c.bufs.as_ref().is_none_or(|b| b.req_head_sent == 0);
+    let replayable = nothing_sent || (c.x.req.idempotent && c.x.replayable);
+    if u.reused && !u.received {
+        return if replayable && !c.x.retried {
+            Fail::Retry
+        } else {
+            Fail::Reject(reject)
+        };
+    }
+    Fail::Backend {
+        reject,
+        may_retry: !u.received && replayable,
+    }
+}

@@ -1,0 +1,343 @@
+//! Moving bytes of an exchange: the request body to the backend, the response to
+//! the client (copied, or spliced for large bodies), and tunnels after a 101.
+
+use std::io::{self};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+
+use crate::framing::{BodyScanner, Reject};
+use crate::io::buffer::Buf;
+use crate::io::splice::Pipe;
+use crate::io::{ReadOutcome, read_into, write_two};
+
+use super::fail::retry_or;
+use super::head::parse_response_head;
+use super::session::{Bufs, Client, Exchange, Fail, RespState, Step, read_client};
+use super::upstream::Upstream;
+use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP, SPLICE_STEP_BYTES};
+
+/// The first response bytes arrived: the request will not be sent again, so the
+/// body bytes kept for a replay are let go.
+pub(super) fn answer_began(x: &mut Exchange, req: &mut Buf, u: &mut Upstream) {
+    u.received = true;
+    req.consume(x.req_retained);
+    x.req_retained = 0;
+    x.replayable = false;
+}
+
+/// Client -> backend: read the request body (or pipelined requests, bounded by the
+/// buffer), find where the body ends, and send the head and body bytes.
+pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -> Step {
+    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+    let mut progress = false;
+    // Bytes kept for a replay must not stall the upload: when they fill the
+    // buffer, let them go (this request can then no longer be retried).
+    if bufs.req.is_full() && c.x.req_retained > 0 {
+        bufs.req.consume(c.x.req_retained);
+        c.x.req_retained = 0;
+        c.x.replayable = false;
+    }
+    // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
+    if c.ready.readable && !c.eof && !bufs.req.is_full() {
+        progress |= read_client(&mut c.sock, &mut bufs.req, &mut c.ready, &mut c.eof)?;
+    }
+    let known = c.x.req_retained + c.x.req_pending;
+    if !c.x.req_body.is_done() && bufs.req.len() > known {
+        let n =
+            c.x.req_body
+                .scan(&bufs.req.filled()[known..])
+                .map_err(|_| Fail::Reject(Reject::BadRequest))?;
+        c.x.req_pending += n;
+        progress |= n > 0;
+        if max_body > 0 && c.x.req_body.chunked_data() > max_body {
+            return Err(Fail::Reject(Reject::BodyTooLarge));
+        }
+    }
+    if c.eof && !c.x.req_body.is_done() {
+        // Everything buffered is scanned and the body is still short: the client
+        // gave up in the middle of its request.
+        return Err(Fail::Close);
+    }
+
+    if c.x.upload_failed {
+        // The backend stopped taking the request after it began to answer: the
+        // rest of the body is read and dropped (the connection closes after the
+        // response, see `finish_exchange`).
+        bufs.req.consume(c.x.req_pending);
+        c.x.req_pending = 0;
+        return Ok(progress);
+    }
+    // Buffer -> backend: the rewritten head, then body bytes as they are known.
+    if u.connected && !c.x.req_done {
+        let head = &bufs.req_head[bufs.req_head_sent..];
+        if !defer && u.ready.writable && (!head.is_empty() || c.x.req_pending > 0) {
+            let body = &bufs.req.filled()[c.x.req_retained..c.x.req_retained + c.x.req_pending];
+            match write_two(&mut u.sock, head, body, &mut u.ready) {
+                Ok(n) => {
+                    let from_head = n.min(head.len());
+                    let from_body = n - from_head;
+                    bufs.req_head_sent += from_head;
+                    c.x.req_pending -= from_body;
+                    if c.x.replayable {
+                        c.x.req_retained += from_body;
+                    } else {
+                        bufs.req.consume(from_body);
+                    }
+                    progress |= n > 0;
+                }
+                Err(_) => {
+                    // An early answer and then a close with the body unread (a
+                    // reset) leaves the answer waiting behind the failed write.
+                    if !u.received
+                        && !bufs.resp.is_full()
+                        && let Ok(ReadOutcome::Data) =
+                            read_into(&mut u.sock, &mut bufs.resp, &mut u.ready)
+                    {
+                        answer_began(&mut c.x, &mut bufs.req, u);
+                    }
+                    if u.received {
+                        // It has begun to answer: not a failure, and its answer stands.
+                        c.x.upload_failed = true;
+                        return Ok(true);
+                    }
+                    return Err(retry_or(c, u, Reject::BadGateway));
+                }
+            }
+        }
+        if bufs.req_head_sent == bufs.req_head.len()
+            && c.x.req_pending == 0
+            && c.x.req_body.is_done()
+        {
+            c.x.req_done = true;
+            progress = true;
+        }
+    }
+
+    Ok(progress)
+}
+
+/// Backend -> client: read, parse the response head (interim ones too), find where
+/// the body ends, and write the heads and body bytes to the client.
+pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
+    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+    if splicing(bufs, &c.x) {
+        return splice_body(c, u);
+    }
+    let mut progress = false;
+    // Backend -> buffer.
+    if u.connected && u.ready.readable && !u.eof && !bufs.resp.is_full() {
+        match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
+            Ok(ReadOutcome::Data) => {
+                answer_began(&mut c.x, &mut bufs.req, u);
+                progress = true;
+            }
+            Ok(ReadOutcome::Eof) => {
+                u.eof = true;
+                progress = true;
+            }
+            Ok(ReadOutcome::Blocked) => {}
+            Err(_) => {
+                // Reset: the end of the stream, but not a clean one.
+                u.eof = true;
+                u.reset = true;
+                progress = true;
+            }
+        }
+    }
+
+    if c.x.resp == RespState::Waiting {
+        if bufs.resp.is_empty() {
+            if u.eof {
+                return Err(retry_or(c, u, Reject::BadGateway));
+            }
+        } else if bufs.resp_head.is_empty() {
+            // One head at a time: the next one (interim or final) is parsed only once
+            // the one before is out, so interim responses to a client that does not
+            // read them back up in the bounded buffer and stop the backend's reads.
+            match parse_response_head(bufs, &c.x.req, c.x.req_done, &mut c.x.close_after)? {
+                Some(head) => {
+                    progress = true;
+                    if head.status == 101 {
+                        c.x.resp = RespState::Tunnel;
+                        c.x.status = 101;
+                        return Ok(true);
+                    }
+                    match head.final_framing {
+                        Some(framing) => {
+                            c.x.status = head.status;
+                            c.x.resp = RespState::Body;
+                            c.x.resp_body = BodyScanner::new(framing);
+                            c.x.upstream_reusable = head.reusable;
+                        }
+                        None => {
+                            c.x.interim += 1;
+                            if c.x.interim > MAX_INTERIM {
+                                return Err(Fail::Reject(Reject::BadGateway));
+                            }
+                        }
+                    }
+                }
+                None if bufs.resp.is_full() => return Err(Fail::Reject(Reject::BadGateway)),
+                None if u.eof => return Err(Fail::Reject(Reject::BadGateway)),
+                None => {}
+            }
+        }
+    }
+
+    if c.x.resp == RespState::Body && !c.x.resp_body.is_done() && bufs.resp.len() > c.x.resp_pending
+    {
+        let n =
+            c.x.resp_body
+                .scan(&bufs.resp.filled()[c.x.resp_pending..])
+                .map_err(|_| Fail::Reject(Reject::BadGateway))?;
+        c.x.resp_pending += n;
+        progress |= n > 0;
+    }
+
+    // Buffer -> client: queued heads (interim and final), then body bytes.
+    let head = &bufs.resp_head[bufs.resp_head_sent..];
+    if !defer && c.ready.writable && (!head.is_empty() || c.x.resp_pending > 0) {
+        let body = &bufs.resp.filled()[..c.x.resp_pending];
+        match write_two(&mut c.sock, head, body, &mut c.ready) {
+            Ok(n) => {
+                let from_head = n.min(head.len());
+                bufs.resp_head_sent += from_head;
+                bufs.resp.consume(n - from_head);
+                c.x.resp_pending -= n - from_head;
+                bufs.resp_bytes += (n - from_head) as u64;
+                progress |= n > 0;
+            }
+            Err(_) => return Err(Fail::Close),
+        }
+    }
+    if bufs.resp_head_sent == bufs.resp_head.len() {
+        bufs.resp_head.clear();
+        bufs.resp_head_sent = 0;
+    }
+
+    Ok(progress)
+}
+
+/// After a 101: relay bytes both ways as they come, the 101 head first. When one
+/// side ends its stream and everything it sent is delivered, the other side's
+/// sending half is shut; once both are, the session closes. The backend connection
+/// is never reused.
+pub(super) fn relay_tunnel(c: &mut Client, u: &mut Upstream) -> Step {
+    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+    let mut progress = false;
+    // Client -> backend.
+    if c.ready.readable && !c.eof && !bufs.req.is_full() {
+        progress |= read_client(&mut c.sock, &mut bufs.req, &mut c.ready, &mut c.eof)?;
+    }
+    if !bufs.req.is_empty() && u.ready.writable && !c.x.backend_shut {
+        let n = write_two(&mut u.sock, &[], bufs.req.filled(), &mut u.ready)
+            .map_err(|_| Fail::Close)?;
+        bufs.req.consume(n);
+        progress |= n > 0;
+    }
+    if c.eof && bufs.req.is_empty() && !c.x.backend_shut {
+        let _ = u.sock.shutdown(Shutdown::Write);
+        c.x.backend_shut = true;
+        progress = true;
+    }
+    // Backend -> client.
+    if u.ready.readable && !u.eof && !bufs.resp.is_full() {
+        match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
+            Ok(ReadOutcome::Data) => progress = true,
+            Ok(ReadOutcome::Eof) | Err(_) => {
+                u.eof = true;
+                progress = true;
+            }
+            Ok(ReadOutcome::Blocked) => {}
+        }
+    }
+    let head = &bufs.resp_head[bufs.resp_head_sent..];
+    if c.ready.writable && (!head.is_empty() || !bufs.resp.is_empty()) && !c.x.client_shut {
+        let n = write_two(&mut c.sock, head, bufs.resp.filled(), &mut c.ready)
+            .map_err(|_| Fail::Close)?;
+        let from_head = n.min(head.len());
+        bufs.resp_head_sent += from_head;
+        bufs.resp.consume(n - from_head);
+        progress |= n > 0;
+    }
+    if bufs.resp_head_sent == bufs.resp_head.len() {
+        bufs.resp_head.clear();
+        bufs.resp_head_sent = 0;
+    }
+    if u.eof && bufs.resp.is_empty() && bufs.resp_head.is_empty() && !c.x.client_shut {
+        let _ = c.sock.shutdown(Shutdown::Write);
+        c.x.client_shut = true;
+        progress = true;
+    }
+    if c.x.backend_shut && c.x.client_shut {
+        // Both directions are finished.
+        return Err(Fail::Close);
+    }
+    Ok(progress)
+}
+
+/// Whether the response body goes through the pipe: bytes are in it already, or
+/// everything buffered is out and much of a Content-Length body is still to come.
+pub(super) fn splicing(bufs: &mut Bufs, x: &Exchange) -> bool {
+    if bufs.piped() {
+        return true;
+    }
+    let large = matches!(x.resp_body, BodyScanner::Length(n) if n >= SPLICE_MIN);
+    if !(large
+        && x.resp == RespState::Body
+        && x.resp_pending == 0
+        && bufs.resp.is_empty()
+        && bufs.resp_head.is_empty()
+        && !bufs.no_pipe)
+    {
+        return false;
+    }
+    if bufs.pipe.is_none() {
+        match Pipe::new() {
+            Ok(p) => bufs.pipe = Some(p),
+            Err(_) => bufs.no_pipe = true,
+        }
+    }
+    bufs.pipe.is_some()
+}
+
+/// Backend -> pipe -> client, for the rest of a Content-Length body.
+pub(super) fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
+    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+    let pipe = bufs.pipe.as_mut().ok_or(Fail::Close)?;
+    let BodyScanner::Length(remaining) = &mut c.x.resp_body else {
+        return Err(Fail::Close);
+    };
+    // One drain and one fill per step: the session's turn bounds how much it
+    // moves before the others get theirs (see `MAX_STEPS_PER_TURN`).
+    let mut moved = false;
+    if !pipe.is_empty() && c.ready.writable {
+        match pipe.drain(c.sock.as_raw_fd()) {
+            Ok(n) => {
+                moved |= n > 0;
+                bufs.resp_bytes += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.ready.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Fail::Close),
+        }
+    }
+    if *remaining > 0 && pipe.room() > 0 && u.ready.readable && !u.eof {
+        let max = usize::try_from(*remaining).map_or(SPLICE_STEP, |r| r.min(SPLICE_STEP));
+        match pipe.fill(u.sock.as_raw_fd(), max) {
+            Ok(0) => u.eof = true,
+            Ok(n) => {
+                *remaining -= n as u64;
+                moved = true;
+                // The step counts one; each further `SPLICE_STEP_BYTES`, one more.
+                let more = n.saturating_sub(1) / SPLICE_STEP_BYTES;
+                c.steps = c.steps.saturating_add(more.min(usize::from(u8::MAX)) as u8);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.ready.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // Reset: like end of stream, which the caller sees as a truncated body.
+            Err(_) => u.eof = true,
+        }
+    }
+    Ok(moved)
+}

@@ -1,0 +1,137 @@
+//! Reloading a running proxy: a new plan for every worker, restart-only settings
+//! reported and kept, backends that stay keeping their state.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::ProxyConfig;
+use crate::health::Checker;
+use crate::net::{self, Control, StartError};
+
+use super::plan::{Plan, Shared};
+
+/// What a reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Backends that joined and left, by `host:port`.
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Restart-only settings that differ from those in force (not applied).
+    pub need_restart: Vec<&'static str>,
+    /// Nothing that a reload applies changed.
+    pub unchanged: bool,
+    /// Every worker confirmed it serves new requests with the new configuration
+    /// (a worker busy for longer than a second confirms later).
+    pub confirmed: bool,
+}
+
+/// Applies a new configuration to a running proxy, from any thread.
+#[derive(Clone)]
+pub struct Reloader {
+    pub(super) shared: Arc<Shared>,
+    pub(super) controls: Vec<net::ControlHandle>,
+    pub(super) checker: Arc<Mutex<Option<Checker>>>,
+}
+
+impl Reloader {
+    /// Apply `config`: backends, algorithm, health checks and passive health,
+    /// timeouts, retries, `--max-connections` and `--max-body-bytes` take effect in
+    /// every worker for each new request; exchanges in flight finish as they began.
+    /// Backends that stay (same address and name) keep their health, counters and
+    /// pooled connections. The restart-only settings keep their running values and
+    /// are listed in the result.
+    pub fn reload(&self, mut config: ProxyConfig) -> Result<Reloaded, StartError> {
+        if config.backends.is_empty() {
+            return Err(StartError::NoBackends);
+        }
+        // One reload at a time: the lock is held throughout.
+        let mut current = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let old = &current.config;
+        let mut result = Reloaded::default();
+        // The settings that shape sockets, threads and buffers made once: a
+        // reload reports a change and keeps the running value.
+        macro_rules! restart_only {
+            ($($field:ident => $flag:literal),* $(,)?) => {
+                $(if config.$field != old.$field {
+                    result.need_restart.push($flag);
+                    config.$field = old.$field.clone();
+                })*
+            };
+        }
+        restart_only!(
+            listen => "--listen",
+            workers => "--workers",
+            admin => "--admin",
+            access_log => "--access-log",
+            max_header_bytes => "--max-header-bytes",
+            rewrite_host => "--rewrite-host",
+            pin => "--pin",
+            busy_poll => "--busy-poll",
+        );
+        config.log_health = old.log_health;
+        if config == *old {
+            result.unchanged = true;
+            return Ok(result);
+        }
+        let has = |list: &[crate::config::Backend], b: &crate::config::Backend| {
+            list.iter()
+                .any(|o| o.addr == b.addr && o.authority == b.authority)
+        };
+        result.added = (config.backends.iter())
+            .filter(|b| !has(&old.backends, b))
+            .map(|b| b.authority.clone())
+            .collect();
+        result.removed = (old.backends.iter())
+            .filter(|b| !has(&config.backends, b))
+            .map(|b| b.authority.clone())
+            .collect();
+        let plan = Arc::new(Plan::build(
+            current.number + 1,
+            config,
+            self.controls.len(),
+            current.health.members(),
+        ));
+        // The old checks stop before the workers switch; the new ones start on the
+        // new set, each backend from its last verdict.
+        let mut checker = self.checker.lock().unwrap_or_else(|e| e.into_inner());
+        drop(checker.take());
+        if plan.config.health_check.is_none() {
+            // Without checks, no check verdict may keep a backend out.
+            plan.health.checks_off();
+        }
+        for c in &self.controls {
+            c.send(Control::Reload(Arc::clone(&plan)));
+        }
+        if let Some(check) = &plan.config.health_check {
+            *checker = Some(
+                Checker::spawn(Arc::clone(&plan.health), check.clone())
+                    .map_err(StartError::Spawn)?,
+            );
+        }
+        let number = plan.number;
+        *current = plan;
+        drop(current);
+        // Wait for every worker to switch, so that "reloaded" means it.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let stats = &self.shared.stats;
+            if stats
+                .iter()
+                .all(|s| s.0.plan.load(Ordering::Relaxed) >= number)
+            {
+                result.confirmed = true;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(result)
+    }
+}

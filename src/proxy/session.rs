@@ -1,0 +1,716 @@
+//! One client session: its buffers, its states (`Phase`, `RespState`), the
+//! exchange in progress, and the steps that move it from one request head to the
+//! next (`Worker::drive` and `Worker::pump`).
+
+use std::net::{IpAddr, Shutdown};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::framing::{BodyScanner, Framing, Reject, RequestInfo};
+use crate::io::buffer::{Buf, Recycle};
+use crate::io::splice::Pipe;
+use crate::io::{ReadOutcome, Ready, read_into, write_two};
+
+use super::head::parse_request_head;
+use super::relay::{relay_request, relay_response, relay_tunnel};
+use super::upstream::{Leftover, check_connected, leftover_seen};
+use super::worker::Worker;
+use super::{
+    DRAIN_GRACE, MAX_DRAIN_BYTES, MAX_IDLE_PER_BACKEND, MAX_KEPT_HEAD, MAX_STEPS_PER_TURN,
+};
+
+/// Read what the client sent into `buf`; an end of stream sets `eof`. Returns
+/// whether anything happened; a read error closes the session.
+pub(super) fn read_client(
+    sock: &mut TcpStream,
+    buf: &mut Buf,
+    ready: &mut Ready,
+    eof: &mut bool,
+) -> Result<bool, Fail> {
+    match read_into(sock, buf, ready) {
+        Ok(ReadOutcome::Data) => Ok(true),
+        Ok(ReadOutcome::Eof) => {
+            *eof = true;
+            Ok(true)
+        }
+        Ok(ReadOutcome::Blocked) => Ok(false),
+        Err(_) => Err(Fail::Close),
+    }
+}
+
+/// The buffers of a session with something in flight.
+pub(super) struct Bufs {
+    /// Bytes from the client: request head, body, and any pipelined requests.
+    pub(super) req: Buf,
+    /// Bytes from the backend: response head and body.
+    pub(super) resp: Buf,
+    /// The rewritten request head, and how much of it the backend has taken.
+    pub(super) req_head: Vec<u8>,
+    pub(super) req_head_sent: usize,
+    /// Response heads (interim and final, or a local error), and how much is written.
+    pub(super) resp_head: Vec<u8>,
+    pub(super) resp_head_sent: usize,
+    /// For large response bodies (see `SPLICE_MIN`), made on first use and kept.
+    pub(super) pipe: Option<Pipe>,
+    /// Making a pipe failed (out of descriptors): relay through the buffer instead.
+    pub(super) no_pipe: bool,
+    /// For the access log (kept only when it is on): the request line, Referer and
+    /// User-Agent, response body bytes written, and when the response head came.
+    pub(super) log_request: Vec<u8>,
+    pub(super) log_referer: Vec<u8>,
+    pub(super) log_user_agent: Vec<u8>,
+    pub(super) resp_bytes: u64,
+    pub(super) head_at: Option<Instant>,
+}
+
+impl Bufs {
+    pub(super) fn new(size: usize) -> Box<Bufs> {
+        Box::new(Bufs {
+            req: Buf::with_capacity(size),
+            resp: Buf::with_capacity(size),
+            req_head: Vec::with_capacity(1024),
+            req_head_sent: 0,
+            resp_head: Vec::with_capacity(1024),
+            resp_head_sent: 0,
+            pipe: None,
+            no_pipe: false,
+            log_request: Vec::new(),
+            log_referer: Vec::new(),
+            log_user_agent: Vec::new(),
+            resp_bytes: 0,
+            head_at: None,
+        })
+    }
+
+    /// Response body bytes wait in the pipe.
+    pub(super) fn piped(&self) -> bool {
+        self.pipe.as_ref().is_some_and(|p| !p.is_empty())
+    }
+}
+
+impl Recycle for Box<Bufs> {
+    /// Everything a session left goes: unread or unforwarded request bytes
+    /// (pipelined requests, half a head), response bytes, heads, bytes in the
+    /// pipe (the pipe itself is dropped then), and the log fields. A head buffer
+    /// grown past `MAX_KEPT_HEAD` is given back to the allocator.
+    fn reset(&mut self) {
+        self.req.clear();
+        self.resp.clear();
+        for head in [&mut self.req_head, &mut self.resp_head] {
+            head.clear();
+            if head.capacity() > MAX_KEPT_HEAD {
+                *head = Vec::with_capacity(1024);
+            }
+        }
+        self.req_head_sent = 0;
+        self.resp_head_sent = 0;
+        if self.piped() {
+            self.pipe = None;
+        }
+        self.no_pipe = false;
+        for field in [
+            &mut self.log_request,
+            &mut self.log_referer,
+            &mut self.log_user_agent,
+        ] {
+            field.clear();
+            if field.capacity() > MAX_KEPT_HEAD {
+                *field = Vec::new();
+            }
+        }
+        self.resp_bytes = 0;
+        self.head_at = None;
+    }
+
+    fn is_clean(&self) -> bool {
+        self.req.is_empty()
+            && self.resp.is_empty()
+            && self.req_head.is_empty()
+            && self.resp_head.is_empty()
+            && self.req_head_sent == 0
+            && self.resp_head_sent == 0
+            && !self.piped()
+            && self.log_request.is_empty()
+            && self.log_referer.is_empty()
+            && self.log_user_agent.is_empty()
+            && self.resp_bytes == 0
+            && self.head_at.is_none()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// A request is being relayed to a backend and its response back.
+    Exchange,
+    /// Writing our last bytes, then shutting down our side.
+    Closing,
+    /// Our side is shut; discarding input until the client closes.
+    Draining,
+    /// A response was cut short after part of it went out (its backend failed):
+    /// what was sent is delivered first (closing now, with input unread, would be
+    /// a reset that destroys it, and the answers to earlier requests still on
+    /// their way), then the connection is reset: for a body delimited by the
+    /// close, a clean close would tell the client it has all of it.
+    Aborting,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RespState {
+    /// No final response head yet: a local error response can still be sent.
+    Waiting,
+    /// The final head is queued; its body is being relayed.
+    Body,
+    /// The backend switched protocols (101): bytes flow both ways, unparsed,
+    /// until both sides have closed.
+    Tunnel,
+}
+
+/// What to do with a session whose step failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fail {
+    /// Close the client (and its backend connection) now.
+    Close,
+    /// End the client connection once what was sent is delivered, with a reset
+    /// (see `Phase::Aborting`).
+    Abort,
+    /// Reset the client connection now.
+    Reset,
+    /// Answer with this local response if no response has started, then close.
+    Reject(Reject),
+    /// The reused backend connection was stale: send the request again on a new one.
+    Retry,
+    /// The backend failed (connect error or timeout, reset, or closed before
+    /// answering): count it against the backend, then send the request to another
+    /// one if `may_retry` and retries are left, else answer with `reject`.
+    Backend { reject: Reject, may_retry: bool },
+}
+
+pub(super) type Step = Result<bool, Fail>;
+
+/// One client connection.
+pub(super) struct Client {
+    pub(super) sock: TcpStream,
+    pub(super) ip: IpAddr,
+    pub(super) ready: Ready,
+    pub(super) bufs: Option<Box<Bufs>>,
+    pub(super) phase: Phase,
+    pub(super) deadline: Instant,
+    /// The client has shut down its sending side.
+    pub(super) eof: bool,
+    pub(super) drained: u32,
+    /// When closing, wait for the client to close first: it may still be sending
+    /// (a refused request, or a body the backend did not wait for).
+    pub(super) linger: bool,
+    /// A relay write was held back until the end of the event batch, and the
+    /// client is in `Worker::flush_queue`.
+    pub(super) queued: bool,
+    /// It used up its turn and is in `Worker::yielded`.
+    pub(super) yielded: bool,
+    /// The pass of the loop (`Worker::turn`) in which it was last driven, and the
+    /// steps it took in that pass.
+    pub(super) turn: u16,
+    pub(super) steps: u8,
+    /// The backend connection of the exchange in progress.
+    pub(super) upstream: Option<usize>,
+    /// The exchange in progress (or the last one, between requests).
+    pub(super) x: Exchange,
+}
+
+impl Client {
+    /// In an exchange, everything the client sent so far has gone to the backend
+    /// and more of the request body is to come: the exchange waits on the client.
+    /// Not while a client that sent `Expect: 100-continue` and no body byte yet
+    /// still waits for the backend's 100.
+    #[inline]
+    pub(super) fn waits_on_client_body(&self) -> bool {
+        let x = &self.x;
+        // Cheapest first: most requests have no body (or all of it is in).
+        if x.req_body.is_done() || x.upload_failed || x.req_pending != 0 {
+            return false;
+        }
+        if self
+            .bufs
+            .as_ref()
+            .is_none_or(|b| b.req_head_sent != b.req_head.len())
+        {
+            return false;
+        }
+        let awaiting_continue = x.req.expect_continue
+            && x.interim == 0
+            && x.req_body == BodyScanner::new(x.req.framing);
+        !awaiting_continue
+    }
+
+    /// Before the final response head, a head waits to be written to a client
+    /// that does not take it: the exchange waits on the client, not the backend.
+    pub(super) fn waits_on_client_reading(&self) -> bool {
+        self.bufs
+            .as_ref()
+            .is_some_and(|b| b.resp_head_sent < b.resp_head.len())
+    }
+
+    /// Bytes wait to go out on either side of the exchange (checked after a step
+    /// that held its writes back).
+    pub(super) fn wants_flush(&self) -> bool {
+        self.phase == Phase::Exchange
+            && self.bufs.as_ref().is_some_and(|b| {
+                b.req_head_sent < b.req_head.len()
+                    || self.x.req_pending > 0
+                    || b.resp_head_sent < b.resp_head.len()
+                    || self.x.resp_pending > 0
+            })
+    }
+}
+
+/// One request and its response, relayed: what each direction has seen so far.
+pub(super) struct Exchange {
+    pub(super) req: RequestInfo,
+    pub(super) req_body: BodyScanner,
+    /// Bytes of `bufs.req`, after the retained ones, known to be request body and
+    /// not yet sent.
+    pub(super) req_pending: usize,
+    /// Body bytes at the front of `bufs.req` that were sent on a reused backend
+    /// connection but are kept until its first response byte, to be sent again if
+    /// it turns out to be stale.
+    pub(super) req_retained: usize,
+    /// Every byte of the request can still be sent again (nothing was released).
+    pub(super) replayable: bool,
+    pub(super) req_done: bool,
+    /// The backend stopped taking the request after it began to answer.
+    pub(super) upload_failed: bool,
+    pub(super) resp: RespState,
+    pub(super) resp_body: BodyScanner,
+    /// Bytes at the front of `bufs.resp` known to be response body, not yet written.
+    pub(super) resp_pending: usize,
+    pub(super) upstream_reusable: bool,
+    pub(super) close_after: bool,
+    pub(super) backend: usize,
+    pub(super) retried: bool,
+    /// Times the request was moved to another backend after a failure.
+    pub(super) attempts: u8,
+    /// The exchange counts as in flight on `backend` (see `Worker::hold`).
+    pub(super) holding: bool,
+    /// The final response's status, once its head is parsed.
+    pub(super) status: u16,
+    /// Interim (1xx) responses received so far; more than `MAX_INTERIM` is a 502.
+    pub(super) interim: u16,
+    /// When the request head was parsed (the loop's clock).
+    pub(super) started: Instant,
+    /// In a tunnel: our sending side toward the backend / the client is shut.
+    pub(super) backend_shut: bool,
+    pub(super) client_shut: bool,
+}
+
+impl Exchange {
+    /// An exchange whose request head was parsed at `started` (the loop's clock).
+    pub(super) fn new(req: RequestInfo, backend: usize, started: Instant) -> Exchange {
+        Exchange {
+            req,
+            req_body: BodyScanner::new(req.framing),
+            req_pending: 0,
+            req_retained: 0,
+            replayable: true,
+            req_done: false,
+            upload_failed: false,
+            resp: RespState::Waiting,
+            resp_body: BodyScanner::new(Framing::None),
+            resp_pending: 0,
+            upstream_reusable: false,
+            close_after: !req.keep_alive,
+            backend,
+            retried: false,
+            attempts: 0,
+            holding: false,
+            status: 0,
+            interim: 0,
+            started,
+            backend_shut: false,
+            client_shut: false,
+        }
+    }
+
+    /// The state of a connection that has not sent a request yet.
+    pub(super) fn none(now: Instant) -> Exchange {
+        let req = RequestInfo {
+            version: 1,
+            framing: Framing::None,
+            keep_alive: true,
+            is_head: false,
+            idempotent: true,
+            expect_continue: false,
+            upgrade: false,
+        };
+        Exchange {
+            req_done: true,
+            ..Exchange::new(req, 0, now)
+        }
+    }
+}
+
+impl Worker {
+    /// Run a session until it can make no more progress or has used up its turn,
+    /// handling failures.
+    pub(super) fn drive(&mut self, ck: usize) {
+        let c = &mut self.clients[ck];
+        if c.turn != self.turn {
+            // The first drive in this pass: a new turn.
+            c.turn = self.turn;
+            c.steps = 0;
+        }
+        let more = loop {
+            match self.pump(ck) {
+                Ok(more) => break more,
+                Err(fail) => {
+                    if !self.fail(ck, fail) {
+                        return;
+                    }
+                }
+            }
+        };
+        let now = self.now;
+        let c = &mut self.clients[ck];
+        if more && !c.yielded {
+            c.yielded = true;
+            self.yielded.push(ck);
+        }
+        if self.defer_writes && c.wants_flush() && !c.queued {
+            c.queued = true;
+            self.flush_queue.push(ck);
+        }
+        if c.phase == Phase::Exchange {
+            let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
+            if !connecting {
+                // Waiting for the backend's head is the response timeout; waiting
+                // for body bytes, from either side, the body timeout.
+                c.deadline = now
+                    + if c.x.resp == RespState::Waiting
+                        && !c.waits_on_client_body()
+                        && !c.waits_on_client_reading()
+                    {
+                        self.timeouts.response
+                    } else {
+                        self.timeouts.body
+                    };
+            }
+        }
+        #[cfg(debug_assertions)]
+        self.check_invariants(ck);
+    }
+
+    /// Step a session's state machine while it makes progress, until it has
+    /// taken `MAX_STEPS_PER_TURN` steps in this pass of the loop (however many
+    /// times it is driven in it); returns whether it could still move.
+    pub(super) fn pump(&mut self, ck: usize) -> Result<bool, Fail> {
+        loop {
+            let c = &mut self.clients[ck];
+            if c.steps >= MAX_STEPS_PER_TURN {
+                return Ok(true);
+            }
+            c.steps += 1;
+            let progress = match c.phase {
+                Phase::Head => self.step_head(ck)?,
+                Phase::Exchange => self.step_exchange(ck)?,
+                Phase::Closing => self.step_closing(ck)?,
+                Phase::Draining => self.step_draining(ck)?,
+                Phase::Aborting => step_aborting(&self.clients[ck])?,
+            };
+            if !progress {
+                return Ok(false);
+            }
+        }
+    }
+
+    pub(super) fn close_client(&mut self, ck: usize) {
+        self.unhold(ck);
+        self.stats().open.fetch_sub(1, Ordering::Relaxed);
+        let mut c = self.clients.remove(ck);
+        if let Some(uk) = c.upstream.take() {
+            self.upstreams.remove(uk);
+        }
+        if let Some(bufs) = c.bufs.take() {
+            self.bufs.give(bufs);
+        }
+    }
+
+    /// Waiting for a request head: read, parse, and start the exchange.
+    pub(super) fn step_head(&mut self, ck: usize) -> Step {
+        let c = &mut self.clients[ck];
+        if c.bufs.is_none() && !c.ready.readable && !c.eof {
+            return Ok(false);
+        }
+        let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
+        if !bufs.req.is_empty()
+            && let Some((n, info, backend)) =
+                parse_request_head(bufs, c.ip, &self.shared, &self.plan, self.now)?
+        {
+            bufs.req.consume(n);
+            self.start_exchange(ck, info, self.map[backend])?;
+            return Ok(true);
+        }
+        if c.eof {
+            // End of stream between requests, or in the middle of a head.
+            return Err(Fail::Close);
+        }
+        if c.ready.readable {
+            if bufs.req.is_empty() {
+                c.deadline = self.now + self.timeouts.header;
+            }
+            return match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
+                Ok(ReadOutcome::Data) => Ok(true),
+                Ok(ReadOutcome::Eof) => {
+                    c.eof = true;
+                    Ok(true)
+                }
+                Ok(ReadOutcome::Blocked) => {
+                    if bufs.req.is_empty() {
+                        c.deadline = self.now + self.timeouts.idle;
+                    }
+                    Ok(false)
+                }
+                Err(_) => Err(Fail::Close),
+            };
+        }
+        if bufs.req.is_empty() {
+            // Idle keep-alive connection: it holds no buffers.
+            if let Some(bufs) = c.bufs.take() {
+                self.bufs.give(bufs);
+            }
+        }
+        Ok(false)
+    }
+
+    pub(super) fn start_exchange(
+        &mut self,
+        ck: usize,
+        info: RequestInfo,
+        backend: usize,
+    ) -> Result<(), Fail> {
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+        bufs.req_head_sent = 0;
+        bufs.resp_head.clear();
+        bufs.resp_head_sent = 0;
+        bufs.resp.clear();
+        bufs.resp_bytes = 0;
+        bufs.head_at = None;
+        c.x = Exchange::new(info, backend, self.now);
+        c.x.close_after |= self.shutdown_deadline.is_some();
+        c.phase = Phase::Exchange;
+        c.deadline = self.now + self.timeouts.response;
+        self.hold(ck, backend);
+        self.connect_upstream(ck, backend, true)
+    }
+
+    /// Relay one exchange: client -> backend (request) and backend -> client
+    /// (response), then recycle the connections once the response is out.
+    pub(super) fn step_exchange(&mut self, ck: usize) -> Step {
+        let c = &mut self.clients[ck];
+        let Some(uk) = c.upstream else {
+            return Err(Fail::Reject(Reject::BadGateway));
+        };
+        let u = &mut self.upstreams[uk];
+        if c.x.resp == RespState::Tunnel {
+            return relay_tunnel(c, u);
+        }
+        let defer = self.defer_writes;
+        let max_body = self.plan.config.max_body_bytes;
+        let progress = check_connected(u)?
+            | relay_request(c, u, defer, max_body)?
+            | relay_response(c, u, defer)?;
+        if self.shared.access.is_some()
+            && c.x.status != 0
+            && let Some(bufs) = c.bufs.as_mut()
+        {
+            bufs.head_at.get_or_insert(self.now);
+        }
+        if c.x.resp == RespState::Tunnel {
+            // The 101 is queued; from here on this session is a tunnel.
+            let (backend, took) = (c.x.backend, self.now.saturating_duration_since(c.x.started));
+            self.stats().requests.fetch_add(1, Ordering::Relaxed);
+            self.locals[backend].member.finished(self.id, 101, took);
+            if self.shared.access.is_some() {
+                self.log_access(ck, 101, Some(backend), true);
+            }
+            return Ok(true);
+        }
+        let bufs = c.bufs.as_ref().ok_or(Fail::Close)?;
+        if c.x.resp == RespState::Body
+            && bufs.resp_head.is_empty()
+            && c.x.resp_pending == 0
+            && !bufs.piped()
+        {
+            let until_close_ended =
+                c.x.resp_body == BodyScanner::UntilClose && u.eof && bufs.resp.is_empty();
+            if until_close_ended && u.reset {
+                // A body delimited by the close, ended by a reset: a clean close
+                // would tell the client it has all of it.
+                return Err(Fail::Abort);
+            }
+            if c.x.resp_body.is_done() || until_close_ended {
+                self.finish_exchange(ck)?;
+                return Ok(true);
+            }
+            if u.eof {
+                // The backend closed in the middle of a delimited body: the client must
+                // see the truncation, and only the end of the connection says so.
+                return Err(Fail::Abort);
+            }
+        }
+        Ok(progress)
+    }
+
+    /// The response has been written in full: recycle or close the backend
+    /// connection, then wait for the next request or close.
+    pub(super) fn finish_exchange(&mut self, ck: usize) -> Result<(), Fail> {
+        self.stats().requests.fetch_add(1, Ordering::Relaxed);
+        self.unhold(ck);
+        let x = &self.clients[ck].x;
+        let took = self.now.saturating_duration_since(x.started);
+        self.locals[x.backend]
+            .member
+            .finished(self.id, x.status, took);
+        if self.shared.access.is_some() {
+            let (status, backend) = (x.status, x.backend);
+            self.log_access(ck, status, Some(backend), true);
+        }
+        let now = self.now;
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+        if let Some(uk) = c.upstream.take() {
+            let u = &mut self.upstreams[uk];
+            // Bytes after the end of the response (already read, or still in the
+            // socket: the last read may not have drained it, as after a splice of
+            // exactly the remaining length) belong to no exchange: never pool them.
+            let found = if !bufs.resp.is_empty() {
+                Leftover::Bytes
+            } else {
+                leftover_seen(u)
+            };
+            bufs.resp.clear();
+            let local = &mut self.locals[u.backend];
+            if found == Leftover::Nothing
+                && now >= local.distrust_until
+                && local.live
+                && c.x.upstream_reusable
+                && c.x.req_done
+                && local.idle.len() < MAX_IDLE_PER_BACKEND
+            {
+                u.client = None;
+                u.reused = true;
+                u.idle_since = now;
+                local.idle.push(uk);
+            } else {
+                self.discard_upstream(uk, found);
+            }
+        }
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+        bufs.resp.clear();
+        c.x.resp = RespState::Waiting;
+        if c.x.close_after || !c.x.req_done {
+            // The client may still be sending: the rest of this request's body,
+            // or, if it did not ask to close, requests pipelined behind it. A
+            // close with their bytes unread would be a reset, which can destroy
+            // the response still on its way (see `step_closing`).
+            c.linger |= !c.x.req_done || c.x.req.keep_alive;
+            c.phase = Phase::Closing;
+            c.deadline = now + self.timeouts.linger;
+        } else {
+            c.phase = Phase::Head;
+            c.deadline = now + self.timeouts.idle;
+            if self.shutdown_deadline.is_some() {
+                c.deadline = c.deadline.min(now + DRAIN_GRACE);
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush what is queued for the client, then shut down our sending side.
+    pub(super) fn step_closing(&mut self, ck: usize) -> Step {
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
+        let head = &bufs.resp_head[bufs.resp_head_sent..];
+        if !head.is_empty() {
+            if !c.ready.writable {
+                return Ok(false);
+            }
+            let n = write_two(&mut c.sock, head, &[], &mut c.ready).map_err(|_| Fail::Close)?;
+            bufs.resp_head_sent += n;
+            if bufs.resp_head_sent < bufs.resp_head.len() {
+                return Ok(n > 0);
+            }
+        }
+        bufs.resp_head.clear();
+        bufs.resp_head_sent = 0;
+        // Closing with unread input sends a reset, which can destroy the response
+        // still in flight to the client. With no input pending (the last read drained
+        // the socket, nothing is buffered) and none expected, a plain close sends a
+        // FIN after the data; otherwise shut down our side and read until the client
+        // closes (nginx's "lingering close", with the same heuristic).
+        let input_pending = c.ready.readable || !bufs.req.is_empty();
+        if c.eof || (!c.linger && !input_pending) {
+            return Err(Fail::Close);
+        }
+        let _ = c.sock.shutdown(Shutdown::Write);
+        c.phase = Phase::Draining;
+        c.drained = 0;
+        Ok(true)
+    }
+
+    pub(super) fn step_draining(&mut self, ck: usize) -> Step {
+        let c = &mut self.clients[ck];
+        let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
+        if !c.ready.readable {
+            return Ok(false);
+        }
+        bufs.req.clear();
+        match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
+            Ok(ReadOutcome::Data) => {
+                c.drained += bufs.req.len() as u32;
+                bufs.req.clear();
+                if c.drained > MAX_DRAIN_BYTES {
+                    return Err(Fail::Close);
+                }
+                Ok(true)
+            }
+            Ok(ReadOutcome::Blocked) => Ok(false),
+            Ok(ReadOutcome::Eof) | Err(_) => Err(Fail::Close),
+        }
+    }
+}
+
+/// An aborting session resets its connection once the kernel has nothing left
+/// to send on it, nor any byte unacknowledged (SIOCOUTQ).
+#[cold]
+pub(super) fn step_aborting(c: &Client) -> Step {
+    if !matches!(c.sock.take_error(), Ok(None)) {
+        // The client reset (or the socket failed): nothing more can be delivered.
+        return Err(Fail::Reset);
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int through the
+    // pointer, which points at a live local.
+    let r = unsafe { libc::ioctl(c.sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if r != 0 || queued == 0 {
+        return Err(Fail::Reset);
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle keep-alive connection costs its slab entry and nothing else (no
+    /// buffers), so this size is the user-space cost of an idle client; the budget
+    /// is 0.5 KB per idle connection in all (issue 3), kernel socket memory apart.
+    #[test]
+    fn idle_client_fits_the_memory_budget() {
+        // A slab entry is the value plus a tag (rounded to the value's alignment).
+        let size = std::mem::size_of::<super::Client>() + std::mem::align_of::<super::Client>();
+        assert!(size <= 256, "an idle client costs {size} bytes");
+    }
+}

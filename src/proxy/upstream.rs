@@ -1,0 +1,317 @@
+//! Backend connections: connecting, the per-backend idle pool (`checkout`), and
+//! what a pooled connection may hold (`Leftover`): only a connection at a message
+//! boundary is ever handed to another exchange.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::Interest;
+use mio::net::TcpStream;
+
+use crate::framing::Reject;
+use crate::health::Member;
+use crate::io::Ready;
+
+use super::session::{Fail, Step};
+use super::worker::{Worker, upstream_token};
+use super::{DISTRUST, NON_IDEMPOTENT_MAX_IDLE};
+
+/// One connection to a backend, either serving a client or idle in the pool.
+pub(super) struct Upstream {
+    pub(super) sock: TcpStream,
+    pub(super) backend: usize,
+    pub(super) ready: Ready,
+    pub(super) connected: bool,
+    /// It carried an earlier exchange: a failure before any byte may mean it went stale.
+    pub(super) reused: bool,
+    /// Bytes arrived for the current exchange.
+    pub(super) received: bool,
+    pub(super) eof: bool,
+    /// The stream ended with a reset (or another read error), not a FIN.
+    pub(super) reset: bool,
+    pub(super) client: Option<usize>,
+    pub(super) idle_since: Instant,
+}
+
+/// A backend as one worker sees it. Exchanges and backend connections name their
+/// backend by its index in `Worker::locals`, which a reload does not change.
+pub(super) struct Local {
+    pub(super) member: Arc<Member>,
+    /// Idle connections to it, most recently used last (LIFO).
+    pub(super) idle: Vec<usize>,
+    /// In the configuration in force. One that a reload removed stays while
+    /// connections still refer to it, and its place is then reused.
+    pub(super) live: bool,
+    /// Until then, no connection to it is pooled: it sent bytes that belong to no
+    /// response (see `DISTRUST`).
+    pub(super) distrust_until: Instant,
+}
+
+impl Worker {
+    /// An event on a backend connection (its readiness was noted before the batch
+    /// was handled, see `Worker::run`).
+    pub(super) fn on_upstream_event(&mut self, uk: usize) {
+        let Some(u) = self.upstreams.get(uk) else {
+            return;
+        };
+        match u.client {
+            Some(ck) => self.drive(ck),
+            None => self.check_idle_upstream(uk),
+        }
+    }
+
+    /// An idle pooled connection became readable: the backend closed it, or sent
+    /// bytes nobody asked for. Either way it cannot be reused.
+    #[cold]
+    pub(super) fn check_idle_upstream(&mut self, uk: usize) {
+        let u = &mut self.upstreams[uk];
+        match leftover_seen(u) {
+            Leftover::Nothing => {}
+            found => {
+                let backend = u.backend;
+                self.locals[backend].idle.retain(|&k| k != uk);
+                self.discard_upstream(uk, found);
+            }
+        }
+    }
+
+    /// Close a backend connection that must not be reused, counting and logging
+    /// bytes it sent that belong to no response.
+    /// Bytes that belong to no response mean the backend's connections cannot be
+    /// trusted to stay in step (the next ones may come late, after a reuse, and be
+    /// taken for the next response): this worker closes its idle ones to that
+    /// backend and pools none for `DISTRUST`.
+    #[cold]
+    pub(super) fn discard_upstream(&mut self, uk: usize, found: Leftover) {
+        let u = self.upstreams.remove(uk);
+        if found == Leftover::Bytes {
+            self.metrics()
+                .upstream_surplus
+                .fetch_add(1, Ordering::Relaxed);
+            let local = &mut self.locals[u.backend];
+            local.distrust_until = self.now + DISTRUST;
+            for idle in local.idle.drain(..) {
+                self.upstreams.remove(idle);
+            }
+            if self.now >= self.quiet_surplus_until {
+                self.quiet_surplus_until = self.now + Duration::from_secs(1);
+                crate::log!(
+                    crate::log::Level::Warn,
+                    "corelb: backend {} sent bytes beyond the end of a response; worker {} closes its connections to it and reuses none for {} s (at most one such line per second per worker)",
+                    local.member.authority,
+                    self.id,
+                    DISTRUST.as_secs()
+                );
+            }
+        }
+    }
+
+    /// A pooled connection to `backend` that is safe to send a request on, or
+    /// `None`: the most recently used one (LIFO: the least likely to be stale) on
+    /// which nothing has arrived since its last response ended. One that got bytes
+    /// or an end of stream (seen in this batch's events, or by a read now) is
+    /// closed and the next is tried. With `max_idle`, only a connection idle for
+    /// at most that long is taken (older ones stay for other requests).
+    pub(super) fn checkout(&mut self, backend: usize, max_idle: Option<Duration>) -> Option<usize> {
+        // The usual case, kept short: the newest idle connection, nothing on it.
+        let idle = &mut self.locals[backend].idle;
+        let &uk = idle.last()?;
+        let ready = self.upstreams[uk].ready;
+        if max_idle.is_none() && !ready.readable && !ready.read_closed {
+            idle.pop();
+            return Some(uk);
+        }
+        self.checkout_carefully(backend, max_idle)
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn checkout_carefully(
+        &mut self,
+        backend: usize,
+        max_idle: Option<Duration>,
+    ) -> Option<usize> {
+        while let Some(&uk) = self.locals[backend].idle.last() {
+            let u = &mut self.upstreams[uk];
+            if max_idle.is_some_and(|max| self.now.saturating_duration_since(u.idle_since) > max) {
+                // The rest of the list has been idle even longer.
+                return None;
+            }
+            self.locals[backend].idle.pop();
+            // A request that must not be replayed pays for a read that makes sure
+            // nothing arrived since the last poll (the flags are as of then).
+            let found = if max_idle.is_some() {
+                leftover(u)
+            } else {
+                leftover_seen(u)
+            };
+            if found == Leftover::Nothing {
+                return Some(uk);
+            }
+            self.discard_upstream(uk, found);
+        }
+        None
+    }
+
+    /// Count the exchange as in flight on `backend`, for the algorithms that
+    /// compare loads (nothing is counted for the others).
+    /// The exchange must not be held already (see `unhold`).
+    pub(super) fn hold(&mut self, ck: usize, backend: usize) {
+        if self.plan.count_inflight {
+            self.locals[backend].member.acquire();
+            let x = &mut self.clients[ck].x;
+            x.backend = backend;
+            x.holding = true;
+        }
+    }
+
+    /// The exchange is over (or moved): stop counting it (even if a reload has
+    /// since chosen an algorithm that does not count).
+    pub(super) fn unhold(&mut self, ck: usize) {
+        if let Some(c) = self.clients.get_mut(ck)
+            && std::mem::take(&mut c.x.holding)
+        {
+            self.locals[c.x.backend].member.release();
+        }
+    }
+
+    /// Give the client a backend connection: an idle pooled one if `reuse` allows and
+    /// one exists (LIFO: the most recently used is the least likely to be stale),
+    /// else a new non-blocking connect.
+    pub(super) fn connect_upstream(
+        &mut self,
+        ck: usize,
+        backend: usize,
+        reuse: bool,
+    ) -> Result<(), Fail> {
+        // A request that must not be replayed avoids connections idle long enough
+        // for the backend to be closing them as it arrives (see README, upstream pool).
+        let max_idle = (!self.clients[ck].x.req.idempotent).then_some(NON_IDEMPOTENT_MAX_IDLE);
+        let pooled = if reuse {
+            self.checkout(backend, max_idle)
+        } else {
+            None
+        };
+        let counter = match pooled {
+            Some(_) => &self.shared.metrics[self.id].0.upstream_reuses,
+            None => &self.shared.metrics[self.id].0.upstream_connects,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let uk = match pooled {
+            Some(uk) => {
+                let u = &mut self.upstreams[uk];
+                u.client = Some(ck);
+                u.received = false;
+                uk
+            }
+            None => {
+                let addr = self.locals[backend].member.addr;
+                let mut sock = TcpStream::connect(addr).map_err(|_| Fail::Backend {
+                    reject: Reject::BadGateway,
+                    may_retry: true,
+                })?;
+                let _ = sock.set_nodelay(true);
+                let entry = self.upstreams.vacant_entry();
+                let uk = entry.key();
+                self.ctx
+                    .poll
+                    .registry()
+                    .register(
+                        &mut sock,
+                        upstream_token(uk),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .map_err(|_| Fail::Reject(Reject::BadGateway))?;
+                entry.insert(Upstream {
+                    sock,
+                    backend,
+                    ready: Ready::default(),
+                    connected: false,
+                    reused: false,
+                    received: false,
+                    eof: false,
+                    reset: false,
+                    client: Some(ck),
+                    idle_since: self.now,
+                });
+                self.clients[ck].deadline = self.now + self.timeouts.connect;
+                uk
+            }
+        };
+        self.clients[ck].upstream = Some(uk);
+        Ok(())
+    }
+}
+
+/// What a backend connection that owes no response holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Leftover {
+    Nothing,
+    /// Bytes that belong to no response.
+    Bytes,
+    /// An end of stream (or an error).
+    Closed,
+}
+
+/// Look for bytes or an end of stream waiting on a backend connection that owes
+/// no response: one read, which on a quiet socket fails with WouldBlock.
+#[cold]
+pub(super) fn leftover(u: &mut Upstream) -> Leftover {
+    if u.eof || u.ready.read_closed {
+        return Leftover::Closed;
+    }
+    let mut scratch = [0u8; 64];
+    loop {
+        return match u.sock.read(&mut scratch) {
+            Ok(0) => Leftover::Closed,
+            Ok(_) => Leftover::Bytes,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                u.ready.readable = false;
+                Leftover::Nothing
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => Leftover::Closed,
+        };
+    }
+}
+
+/// `leftover`, but only when the connection's state says something may have come
+/// (an end of stream, or readiness not yet cleared by a read that found nothing):
+/// a socket drained by a short read raises a new edge for anything that arrives.
+pub(super) fn leftover_seen(u: &mut Upstream) -> Leftover {
+    if u.eof || u.ready.readable || u.ready.read_closed {
+        leftover(u)
+    } else {
+        Leftover::Nothing
+    }
+}
+
+/// A new backend connection: has the connect finished, or failed?
+pub(super) fn check_connected(u: &mut Upstream) -> Step {
+    const REFUSED: Fail = Fail::Backend {
+        reject: Reject::BadGateway,
+        may_retry: true,
+    };
+    let mut progress = false;
+    if !u.connected && (u.ready.writable || u.ready.readable) {
+        match u.sock.take_error() {
+            Ok(None) => {}
+            _ => return Err(REFUSED),
+        }
+        match u.sock.peer_addr() {
+            Ok(_) => {
+                u.connected = true;
+                progress = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                u.ready.readable = false;
+                u.ready.writable = false;
+            }
+            Err(_) => return Err(REFUSED),
+        }
+    }
+
+    Ok(progress)
+}

@@ -1,0 +1,550 @@
+//! The worker: one mio event loop, its listeners, its client and backend
+//! connections, accept, shutdown, turns, and the timer sweep.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Token};
+use slab::Slab;
+
+use crate::access;
+use crate::config::Timeouts;
+use crate::framing::Reject;
+use crate::io::Ready;
+use crate::io::buffer::Pool;
+use crate::metrics::WorkerMetrics;
+use crate::net::{self, Control, WorkerContext};
+
+use super::plan::{Plan, Shared, WorkerStats};
+use super::session::{Bufs, Client, Exchange, Fail, Phase, RespState};
+use super::upstream::{Local, Upstream};
+use super::{DRAIN_GRACE, MAX_FREE_BUFS, MAX_SWEEP_INTERVAL, MIN_BUF_SIZE};
+
+pub(super) fn client_token(key: usize) -> Token {
+    Token(key << 1)
+}
+
+pub(super) fn upstream_token(key: usize) -> Token {
+    Token((key << 1) | 1)
+}
+
+pub(super) struct Worker {
+    pub(super) id: usize,
+    pub(super) ctx: WorkerContext,
+    pub(super) shared: Arc<Shared>,
+    /// The configuration in force here.
+    pub(super) plan: Arc<Plan>,
+    /// Every backend this worker has connections for, or may pick.
+    pub(super) locals: Vec<Local>,
+    /// `plan`'s backend index -> index in `locals`.
+    pub(super) map: Vec<usize>,
+    pub(super) clients: Slab<Client>,
+    pub(super) upstreams: Slab<Upstream>,
+    pub(super) bufs: Pool<Box<Bufs>>,
+    pub(super) now: Instant,
+    pub(super) timeouts: Timeouts,
+    pub(super) sweep_interval: Duration,
+    pub(super) accept_paused: bool,
+    /// `--max-connections` reached: not accepting until a connection closes.
+    pub(super) at_limit: bool,
+    /// Access log lines not yet written out.
+    pub(super) access: access::Buffer,
+    pub(super) expired: Vec<usize>,
+    /// Set once shutdown has begun: when the worker stops regardless.
+    pub(super) shutdown_deadline: Option<Instant>,
+    pub(super) nodelay: net::NodelayInherited,
+    /// While events are being handled, relay writes wait for the end of the batch:
+    /// sent together, they wake each peer (backend, client) once for many messages
+    /// instead of once per message.
+    pub(super) defer_writes: bool,
+    pub(super) flush_queue: Vec<usize>,
+    /// Sessions to drive again after the next poll (see `resume_yielded`).
+    pub(super) yielded: Vec<usize>,
+    /// Passes of the loop so far (wrapping).
+    pub(super) turn: u16,
+    /// No line about backend surplus bytes is logged before this (one per second).
+    pub(super) quiet_surplus_until: Instant,
+}
+
+impl Worker {
+    pub(super) fn run(mut ctx: WorkerContext, shared: Arc<Shared>) -> io::Result<()> {
+        ctx.register_listeners()?;
+        let buf_size = MIN_BUF_SIZE.max(shared.max_header_bytes);
+        let plan = shared.current();
+        let timeouts = plan.config.timeouts;
+        let mut w = Worker {
+            id: ctx.id,
+            locals: Vec::new(),
+            map: Vec::new(),
+            plan: Arc::clone(&plan),
+            ctx,
+            shared,
+            clients: Slab::with_capacity(1024),
+            upstreams: Slab::with_capacity(1024),
+            bufs: Pool::new(buf_size, MAX_FREE_BUFS, Bufs::new),
+            now: Instant::now(),
+            timeouts,
+            sweep_interval: MAX_SWEEP_INTERVAL,
+            accept_paused: false,
+            at_limit: false,
+            access: access::Buffer::default(),
+            expired: Vec::new(),
+            shutdown_deadline: None,
+            nodelay: net::NodelayInherited::Unknown,
+            defer_writes: false,
+            flush_queue: Vec::with_capacity(1024),
+            yielded: Vec::with_capacity(64),
+            turn: 0,
+            quiet_surplus_until: Instant::now(),
+        };
+        w.adopt(plan);
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = w.now + w.sweep_interval;
+        let busy_poll = w.shared.busy_poll;
+        let mut last_busy = w.now;
+        loop {
+            // Busy polling: for a moment after events, poll without sleeping. A sleeping
+            // worker costs every peer that writes to it a wakeup (and itself a context
+            // switch), which on a loaded machine is more than the spin costs.
+            let timeout = if !w.yielded.is_empty() || w.now.duration_since(last_busy) < busy_poll {
+                Duration::ZERO
+            } else {
+                next_sweep.saturating_duration_since(w.now)
+            };
+            if let Err(e) = w.ctx.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e);
+            }
+            w.now = Instant::now();
+            w.turn = w.turn.wrapping_add(1);
+            if !events.is_empty() {
+                last_busy = w.now;
+            }
+            w.defer_writes = true;
+            // Backend readiness first: a pooled connection that got bytes or an end
+            // of stream in this batch is known as such before any session of the
+            // batch can take it (see `checkout`).
+            for ev in events.iter() {
+                let t = ev.token();
+                if t.0 & 1 == 1
+                    && net::listener_index(t, w.ctx.listeners.len()).is_none()
+                    && let Some(u) = w.upstreams.get_mut(t.0 >> 1)
+                {
+                    u.ready.update(ev);
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    net::WAKER_TOKEN => {
+                        while let Ok(message) = w.ctx.control.try_recv() {
+                            match message {
+                                Control::Shutdown => w.begin_shutdown(),
+                                Control::Reload(plan) => {
+                                    w.adopt(plan);
+                                    next_sweep = next_sweep.min(w.now + w.sweep_interval);
+                                }
+                            }
+                        }
+                    }
+                    t => match net::listener_index(t, w.ctx.listeners.len()) {
+                        Some(i) => w.accept(i),
+                        None if t.0 & 1 == 0 => {
+                            let ck = t.0 >> 1;
+                            if let Some(c) = w.clients.get_mut(ck) {
+                                c.ready.update(ev);
+                                w.drive(ck);
+                            }
+                        }
+                        None => w.on_upstream_event(t.0 >> 1),
+                    },
+                }
+            }
+            w.flush_deferred();
+            if !w.yielded.is_empty() {
+                w.resume_yielded();
+            }
+            w.resume_accepting();
+            w.metrics()
+                .upstream_open
+                .store(w.upstreams.len() as u64, Ordering::Relaxed);
+            if w.now >= next_sweep {
+                w.sweep();
+                next_sweep = w.now + w.sweep_interval;
+            }
+            if let Some(deadline) = w.shutdown_deadline
+                && (w.clients.is_empty() || w.now >= deadline)
+            {
+                // Sessions dropped here close with a FIN, except those whose
+                // response is cut short (aborting, or a body still under way),
+                // which must end with a reset.
+                let cut_short = |c: &Client| {
+                    c.phase == Phase::Aborting
+                        || (c.phase == Phase::Exchange && c.x.resp == RespState::Body)
+                };
+                for (_, c) in w.clients.iter().filter(|(_, c)| cut_short(c)) {
+                    let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
+                }
+                w.flush_access_log();
+                return Ok(());
+            }
+        }
+    }
+
+    /// Serve new requests with `plan` (at start, and on each reload). Backends
+    /// that stay keep their place in `locals` and their idle connections; those
+    /// that left lose their idle connections, and their place is reused once no
+    /// connection refers to it. Exchanges in flight are not touched.
+    pub(super) fn adopt(&mut self, plan: Arc<Plan>) {
+        for l in &mut self.locals {
+            l.live = false;
+        }
+        let members = plan.health.members();
+        let mut map: Vec<Option<usize>> = members
+            .iter()
+            .map(|m| {
+                let i = self.locals.iter().position(|l| Arc::ptr_eq(&l.member, m))?;
+                self.locals[i].live = true;
+                Some(i)
+            })
+            .collect();
+        for l in self.locals.iter_mut().filter(|l| !l.live) {
+            for uk in l.idle.drain(..) {
+                self.upstreams.remove(uk);
+            }
+        }
+        let mut used = vec![false; self.locals.len()];
+        for (_, u) in self.upstreams.iter() {
+            used[u.backend] = true;
+        }
+        for (_, c) in self.clients.iter() {
+            if c.phase == Phase::Exchange || c.x.holding {
+                used[c.x.backend] = true;
+            }
+        }
+        for (m, slot) in members.iter().zip(&mut map) {
+            if slot.is_some() {
+                continue;
+            }
+            let local = Local {
+                member: Arc::clone(m),
+                idle: Vec::new(),
+                live: true,
+                distrust_until: self.now,
+            };
+            let free = (0..self.locals.len()).find(|&i| !self.locals[i].live && !used[i]);
+            *slot = Some(match free {
+                Some(i) => {
+                    self.locals[i] = local;
+                    i
+                }
+                None => {
+                    self.locals.push(local);
+                    used.push(false);
+                    self.locals.len() - 1
+                }
+            });
+        }
+        self.map = map.into_iter().flatten().collect();
+        self.timeouts = plan.config.timeouts;
+        self.stats().plan.store(plan.number, Ordering::Relaxed);
+        self.sweep_interval =
+            (self.timeouts.shortest() / 4).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
+        self.plan = plan;
+    }
+
+    /// Add an access log line for the exchange of client `ck`, answered with
+    /// `status` by `backend` (`None`: by corelb itself); `timed`: it has a start time.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn log_access(
+        &mut self,
+        ck: usize,
+        status: u16,
+        backend: Option<usize>,
+        timed: bool,
+    ) {
+        let Some(sink) = &self.shared.access else {
+            return;
+        };
+        let c = &self.clients[ck];
+        let Some(bufs) = c.bufs.as_ref() else {
+            return;
+        };
+        let local = backend.is_none();
+        let entry = access::Entry {
+            client: c.ip,
+            request: &bufs.log_request,
+            referer: &bufs.log_referer,
+            user_agent: &bufs.log_user_agent,
+            status,
+            bytes: if local { 0 } else { bufs.resp_bytes },
+            backend: backend.map(|b| self.locals[b].member.authority.as_str()),
+            upstream: bufs
+                .head_at
+                .filter(|_| !local)
+                .map(|t| t.saturating_duration_since(c.x.started)),
+            total: if timed {
+                self.now.saturating_duration_since(c.x.started)
+            } else {
+                Duration::ZERO
+            },
+        };
+        self.access.add(sink.format, &entry);
+        if self.access.out.len() >= access::FLUSH_AT {
+            self.flush_access_log();
+        }
+    }
+
+    #[inline(never)]
+    pub(super) fn flush_access_log(&mut self) {
+        if let Some(sink) = &self.shared.access
+            && !self.access.out.is_empty()
+        {
+            sink.write(&self.access.out);
+            self.access.out.clear();
+        }
+    }
+
+    /// Accept again once the connection limit has room (connections closed).
+    pub(super) fn resume_accepting(&mut self) {
+        let limit = self.plan.config.max_connections;
+        if self.at_limit && (limit == 0 || self.clients.len() < limit) {
+            self.at_limit = false;
+            for i in 0..self.ctx.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+
+    /// Stop accepting, close idle clients, and let exchanges in flight finish
+    /// (each then closes). The loop ends when no client is left or the grace
+    /// period is over.
+    pub(super) fn begin_shutdown(&mut self) {
+        self.shutdown_deadline = Some(self.now + self.timeouts.shutdown);
+        // Closing the listeners refuses new connections (the kernel resets those
+        // still queued, which were never accepted).
+        self.ctx.listeners.clear();
+        self.accept_paused = false;
+        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+        for ck in keys {
+            let c = &mut self.clients[ck];
+            match c.phase {
+                // Between requests, or before the first: a request may be on its way
+                // (a client that sends just as we close would see its request fail).
+                // It gets a moment to arrive and is answered with `Connection: close`
+                // (see `start_exchange`); a connection still silent then is closed.
+                Phase::Head => c.deadline = c.deadline.min(self.now + DRAIN_GRACE),
+                // The response will say `Connection: close`, unless its head is out
+                // already: then the client may send one more request, which is
+                // answered that way (the connection drains like an idle one).
+                Phase::Exchange if c.x.resp == RespState::Waiting => c.x.close_after = true,
+                Phase::Exchange => {}
+                Phase::Closing | Phase::Draining | Phase::Aborting => {}
+            }
+        }
+    }
+
+    pub(super) fn stats(&self) -> &WorkerStats {
+        &self.shared.stats[self.id].0
+    }
+
+    pub(super) fn metrics(&self) -> &WorkerMetrics {
+        &self.shared.metrics[self.id].0
+    }
+
+    pub(super) fn accept(&mut self, i: usize) {
+        loop {
+            let limit = self.plan.config.max_connections;
+            if limit > 0 && self.clients.len() >= limit {
+                // Leave the rest in the backlog; `resume_accepting` comes back.
+                self.at_limit = true;
+                return;
+            }
+            let (sock, peer) = match self.ctx.listeners[i].accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: try again on the next sweep rather
+                    // than spin; the listener's edge will not fire again by itself.
+                    // One log line per burst: the flag clears at the next accept.
+                    if !self.accept_paused {
+                        crate::log!(
+                            crate::log::Level::Warn,
+                            "corelb: worker {}: cannot accept ({e}); retrying every sweep",
+                            self.id
+                        );
+                    }
+                    self.accept_paused = true;
+                    return;
+                }
+            };
+            self.accept_paused = false;
+            self.nodelay.apply(&sock);
+            let entry = self.clients.vacant_entry();
+            let key = entry.key();
+            let mut sock = sock;
+            if self
+                .ctx
+                .poll
+                .registry()
+                .register(
+                    &mut sock,
+                    client_token(key),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            entry.insert(Client {
+                sock,
+                ip: peer.ip(),
+                ready: Ready::default(),
+                bufs: None,
+                phase: Phase::Head,
+                deadline: self.now + self.timeouts.idle,
+                eof: false,
+                drained: 0,
+                linger: false,
+                queued: false,
+                yielded: false,
+                turn: 0,
+                steps: 0,
+                upstream: None,
+                x: Exchange::none(self.now),
+            });
+            self.stats().accepted.fetch_add(1, Ordering::Relaxed);
+            self.stats().open.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Send the writes held back during the event batch.
+    pub(super) fn flush_deferred(&mut self) {
+        self.defer_writes = false;
+        for i in 0..self.flush_queue.len() {
+            let ck = self.flush_queue[i];
+            // A client closed during the batch may have had its key reused by a new
+            // one, which is not queued.
+            if let Some(c) = self.clients.get_mut(ck)
+                && c.queued
+            {
+                c.queued = false;
+                self.drive(ck);
+            }
+        }
+        self.flush_queue.clear();
+    }
+
+    /// Sessions that used up their turn (see `MAX_STEPS_PER_TURN`) while they
+    /// could still move: driven again after the next poll, which does not sleep.
+    /// One that used up this pass's turn already (woken by an event) takes no
+    /// step and goes back on the list.
+    pub(super) fn resume_yielded(&mut self) {
+        let mut again = std::mem::take(&mut self.yielded);
+        for &ck in &again {
+            // A session closed since may have had its key reused by a new one,
+            // which is not marked.
+            if let Some(c) = self.clients.get_mut(ck)
+                && c.yielded
+            {
+                c.yielded = false;
+                self.drive(ck);
+            }
+        }
+        again.clear();
+        // Keep the longer list's capacity, and what was yielded meanwhile.
+        again.append(&mut self.yielded);
+        self.yielded = again;
+    }
+
+    /// Timers: expired sessions, stale idle backend connections, paused accepts.
+    pub(super) fn sweep(&mut self) {
+        #[cfg(debug_assertions)]
+        self.check_all_invariants();
+        let now = self.now;
+        self.expired.clear();
+        // Aborting sessions too: whether what they sent is delivered is not an
+        // event, so it is checked at each sweep.
+        self.expired.extend(
+            self.clients
+                .iter()
+                .filter(|(_, c)| c.deadline <= now || c.phase == Phase::Aborting)
+                .map(|(k, _)| k),
+        );
+        for i in 0..self.expired.len() {
+            let ck = self.expired[i];
+            let c = &self.clients[ck];
+            let fail = match c.phase {
+                Phase::Aborting if c.deadline > now => {
+                    self.drive(ck);
+                    continue;
+                }
+                // Not delivered within the linger time: reset anyway.
+                Phase::Aborting => Fail::Reset,
+                Phase::Head if c.bufs.as_ref().is_some_and(|b| !b.req.is_empty()) => {
+                    Fail::Reject(Reject::Timeout)
+                }
+                Phase::Exchange if c.x.resp == RespState::Waiting => {
+                    let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
+                    if connecting {
+                        // Connect timeout: another backend, or 502.
+                        Fail::Backend {
+                            reject: Reject::BadGateway,
+                            may_retry: true,
+                        }
+                    } else if c.waits_on_client_body() {
+                        // The client stopped sending its body: its stall, not the
+                        // backend's (RFC 9110 §15.5.9), and never counted against it.
+                        Fail::Reject(Reject::Timeout)
+                    } else if c.waits_on_client_reading() {
+                        // The client stopped reading (an interim head is out in
+                        // part or waits): its stall too. Only a close is left.
+                        Fail::Close
+                    } else {
+                        Fail::Backend {
+                            reject: Reject::GatewayTimeout,
+                            may_retry: false,
+                        }
+                    }
+                }
+                // A body that stalled (either side) is cut short: the client must
+                // be able to tell, which for a body delimited by the close only a
+                // reset does (after what was sent is delivered).
+                Phase::Exchange if c.x.resp == RespState::Body => Fail::Abort,
+                _ => Fail::Close,
+            };
+            if self.fail(ck, fail) {
+                self.drive(ck);
+            }
+        }
+        self.plan.health.notice_recoveries();
+        self.flush_access_log();
+        let upstream_idle = self.timeouts.upstream_idle;
+        for local in &mut self.locals {
+            let upstreams = &mut self.upstreams;
+            local.idle.retain(|&uk| {
+                let keep = now.duration_since(upstreams[uk].idle_since) < upstream_idle;
+                if !keep {
+                    upstreams.remove(uk);
+                }
+                keep
+            });
+        }
+        if self.accept_paused {
+            for i in 0..self.ctx.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+}
