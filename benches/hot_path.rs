@@ -6,9 +6,9 @@
 use std::hint::black_box;
 
 use corelb::balance::RoundRobin;
-use corelb::chunked::ChunkedDecoder;
-use corelb::framing::analyze_request;
-use corelb::rewrite::{Forwarding, write_request_head};
+use corelb::http::analyze_request;
+use corelb::http::chunked::ChunkedDecoder;
+use corelb::http::rewrite::{Forwarding, write_request_head};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// What `wrk` sends, and a browser-sized head.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::framing::MAX_HEADERS;
+use crate::http::MAX_HEADERS;
 use crate::proxy::ProxyStats;
 
 /// The admin thread; dropping it stops the thread.

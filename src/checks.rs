@@ -9,9 +9,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::chunked::ChunkedDecoder;
-use crate::framing::{MAX_HEADERS, analyze_request, analyze_response, has_bare_lf};
-use crate::rewrite::{self, ClientConnection, Forwarding};
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::rewrite::{self, ClientConnection, Forwarding};
+use crate::http::{MAX_HEADERS, analyze_request, analyze_response, has_bare_lf};
 
 /// Room for the fields the rewrite adds (Content-Length, Connection, Host,
 /// X-Forwarded-For, X-Forwarded-Proto).

@@ -34,21 +34,18 @@
 pub mod access;
 pub mod admin;
 pub mod balance;
-
 pub mod checks;
-pub mod chunked;
 pub mod config;
 pub mod demo;
-pub mod framing;
 pub mod handover;
 pub mod health;
+pub mod http;
 pub mod io;
 pub mod log;
 pub mod metrics;
 pub mod net;
 pub mod origin;
 pub mod proxy;
-pub mod rewrite;
 pub mod select;
 pub mod settings;
 

@@ -22,7 +22,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 
-use crate::framing::{BodyScanner, Framing, MAX_HEADERS, RequestInfo, analyze_request};
+use crate::http::{BodyScanner, Framing, MAX_HEADERS, RequestInfo, analyze_request};
 use crate::io::buffer::Buf;
 use crate::net::{self, StartError, WorkerContext, Workers};
 

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use corelb::framing::{BodyScanner, analyze_request, analyze_response};
+use corelb::http::{BodyScanner, analyze_request, analyze_response};
 
 struct Case {
     file: String,
@@ -342,8 +342,8 @@ fn first_body(mut bytes: &[u8]) -> Option<Vec<u8>> {
         }
         let body = &bytes[n..n + len];
         return match info.framing {
-            corelb::framing::Framing::Chunked => scanner.is_done().then(|| dechunk(body)),
-            corelb::framing::Framing::UntilClose => Some(body.to_vec()),
+            corelb::http::Framing::Chunked => scanner.is_done().then(|| dechunk(body)),
+            corelb::http::Framing::UntilClose => Some(body.to_vec()),
             _ => scanner.is_done().then(|| body.to_vec()),
         };
     }
@@ -370,7 +370,7 @@ fn statuses(mut bytes: &[u8], head_request: bool) -> (Vec<u16>, Option<u16>) {
         let body = scanner
             .scan(&bytes[n..])
             .expect("proxy sent a bad chunked body");
-        if !scanner.is_done() && info.framing != corelb::framing::Framing::UntilClose {
+        if !scanner.is_done() && info.framing != corelb::http::Framing::UntilClose {
             return (out, Some(info.status));
         }
         if info.status >= 200 {
@@ -414,7 +414,7 @@ fn compared(name: &str) -> bool {
 fn normalised(mut headers: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
     for h in &mut headers {
         h.0.make_ascii_lowercase();
-        h.1 = collapse_non_ascii(corelb::framing::trim_ows(&h.1));
+        h.1 = collapse_non_ascii(corelb::http::fields::trim_ows(&h.1));
     }
     headers.retain(|h| compared(&h.0));
     headers.sort_by(|a, b| a.0.cmp(&b.0));
@@ -445,7 +445,7 @@ fn as_forwarded(m: &Msg) -> Forwarded {
         .iter()
         .filter(|h| h.0.eq_ignore_ascii_case("connection"))
         .flat_map(|h| {
-            corelb::framing::list_elements(&h.1)
+            corelb::http::fields::list_elements(&h.1)
                 .map(|o| String::from_utf8_lossy(o).to_ascii_lowercase())
                 .collect::<Vec<_>>()
         })
@@ -458,7 +458,7 @@ fn as_forwarded(m: &Msg) -> Forwarded {
         .cloned()
         .collect();
     let mut target = m.url.clone();
-    if let Some((authority, path)) = corelb::framing::split_absolute_form(&m.url) {
+    if let Some((authority, path)) = corelb::http::fields::split_absolute_form(&m.url) {
         headers.retain(|h| !h.0.eq_ignore_ascii_case("host"));
         headers.push(("host".into(), authority.as_bytes().to_vec()));
         target = if path.starts_with('/') {
@@ -538,7 +538,7 @@ fn recording_backend() -> (Scripted, Seen) {
                             }
                         }
                     }
-                    message.body = if info.framing == corelb::framing::Framing::Chunked {
+                    message.body = if info.framing == corelb::http::Framing::Chunked {
                         dechunk(&buf[n..used])
                     } else {
                         buf[n..used].to_vec()

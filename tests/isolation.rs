@@ -489,7 +489,7 @@ fn endless_interim_responses_end_in_a_502() {
     let interim = got.matches("HTTP/1.1 103 ").count();
     assert_eq!(interim, 64, "64 interim responses are relayed, then a 502");
     assert!(
-        got.ends_with(std::str::from_utf8(corelb::framing::Reject::BadGateway.response()).unwrap()),
+        got.ends_with(std::str::from_utf8(corelb::http::Reject::BadGateway.response()).unwrap()),
         "after {interim} interim responses: ...{:?}",
         &got[got.len().saturating_sub(200)..]
     );

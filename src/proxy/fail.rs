@@ -4,8 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::framing::Reject;
-use crate::rewrite::{self};
+use crate::http::Reject;
+use crate::http::rewrite::{self};
 use crate::select;
 
 use super::session::{Client, Fail, Phase, RespState};

@@ -5,11 +5,11 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::framing::{
+use crate::http::rewrite::{self, ClientConnection, Forwarding};
+use crate::http::{
     Framing, MAX_HEADERS, Reject, RequestInfo, analyze_request, analyze_response,
     classify_parse_error, has_bare_lf, oversized_head,
 };
-use crate::rewrite::{self, ClientConnection, Forwarding};
 use crate::select;
 
 use super::plan::{Plan, Shared};

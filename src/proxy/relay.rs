@@ -5,7 +5,7 @@ use std::io::{self};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 
-use crate::framing::{BodyScanner, Reject};
+use crate::http::{BodyScanner, Reject};
 use crate::io::buffer::Buf;
 use crate::io::splice::Pipe;
 use crate::io::{ReadOutcome, read_into, write_two};

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use crate::framing::{BodyScanner, Framing, Reject, RequestInfo};
+use crate::http::{BodyScanner, Framing, Reject, RequestInfo};
 use crate::io::buffer::{Buf, Recycle};
 use crate::io::splice::Pipe;
 use crate::io::{ReadOutcome, Ready, read_into, write_two};

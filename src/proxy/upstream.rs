@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use mio::Interest;
 use mio::net::TcpStream;
 
-use crate::framing::Reject;
 use crate::health::Member;
+use crate::http::Reject;
 use crate::io::Ready;
 
 use super::session::{Fail, Step};

@@ -11,7 +11,7 @@ use slab::Slab;
 
 use crate::access;
 use crate::config::Timeouts;
-use crate::framing::Reject;
+use crate::http::Reject;
 use crate::io::Ready;
 use crate::io::buffer::Pool;
 use crate::metrics::WorkerMetrics;

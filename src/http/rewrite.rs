@@ -12,10 +12,10 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use crate::framing::{
-    FieldKind, Framing, RequestInfo, field_kind, list_elements, named_by_connection,
-    split_absolute_form,
+use super::fields::{
+    FieldKind, field_kind, list_elements, named_by_connection, split_absolute_form,
 };
+use super::framing::{Framing, RequestInfo};
 
 /// Does some Connection field name an option other than `close` / `keep-alive`?
 /// Only then must every other field be checked against it; usually none does.
@@ -244,7 +244,7 @@ pub fn write_response_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::framing::analyze_request;
+    use crate::http::analyze_request;
 
     fn rewrite(raw: &[u8], host: Option<&str>) -> String {
         let mut headers = [httparse::EMPTY_HEADER; 32];
