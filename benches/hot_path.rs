@@ -5,7 +5,7 @@
 
 use std::hint::black_box;
 
-use corelb::balance::RoundRobin;
+use corelb::backends::round_robin::RoundRobin;
 use corelb::http::analyze_request;
 use corelb::http::chunked::ChunkedDecoder;
 use corelb::http::rewrite::{Forwarding, write_request_head};

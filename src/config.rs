@@ -112,17 +112,17 @@ pub struct ProxyConfig {
     /// idempotent requests with no response byte yet).
     pub retries: u32,
     /// Passive health: failures that take a backend out, and for how long.
-    pub passive: crate::health::Passive,
+    pub passive: crate::backends::Passive,
     /// Log backend state changes to stderr.
     pub log_health: bool,
     /// Active health checks, when a path is given.
-    pub health_check: Option<crate::health::CheckConfig>,
+    pub health_check: Option<crate::backends::CheckConfig>,
     /// Most client connections per worker (0: no limit); at the limit a worker
     /// stops accepting and new connections wait in the listen backlog.
     pub max_connections: usize,
     /// Largest request body accepted (0: no limit); larger ones get 413.
     pub max_body_bytes: u64,
-    pub algorithm: crate::select::Algorithm,
+    pub algorithm: crate::backends::select::Algorithm,
     /// For `hash`: the header whose value is the key (else the client address).
     pub hash_header: Option<String>,
     /// Where the admin endpoint listens (off when `None`).
@@ -144,12 +144,12 @@ impl ProxyConfig {
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
             timeouts: Timeouts::default(),
             retries: DEFAULT_RETRIES,
-            passive: crate::health::Passive::default(),
+            passive: crate::backends::Passive::default(),
             log_health: true,
             health_check: None,
             max_connections: 0,
             max_body_bytes: 0,
-            algorithm: crate::select::Algorithm::RoundRobin,
+            algorithm: crate::backends::select::Algorithm::RoundRobin,
             hash_header: None,
             admin: None,
             access_log: None,

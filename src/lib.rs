@@ -33,12 +33,12 @@
 
 pub mod access;
 pub mod admin;
-pub mod balance;
+pub mod backends;
 pub mod checks;
 pub mod config;
+pub mod counters;
 pub mod demo;
 pub mod handover;
-pub mod health;
 pub mod http;
 pub mod io;
 pub mod log;
@@ -46,7 +46,6 @@ pub mod metrics;
 pub mod net;
 pub mod origin;
 pub mod proxy;
-pub mod select;
 pub mod settings;
 
 pub use config::{Backend, ProxyConfig};

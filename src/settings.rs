@@ -20,10 +20,10 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::access;
+use crate::backends::CheckConfig;
+use crate::backends::select::Algorithm;
 use crate::config::{self, Backend, ProxyConfig};
-use crate::health::CheckConfig;
 use crate::log::Level;
-use crate::select::Algorithm;
 
 /// What one source sets; `None`: not set there.
 #[derive(Clone, Debug, Default, PartialEq)]

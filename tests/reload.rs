@@ -12,9 +12,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::*;
+use corelb::backends::CheckConfig;
+use corelb::backends::select::Algorithm;
 use corelb::config::Backend;
-use corelb::health::CheckConfig;
-use corelb::select::Algorithm;
 use corelb::{Origin, Proxy, ProxyConfig};
 
 /// The configuration `proxy_with` starts from, over `addrs`.

@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::backends::select;
 use crate::http::Reject;
 use crate::http::rewrite::{self};
-use crate::select;
 
 use super::session::{Client, Fail, Phase, RespState};
 use super::upstream::Upstream;

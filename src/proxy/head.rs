@@ -5,12 +5,12 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use crate::backends::select;
 use crate::http::rewrite::{self, ClientConnection, Forwarding};
 use crate::http::{
     Framing, MAX_HEADERS, Reject, RequestInfo, analyze_request, analyze_response,
     classify_parse_error, has_bare_lf, oversized_head,
 };
-use crate::select;
 
 use super::plan::{Plan, Shared};
 use super::session::{Bufs, Fail};

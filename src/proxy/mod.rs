@@ -33,9 +33,9 @@ use std::time::Duration;
 
 use crate::access;
 use crate::admin::Admin;
-use crate::balance::Padded;
+use crate::backends::Checker;
 use crate::config::ProxyConfig;
-use crate::health::Checker;
+use crate::counters::Padded;
 use crate::net::{self, StartError, Workers};
 
 mod fail;

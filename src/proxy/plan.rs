@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::access;
-use crate::balance::Padded;
+use crate::backends::select::{self, Select};
+use crate::backends::{Health, Member};
 use crate::config::ProxyConfig;
-use crate::health::{Health, Member};
-use crate::metrics::{self, WorkerMetrics};
-use crate::select::{self, Select};
+use crate::counters::Padded;
+use crate::counters::WorkerMetrics;
+use crate::metrics;
 
 /// Per-worker counters, written by their worker only and read by anyone.
 #[derive(Default)]

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::backends::Checker;
 use crate::config::ProxyConfig;
-use crate::health::Checker;
 use crate::net::{self, Control, StartError};
 
 use super::plan::{Plan, Shared};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::Interest;
 use mio::net::TcpStream;
 
-use crate::health::Member;
+use crate::backends::Member;
 use crate::http::Reject;
 use crate::io::Ready;
 

@@ -11,10 +11,10 @@ use slab::Slab;
 
 use crate::access;
 use crate::config::Timeouts;
+use crate::counters::WorkerMetrics;
 use crate::http::Reject;
 use crate::io::Ready;
 use crate::io::buffer::Pool;
-use crate::metrics::WorkerMetrics;
 use crate::net::{self, Control, WorkerContext};
 
 use super::plan::{Plan, Shared, WorkerStats};

@@ -9,8 +9,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::balance::{Padded, RoundRobin};
-use crate::health::Health;
+use super::round_robin::RoundRobin;
+use crate::backends::Health;
+use crate::counters::Padded;
 
 /// The algorithms `--algorithm` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,7 +263,7 @@ pub fn key_of_ip(ip: IpAddr) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::Passive;
+    use crate::backends::Passive;
 
     fn health(n: usize) -> Health {
         Health::new(
