@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use crate::config::{Backend, ProxyConfig};
-use crate::net::StartError;
 use crate::origin::Origin;
 use crate::proxy::Proxy;
+use crate::runtime::StartError;
 
 /// Everything the demo started; dropping it stops it all.
 pub struct Demo {

@@ -38,14 +38,13 @@ pub mod checks;
 pub mod config;
 pub mod counters;
 pub mod demo;
-pub mod handover;
 pub mod http;
 pub mod io;
 pub mod log;
 pub mod metrics;
-pub mod net;
 pub mod origin;
 pub mod proxy;
+pub mod runtime;
 pub mod settings;
 
 pub use config::{Backend, ProxyConfig};

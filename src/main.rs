@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use corelb::config;
 use corelb::demo::Demo;
-use corelb::handover;
 use corelb::log;
 use corelb::log::Level;
 use corelb::proxy::WorkerCounts;
+use corelb::runtime::handover;
 use corelb::settings::{self, Built, FileError, Settings};
 use corelb::{Origin, Proxy};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};

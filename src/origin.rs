@@ -24,7 +24,7 @@ use slab::Slab;
 
 use crate::http::{BodyScanner, Framing, MAX_HEADERS, RequestInfo, analyze_request};
 use crate::io::buffer::Buf;
-use crate::net::{self, StartError, WorkerContext, Workers};
+use crate::runtime::{self, StartError, WorkerContext, Workers};
 
 const READ_BUF: usize = 64 * 1024;
 /// Largest body `/echo` returns; longer ones get 413.
@@ -52,7 +52,7 @@ struct Counters {
 
 /// A running origin; dropping it stops it.
 pub struct Origin {
-    workers: Workers,
+    workers: Workers<()>,
     addr: SocketAddr,
     counters: Arc<Counters>,
 }
@@ -65,7 +65,7 @@ impl Origin {
         workers: usize,
         body: Option<String>,
     ) -> Result<Origin, StartError> {
-        let (addrs, listeners) = net::bind_listeners(&[listen], workers.max(1))?;
+        let (addrs, listeners) = runtime::bind_listeners(&[listen], workers.max(1))?;
         let addr = addrs[0];
         let body: Arc<[u8]> = body
             .unwrap_or_else(|| format!("backend {addr}\n"))
@@ -203,10 +203,10 @@ struct Conn {
     listed: bool,
 }
 
-fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Result<()> {
+fn run(mut ctx: WorkerContext<()>, body: Arc<[u8]>, counters: &Counters) -> io::Result<()> {
     ctx.register_listeners()?;
     let mut conns: Slab<Conn> = Slab::new();
-    let mut nodelay = net::NodelayInherited::Unknown;
+    let mut nodelay = runtime::NodelayInherited::Unknown;
     let mut events = Events::with_capacity(1024);
     // Connections that used up their turn (see `serve`), served again after the
     // next poll, which then does not sleep.
@@ -240,11 +240,11 @@ fn run(mut ctx: WorkerContext, body: Arc<[u8]>, counters: &Counters) -> io::Resu
         }
         for ev in events.iter() {
             let t = ev.token();
-            if t == net::WAKER_TOKEN {
+            if t == runtime::WAKER_TOKEN {
                 if ctx.control.try_iter().any(|c| c.is_shutdown()) {
                     return Ok(());
                 }
-            } else if let Some(i) = net::listener_index(t, ctx.listeners.len()) {
+            } else if let Some(i) = runtime::listener_index(t, ctx.listeners.len()) {
                 loop {
                     match ctx.listeners[i].accept() {
                         Ok((mut sock, _)) => {

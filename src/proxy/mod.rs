@@ -36,7 +36,7 @@ use crate::admin::Admin;
 use crate::backends::Checker;
 use crate::config::ProxyConfig;
 use crate::counters::Padded;
-use crate::net::{self, StartError, Workers};
+use crate::runtime::{self, StartError, Workers};
 
 mod fail;
 mod head;
@@ -119,7 +119,7 @@ const MAX_KEPT_HEAD: usize = 64 * 1024;
 
 /// A running proxy. Dropping it (or `shutdown`) stops every worker.
 pub struct Proxy {
-    workers: Workers,
+    workers: Workers<Arc<Plan>>,
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     /// The health-check thread, if checks are on (stopped when dropped).
@@ -138,7 +138,7 @@ impl Proxy {
             return Err(StartError::NoBackends);
         }
         let workers = config.workers.max(1);
-        let (addrs, listeners) = net::bind_listeners(&config.listen, workers)?;
+        let (addrs, listeners) = runtime::bind_listeners(&config.listen, workers)?;
         Proxy::start_bound(config, addrs, listeners)
     }
 
@@ -153,7 +153,7 @@ impl Proxy {
             return Err(StartError::NoBackends);
         }
         let workers = config.workers.max(1);
-        let (addrs, listeners, dropped) = net::adopt_listeners(&config.listen, workers, taken)?;
+        let (addrs, listeners, dropped) = runtime::adopt_listeners(&config.listen, workers, taken)?;
         Ok((Proxy::start_bound(config, addrs, listeners)?, dropped))
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::backends::Checker;
 use crate::config::ProxyConfig;
-use crate::net::{self, Control, StartError};
+use crate::runtime::{self, Control, StartError};
 
 use super::plan::{Plan, Shared};
 
@@ -30,7 +30,7 @@ pub struct Reloaded {
 #[derive(Clone)]
 pub struct Reloader {
     pub(super) shared: Arc<Shared>,
-    pub(super) controls: Vec<net::ControlHandle>,
+    pub(super) controls: Vec<runtime::ControlHandle<Arc<Plan>>>,
     pub(super) checker: Arc<Mutex<Option<Checker>>>,
 }
 

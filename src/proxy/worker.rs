@@ -15,7 +15,7 @@ use crate::counters::WorkerMetrics;
 use crate::http::Reject;
 use crate::io::Ready;
 use crate::io::buffer::Pool;
-use crate::net::{self, Control, WorkerContext};
+use crate::runtime::{self, Control, WorkerContext};
 
 use super::plan::{Plan, Shared, WorkerStats};
 use super::session::{Bufs, Client, Exchange, Fail, Phase, RespState};
@@ -32,7 +32,7 @@ pub(super) fn upstream_token(key: usize) -> Token {
 
 pub(super) struct Worker {
     pub(super) id: usize,
-    pub(super) ctx: WorkerContext,
+    pub(super) ctx: WorkerContext<Arc<Plan>>,
     pub(super) shared: Arc<Shared>,
     /// The configuration in force here.
     pub(super) plan: Arc<Plan>,
@@ -54,7 +54,7 @@ pub(super) struct Worker {
     pub(super) expired: Vec<usize>,
     /// Set once shutdown has begun: when the worker stops regardless.
     pub(super) shutdown_deadline: Option<Instant>,
-    pub(super) nodelay: net::NodelayInherited,
+    pub(super) nodelay: runtime::NodelayInherited,
     /// While events are being handled, relay writes wait for the end of the batch:
     /// sent together, they wake each peer (backend, client) once for many messages
     /// instead of once per message.
@@ -69,7 +69,7 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) fn run(mut ctx: WorkerContext, shared: Arc<Shared>) -> io::Result<()> {
+    pub(super) fn run(mut ctx: WorkerContext<Arc<Plan>>, shared: Arc<Shared>) -> io::Result<()> {
         ctx.register_listeners()?;
         let buf_size = MIN_BUF_SIZE.max(shared.max_header_bytes);
         let plan = shared.current();
@@ -92,7 +92,7 @@ impl Worker {
             access: access::Buffer::default(),
             expired: Vec::new(),
             shutdown_deadline: None,
-            nodelay: net::NodelayInherited::Unknown,
+            nodelay: runtime::NodelayInherited::Unknown,
             defer_writes: false,
             flush_queue: Vec::with_capacity(1024),
             yielded: Vec::with_capacity(64),
@@ -130,7 +130,7 @@ impl Worker {
             for ev in events.iter() {
                 let t = ev.token();
                 if t.0 & 1 == 1
-                    && net::listener_index(t, w.ctx.listeners.len()).is_none()
+                    && runtime::listener_index(t, w.ctx.listeners.len()).is_none()
                     && let Some(u) = w.upstreams.get_mut(t.0 >> 1)
                 {
                     u.ready.update(ev);
@@ -138,7 +138,7 @@ impl Worker {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    net::WAKER_TOKEN => {
+                    runtime::WAKER_TOKEN => {
                         while let Ok(message) = w.ctx.control.try_recv() {
                             match message {
                                 Control::Shutdown => w.begin_shutdown(),
@@ -149,7 +149,7 @@ impl Worker {
                             }
                         }
                     }
-                    t => match net::listener_index(t, w.ctx.listeners.len()) {
+                    t => match runtime::listener_index(t, w.ctx.listeners.len()) {
                         Some(i) => w.accept(i),
                         None if t.0 & 1 == 0 => {
                             let ck = t.0 >> 1;

@@ -1,26 +1,19 @@
-//! Listening sockets and worker threads, shared by the proxy and the built-in origin.
-//!
-//! Every worker owns one SO_REUSEPORT socket per listen address, so the kernel
-//! spreads new connections over the workers and no accept lock exists. Workers are
-//! told what to do over a crossbeam channel and woken with a mio::Waker; this module
-//! owns that plumbing and the error type of every step that can fail at start.
+//! Listening sockets: one SO_REUSEPORT socket per listen address per worker, so
+//! the kernel spreads new connections over the workers and no accept lock
+//! exists; adopting sockets handed over by a predecessor; the tokens that name
+//! them in a worker's poll.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
+use mio::Token;
 use mio::net::TcpListener;
-use mio::{Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::error::StartError;
 
 /// Kernel accept queue length per socket.
 const BACKLOG: i32 = 1024;
-
-/// Token of the waker that the control plane uses to interrupt `poll`.
-pub const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 
 /// Token of the i-th listener of a worker. Connection tokens count up from 0, so the
 /// top of the range never collides with them.
@@ -33,47 +26,6 @@ pub fn listener_index(token: Token, listeners: usize) -> Option<usize> {
     let i = (usize::MAX - 2).checked_sub(token.0)?;
     (i < listeners).then_some(i)
 }
-
-/// Which step of starting up failed.
-#[derive(Debug)]
-pub enum StartError {
-    /// Another socket already listens there (a plain bind without SO_REUSEPORT failed).
-    AddrInUse { addr: SocketAddr },
-    /// Creating, configuring, binding or listening on a socket failed.
-    Listen {
-        addr: SocketAddr,
-        step: &'static str,
-        source: io::Error,
-    },
-    /// The event loop or its waker could not be created.
-    Poll(io::Error),
-    /// A worker thread could not be spawned.
-    Spawn(io::Error),
-    /// A proxy was configured without any backend.
-    NoBackends,
-    /// The admin endpoint could not listen.
-    Admin { addr: SocketAddr, source: io::Error },
-    /// The access log could not be opened.
-    AccessLog { path: String, source: io::Error },
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StartError::AddrInUse { addr } => write!(f, "--listen {addr}: address already in use"),
-            StartError::Listen { addr, step, source } => {
-                write!(f, "--listen {addr}: {step} failed: {source}")
-            }
-            StartError::Poll(e) => write!(f, "cannot create event loop: {e}"),
-            StartError::Spawn(e) => write!(f, "cannot start worker thread: {e}"),
-            StartError::NoBackends => write!(f, "--backend: at least one backend is required"),
-            StartError::Admin { addr, source } => write!(f, "--admin {addr}: {source}"),
-            StartError::AccessLog { path, source } => write!(f, "--access-log {path}: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
 
 fn socket_for(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
     let step = |step: &'static str| move |source| StartError::Listen { addr, step, source };
@@ -209,128 +161,6 @@ pub fn adopt_listeners(
     }
     let dropped = taken.iter().map(|(a, _)| *a).collect();
     Ok((bound, per_worker, dropped))
-}
-
-/// A message from the control plane to a worker.
-pub enum Control {
-    /// Close everything and return from the loop.
-    Shutdown,
-    /// Serve new requests with this configuration (a reload).
-    Reload(Arc<crate::proxy::Plan>),
-}
-
-impl Control {
-    pub fn is_shutdown(&self) -> bool {
-        matches!(self, Control::Shutdown)
-    }
-}
-
-/// Where to send a worker control messages; sending wakes it.
-#[derive(Clone)]
-pub struct ControlHandle {
-    control: Sender<Control>,
-    waker: Arc<Waker>,
-}
-
-impl ControlHandle {
-    /// Send `message` and wake the worker. A worker that has exited has dropped its
-    /// receiver: then nothing happens.
-    pub fn send(&self, message: Control) {
-        let _ = self.control.send(message);
-        let _ = self.waker.wake();
-    }
-}
-
-/// What a worker thread starts with.
-pub struct WorkerContext {
-    pub id: usize,
-    pub poll: Poll,
-    pub listeners: Vec<TcpListener>,
-    pub control: Receiver<Control>,
-}
-
-impl WorkerContext {
-    /// Register the listeners (readable, edge-triggered, once for their lifetime).
-    pub fn register_listeners(&mut self) -> io::Result<()> {
-        for (i, l) in self.listeners.iter_mut().enumerate() {
-            self.poll
-                .registry()
-                .register(l, listener_token(i), Interest::READABLE)?;
-        }
-        Ok(())
-    }
-}
-
-struct WorkerHandle {
-    control: ControlHandle,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// A set of running worker threads; dropping it shuts them down and joins them.
-pub struct Workers {
-    handles: Vec<WorkerHandle>,
-}
-
-impl Workers {
-    /// Start one named thread per listener set, each running `run`.
-    pub fn spawn<F>(
-        name: &str,
-        listeners: Vec<Vec<TcpListener>>,
-        run: F,
-    ) -> Result<Workers, StartError>
-    where
-        F: Fn(WorkerContext) + Send + Sync + 'static,
-    {
-        let run = Arc::new(run);
-        let mut workers = Workers {
-            handles: Vec::new(),
-        };
-        for (id, listeners) in listeners.into_iter().enumerate() {
-            let poll = Poll::new().map_err(StartError::Poll)?;
-            let waker =
-                Arc::new(Waker::new(poll.registry(), WAKER_TOKEN).map_err(StartError::Poll)?);
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let ctx = WorkerContext {
-                id,
-                poll,
-                listeners,
-                control: rx,
-            };
-            let run = Arc::clone(&run);
-            let thread = std::thread::Builder::new()
-                .name(format!("{name}-{id}"))
-                .spawn(move || run(ctx))
-                .map_err(StartError::Spawn)?;
-            workers.handles.push(WorkerHandle {
-                control: ControlHandle { control: tx, waker },
-                thread: Some(thread),
-            });
-        }
-        Ok(workers)
-    }
-
-    /// Where to send each worker control messages.
-    pub fn controls(&self) -> Vec<ControlHandle> {
-        self.handles.iter().map(|h| h.control.clone()).collect()
-    }
-
-    /// Tell every worker to stop, then wait for them.
-    pub fn shutdown(&mut self) {
-        for h in &self.handles {
-            h.control.send(Control::Shutdown);
-        }
-        for h in &mut self.handles {
-            if let Some(t) = h.thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
 
 /// Whether sockets accepted from a listener with TCP_NODELAY already have it.
