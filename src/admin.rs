@@ -10,7 +10,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::http::MAX_HEADERS;
-use crate::proxy::ProxyStats;
+
+/// What the endpoint serves; the proxy's `ProxyStats` is one. The endpoint knows
+/// nothing else of the proxy.
+pub trait Report: Send + 'static {
+    /// The Prometheus text exposition (`GET /metrics`).
+    fn prometheus(&self) -> String;
+    /// The JSON status (`GET /status`).
+    fn status_json(&self) -> String;
+}
 
 /// The admin thread; dropping it stops the thread.
 pub struct Admin {
@@ -21,7 +29,7 @@ pub struct Admin {
 
 impl Admin {
     /// Listen on `addr` and serve `stats`.
-    pub fn start(addr: SocketAddr, stats: ProxyStats) -> io::Result<Admin> {
+    pub fn start(addr: SocketAddr, stats: impl Report) -> io::Result<Admin> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -65,7 +73,7 @@ impl Drop for Admin {
 }
 
 /// Answer one request, then close.
-fn serve(mut conn: TcpStream, stats: &ProxyStats) -> io::Result<()> {
+fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -109,7 +117,7 @@ fn serve(mut conn: TcpStream, stats: &ProxyStats) -> io::Result<()> {
     Ok(())
 }
 
-fn route(req: &httparse::Request<'_, '_>, stats: &ProxyStats) -> (u16, &'static str, String) {
+fn route(req: &httparse::Request<'_, '_>, stats: &dyn Report) -> (u16, &'static str, String) {
     if !matches!(req.method, Some("GET" | "HEAD")) {
         return (405, "text/plain", "GET only\n".into());
     }

@@ -37,7 +37,6 @@ pub mod backends;
 pub mod checks;
 pub mod config;
 pub mod counters;
-pub mod demo;
 pub mod http;
 pub mod io;
 pub mod log;

@@ -10,9 +10,9 @@ use argh::FromArgs;
 use std::path::{Path, PathBuf};
 
 use corelb::config;
-use corelb::demo::Demo;
 use corelb::log;
 use corelb::log::Level;
+use corelb::origin::demo::Demo;
 use corelb::proxy::WorkerCounts;
 use corelb::runtime::handover;
 use corelb::settings::{self, Built, FileError, Settings};

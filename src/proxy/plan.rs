@@ -162,3 +162,13 @@ impl ProxyStats {
             .collect()
     }
 }
+
+impl crate::admin::Report for ProxyStats {
+    fn prometheus(&self) -> String {
+        ProxyStats::prometheus(self)
+    }
+
+    fn status_json(&self) -> String {
+        ProxyStats::status_json(self)
+    }
+}

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
+use super::Origin;
 use crate::config::{Backend, ProxyConfig};
-use crate::origin::Origin;
 use crate::proxy::Proxy;
 use crate::runtime::StartError;
 
