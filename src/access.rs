@@ -26,6 +26,13 @@ impl Format {
             _ => None,
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Combined => "combined",
+            Format::Json => "json",
+        }
+    }
 }
 
 /// Where the log goes.

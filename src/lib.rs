@@ -44,7 +44,6 @@ pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod runtime;
-pub mod settings;
 
 pub use config::{Backend, ProxyConfig};
 pub use origin::Origin;

@@ -7,15 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use argh::FromArgs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use corelb::config;
+use corelb::config::flags::Serve;
+use corelb::config::{Built, FileError, Settings};
 use corelb::log;
 use corelb::log::Level;
 use corelb::origin::demo::Demo;
 use corelb::proxy::WorkerCounts;
 use corelb::runtime::handover;
-use corelb::settings::{self, Built, FileError, Settings};
 use corelb::{Origin, Proxy};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
@@ -34,128 +35,6 @@ enum Command {
     Backend(BackendCmd),
     Demo(DemoCmd),
     CheckConfig(CheckConfigCmd),
-}
-
-#[derive(FromArgs)]
-/// Balance HTTP/1.1 requests over backends (round-robin unless --algorithm).
-#[argh(subcommand, name = "serve")]
-struct Serve {
-    /// a backend, as host:port or http://host:port, optionally followed by
-    /// ,weight=N (1 to 1000, for weighted-round-robin and hash); repeat for more
-    #[argh(option)]
-    backend: Vec<String>,
-    /// address to listen on, as host:port; repeatable (default 127.0.0.1:8080)
-    #[argh(option)]
-    listen: Vec<String>,
-    /// worker threads, one event loop and one listening socket each (default: cores)
-    #[argh(option)]
-    workers: Option<u64>,
-    /// largest request head accepted, in bytes; a larger one gets 431 (default 16384)
-    #[argh(option)]
-    max_header_bytes: Option<u64>,
-    /// send the backend's host:port as Host instead of the client's Host
-    #[argh(switch)]
-    rewrite_host: bool,
-    /// pin worker i to core i (of the cores this process may use)
-    #[argh(switch)]
-    pin: bool,
-    /// after handling events, poll without sleeping for this many microseconds
-    /// (default 50; 0 disables; at most 10000)
-    #[argh(option)]
-    busy_poll: Option<u64>,
-    /// close an idle keep-alive client after this long (default 60s; durations
-    /// are like 500ms, 30s, 2m)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    idle_timeout: Option<Duration>,
-    /// answer 408 if a request head is not complete this long after its first
-    /// byte (default 10s)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    header_timeout: Option<Duration>,
-    /// give up on a backend connection not established within this: try the
-    /// next backend, or answer 502 (default 3s)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    connect_timeout: Option<Duration>,
-    /// answer 504 when a backend has not begun its response this long after the
-    /// last progress (default 60s)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    response_timeout: Option<Duration>,
-    /// close a connection whose body (either way) or tunnel moves no byte for this
-    /// long (default 60s)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    body_timeout: Option<Duration>,
-    /// close idle pooled backend connections after this long (default 30s)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    upstream_idle_timeout: Option<Duration>,
-    /// on SIGINT/SIGTERM, let exchanges in flight finish for this long (default 30s)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    shutdown_timeout: Option<Duration>,
-    /// move a request to another backend after a connect failure, or (idempotent
-    /// methods only) after the backend dropped it unanswered, at most this many
-    /// times (default 2)
-    #[argh(option)]
-    retries: Option<u64>,
-    /// take a backend out after this many connect failures, resets or timeouts
-    /// within --fail-window (default 3; 0 never takes one out)
-    #[argh(option)]
-    max_fails: Option<u64>,
-    /// the window for --max-fails, and how long a backend then stays out before it
-    /// is tried again (default 10s)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    fail_window: Option<Duration>,
-    /// check each backend with GET PATH; 2xx and 3xx pass (off when absent)
-    #[argh(option)]
-    health_path: Option<String>,
-    /// time between health checks of a backend (default 2s)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    health_interval: Option<Duration>,
-    /// a health check not answered within this fails (default 1s)
-    #[argh(option, from_str_fn(config::parse_duration))]
-    health_timeout: Option<Duration>,
-    /// consecutive passing checks that bring a backend back (default 2)
-    #[argh(option)]
-    rise: Option<u64>,
-    /// consecutive failing checks that take a backend out (default 3)
-    #[argh(option)]
-    fall: Option<u64>,
-    /// most client connections per worker; at the limit new ones wait in the
-    /// listen backlog (default 0: no limit)
-    #[argh(option)]
-    max_connections: Option<u64>,
-    /// largest request body, in bytes; a larger one gets 413 (default 0: no limit)
-    #[argh(option)]
-    max_body_bytes: Option<u64>,
-    /// a Unix socket for zero-downtime restarts: take the listeners of the corelb
-    /// serving there (which then drains and exits), and serve the next one
-    #[argh(option)]
-    handover: Option<String>,
-    /// how to choose a backend: round-robin (default), weighted-round-robin,
-    /// least-connections, power-of-two, or hash
-    #[argh(option)]
-    algorithm: Option<String>,
-    /// write one line per request to this file (appended), or - for standard
-    /// output (off by default)
-    #[argh(option)]
-    access_log: Option<String>,
-    /// access log format: combined (default; with backend and timings appended)
-    /// or json
-    #[argh(option)]
-    access_log_format: Option<String>,
-    /// what to log on stderr: error, warn, info (default; start-up, backend state
-    /// changes, shutdown) or debug (also each request moved to another backend)
-    #[argh(option)]
-    log_level: Option<String>,
-    /// serve /metrics (Prometheus), /status (JSON) and /healthz on this address
-    /// (off by default)
-    #[argh(option)]
-    admin: Option<String>,
-    /// with --algorithm hash: hash this request header's value (default: the
-    /// client address; requests without the header use the address too)
-    #[argh(option)]
-    hash_header: Option<String>,
-    /// read settings from this TOML file (flags given here override it); SIGHUP
-    /// reads it again and applies backends, algorithm, health and timeouts live
-    #[argh(option)]
-    config: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -198,6 +77,14 @@ struct DemoCmd {
 fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("corelb: {msg}");
     ExitCode::from(2)
+}
+
+/// A start-up failure as one line, naming its setting by `spelled`.
+fn start_error(e: &corelb::runtime::StartError, spelled: impl Fn(&str) -> String) -> ExitCode {
+    usage_error(match e.setting() {
+        Some(name) => format!("{} {}", spelled(name), e.detail()),
+        None => e.detail(),
+    })
 }
 
 /// Raise the soft limit on open files to the hard limit (a stock login has 1024,
@@ -262,90 +149,6 @@ fn run_until_signal<R: Send + 'static>(
     }
 }
 
-/// `value`, if given, through `check`; the error names the flag and the value.
-fn checked<V: Copy + std::fmt::Display, T>(
-    flag: &str,
-    value: Option<V>,
-    check: impl FnOnce(V) -> Result<T, String>,
-) -> Result<Option<T>, String> {
-    value
-        .map(|v| check(v).map_err(|problem| format!("{flag} {v}: {problem}")))
-        .transpose()
-}
-
-/// What the flags of `serve` set, each value checked.
-fn cli_settings(a: &Serve) -> Result<Settings, String> {
-    let backends = a
-        .backend
-        .iter()
-        .map(|b| config::parse_backend(b))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let listen = a
-        .listen
-        .iter()
-        .map(|l| config::parse_listen(l))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    Ok(Settings {
-        listen: (!listen.is_empty()).then_some(listen),
-        backends: (!backends.is_empty()).then_some(backends),
-        workers: checked("--workers", a.workers, settings::workers)?,
-        algorithm: checked("--algorithm", a.algorithm.as_deref(), settings::algorithm)?,
-        hash_header: checked(
-            "--hash-header",
-            a.hash_header.as_deref(),
-            settings::header_name,
-        )?,
-        admin: checked("--admin", a.admin.as_deref(), settings::address)?,
-        rewrite_host: a.rewrite_host.then_some(true),
-        pin: a.pin.then_some(true),
-        busy_poll: checked("--busy-poll", a.busy_poll, settings::busy_poll)?,
-        retries: checked("--retries", a.retries, settings::retries)?,
-        log_level: checked("--log-level", a.log_level.as_deref(), settings::log_level)?,
-        access_log: checked(
-            "--access-log",
-            a.access_log.as_deref(),
-            settings::access_log,
-        )?,
-        access_log_format: checked(
-            "--access-log-format",
-            a.access_log_format.as_deref(),
-            settings::access_log_format,
-        )?,
-        handover: checked("--handover", a.handover.as_deref(), settings::handover)?,
-        health_path: checked(
-            "--health-path",
-            a.health_path.as_deref(),
-            settings::health_path,
-        )?,
-        health_interval: a.health_interval,
-        health_timeout: a.health_timeout,
-        rise: checked("--rise", a.rise, settings::streak)?,
-        fall: checked("--fall", a.fall, settings::streak)?,
-        max_fails: checked("--max-fails", a.max_fails, settings::max_fails)?,
-        fail_window: a.fail_window,
-        idle_timeout: a.idle_timeout,
-        header_timeout: a.header_timeout,
-        connect_timeout: a.connect_timeout,
-        response_timeout: a.response_timeout,
-        body_timeout: a.body_timeout,
-        upstream_idle_timeout: a.upstream_idle_timeout,
-        shutdown_timeout: a.shutdown_timeout,
-        max_connections: checked(
-            "--max-connections",
-            a.max_connections,
-            settings::max_connections,
-        )?,
-        max_header_bytes: checked(
-            "--max-header-bytes",
-            a.max_header_bytes,
-            settings::max_header_bytes,
-        )?,
-        max_body_bytes: a.max_body_bytes,
-    })
-}
-
 /// The config file's problems in one line (`check-config` prints them all).
 fn file_errors_line(path: &Path, errors: &[FileError]) -> String {
     let mut line = format!("--config {}: ", path.display());
@@ -366,7 +169,7 @@ fn file_errors_line(path: &Path, errors: &[FileError]) -> String {
 fn load(cli: &Settings, file: Option<&Path>) -> Result<Built, String> {
     let from_file = match file {
         None => Settings::default(),
-        Some(path) => settings::load_file(path).map_err(|e| file_errors_line(path, &e))?,
+        Some(path) => config::load_file(path).map_err(|e| file_errors_line(path, &e))?,
     };
     cli.clone().over(from_file).build()
 }
@@ -409,7 +212,11 @@ fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloade
                     Level::Warn,
                     "corelb: reload: {} changed, which takes a restart (see the README's \
                      handover procedure); those keep their running values",
-                    done.need_restart.join(", ")
+                    done.need_restart
+                        .iter()
+                        .map(|name| config::setting(name).key)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             if !done.confirmed && !done.unchanged {
@@ -446,11 +253,8 @@ fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloade
 }
 
 fn serve(args: Serve) -> ExitCode {
-    let cli = match cli_settings(&args) {
-        Ok(s) => s,
-        Err(e) => return usage_error(e),
-    };
-    let config_path = args.config.as_deref().map(PathBuf::from);
+    let cli = args.settings;
+    let config_path = args.config;
     let built = match load(&cli, config_path.as_deref()) {
         Ok(b) => b,
         Err(e) => return usage_error(e),
@@ -461,13 +265,19 @@ fn serve(args: Serve) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let open_files = raise_open_files_limit();
-    let cfg = built.config;
+    let cfg = built.config.clone();
     let workers = cfg.workers;
-    let handover_path = built.handover;
+    let handover_path = built.handover.clone();
     let taken = match &handover_path {
         Some(path) => match handover::take(path) {
             Ok(t) => t,
-            Err(e) => return usage_error(format!("--handover {}: {e}", path.display())),
+            Err(e) => {
+                return usage_error(format!(
+                    "{} {}: {e}",
+                    built.spelled("handover"),
+                    path.display()
+                ));
+            }
         },
         None => None,
     };
@@ -479,7 +289,8 @@ fn serve(args: Serve) -> ExitCode {
                 for addr in dropped {
                     log!(
                         Level::Warn,
-                        "corelb: no longer listening on {addr} (not in --listen)"
+                        "corelb: no longer listening on {addr} (not in {})",
+                        built.spelled("listen")
                     );
                 }
                 (p, Some(t))
@@ -488,7 +299,7 @@ fn serve(args: Serve) -> ExitCode {
     };
     let (proxy, taken) = match started {
         Ok(p) => p,
-        Err(e) => return usage_error(e),
+        Err(e) => return start_error(&e, |name| built.spelled(name)),
     };
     if let Some(t) = taken {
         match t.ready() {
@@ -510,7 +321,11 @@ fn serve(args: Serve) -> ExitCode {
         })
     {
         drop(proxy);
-        return usage_error(format!("--handover {}: {e}", path.display()));
+        return usage_error(format!(
+            "{} {}: {e}",
+            built.spelled("handover"),
+            path.display()
+        ));
     }
     let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
     let backends: Vec<String> = cfg
@@ -556,9 +371,9 @@ fn serve(args: Serve) -> ExitCode {
 }
 
 fn backend(args: BackendCmd) -> ExitCode {
-    let listen = match config::parse_listen(&args.listen) {
+    let listen = match config::values::address(&args.listen) {
         Ok(l) => l,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error(format!("--listen {}: {e}", args.listen)),
     };
     if args.workers == 0 {
         return usage_error("--workers 0: must be at least 1");
@@ -570,7 +385,7 @@ fn backend(args: BackendCmd) -> ExitCode {
     raise_open_files_limit();
     let origin = match Origin::start(listen, args.workers, args.body) {
         Ok(o) => o,
-        Err(e) => return usage_error(e),
+        Err(e) => return start_error(&e, |name| config::setting(name).flag.to_string()),
     };
     eprintln!("corelb backend: listening on {}", origin.local_addr());
     let (addr, requests) = (origin.local_addr(), origin.requests_counter());
@@ -585,9 +400,9 @@ fn backend(args: BackendCmd) -> ExitCode {
 }
 
 fn demo(args: DemoCmd) -> ExitCode {
-    let listen = match config::parse_listen(&args.listen) {
+    let listen = match config::values::address(&args.listen) {
         Ok(l) => l,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error(format!("--listen {}: {e}", args.listen)),
     };
     let signals = match stop_signals() {
         Ok(s) => s,
@@ -596,7 +411,7 @@ fn demo(args: DemoCmd) -> ExitCode {
     raise_open_files_limit();
     let demo = match Demo::start(listen) {
         Ok(d) => d,
-        Err(e) => return usage_error(e),
+        Err(e) => return start_error(&e, |name| config::setting(name).flag.to_string()),
     };
     println!("{}", demo.banner());
     let stats = demo.proxy.stats();
@@ -615,7 +430,7 @@ fn demo(args: DemoCmd) -> ExitCode {
 /// line saying what the file sets up (exit 0).
 fn check_config(args: CheckConfigCmd) -> ExitCode {
     let path = Path::new(&args.file);
-    let from_file = match settings::load_file(path) {
+    let from_file = match config::load_file(path) {
         Ok(s) => s,
         Err(errors) => {
             for e in &errors {

@@ -265,7 +265,7 @@ fn run_clients(addr: std::net::SocketAddr, clients: usize, each: usize) -> Vec<S
 
 #[test]
 fn least_connections_sends_load_around_a_slow_backend() {
-    use corelb::backends::select::Algorithm;
+    use corelb::config::Algorithm;
     let slow = slow_backend(std::time::Duration::from_millis(100));
     let fast = origins(1);
     for (algorithm, at_most) in [
@@ -309,7 +309,7 @@ fn weighted_round_robin_follows_the_weights() {
             .collect(),
     );
     cfg.workers = 1;
-    cfg.algorithm = corelb::backends::select::Algorithm::WeightedRoundRobin;
+    cfg.algorithm = corelb::config::Algorithm::WeightedRoundRobin;
     let proxy = corelb::Proxy::start(cfg).unwrap();
     let texts = run_clients(proxy.local_addrs()[0], 1, 400);
     assert_eq!(texts.iter().filter(|t| *t == "a").count(), 300);
@@ -322,7 +322,7 @@ fn hash_on_a_header_keeps_a_user_on_one_backend() {
         .collect();
     let addrs: Vec<_> = origins.iter().map(|o| o.local_addr()).collect();
     let proxy = proxy_with(&addrs, |c| {
-        c.algorithm = corelb::backends::select::Algorithm::Hash;
+        c.algorithm = corelb::config::Algorithm::Hash;
         c.hash_header = Some("X-User".into());
     });
     let addr = proxy.local_addrs()[0];

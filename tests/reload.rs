@@ -12,9 +12,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::*;
-use corelb::backends::CheckConfig;
-use corelb::backends::select::Algorithm;
+use corelb::config::Algorithm;
 use corelb::config::Backend;
+use corelb::config::CheckConfig;
 use corelb::{Origin, Proxy, ProxyConfig};
 
 /// The configuration `proxy_with` starts from, over `addrs`.
@@ -230,10 +230,7 @@ fn restart_only_settings_are_reported_and_keep_their_values() {
     next.max_header_bytes = 4096;
     next.workers = 2;
     let done = proxy.reload(next).unwrap();
-    assert_eq!(
-        done.need_restart,
-        ["--listen", "--workers", "--max-header-bytes"]
-    );
+    assert_eq!(done.need_restart, ["listen", "workers", "max_header_bytes"]);
     assert!(done.unchanged, "nothing a reload applies changed");
     // Still on the old address, with the old head limit (16 KiB).
     let big = format!(

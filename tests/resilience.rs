@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use corelb::Origin;
-use corelb::backends::Passive;
+use corelb::config::Passive;
 
 /// A loopback port nothing listens on.
 fn closed_port() -> SocketAddr {
@@ -285,8 +285,8 @@ fn toggled(healthy: Arc<AtomicBool>) -> Scripted {
     })
 }
 
-fn checked(path: &str) -> corelb::backends::CheckConfig {
-    let mut check = corelb::backends::CheckConfig::new(path.into());
+fn checked(path: &str) -> corelb::config::CheckConfig {
+    let mut check = corelb::config::CheckConfig::new(path.into());
     check.interval = Duration::from_millis(50);
     check.timeout = Duration::from_millis(50);
     check.rise = 2;

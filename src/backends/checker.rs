@@ -10,31 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use super::health::Health;
-
-/// Active health checks: `GET path` on each backend every `interval`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckConfig {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    /// Consecutive passes that bring a down backend back.
-    pub rise: u32,
-    /// Consecutive failures that take an up backend out.
-    pub fall: u32,
-}
-
-impl CheckConfig {
-    /// Checks of `path` with the CLI's defaults.
-    pub fn new(path: String) -> CheckConfig {
-        CheckConfig {
-            path,
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            rise: 2,
-            fall: 3,
-        }
-    }
-}
+use crate::config::CheckConfig;
 
 /// The health-check thread; dropping it stops the thread.
 pub struct Checker {

@@ -12,25 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::config::Passive;
 use crate::counters::{BackendCounts, Padded};
 use crate::log::Level;
-
-/// Passive health settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Passive {
-    /// Failures within `window` that take a backend out (0: never).
-    pub max_fails: u32,
-    pub window: Duration,
-}
-
-impl Default for Passive {
-    fn default() -> Self {
-        Passive {
-            max_fails: 3,
-            window: Duration::from_secs(10),
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct State {

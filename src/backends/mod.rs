@@ -8,6 +8,6 @@ pub mod health;
 pub mod round_robin;
 pub mod select;
 
-pub use checker::{CheckConfig, Checker};
-pub use health::{Health, Member, Passive};
-pub use select::{Algorithm, Select};
+pub use checker::Checker;
+pub use health::{Health, Member};
+pub use select::Select;

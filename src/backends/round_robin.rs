@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn down_backends_are_skipped_and_the_rest_share_evenly() {
         let names = (0..3).map(|i| format!("b{i}")).collect();
-        let health = Health::new(names, crate::backends::Passive::default(), false);
+        let health = Health::new(names, crate::config::Passive::default(), false);
         let rr = RoundRobin::new(3);
         health.set_checked(1, false, "test");
         let mut counts = [0; 3];

@@ -11,45 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::round_robin::RoundRobin;
 use crate::backends::Health;
+use crate::config::Algorithm;
 use crate::counters::Padded;
-
-/// The algorithms `--algorithm` names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Algorithm {
-    RoundRobin,
-    WeightedRoundRobin,
-    LeastConnections,
-    PowerOfTwo,
-    Hash,
-}
-
-impl Algorithm {
-    pub const NAMES: &'static str =
-        "round-robin, weighted-round-robin, least-connections, power-of-two, hash";
-
-    pub fn parse(name: &str) -> Option<Algorithm> {
-        Some(match name {
-            "round-robin" => Algorithm::RoundRobin,
-            "weighted-round-robin" => Algorithm::WeightedRoundRobin,
-            "least-connections" => Algorithm::LeastConnections,
-            "power-of-two" => Algorithm::PowerOfTwo,
-            "hash" => Algorithm::Hash,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Algorithm::RoundRobin => "round-robin",
-            Algorithm::WeightedRoundRobin => "weighted-round-robin",
-            Algorithm::LeastConnections => "least-connections",
-            Algorithm::PowerOfTwo => "power-of-two",
-            Algorithm::Hash => "hash",
-        })
-    }
-}
 
 /// One balancing algorithm. `key` is the request's hash key (client address or a
 /// header; 0 for algorithms that do not use it).
@@ -263,7 +226,7 @@ pub fn key_of_ip(ip: IpAddr) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::Passive;
+    use crate::config::Passive;
 
     fn health(n: usize) -> Health {
         Health::new(

@@ -17,7 +17,8 @@ pub struct Reloaded {
     /// Backends that joined and left, by `host:port`.
     pub added: Vec<String>,
     pub removed: Vec<String>,
-    /// Restart-only settings that differ from those in force (not applied).
+    /// Restart-only settings that differ from those in force (not applied), by
+    /// name in the settings table (`listen`, `max_header_bytes`).
     pub need_restart: Vec<&'static str>,
     /// Nothing that a reload applies changed.
     pub unchanged: bool,
@@ -52,27 +53,16 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let old = &current.config;
-        let mut result = Reloaded::default();
-        // The settings that shape sockets, threads and buffers made once: a
-        // reload reports a change and keeps the running value.
-        macro_rules! restart_only {
-            ($($field:ident => $flag:literal),* $(,)?) => {
-                $(if config.$field != old.$field {
-                    result.need_restart.push($flag);
-                    config.$field = old.$field.clone();
-                })*
-            };
-        }
-        restart_only!(
-            listen => "--listen",
-            workers => "--workers",
-            admin => "--admin",
-            access_log => "--access-log",
-            max_header_bytes => "--max-header-bytes",
-            rewrite_host => "--rewrite-host",
-            pin => "--pin",
-            busy_poll => "--busy-poll",
-        );
+        // The settings that shape sockets, threads and buffers made once (the
+        // table marks them restart): a reload reports a change and keeps the
+        // running value.
+        let mut result = Reloaded {
+            need_restart: crate::config::table::keep_restart_only(&mut config, old)
+                .into_iter()
+                .map(|s| s.name)
+                .collect(),
+            ..Reloaded::default()
+        };
         config.log_health = old.log_health;
         if config == *old {
             result.unchanged = true;

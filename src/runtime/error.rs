@@ -28,18 +28,42 @@ pub enum StartError {
     AccessLog { path: String, source: io::Error },
 }
 
+impl StartError {
+    /// The setting the failure is about (its name in the settings table), if
+    /// one: a caller that knows how the user gave it names it that way.
+    pub fn setting(&self) -> Option<&'static str> {
+        match self {
+            StartError::AddrInUse { .. } | StartError::Listen { .. } => Some("listen"),
+            StartError::NoBackends => Some("backend"),
+            StartError::Admin { .. } => Some("admin"),
+            StartError::AccessLog { .. } => Some("access_log"),
+            StartError::Poll(_) | StartError::Spawn(_) => None,
+        }
+    }
+
+    /// What went wrong, without the setting's name: `127.0.0.1:80: address
+    /// already in use`.
+    pub fn detail(&self) -> String {
+        match self {
+            StartError::AddrInUse { addr } => format!("{addr}: address already in use"),
+            StartError::Listen { addr, step, source } => {
+                format!("{addr}: {step} failed: {source}")
+            }
+            StartError::Poll(e) => format!("cannot create event loop: {e}"),
+            StartError::Spawn(e) => format!("cannot start worker thread: {e}"),
+            StartError::NoBackends => "at least one backend is required".into(),
+            StartError::Admin { addr, source } => format!("{addr}: {source}"),
+            StartError::AccessLog { path, source } => format!("{path}: {source}"),
+        }
+    }
+}
+
+/// The setting's name (as in the config file) and the detail.
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StartError::AddrInUse { addr } => write!(f, "--listen {addr}: address already in use"),
-            StartError::Listen { addr, step, source } => {
-                write!(f, "--listen {addr}: {step} failed: {source}")
-            }
-            StartError::Poll(e) => write!(f, "cannot create event loop: {e}"),
-            StartError::Spawn(e) => write!(f, "cannot start worker thread: {e}"),
-            StartError::NoBackends => write!(f, "--backend: at least one backend is required"),
-            StartError::Admin { addr, source } => write!(f, "--admin {addr}: {source}"),
-            StartError::AccessLog { path, source } => write!(f, "--access-log {path}: {source}"),
+        match self.setting() {
+            Some(name) => write!(f, "{name} {}", self.detail()),
+            None => f.write_str(&self.detail()),
         }
     }
 }

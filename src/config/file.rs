@@ -1,316 +1,17 @@
-//! Settings from the command line and from the config file (`--config FILE`,
-//! TOML), merged into one `ProxyConfig`.
-//!
-//! Each source fills a `Settings`, where `None` means "not set here". The flags win
-//! over the file, the file over the defaults. Both sources check each value with
-//! the same functions, so a value means the same and fails the same way wherever
-//! it is written; only the name in the message differs (`--connect-timeout` or
-//! `timeouts.connect` with its line). Checks that involve two settings run once,
-//! after the merge.
-//!
-//! The file is read into toml's spanned document tree and walked key by key, so
-//! every error is found in one pass, unknown keys included, each with its line.
+//! The config file (`--config FILE`, TOML): read into toml's spanned document
+//! tree and walked key by key against the settings table, so every problem is
+//! found in one pass, unknown keys included, each with its key and line.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::access;
-use crate::backends::CheckConfig;
-use crate::backends::select::Algorithm;
-use crate::config::{self, Backend, ProxyConfig};
-use crate::log::Level;
-
-/// What one source sets; `None`: not set there.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Settings {
-    pub listen: Option<Vec<SocketAddr>>,
-    pub backends: Option<Vec<Backend>>,
-    pub workers: Option<usize>,
-    pub algorithm: Option<Algorithm>,
-    pub hash_header: Option<String>,
-    pub admin: Option<SocketAddr>,
-    pub rewrite_host: Option<bool>,
-    pub pin: Option<bool>,
-    pub busy_poll: Option<Duration>,
-    pub retries: Option<u32>,
-    pub log_level: Option<Level>,
-    /// A path, or `-` for standard output.
-    pub access_log: Option<String>,
-    pub access_log_format: Option<access::Format>,
-    pub handover: Option<PathBuf>,
-    pub health_path: Option<String>,
-    pub health_interval: Option<Duration>,
-    pub health_timeout: Option<Duration>,
-    pub rise: Option<u32>,
-    pub fall: Option<u32>,
-    pub max_fails: Option<u32>,
-    pub fail_window: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub header_timeout: Option<Duration>,
-    pub connect_timeout: Option<Duration>,
-    pub response_timeout: Option<Duration>,
-    pub body_timeout: Option<Duration>,
-    pub upstream_idle_timeout: Option<Duration>,
-    pub shutdown_timeout: Option<Duration>,
-    pub max_connections: Option<usize>,
-    pub max_header_bytes: Option<usize>,
-    pub max_body_bytes: Option<u64>,
-}
-
-/// What the merged settings give besides the proxy's configuration.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Built {
-    pub config: ProxyConfig,
-    pub log_level: Level,
-    pub handover: Option<PathBuf>,
-}
-
-impl Settings {
-    /// These settings, with `base` filling what they leave unset.
-    pub fn over(self, base: Settings) -> Settings {
-        macro_rules! merge {
-            ($($field:ident),* $(,)?) => {
-                Settings { $($field: self.$field.or(base.$field)),* }
-            };
-        }
-        merge!(
-            listen,
-            backends,
-            workers,
-            algorithm,
-            hash_header,
-            admin,
-            rewrite_host,
-            pin,
-            busy_poll,
-            retries,
-            log_level,
-            access_log,
-            access_log_format,
-            handover,
-            health_path,
-            health_interval,
-            health_timeout,
-            rise,
-            fall,
-            max_fails,
-            fail_window,
-            idle_timeout,
-            header_timeout,
-            connect_timeout,
-            response_timeout,
-            body_timeout,
-            upstream_idle_timeout,
-            shutdown_timeout,
-            max_connections,
-            max_header_bytes,
-            max_body_bytes,
-        )
-    }
-
-    /// The configuration, with defaults for what is unset, after the checks that
-    /// involve more than one setting. The error names both spellings of what is
-    /// wrong (`--flag` / `file.key`).
-    pub fn build(&self) -> Result<Built, String> {
-        let backends = match &self.backends {
-            Some(b) if !b.is_empty() => b.clone(),
-            _ => {
-                return Err(
-                    "no backend: give --backend, or [[backend]] tables in the config file".into(),
-                );
-            }
-        };
-        let listen = self
-            .listen
-            .clone()
-            .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 8080))]);
-        let mut cfg = ProxyConfig::new(listen, backends);
-        cfg.workers = self.workers.unwrap_or_else(config::available_cores);
-        let algorithm = self.algorithm.unwrap_or(Algorithm::RoundRobin);
-        if let Some(name) = &self.hash_header
-            && algorithm != Algorithm::Hash
-        {
-            return Err(format!(
-                "--hash-header (hash_header) {name}: only with algorithm hash"
-            ));
-        }
-        cfg.algorithm = algorithm;
-        cfg.hash_header = self.hash_header.clone();
-        cfg.admin = self.admin;
-        cfg.rewrite_host = self.rewrite_host.unwrap_or(false);
-        cfg.pin = self.pin.unwrap_or(false);
-        if let Some(b) = self.busy_poll {
-            cfg.busy_poll = b;
-        }
-        if let Some(r) = self.retries {
-            cfg.retries = r;
-        }
-        cfg.access_log = self.access_log.as_ref().map(|path| access::Config {
-            path: (path != "-").then(|| path.into()),
-            format: self.access_log_format.unwrap_or(access::Format::Combined),
-        });
-        cfg.health_check = match &self.health_path {
-            None => None,
-            Some(path) => {
-                let mut check = CheckConfig::new(path.clone());
-                if let Some(i) = self.health_interval {
-                    check.interval = i;
-                }
-                if let Some(t) = self.health_timeout {
-                    check.timeout = t;
-                }
-                if check.timeout > check.interval {
-                    return Err(format!(
-                        "--health-timeout (health.timeout) {:?}: must not be longer than the \
-                         interval ({:?})",
-                        check.timeout, check.interval
-                    ));
-                }
-                check.rise = self.rise.unwrap_or(check.rise);
-                check.fall = self.fall.unwrap_or(check.fall);
-                Some(check)
-            }
-        };
-        if let Some(m) = self.max_fails {
-            cfg.passive.max_fails = m;
-        }
-        if let Some(w) = self.fail_window {
-            cfg.passive.window = w;
-        }
-        let t = &mut cfg.timeouts;
-        for (set, field) in [
-            (self.idle_timeout, &mut t.idle),
-            (self.header_timeout, &mut t.header),
-            (self.connect_timeout, &mut t.connect),
-            (self.response_timeout, &mut t.response),
-            (self.body_timeout, &mut t.body),
-            (self.upstream_idle_timeout, &mut t.upstream_idle),
-            (self.shutdown_timeout, &mut t.shutdown),
-        ] {
-            if let Some(d) = set {
-                *field = d;
-            }
-        }
-        if let Some(m) = self.max_connections {
-            cfg.max_connections = m;
-        }
-        if let Some(m) = self.max_header_bytes {
-            cfg.max_header_bytes = m;
-        }
-        if let Some(m) = self.max_body_bytes {
-            cfg.max_body_bytes = m;
-        }
-        Ok(Built {
-            config: cfg,
-            log_level: self.log_level.unwrap_or(Level::Info),
-            handover: self.handover.clone(),
-        })
-    }
-}
-
-// One check per kind of value, shared by the flags and the file. Each returns the
-// problem only; the caller names the flag or key.
-
-fn in_range(n: u64, lo: u64, hi: u64) -> Result<u64, String> {
-    if (lo..=hi).contains(&n) {
-        Ok(n)
-    } else {
-        Err(format!("must be {lo} to {hi}"))
-    }
-}
-
-pub fn workers(n: u64) -> Result<usize, String> {
-    in_range(n, 1, 1024).map(|n| n as usize)
-}
-
-pub fn max_header_bytes(n: u64) -> Result<usize, String> {
-    in_range(
-        n,
-        config::MIN_HEADER_BYTES as u64,
-        config::MAX_HEADER_BYTES as u64,
-    )
-    .map(|n| n as usize)
-}
-
-/// `--busy-poll`: microseconds.
-pub fn busy_poll(n: u64) -> Result<Duration, String> {
-    in_range(n, 0, config::MAX_BUSY_POLL_MICROS).map(Duration::from_micros)
-}
-
-pub fn retries(n: u64) -> Result<u32, String> {
-    in_range(n, 0, u64::from(config::MAX_RETRIES)).map(|n| n as u32)
-}
-
-/// `--rise` and `--fall`.
-pub fn streak(n: u64) -> Result<u32, String> {
-    in_range(n, 1, 1000).map(|n| n as u32)
-}
-
-pub fn max_fails(n: u64) -> Result<u32, String> {
-    in_range(n, 0, 1_000_000).map(|n| n as u32)
-}
-
-pub fn max_connections(n: u64) -> Result<usize, String> {
-    in_range(n, 0, config::MAX_CONNECTIONS as u64).map(|n| n as usize)
-}
-
-pub fn weight(n: u64) -> Result<u32, String> {
-    in_range(n, 1, u64::from(config::MAX_WEIGHT)).map(|n| n as u32)
-}
-
-pub fn algorithm(name: &str) -> Result<Algorithm, String> {
-    Algorithm::parse(name).ok_or_else(|| format!("unknown; one of {}", Algorithm::NAMES))
-}
-
-pub fn log_level(name: &str) -> Result<Level, String> {
-    Level::parse(name).ok_or_else(|| format!("one of {}", Level::NAMES))
-}
-
-pub fn access_log_format(name: &str) -> Result<access::Format, String> {
-    access::Format::parse(name).ok_or_else(|| "combined or json".to_string())
-}
-
-pub fn access_log(path: &str) -> Result<String, String> {
-    if path.is_empty() {
-        return Err("a path, or - for standard output".into());
-    }
-    Ok(path.to_string())
-}
-
-/// A header name (an RFC 9110 token).
-pub fn header_name(name: &str) -> Result<String, String> {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    {
-        return Err("not a header name".into());
-    }
-    Ok(name.to_string())
-}
-
-pub fn health_path(path: &str) -> Result<String, String> {
-    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("must start with / and be printable ASCII without spaces".into());
-    }
-    Ok(path.to_string())
-}
-
-pub fn address(text: &str) -> Result<SocketAddr, String> {
-    config::resolve("", text).map_err(|e| e.problem)
-}
-
-pub fn handover(path: &str) -> Result<PathBuf, String> {
-    if path.is_empty() {
-        return Err("a path for a Unix socket".into());
-    }
-    Ok(PathBuf::from(path))
-}
+use super::table::{Settings, TABLE};
+use super::{Backend, values};
 
 /// One problem in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -364,7 +65,7 @@ pub fn parse_file(text: &str) -> Result<Settings, Vec<FileError>> {
         errors: Vec::new(),
         out: Settings::default(),
     };
-    walk.top(doc.get_ref());
+    walk.section(doc.get_ref(), "");
     if walk.errors.is_empty() {
         Ok(walk.out)
     } else {
@@ -382,8 +83,6 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-type Value<'i> = Spanned<DeValue<'i>>;
-
 fn kind(v: &DeValue<'_>) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
@@ -396,14 +95,21 @@ fn kind(v: &DeValue<'_>) -> &'static str {
     }
 }
 
+pub(super) type Value<'i> = Spanned<DeValue<'i>>;
+
 /// The walk over a parsed file: fills `out`, collects `errors`.
-struct Walk<'t> {
+pub(super) struct Walk<'t> {
     text: &'t str,
     errors: Vec<FileError>,
     out: Settings,
 }
 
 impl Walk<'_> {
+    /// The line `v` is on.
+    pub(super) fn line(&self, v: &Value<'_>) -> usize {
+        line_of(self.text, v.span().start)
+    }
+
     fn error(&mut self, at: &Value<'_>, key: &str, problem: impl Into<String>) {
         self.errors.push(FileError {
             line: Some(line_of(self.text, at.span().start)),
@@ -476,19 +182,6 @@ impl Walk<'_> {
         }
     }
 
-    fn duration(&mut self, v: &Value<'_>, key: &str) -> Option<Duration> {
-        if !matches!(v.get_ref(), DeValue::String(_)) {
-            let found = kind(v.get_ref());
-            self.error(
-                v,
-                key,
-                format!("expected a duration like \"30s\" or \"500ms\", found {found}"),
-            );
-            return None;
-        }
-        self.string(v, key, config::duration)
-    }
-
     fn table<'a, 'i>(&mut self, v: &'a Value<'i>, key: &str) -> Option<&'a DeTable<'i>> {
         match v.get_ref() {
             DeValue::Table(t) => Some(t),
@@ -507,56 +200,140 @@ impl Walk<'_> {
         });
     }
 
-    fn top(&mut self, doc: &DeTable<'_>) {
-        const KNOWN: &str = "listen, workers, algorithm, hash_header, admin, rewrite_host, \
-            pin, busy_poll, retries, log_level, access_log, access_log_format, handover, \
-            [[backend]], [health], [timeouts], [limits]";
-        for (k, v) in doc.iter() {
-            let key = k.get_ref().as_ref();
-            match key {
-                "listen" => self.out.listen = self.listen(v),
-                "workers" => self.out.workers = self.integer(v, key, workers),
-                "algorithm" => self.out.algorithm = self.string(v, key, algorithm),
-                "hash_header" => self.out.hash_header = self.string(v, key, header_name),
-                "admin" => self.out.admin = self.string(v, key, address),
-                "rewrite_host" => self.out.rewrite_host = self.boolean(v, key),
-                "pin" => self.out.pin = self.boolean(v, key),
-                "busy_poll" => self.out.busy_poll = self.integer(v, key, busy_poll),
-                "retries" => self.out.retries = self.integer(v, key, retries),
-                "log_level" => self.out.log_level = self.string(v, key, log_level),
-                "access_log" => self.out.access_log = self.string(v, key, access_log),
-                "access_log_format" => {
-                    self.out.access_log_format = self.string(v, key, access_log_format)
+    /// The keys of the table at `prefix` (`""` for the top, `"health."` ...),
+    /// each checked against the settings table; sub-tables are walked in turn.
+    fn section(&mut self, table: &DeTable<'_>, prefix: &str) {
+        for (k, v) in table.iter() {
+            let key = format!("{prefix}{}", k.get_ref());
+            let section = format!("{key}.");
+            if TABLE.iter().any(|s| s.key.starts_with(&section)) {
+                if let Some(t) = self.table(v, &key) {
+                    self.section(t, &section);
                 }
-                "handover" => self.out.handover = self.string(v, key, handover),
-                "backend" => self.out.backends = self.backends(v),
-                "health" => self.health(v),
-                "timeouts" => self.timeouts(v),
-                "limits" => self.limits(v),
-                _ => self.unknown(k, key, KNOWN),
+                continue;
+            }
+            let mut out = std::mem::take(&mut self.out);
+            let known = out.set_key(self, &key, &key, v);
+            self.out = out;
+            if !known {
+                self.unknown(k, &key, &known_at(prefix));
             }
         }
     }
+}
 
+/// The keys known in the table at `prefix`, as a message lists them.
+fn known_at(prefix: &str) -> String {
+    let mut known: Vec<String> = Vec::new();
+    for s in TABLE {
+        let Some(rest) = s.key.strip_prefix(prefix) else {
+            continue;
+        };
+        let shown = match rest.split_once('.') {
+            Some((section, _)) => format!("[{section}]"),
+            None if s.name == "backend" => "[[backend]]".to_string(),
+            None => rest.to_string(),
+        };
+        if !known.contains(&shown) {
+            known.push(shown);
+        }
+    }
+    known.join(", ")
+}
+
+// How each kind of value is read from the file; the check is the same one the
+// flags use (`values`).
+
+pub(super) fn text<T>(
+    walk: &mut Walk<'_>,
+    v: &Value<'_>,
+    key: &str,
+    check: fn(&str) -> Result<T, String>,
+) -> Option<T> {
+    walk.string(v, key, check)
+}
+
+pub(super) fn int<T>(
+    walk: &mut Walk<'_>,
+    v: &Value<'_>,
+    key: &str,
+    check: fn(u64) -> Result<T, String>,
+) -> Option<T> {
+    walk.integer(v, key, check)
+}
+
+pub(super) fn duration(
+    walk: &mut Walk<'_>,
+    v: &Value<'_>,
+    key: &str,
+    check: fn(&str) -> Result<Duration, String>,
+) -> Option<Duration> {
+    if !matches!(v.get_ref(), DeValue::String(_)) {
+        let found = kind(v.get_ref());
+        walk.error(
+            v,
+            key,
+            format!("expected a duration like \"30s\" or \"500ms\", found {found}"),
+        );
+        return None;
+    }
+    walk.string(v, key, check)
+}
+
+pub(super) fn switch(
+    walk: &mut Walk<'_>,
+    v: &Value<'_>,
+    key: &str,
+    check: fn(bool) -> Result<bool, String>,
+) -> Option<bool> {
+    walk.boolean(v, key).and_then(|b| check(b).ok())
+}
+
+/// `listen = "a:1"` or `listen = ["a:1", "b:2"]`.
+pub(super) fn list(
+    walk: &mut Walk<'_>,
+    v: &Value<'_>,
+    key: &str,
+    check: fn(&str) -> Result<SocketAddr, String>,
+) -> Option<Vec<SocketAddr>> {
+    walk.listen(v, key, check)
+}
+
+/// `[[backend]]` tables: `address` (required) and `weight`.
+pub(super) fn backends(
+    walk: &mut Walk<'_>,
+    v: &Value<'_>,
+    key: &str,
+    check: fn(&str) -> Result<Backend, String>,
+) -> Option<Vec<Backend>> {
+    walk.backends(v, key, check)
+}
+
+impl Walk<'_> {
     /// `listen = "a:1"` or `listen = ["a:1", "b:2"]`.
-    fn listen(&mut self, v: &Value<'_>) -> Option<Vec<SocketAddr>> {
+    fn listen(
+        &mut self,
+        v: &Value<'_>,
+        key: &str,
+        address: fn(&str) -> Result<SocketAddr, String>,
+    ) -> Option<Vec<SocketAddr>> {
         match v.get_ref() {
-            DeValue::String(_) => self.string(v, "listen", address).map(|a| vec![a]),
+            DeValue::String(_) => self.string(v, key, address).map(|a| vec![a]),
             DeValue::Array(items) if !items.is_empty() => {
                 let mut out = Vec::new();
                 for (i, item) in items.iter().enumerate() {
-                    out.extend(self.string(item, &format!("listen[{i}]"), address));
+                    out.extend(self.string(item, &format!("{key}[{i}]"), address));
                 }
                 (out.len() == items.len()).then_some(out)
             }
             DeValue::Array(_) => {
-                self.error(v, "listen", "an empty list; give at least one address");
+                self.error(v, key, "an empty list; give at least one address");
                 None
             }
             other => {
                 self.error(
                     v,
-                    "listen",
+                    key,
                     format!(
                         "expected an address or a list of addresses, found {}",
                         kind(other)
@@ -568,18 +345,23 @@ impl Walk<'_> {
     }
 
     /// `[[backend]]` tables: `address` (required) and `weight`.
-    fn backends(&mut self, v: &Value<'_>) -> Option<Vec<Backend>> {
+    fn backends(
+        &mut self,
+        v: &Value<'_>,
+        key: &str,
+        check: fn(&str) -> Result<Backend, String>,
+    ) -> Option<Vec<Backend>> {
         let DeValue::Array(items) = v.get_ref() else {
             self.error(
                 v,
-                "backend",
+                key,
                 format!("expected [[backend]] tables, found {}", kind(v.get_ref())),
             );
             return None;
         };
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let key = format!("backend[{i}]");
+            let key = format!("{key}[{i}]");
             let Some(table) = self.table(item, &key) else {
                 continue;
             };
@@ -589,12 +371,10 @@ impl Walk<'_> {
                 let full = format!("{key}.{name}");
                 match name {
                     "address" => {
-                        backend = self.string(v, &full, |s| {
-                            config::parse_backend(s).map_err(|e| e.problem)
-                        });
+                        backend = self.string(v, &full, check);
                         failed |= backend.is_none();
                     }
-                    "weight" => match self.integer(v, &full, self::weight) {
+                    "weight" => match self.integer(v, &full, values::weight) {
                         Some(w) => weight = w,
                         None => failed = true,
                     },
@@ -612,94 +392,14 @@ impl Walk<'_> {
         }
         Some(out)
     }
-
-    fn health(&mut self, v: &Value<'_>) {
-        let Some(table) = self.table(v, "health") else {
-            return;
-        };
-        for (k, v) in table.iter() {
-            let name = k.get_ref().as_ref();
-            let key = format!("health.{name}");
-            let key = key.as_str();
-            match name {
-                "path" => self.out.health_path = self.string(v, key, health_path),
-                "interval" => self.out.health_interval = self.duration(v, key),
-                "timeout" => self.out.health_timeout = self.duration(v, key),
-                "rise" => self.out.rise = self.integer(v, key, streak),
-                "fall" => self.out.fall = self.integer(v, key, streak),
-                "max_fails" => self.out.max_fails = self.integer(v, key, max_fails),
-                "fail_window" => self.out.fail_window = self.duration(v, key),
-                _ => self.unknown(
-                    k,
-                    key,
-                    "path, interval, timeout, rise, fall, max_fails, fail_window",
-                ),
-            }
-        }
-    }
-
-    fn timeouts(&mut self, v: &Value<'_>) {
-        let Some(table) = self.table(v, "timeouts") else {
-            return;
-        };
-        for (k, v) in table.iter() {
-            let name = k.get_ref().as_ref();
-            let key = format!("timeouts.{name}");
-            if timeout_field(&mut self.out, name).is_none() {
-                self.unknown(
-                    k,
-                    &key,
-                    "idle, header, connect, response, body, upstream_idle, shutdown",
-                );
-                continue;
-            }
-            let d = self.duration(v, &key);
-            if let Some(field) = timeout_field(&mut self.out, name) {
-                *field = d;
-            }
-        }
-    }
-
-    fn limits(&mut self, v: &Value<'_>) {
-        let Some(table) = self.table(v, "limits") else {
-            return;
-        };
-        for (k, v) in table.iter() {
-            let name = k.get_ref().as_ref();
-            let key = format!("limits.{name}");
-            match name {
-                "max_connections" => {
-                    self.out.max_connections = self.integer(v, &key, max_connections)
-                }
-                "max_header_bytes" => {
-                    self.out.max_header_bytes = self.integer(v, &key, max_header_bytes)
-                }
-                "max_body_bytes" => {
-                    self.out.max_body_bytes = self.integer(v, &key, Ok::<u64, String>)
-                }
-                _ => self.unknown(k, &key, "max_connections, max_header_bytes, max_body_bytes"),
-            }
-        }
-    }
-}
-
-/// The `[timeouts]` key `name`'s setting.
-fn timeout_field<'a>(s: &'a mut Settings, name: &str) -> Option<&'a mut Option<Duration>> {
-    Some(match name {
-        "idle" => &mut s.idle_timeout,
-        "header" => &mut s.header_timeout,
-        "connect" => &mut s.connect_timeout,
-        "response" => &mut s.response_timeout,
-        "body" => &mut s.body_timeout,
-        "upstream_idle" => &mut s.upstream_idle_timeout,
-        "shutdown" => &mut s.shutdown_timeout,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{self, Algorithm};
+    use crate::log::Level;
+    use std::path::PathBuf;
 
     /// The one problem `text` has, as "line N: key: problem".
     fn problem(text: &str) -> String {
@@ -714,7 +414,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_is_valid_and_means_what_it_says() {
-        let text = include_str!("../scripts/corelb.toml");
+        let text = include_str!("../../scripts/corelb.toml");
         let built = ok(text).build().unwrap();
         let c = &built.config;
         assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
@@ -731,7 +431,7 @@ mod tests {
         );
         assert_eq!(c.health_check, None, "path is commented out");
         assert_eq!(c.timeouts, config::Timeouts::default());
-        assert_eq!(c.max_header_bytes, config::DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(c.max_header_bytes, config::defaults::max_header_bytes());
     }
 
     #[test]

@@ -1,0 +1,331 @@
+//! Configuration: what a proxy is started with (`ProxyConfig` and the structures
+//! it holds), and where it comes from. Every setting is described once, in
+//! `table`; `flags` reads the command line and `file` the TOML config file
+//! through it, each value through the one check in `values` for its kind. The
+//! flags win over the file, the file over the defaults; checks that involve two
+//! settings run once, on the merged result (`Settings::build`).
+
+pub mod file;
+pub mod flags;
+pub mod table;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use file::{FileError, load_file, parse_file};
+pub use table::{Given, Setting, Settings, TABLE, Tunables, defaults, setting};
+
+use crate::log::Level;
+
+/// Upper bound of `busy_poll`, in microseconds.
+pub const MAX_BUSY_POLL_MICROS: u64 = 10_000;
+/// Bounds for `max_header_bytes`: below 1 KiB real browsers fail, above 1 MiB a
+/// single connection could pin too much memory.
+pub const MIN_HEADER_BYTES: usize = 1024;
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Most `max_connections` accepted (per worker).
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+/// Most `retries` accepted: more only repeats the same failures.
+pub const MAX_RETRIES: u32 = 16;
+/// How long a closing client may keep sending before it is closed anyway (not a
+/// setting).
+pub const LINGER: Duration = Duration::from_secs(5);
+
+/// One backend of the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Where to connect (resolved once at start).
+    pub addr: SocketAddr,
+    /// `host:port` as the operator wrote it, sent as Host with `rewrite_host`.
+    pub authority: String,
+    /// Relative share for weighted-round-robin and hash (1 to 1000; default 1).
+    pub weight: u32,
+}
+
+/// How long the proxy waits before giving up on a peer. The defaults (in the
+/// table) follow common proxy practice (nginx, HAProxy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// An idle keep-alive client is closed silently.
+    pub idle: Duration,
+    /// A client must complete its request head this long after its first byte: 408.
+    pub header: Duration,
+    /// A new backend connection must be established: another backend, or 502.
+    pub connect: Duration,
+    /// The response head must begin within this long of the last progress: 504.
+    pub response: Duration,
+    /// A body (either way) or a tunnel may go this long without a byte: close.
+    pub body: Duration,
+    /// A closing client may keep sending this long before we close anyway.
+    pub linger: Duration,
+    /// Idle pooled backend connections are closed after this long.
+    pub upstream_idle: Duration,
+    /// On shutdown, exchanges in flight may finish for this long.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            idle: defaults::idle_timeout(),
+            header: defaults::header_timeout(),
+            connect: defaults::connect_timeout(),
+            response: defaults::response_timeout(),
+            body: defaults::body_timeout(),
+            linger: LINGER,
+            upstream_idle: defaults::upstream_idle_timeout(),
+            shutdown: defaults::shutdown_timeout(),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The shortest of them: timers are checked several times within it.
+    pub fn shortest(&self) -> Duration {
+        [
+            self.idle,
+            self.header,
+            self.connect,
+            self.response,
+            self.body,
+            self.linger,
+            self.upstream_idle,
+            self.shutdown,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// The balancing algorithms (`algorithm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    PowerOfTwo,
+    Hash,
+}
+
+impl Algorithm {
+    pub const NAMES: &'static str =
+        "round-robin, weighted-round-robin, least-connections, power-of-two, hash";
+
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        Some(match name {
+            "round-robin" => Algorithm::RoundRobin,
+            "weighted-round-robin" => Algorithm::WeightedRoundRobin,
+            "least-connections" => Algorithm::LeastConnections,
+            "power-of-two" => Algorithm::PowerOfTwo,
+            "hash" => Algorithm::Hash,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConnections => "least-connections",
+            Algorithm::PowerOfTwo => "power-of-two",
+            Algorithm::Hash => "hash",
+        })
+    }
+}
+
+/// Active health checks: `GET path` on each backend every `interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend out.
+    pub fall: u32,
+}
+
+impl CheckConfig {
+    /// Checks of `path` with the default interval, timeout, rise and fall.
+    pub fn new(path: String) -> CheckConfig {
+        CheckConfig {
+            path,
+            interval: defaults::health_interval(),
+            timeout: defaults::health_timeout(),
+            rise: defaults::rise(),
+            fall: defaults::fall(),
+        }
+    }
+}
+
+/// Passive health settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Passive {
+    /// Failures within `window` that take a backend out (0: never).
+    pub max_fails: u32,
+    pub window: Duration,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            max_fails: defaults::max_fails(),
+            window: defaults::fail_window(),
+        }
+    }
+}
+
+/// Everything a proxy needs to start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyConfig {
+    /// Addresses to listen on; every worker binds each of them (SO_REUSEPORT).
+    /// Port 0 is allowed here (tests): the first bind picks the port, the rest share it.
+    pub listen: Vec<SocketAddr>,
+    pub backends: Vec<Backend>,
+    pub workers: usize,
+    pub max_header_bytes: usize,
+    pub rewrite_host: bool,
+    /// Pin worker i to the i-th core this process may run on.
+    pub pin: bool,
+    /// After handling events, keep polling without sleeping for this long.
+    pub busy_poll: Duration,
+    pub timeouts: Timeouts,
+    /// Times a failed request may move to another backend (connect failures, or
+    /// idempotent requests with no response byte yet).
+    pub retries: u32,
+    /// Passive health: failures that take a backend out, and for how long.
+    pub passive: Passive,
+    /// Log backend state changes to stderr.
+    pub log_health: bool,
+    /// Active health checks, when a path is given.
+    pub health_check: Option<CheckConfig>,
+    /// Most client connections per worker (0: no limit); at the limit a worker
+    /// stops accepting and new connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request body accepted (0: no limit); larger ones get 413.
+    pub max_body_bytes: u64,
+    pub algorithm: Algorithm,
+    /// For `hash`: the header whose value is the key (else the client address).
+    pub hash_header: Option<String>,
+    /// Where the admin endpoint listens (off when `None`).
+    pub admin: Option<SocketAddr>,
+    /// The access log (off when `None`).
+    pub access_log: Option<crate::access::Config>,
+    /// The settings read only where they are used (see `table`).
+    pub tune: Tunables,
+}
+
+impl ProxyConfig {
+    /// A configuration with the table's defaults.
+    pub fn new(listen: Vec<SocketAddr>, backends: Vec<Backend>) -> ProxyConfig {
+        ProxyConfig {
+            listen,
+            backends,
+            workers: defaults::workers(),
+            max_header_bytes: defaults::max_header_bytes(),
+            rewrite_host: defaults::rewrite_host(),
+            pin: defaults::pin(),
+            busy_poll: defaults::busy_poll(),
+            timeouts: Timeouts::default(),
+            retries: defaults::retries(),
+            passive: Passive::default(),
+            log_health: true,
+            health_check: None,
+            max_connections: defaults::max_connections(),
+            max_body_bytes: defaults::max_body_bytes(),
+            algorithm: defaults::algorithm(),
+            hash_header: None,
+            admin: None,
+            access_log: None,
+            tune: Tunables::default(),
+        }
+    }
+}
+
+/// Number of cores this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// What the merged settings give: the proxy's configuration and the process's
+/// own settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Built {
+    pub config: ProxyConfig,
+    pub log_level: Level,
+    pub handover: Option<PathBuf>,
+    /// Where each value that was set came from (see `Built::spelled`).
+    pub given: BTreeMap<&'static str, Given>,
+}
+
+/// How a message names setting `name`: the way it was given (`--flag`, or the
+/// file key with its line), or both spellings when it was not given.
+fn spelled(given: &BTreeMap<&'static str, Given>, name: &str) -> String {
+    let s = setting(name);
+    match given.get(s.name) {
+        Some(Given::Flag) => s.flag.to_string(),
+        Some(Given::File(line)) => format!("{} (line {line})", s.key),
+        None => format!("{} ({})", s.flag, s.key),
+    }
+}
+
+impl Built {
+    /// Setting `name` as the user gave it (see `Settings::spelled`).
+    pub fn spelled(&self, name: &str) -> String {
+        spelled(&self.given, name)
+    }
+}
+
+impl Settings {
+    /// How a message names setting `name`: the way it was given (`--flag`, or
+    /// the file key with its line), or both spellings when it was not given.
+    pub fn spelled(&self, name: &str) -> String {
+        spelled(&self.given, name)
+    }
+
+    /// The configuration: the defaults, with every value that is set put in
+    /// place, after the checks that involve more than one setting.
+    pub fn build(&self) -> Result<Built, String> {
+        if self.backend.as_ref().is_none_or(|b| b.is_empty()) {
+            return Err(
+                "no backend: give --backend, or [[backend]] tables in the config file".into(),
+            );
+        }
+        let mut built = Built {
+            config: ProxyConfig::new(defaults::listen(), Vec::new()),
+            log_level: defaults::log_level(),
+            handover: None,
+            given: self.given.clone(),
+        };
+        self.apply(&mut built);
+        let cfg = &built.config;
+        if let Some(name) = &cfg.hash_header
+            && cfg.algorithm != Algorithm::Hash
+        {
+            return Err(format!(
+                "{} {name}: only with algorithm hash",
+                self.spelled("hash_header")
+            ));
+        }
+        if let Some(check) = &cfg.health_check
+            && check.timeout > check.interval
+        {
+            return Err(format!(
+                "{} {}: must not be longer than the interval ({})",
+                self.spelled("health_timeout"),
+                values::Show::show(&check.timeout),
+                values::Show::show(&check.interval),
+            ));
+        }
+        Ok(built)
+    }
+}

@@ -1,0 +1,310 @@
+//! One check per kind of value, shared by the flags and the config file: each
+//! takes the value as written and returns it checked, or the problem only (the
+//! caller names the flag or key, and the value).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{
+    Algorithm, Backend, MAX_BUSY_POLL_MICROS, MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_RETRIES,
+    MAX_WEIGHT, MIN_HEADER_BYTES,
+};
+use crate::access;
+use crate::log::Level;
+
+fn in_range(n: u64, lo: u64, hi: u64) -> Result<u64, String> {
+    if (lo..=hi).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be {lo} to {hi}"))
+    }
+}
+
+pub fn workers(n: u64) -> Result<usize, String> {
+    in_range(n, 1, 1024).map(|n| n as usize)
+}
+
+pub fn max_header_bytes(n: u64) -> Result<usize, String> {
+    in_range(n, MIN_HEADER_BYTES as u64, MAX_HEADER_BYTES as u64).map(|n| n as usize)
+}
+
+/// Microseconds.
+pub fn busy_poll(n: u64) -> Result<Duration, String> {
+    in_range(n, 0, MAX_BUSY_POLL_MICROS).map(Duration::from_micros)
+}
+
+pub fn retries(n: u64) -> Result<u32, String> {
+    in_range(n, 0, u64::from(MAX_RETRIES)).map(|n| n as u32)
+}
+
+/// Health-check `rise` and `fall`.
+pub fn streak(n: u64) -> Result<u32, String> {
+    in_range(n, 1, 1000).map(|n| n as u32)
+}
+
+pub fn max_fails(n: u64) -> Result<u32, String> {
+    in_range(n, 0, 1_000_000).map(|n| n as u32)
+}
+
+pub fn max_connections(n: u64) -> Result<usize, String> {
+    in_range(n, 0, MAX_CONNECTIONS as u64).map(|n| n as usize)
+}
+
+/// Any byte count (0 usually means "no limit").
+pub fn bytes(n: u64) -> Result<u64, String> {
+    Ok(n)
+}
+
+pub fn weight(n: u64) -> Result<u32, String> {
+    in_range(n, 1, u64::from(MAX_WEIGHT)).map(|n| n as u32)
+}
+
+/// A switch: given (or `true` in the file) turns it on.
+pub fn on(b: bool) -> Result<bool, String> {
+    Ok(b)
+}
+
+pub fn algorithm(name: &str) -> Result<Algorithm, String> {
+    Algorithm::parse(name).ok_or_else(|| format!("unknown; one of {}", Algorithm::NAMES))
+}
+
+pub fn log_level(name: &str) -> Result<Level, String> {
+    Level::parse(name).ok_or_else(|| format!("one of {}", Level::NAMES))
+}
+
+pub fn access_log_format(name: &str) -> Result<access::Format, String> {
+    access::Format::parse(name).ok_or_else(|| "combined or json".to_string())
+}
+
+/// A path, or `-` for standard output.
+pub fn access_log(path: &str) -> Result<String, String> {
+    if path.is_empty() {
+        return Err("a path, or - for standard output".into());
+    }
+    Ok(path.to_string())
+}
+
+/// A header name (an RFC 9110 token).
+pub fn header_name(name: &str) -> Result<String, String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err("not a header name".into());
+    }
+    Ok(name.to_string())
+}
+
+pub fn health_path(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must start with / and be printable ASCII without spaces".into());
+    }
+    Ok(path.to_string())
+}
+
+pub fn handover(path: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        return Err("a path for a Unix socket".into());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Resolve `host:port` (a name or an IP literal, `[v6]:port` for IPv6) to its first
+/// address. Port 0 is refused: a listener or backend on a random port is a mistake
+/// in a configuration.
+pub fn address(text: &str) -> Result<SocketAddr, String> {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => (h, p),
+        _ => return Err("expected host:port".into()),
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| "port must be a number from 1 to 65535".to_string())?;
+    if port == 0 {
+        return Err("port 0 is not allowed".into());
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host.contains(['[', ']', '/', ' ']) {
+        return Err("not a valid host name".into());
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| "name has no addresses".into()),
+        Err(e) => Err(format!("cannot resolve: {e}")),
+    }
+}
+
+/// A backend: `host:port` or `http://host:port` (a trailing `/` is fine; any other
+/// path, or any other scheme, is refused), optionally followed by `,weight=N`.
+pub fn backend(full: &str) -> Result<Backend, String> {
+    let (text, weight) = match full.split_once(',') {
+        None => (full, 1),
+        Some((text, option)) => {
+            let weight = option
+                .strip_prefix("weight=")
+                .and_then(|w| w.parse::<u32>().ok())
+                .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                .ok_or_else(|| format!("the only option is weight=N, N from 1 to {MAX_WEIGHT}"))?;
+            (text, weight)
+        }
+    };
+    let rest = match text.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) => {
+            return Err(format!("scheme {scheme}:// is not supported, only http://"));
+        }
+        None => text,
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err("a backend is host:port, without a path".into());
+    }
+    Ok(Backend {
+        addr: address(authority)?,
+        authority: authority.to_string(),
+        weight,
+    })
+}
+
+/// A duration: a whole number with a unit, `ms`, `s` or `m` (`500ms`, `30s`,
+/// `2m`), between 1 ms and 1 hour.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "is not a duration like 500ms, 30s or 2m".to_string())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err("needs a unit: ms, s or m (500ms, 30s, 2m)".into()),
+    };
+    if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
+        return Err("must be between 1ms and 60m".into());
+    }
+    Ok(d)
+}
+
+/// How a value is shown in `--help` and messages: durations as they are
+/// written (`30s`, `500ms`), lists joined by commas.
+pub trait Show {
+    fn show(&self) -> String;
+}
+
+impl Show for Duration {
+    fn show(&self) -> String {
+        let ms = self.as_millis();
+        if ms.is_multiple_of(60_000) && ms > 0 {
+            format!("{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) && ms > 0 {
+            format!("{}s", ms / 1000)
+        } else if self.as_micros().is_multiple_of(1000) {
+            format!("{ms}ms")
+        } else {
+            // Only busy-poll is finer than a millisecond; it is set in microseconds.
+            self.as_micros().to_string()
+        }
+    }
+}
+
+macro_rules! show_by_display {
+    ($($t:ty),*) => {
+        $(impl Show for $t {
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        })*
+    };
+}
+show_by_display!(u32, u64, usize, bool, String, SocketAddr, Algorithm);
+
+impl Show for Level {
+    fn show(&self) -> String {
+        self.name().to_string()
+    }
+}
+
+impl Show for access::Format {
+    fn show(&self) -> String {
+        self.name().to_string()
+    }
+}
+
+impl Show for PathBuf {
+    fn show(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl<T: Show> Show for Vec<T> {
+    fn show(&self) -> String {
+        self.iter().map(Show::show).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Show for Backend {
+    fn show(&self) -> String {
+        self.authority.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends() {
+        let b = backend("127.0.0.1:9000").unwrap();
+        assert_eq!(
+            (b.addr.port(), b.authority.as_str(), b.weight),
+            (9000, "127.0.0.1:9000", 1)
+        );
+        assert_eq!(
+            backend("http://127.0.0.1:9000/").unwrap().authority,
+            "127.0.0.1:9000"
+        );
+        assert_eq!(backend("127.0.0.1:9000,weight=7").unwrap().weight, 7);
+        assert_eq!(
+            backend("[::1]:80").unwrap().addr,
+            "[::1]:80".parse().unwrap()
+        );
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:99999",
+            "https://127.0.0.1:1",
+            "127.0.0.1:1/path",
+            "127.0.0.1:1,weight=0",
+            "127.0.0.1:1,weight=1001",
+            "127.0.0.1:1,max=3",
+            ":80",
+            "bad host:80",
+        ] {
+            assert!(backend(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "5", "s", "1h", "0s", "61m", "-1s", "1.5s", " 1s"] {
+            assert!(duration(bad).is_err(), "{bad:?} accepted");
+        }
+        for d in ["500ms", "30s", "2m", "1ms"] {
+            assert_eq!(duration(d).unwrap().show(), d);
+        }
+        assert_eq!(Duration::from_micros(50).show(), "50");
+    }
+}
