@@ -396,7 +396,7 @@ settings! {
             into |b, v| b.config.timeouts.shutdown = v;
         /// most client connections per worker; at the limit new ones wait in the
         /// listen backlog (0: no limit)
-        max_connections: usize = int(values::max_connections),
+        max_connections: usize = int(values::connections),
             flag "--max-connections", key "limits.max_connections", default 0,
             into |b, v| b.config.max_connections = v;
         /// largest request head accepted, in bytes; a larger one gets 431

@@ -47,7 +47,8 @@ pub fn max_fails(n: u64) -> Result<u32, String> {
     in_range(n, 0, 1_000_000).map(|n| n as u32)
 }
 
-pub fn max_connections(n: u64) -> Result<usize, String> {
+/// A number of connections (0 to 10,000,000; what 0 means is the setting's).
+pub fn connections(n: u64) -> Result<usize, String> {
     in_range(n, 0, MAX_CONNECTIONS as u64).map(|n| n as usize)
 }
 
