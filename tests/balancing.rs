@@ -23,6 +23,33 @@ fn backend_names(proxy: SocketAddr, n: usize) -> Vec<String> {
 }
 
 #[test]
+fn max_idle_per_backend_bounds_the_pool() {
+    let origins = origins(1);
+    let addrs = [origins[0].local_addr()];
+    // None kept: every request opens a connection of its own.
+    let proxy = proxy_with(&addrs, |c| {
+        c.workers = 1;
+        c.tune.max_idle_per_backend = 0;
+    });
+    assert_eq!(backend_names(proxy.local_addrs()[0], 20).len(), 20);
+    assert_eq!(origins[0].requests(), 20);
+    assert_eq!(origins[0].connections(), 20, "a pool of size 0 reused one");
+    drop(proxy);
+    // One kept: sequential requests share it.
+    let proxy = proxy_with(&addrs, |c| {
+        c.workers = 1;
+        c.tune.max_idle_per_backend = 1;
+    });
+    assert_eq!(backend_names(proxy.local_addrs()[0], 20).len(), 20);
+    assert_eq!(origins[0].requests(), 40);
+    assert_eq!(
+        origins[0].connections(),
+        21,
+        "sequential requests did not share one"
+    );
+}
+
+#[test]
 fn round_robin_is_exact_over_two_and_three_backends() {
     for n in [2, 3] {
         let origins = origins(n);

@@ -409,6 +409,10 @@ settings! {
             into |b, v| b.config.max_body_bytes = v;
     }
     tunables {
+        /// most idle connections each worker keeps open to one backend for reuse
+        /// (0: none); more are closed when their exchange ends
+        max_idle_per_backend: usize = int(values::connections),
+            flag "--max-idle-per-backend", key "limits.max_idle_per_backend", default 1024;
     }
 }
 

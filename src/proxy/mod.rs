@@ -60,9 +60,6 @@ const MIN_BUF_SIZE: usize = 32 * 1024;
 /// Most bytes discarded from a closing client.
 const MAX_DRAIN_BYTES: u32 = 1 << 20;
 
-/// Most idle connections kept per backend per worker.
-const MAX_IDLE_PER_BACKEND: usize = 1024;
-
 /// At shutdown, how long a connection between requests may take to send its next
 /// one (answered with `Connection: close`) before it is closed.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);

@@ -18,9 +18,7 @@ use super::head::parse_request_head;
 use super::relay::{relay_request, relay_response, relay_tunnel};
 use super::upstream::{Leftover, check_connected, leftover_seen};
 use super::worker::Worker;
-use super::{
-    DRAIN_GRACE, MAX_DRAIN_BYTES, MAX_IDLE_PER_BACKEND, MAX_KEPT_HEAD, MAX_STEPS_PER_TURN,
-};
+use super::{DRAIN_GRACE, MAX_DRAIN_BYTES, MAX_KEPT_HEAD, MAX_STEPS_PER_TURN};
 
 /// Read what the client sent into `buf`; an end of stream sets `eof`. Returns
 /// whether anything happened; a read error closes the session.
@@ -598,7 +596,7 @@ impl Worker {
                 && local.live
                 && c.x.upstream_reusable
                 && c.x.req_done
-                && local.idle.len() < MAX_IDLE_PER_BACKEND
+                && local.idle.len() < self.plan.config.tune.max_idle_per_backend
             {
                 u.client = None;
                 u.reused = true;
