@@ -6,14 +6,20 @@
 use std::hint::black_box;
 
 use corelb::backends::round_robin::RoundRobin;
-use corelb::http::analyze_request;
 use corelb::http::chunked::ChunkedDecoder;
+use corelb::http::head::{self, Limits};
 use corelb::http::rewrite::{Forwarding, write_request_head};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// What `wrk` sends, and a browser-sized head.
 const WRK_HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
 const BROWSER_HEAD: &[u8] = b"GET /static/app.js?v=12 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\nAccept: */*\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nReferer: https://example.com/\r\nConnection: keep-alive\r\nCookie: session=0123456789abcdef; theme=dark\r\nSec-Fetch-Dest: script\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Site: same-origin\r\nIf-None-Match: \"abc123\"\r\n\r\n";
+
+/// The proxy's defaults.
+const LIMITS: Limits = Limits {
+    max_header_bytes: 16 * 1024,
+    max_body_bytes: 0,
+};
 
 fn parse_and_rewrite(c: &mut Criterion) {
     let mut group = c.benchmark_group("request_head");
@@ -26,11 +32,18 @@ fn parse_and_rewrite(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(head.len() as u64));
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut headers = [httparse::EMPTY_HEADER; 100];
-                let mut req = httparse::Request::new(&mut headers);
-                let n = req.parse(black_box(head)).unwrap();
-                let info = analyze_request(&req).unwrap();
-                write_request_head(&mut out, &req, &info, fwd);
+                // The proxy's own pipeline: parse, refuse or accept, rewrite.
+                let (n, _, ()) = head::read_request(
+                    black_box(head),
+                    LIMITS,
+                    |_| {},
+                    |req, info| {
+                        write_request_head(&mut out, req, info, fwd);
+                        Ok(())
+                    },
+                )
+                .unwrap()
+                .unwrap();
                 black_box((n, out.len()))
             })
         });

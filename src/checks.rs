@@ -10,6 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::http::chunked::ChunkedDecoder;
+use crate::http::head::{self, Limits};
 use crate::http::rewrite::{self, ClientConnection, Forwarding};
 use crate::http::{MAX_HEADERS, analyze_request, analyze_response, has_bare_lf};
 
@@ -17,26 +18,31 @@ use crate::http::{MAX_HEADERS, analyze_request, analyze_response, has_bare_lf};
 /// X-Forwarded-For, X-Forwarded-Proto).
 const REPARSE_HEADERS: usize = MAX_HEADERS + 8;
 
-/// Parse `data` as a request head the way the proxy does; if accepted, rewrite it
-/// and check the result parses completely, has no bare LF and frames the same.
+/// Read `data` as a request head through the proxy's own pipeline
+/// (`http::head::read_request`); if accepted, rewrite it and check the result
+/// parses completely, has no bare LF and frames the same.
 pub fn request_head(data: &[u8]) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(n)) = req.parse(data) else {
-        return;
-    };
-    if has_bare_lf(&data[..n]) {
-        return;
-    }
-    let Ok(info) = analyze_request(&req) else {
-        return;
+    let limits = Limits {
+        max_header_bytes: crate::config::MAX_HEADER_BYTES,
+        max_body_bytes: 0,
     };
     let mut out = Vec::new();
     let fwd = Forwarding {
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         host: None,
     };
-    rewrite::write_request_head(&mut out, &req, &info, fwd);
+    let accepted = head::read_request(
+        data,
+        limits,
+        |_| {},
+        |req, info| {
+            rewrite::write_request_head(&mut out, req, info, fwd);
+            Ok(())
+        },
+    );
+    let Ok(Some((_, info, ()))) = accepted else {
+        return;
+    };
     assert!(!has_bare_lf(&out), "bare LF in the rewritten head {out:?}");
     let mut headers = [httparse::EMPTY_HEADER; REPARSE_HEADERS];
     let mut again = httparse::Request::new(&mut headers);
@@ -53,24 +59,14 @@ pub fn request_head(data: &[u8]) {
     assert_eq!(info2.expect_continue, info.expect_continue, "{out:?}");
 }
 
-/// Parse `data[1..]` as a response head (to a HEAD request when `data[0]` is odd);
-/// if accepted, rewrite it and check the result parses and frames the same.
+/// Read `data[1..]` as a response head (to a HEAD request when `data[0]` is odd)
+/// through the proxy's own pipeline (`http::head::read_response`); if accepted,
+/// rewrite it and check the result parses and frames the same.
 pub fn response_head(data: &[u8]) {
     let Some((&flags, data)) = data.split_first() else {
         return;
     };
     let to_head = flags & 1 == 1;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(n)) = resp.parse(data) else {
-        return;
-    };
-    if has_bare_lf(&data[..n]) {
-        return;
-    }
-    let Ok(info) = analyze_response(&resp, to_head) else {
-        return;
-    };
     let conn = match flags >> 1 & 3 {
         0 => ClientConnection::KeepAlive11,
         1 => ClientConnection::KeepAlive10,
@@ -78,7 +74,13 @@ pub fn response_head(data: &[u8]) {
         _ => ClientConnection::Upgrade,
     };
     let mut out = Vec::new();
-    rewrite::write_response_head(&mut out, &resp, info.content_length, conn);
+    let accepted = head::read_response(data, to_head, |resp, info| {
+        rewrite::write_response_head(&mut out, resp, info.content_length, conn);
+        Ok(())
+    });
+    let Ok(Some((_, info, ()))) = accepted else {
+        return;
+    };
     assert!(!has_bare_lf(&out), "bare LF in the rewritten head {out:?}");
     let mut headers = [httparse::EMPTY_HEADER; REPARSE_HEADERS];
     let mut again = httparse::Response::new(&mut headers);

@@ -9,6 +9,7 @@ pub mod body;
 pub mod chunked;
 pub mod fields;
 pub mod framing;
+pub mod head;
 pub mod reject;
 pub mod rewrite;
 

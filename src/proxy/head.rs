@@ -1,23 +1,21 @@
-//! Request and response heads: parsing, refusing, picking the backend, capturing
-//! the access-log fields and writing the rewritten head.
+//! What the proxy does with a head `http::head` accepted: pick the backend,
+//! capture the access-log fields and write the rewritten head (requests), or
+//! decide what the client is told about the connection (responses).
 
-use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::backends::select;
+use crate::http::head::{self, Limits};
 use crate::http::rewrite::{self, ClientConnection, Forwarding};
-use crate::http::{
-    Framing, MAX_HEADERS, Reject, RequestInfo, analyze_request, analyze_response,
-    classify_parse_error, has_bare_lf, oversized_head,
-};
+use crate::http::{BadResponse, Framing, Reject, RequestInfo, ResponseInfo};
 
 use super::plan::{Plan, Shared};
 use super::session::{Bufs, Fail};
 
-/// Parse the request head at the front of `bufs.req`. On success the backend is
-/// chosen and the rewritten head is in `bufs.req_head`; returns the head's length
-/// in the buffer, what it says, and the backend.
+/// Read the request head at the front of `bufs.req` (`http::head`); on success
+/// the backend is chosen and the rewritten head is in `bufs.req_head`. Returns the
+/// head's length in the buffer, what it says, and the backend.
 pub(super) fn parse_request_head(
     bufs: &mut Bufs,
     client_ip: IpAddr,
@@ -25,74 +23,59 @@ pub(super) fn parse_request_head(
     plan: &Plan,
     now: Instant,
 ) -> Result<Option<(usize, RequestInfo, usize)>, Fail> {
-    if shared.access.is_some() {
+    let logging = shared.access.is_some();
+    let Bufs {
+        req: data,
+        req_head,
+        log_request,
+        log_referer,
+        log_user_agent,
+        ..
+    } = bufs;
+    if logging {
         // A head that fails to parse is logged with "-".
-        bufs.log_request.clear();
-        bufs.log_referer.clear();
-        bufs.log_user_agent.clear();
+        log_request.clear();
+        log_referer.clear();
+        log_user_agent.clear();
     }
-    let data = bufs.req.filled();
-    // Uninitialised: zero-filling 100 headers (3.2 KB) per request costs more than
-    // parsing a short head.
-    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let n = match req.parse_with_uninit_headers(data, &mut headers) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if data.len() >= shared.max_header_bytes => {
-            return Err(Fail::Reject(oversized_head(data, shared.max_header_bytes)));
+    let limits = Limits {
+        max_header_bytes: shared.max_header_bytes,
+        max_body_bytes: plan.config.max_body_bytes,
+    };
+    let seen = |req: &httparse::Request<'_, '_>| {
+        if logging {
+            capture_for_log([log_request, log_referer, log_user_agent], req);
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(Fail::Reject(classify_parse_error(e, data))),
     };
-    if n > shared.max_header_bytes {
-        return Err(Fail::Reject(oversized_head(data, shared.max_header_bytes)));
-    }
-    if has_bare_lf(&data[..n]) {
-        return Err(Fail::Reject(Reject::BadRequest));
-    }
-    if shared.access.is_some() {
-        capture_for_log(
-            [
-                &mut bufs.log_request,
-                &mut bufs.log_referer,
-                &mut bufs.log_user_agent,
-            ],
-            &req,
-        );
-    }
-    let info = analyze_request(&req).map_err(Fail::Reject)?;
-    if let Framing::Length(n) = info.framing
-        && plan.config.max_body_bytes > 0
-        && n > plan.config.max_body_bytes
-    {
-        return Err(Fail::Reject(Reject::BodyTooLarge));
-    }
-    let key = if plan.hash_key {
-        let header = plan.config.hash_header.as_deref().and_then(|name| {
-            req.headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-        });
-        match header {
-            Some(h) => select::key_of_bytes(h.value),
-            None => select::key_of_ip(client_ip),
-        }
-    } else {
-        0
+    let accept = |req: &httparse::Request<'_, '_>, info: &RequestInfo| {
+        let key = if plan.hash_key {
+            let header = plan.config.hash_header.as_deref().and_then(|name| {
+                req.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+            });
+            match header {
+                Some(h) => select::key_of_bytes(h.value),
+                None => select::key_of_ip(client_ip),
+            }
+        } else {
+            0
+        };
+        let now = plan.health.ms_at(now);
+        let Some(backend) = plan.selector.pick_at(key, &plan.health, now) else {
+            plan.health.report_all_down();
+            return Err(Reject::Unavailable);
+        };
+        let fwd = Forwarding {
+            client_ip,
+            host: shared
+                .rewrite_host
+                .then(|| plan.health.member(backend).authority.as_str()),
+        };
+        rewrite::write_request_head(req_head, req, info, fwd);
+        Ok(backend)
     };
-    let now = plan.health.ms_at(now);
-    let Some(backend) = plan.selector.pick_at(key, &plan.health, now) else {
-        plan.health.report_all_down();
-        return Err(Fail::Reject(Reject::Unavailable));
-    };
-    let fwd = Forwarding {
-        client_ip,
-        host: shared
-            .rewrite_host
-            .then(|| plan.health.member(backend).authority.as_str()),
-    };
-    rewrite::write_request_head(&mut bufs.req_head, &req, &info, fwd);
-    Ok(Some((n, info, backend)))
+    head::read_request(data.filled(), limits, seen, accept).map_err(Fail::Reject)
 }
 
 /// Keep what the access log shows of a request (copied: the head is consumed).
@@ -137,64 +120,61 @@ pub(super) fn parse_response_head(
     req_done: bool,
     close_after: &mut bool,
 ) -> Result<Option<ResponseHead>, Fail> {
-    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        bufs.resp.filled(),
-        &mut headers,
-    );
-    let n = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Fail::Reject(Reject::BadGateway)),
-    };
-    if has_bare_lf(&bufs.resp.filled()[..n]) {
-        return Err(Fail::Reject(Reject::BadGateway));
-    }
-    let info =
-        analyze_response(&resp, req.is_head).map_err(|_| Fail::Reject(Reject::BadGateway))?;
-    if (100..200).contains(&info.status) {
-        // A 101 switches to a tunnel, if one was asked for (otherwise it is a backend
-        // error). Other interim responses go to 1.1 clients only (RFC 9110 §15.2).
-        let conn = match info.status {
-            101 if !req.upgrade => return Err(Fail::Reject(Reject::BadGateway)),
-            101 => Some(ClientConnection::Upgrade),
-            _ if req.version == 1 => Some(ClientConnection::KeepAlive11),
-            _ => None,
-        };
-        if let Some(conn) = conn {
-            rewrite::write_response_head(&mut bufs.resp_head, &resp, None, conn);
+    let Bufs {
+        resp: data,
+        resp_head,
+        ..
+    } = bufs;
+    let accept = |resp: &httparse::Response<'_, '_>, info: &ResponseInfo| {
+        if (100..200).contains(&info.status) {
+            // A 101 switches to a tunnel, if one was asked for (otherwise it is a
+            // backend error). Other interim responses go to 1.1 clients only
+            // (RFC 9110 §15.2).
+            let conn = match info.status {
+                101 if !req.upgrade => return Err(BadResponse),
+                101 => Some(ClientConnection::Upgrade),
+                _ if req.version == 1 => Some(ClientConnection::KeepAlive11),
+                _ => None,
+            };
+            if let Some(conn) = conn {
+                rewrite::write_response_head(resp_head, resp, None, conn);
+            }
+            return Ok(ResponseHead {
+                final_framing: None,
+                reusable: false,
+                status: info.status,
+            });
         }
-        bufs.resp.consume(n);
-        return Ok(Some(ResponseHead {
-            final_framing: None,
-            reusable: false,
+        if req.version == 0 && info.framing == Framing::Chunked {
+            // A 1.0 client cannot read chunked, and the backend was asked in 1.0.
+            return Err(BadResponse);
+        }
+        if info.framing == Framing::UntilClose || !req_done {
+            // After an early answer the rest of the request body is still to come;
+            // the client is told the connection ends, rather than promised a
+            // keep-alive the proxy could not keep.
+            *close_after = true;
+        }
+        let conn = if *close_after {
+            ClientConnection::Close
+        } else if req.version == 0 {
+            ClientConnection::KeepAlive10
+        } else {
+            ClientConnection::KeepAlive11
+        };
+        rewrite::write_response_head(resp_head, resp, info.content_length, conn);
+        Ok(ResponseHead {
+            final_framing: Some(info.framing),
+            reusable: info.reusable,
             status: info.status,
-        }));
-    }
-    if req.version == 0 && info.framing == Framing::Chunked {
-        // A 1.0 client cannot read chunked, and the backend was asked in 1.0.
-        return Err(Fail::Reject(Reject::BadGateway));
-    }
-    if info.framing == Framing::UntilClose || !req_done {
-        // After an early answer the rest of the request body is still to come;
-        // the client is told the connection ends, rather than promised a
-        // keep-alive the proxy could not keep.
-        *close_after = true;
-    }
-    let conn = if *close_after {
-        ClientConnection::Close
-    } else if req.version == 0 {
-        ClientConnection::KeepAlive10
-    } else {
-        ClientConnection::KeepAlive11
+        })
     };
-    rewrite::write_response_head(&mut bufs.resp_head, &resp, info.content_length, conn);
-    bufs.resp.consume(n);
-    Ok(Some(ResponseHead {
-        final_framing: Some(info.framing),
-        reusable: info.reusable,
-        status: info.status,
-    }))
+    match head::read_response(data.filled(), req.is_head, accept) {
+        Ok(Some((n, _, head))) => {
+            data.consume(n);
+            Ok(Some(head))
+        }
+        Ok(None) => Ok(None),
+        Err(BadResponse) => Err(Fail::Reject(Reject::BadGateway)),
+    }
 }
