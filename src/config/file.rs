@@ -415,6 +415,10 @@ mod tests {
     #[test]
     fn the_shipped_example_is_valid_and_means_what_it_says() {
         let text = include_str!("../../scripts/corelb.toml");
+        for s in TABLE {
+            let name = s.key.rsplit('.').next().unwrap_or(s.key);
+            assert!(text.contains(name), "the example does not show {}", s.key);
+        }
         let built = ok(text).build().unwrap();
         let c = &built.config;
         assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
