@@ -1,13 +1,15 @@
 //! The load balancer: one mio event loop per worker thread, relaying HTTP/1.1
 //! exchanges between clients and a pool of backends.
 //!
-//! A worker owns everything it touches: its listeners, a slab of client sessions,
-//! a slab of upstream connections, an idle pool per backend and a buffer pool. The
-//! only state shared between workers is `Shared`: the backend list (read-only), the
-//! round-robin counter (one atomic add per request) and per-worker counters.
+//! A worker (`worker`) owns everything it touches: its listeners, a slab of client
+//! sessions (`session`), a slab of upstream connections and an idle pool per
+//! backend (`upstream`), and a buffer pool. What workers share is `Shared` and the
+//! `Plan` in force (`plan`): the backend list and their health (read-only), the
+//! round-robin counter (one atomic add per request) and per-worker counters. A
+//! reload (`reload`) hands every worker a new plan.
 //!
 //! Every socket is registered once, edge-triggered, for both directions, and its
-//! readiness is cached (`Ready`): an operation is tried only while the cache says it
+//! readiness is cached (`io::Ready`): an operation is tried only while the cache says it
 //! may succeed, and a `WouldBlock` clears the flag until the next event. A session
 //! is driven by `Worker::pump`, which steps its state machine until nothing moves
 //! or its turn is used up (`MAX_STEPS_PER_TURN`: then it goes on after the others).
@@ -21,10 +23,12 @@
 //! the close that its backend cut short).
 //!
 //! Isolation (no byte of one client or exchange reaches another) rests on three
-//! rules, each checked by `check_invariants` in debug builds: buffers return to the
-//! pool empty (`Recycle`); a backend connection is pooled only at a message
-//! boundary and never handed out after anything arrived on it (`checkout`); a
-//! request is replayed only if that cannot send it twice (`retry_or`).
+//! rules, each checked by `check_invariants` (`invariants`) in debug builds:
+//! buffers return to the pool empty (`Recycle`); a backend connection is pooled
+//! only at a message boundary and never handed out after anything arrived on it
+//! (`upstream::checkout`); a request is replayed only if that cannot send it twice
+//! (`fail::retry_or`). Bytes move in `relay`; heads are read by `http::head` and
+//! acted on in `head`.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
