@@ -25,6 +25,7 @@ use slab::Slab;
 
 use crate::http::{BodyScanner, Framing, MAX_HEADERS, RequestInfo, analyze_request};
 use crate::io::buffer::Buf;
+use crate::io::{ReadOutcome, Ready, read_into, write_two};
 use crate::runtime::{self, StartError, WorkerContext, Workers};
 
 pub mod demo;
@@ -202,10 +203,8 @@ struct Conn {
     current: Option<InFlight>,
     close_after_flush: bool,
     eof: bool,
-    /// A read may find data: set by each event, cleared by a short read (the
-    /// socket is drained; new data raises a new edge) unless the peer has closed.
-    readable: bool,
-    read_closed: bool,
+    /// Cached readiness, kept as the proxy keeps it (`io::Ready`).
+    ready: Ready,
     /// The connection switched to WebSocket: input is frames, not requests.
     websocket: Option<Tunnel>,
     /// It used up its turn and is in the list to serve after the next poll.
@@ -277,8 +276,11 @@ fn run(mut ctx: WorkerContext<()>, body: Arc<[u8]>, counters: &Counters) -> io::
                                     current: None,
                                     close_after_flush: false,
                                     eof: false,
-                                    readable: true,
-                                    read_closed: false,
+                                    ready: Ready {
+                                        readable: true,
+                                        writable: true,
+                                        read_closed: false,
+                                    },
                                     websocket: None,
                                     listed: false,
                                 });
@@ -290,8 +292,7 @@ fn run(mut ctx: WorkerContext<()>, body: Arc<[u8]>, counters: &Counters) -> io::
                     }
                 }
             } else if let Some(conn) = conns.get_mut(t.0) {
-                conn.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                conn.read_closed |= ev.is_read_closed();
+                conn.ready.update(ev);
                 match serve(conn, &body, counters) {
                     Served::Close => drop(conns.remove(t.0)),
                     Served::More if !conn.listed => {
@@ -324,23 +325,19 @@ const SERVE_TURN: usize = 8;
 fn serve(c: &mut Conn, body: &[u8], counters: &Counters) -> Served {
     for _ in 0..SERVE_TURN {
         let mut progress = false;
-        if c.readable
+        if c.ready.readable
             && !c.eof
             && !c.inbuf.is_full()
             && c.out.len() - c.out_sent < MAX_QUEUED_OUTPUT
             && c.fill_left == 0
         {
-            match c.inbuf.read_from(&mut c.sock) {
-                Ok((0, _)) => {
+            match read_into(&mut c.sock, &mut c.inbuf, &mut c.ready) {
+                Ok(ReadOutcome::Eof) => {
                     c.eof = true;
                     progress = true;
                 }
-                Ok((_, short)) => {
-                    c.readable = !short || c.read_closed;
-                    progress = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                Ok(ReadOutcome::Data) => progress = true,
+                Ok(ReadOutcome::Blocked) => {}
                 Err(_) => return Served::Close,
             }
         }
@@ -380,6 +377,9 @@ fn serve(c: &mut Conn, body: &[u8], counters: &Counters) -> Served {
 fn flush(c: &mut Conn) -> io::Result<bool> {
     let mut progress = false;
     for _ in 0..4 {
+        if !c.ready.writable {
+            return Ok(progress);
+        }
         let chunk: &[u8] = if c.out_sent < c.out.len() {
             &c.out[c.out_sent..]
         } else if c.fill_left > 0 {
@@ -391,19 +391,17 @@ fn flush(c: &mut Conn) -> io::Result<bool> {
             c.out_sent = 0;
             return Ok(progress);
         };
-        match c.sock.write(chunk) {
-            Ok(n) => {
-                progress = true;
-                if c.out_sent < c.out.len() {
-                    c.out_sent += n;
-                } else {
-                    c.fill_left -= n as u64;
-                    c.fill_sent += n as u64;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        let n = write_two(&mut c.sock, chunk, &[], &mut c.ready)?;
+        if n == 0 {
+            // Blocked (the readiness cache says so now) or interrupted.
+            continue;
+        }
+        progress = true;
+        if c.out_sent < c.out.len() {
+            c.out_sent += n;
+        } else {
+            c.fill_left -= n as u64;
+            c.fill_sent += n as u64;
         }
     }
     Ok(progress)
