@@ -52,7 +52,7 @@ impl Worker {
                 // So is a head (interim or final) of which some bytes are out.
                 let head_partly_out = c.bufs.as_ref().is_some_and(|b| b.resp_head_sent > 0);
                 let started = (c.x.resp == RespState::Body && !final_head_unsent)
-                    || c.x.resp == RespState::Tunnel
+                    || matches!(c.x.resp, RespState::Tunnel { .. })
                     || head_partly_out;
                 if matches!(c.phase, Phase::Closing | Phase::Draining | Phase::Aborting) {
                     self.close_client(ck);

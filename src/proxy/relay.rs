@@ -158,7 +158,10 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
                 Some(head) => {
                     progress = true;
                     if head.status == 101 {
-                        c.x.resp = RespState::Tunnel;
+                        c.x.resp = RespState::Tunnel {
+                            backend_shut: false,
+                            client_shut: false,
+                        };
                         c.x.status = 101;
                         return Ok(true);
                     }
@@ -223,21 +226,44 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
 /// sending half is shut; once both are, the session closes. The backend connection
 /// is never reused.
 pub(super) fn relay_tunnel(c: &mut Client, u: &mut Upstream) -> Step {
+    let RespState::Tunnel {
+        mut backend_shut,
+        mut client_shut,
+    } = c.x.resp
+    else {
+        return Err(Fail::Close);
+    };
+    let result = tunnel_step(c, u, &mut backend_shut, &mut client_shut);
+    c.x.resp = RespState::Tunnel {
+        backend_shut,
+        client_shut,
+    };
+    result
+}
+
+/// One step of `relay_tunnel`, with its two flags: our sending side toward the
+/// backend / the client is shut.
+fn tunnel_step(
+    c: &mut Client,
+    u: &mut Upstream,
+    backend_shut: &mut bool,
+    client_shut: &mut bool,
+) -> Step {
     let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
     let mut progress = false;
     // Client -> backend.
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
         progress |= read_client(&mut c.sock, &mut bufs.req, &mut c.ready, &mut c.eof)?;
     }
-    if !bufs.req.is_empty() && u.ready.writable && !c.x.backend_shut {
+    if !bufs.req.is_empty() && u.ready.writable && !*backend_shut {
         let n = write_two(&mut u.sock, &[], bufs.req.filled(), &mut u.ready)
             .map_err(|_| Fail::Close)?;
         bufs.req.consume(n);
         progress |= n > 0;
     }
-    if c.eof && bufs.req.is_empty() && !c.x.backend_shut {
+    if c.eof && bufs.req.is_empty() && !*backend_shut {
         let _ = u.sock.shutdown(Shutdown::Write);
-        c.x.backend_shut = true;
+        *backend_shut = true;
         progress = true;
     }
     // Backend -> client.
@@ -252,7 +278,7 @@ pub(super) fn relay_tunnel(c: &mut Client, u: &mut Upstream) -> Step {
         }
     }
     let head = &bufs.resp_head[bufs.resp_head_sent..];
-    if c.ready.writable && (!head.is_empty() || !bufs.resp.is_empty()) && !c.x.client_shut {
+    if c.ready.writable && (!head.is_empty() || !bufs.resp.is_empty()) && !*client_shut {
         let n = write_two(&mut c.sock, head, bufs.resp.filled(), &mut c.ready)
             .map_err(|_| Fail::Close)?;
         let from_head = n.min(head.len());
@@ -264,12 +290,12 @@ pub(super) fn relay_tunnel(c: &mut Client, u: &mut Upstream) -> Step {
         bufs.resp_head.clear();
         bufs.resp_head_sent = 0;
     }
-    if u.eof && bufs.resp.is_empty() && bufs.resp_head.is_empty() && !c.x.client_shut {
+    if u.eof && bufs.resp.is_empty() && bufs.resp_head.is_empty() && !*client_shut {
         let _ = c.sock.shutdown(Shutdown::Write);
-        c.x.client_shut = true;
+        *client_shut = true;
         progress = true;
     }
-    if c.x.backend_shut && c.x.client_shut {
+    if *backend_shut && *client_shut {
         // Both directions are finished.
         return Err(Fail::Close);
     }

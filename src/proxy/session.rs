@@ -164,8 +164,13 @@ pub(super) enum RespState {
     /// The final head is queued; its body is being relayed.
     Body,
     /// The backend switched protocols (101): bytes flow both ways, unparsed,
-    /// until both sides have closed.
-    Tunnel,
+    /// until both sides have closed. Each flag: our sending side toward the
+    /// backend / the client is shut (its peer ended its stream and everything it
+    /// sent is delivered).
+    Tunnel {
+        backend_shut: bool,
+        client_shut: bool,
+    },
 }
 
 /// What to do with a session whose step failed.
@@ -299,9 +304,6 @@ pub(super) struct Exchange {
     pub(super) interim: u16,
     /// When the request head was parsed (the loop's clock).
     pub(super) started: Instant,
-    /// In a tunnel: our sending side toward the backend / the client is shut.
-    pub(super) backend_shut: bool,
-    pub(super) client_shut: bool,
 }
 
 impl Exchange {
@@ -327,8 +329,6 @@ impl Exchange {
             status: 0,
             interim: 0,
             started,
-            backend_shut: false,
-            client_shut: false,
         }
     }
 
@@ -512,7 +512,7 @@ impl Worker {
             return Err(Fail::Reject(Reject::BadGateway));
         };
         let u = &mut self.upstreams[uk];
-        if c.x.resp == RespState::Tunnel {
+        if matches!(c.x.resp, RespState::Tunnel { .. }) {
             return relay_tunnel(c, u);
         }
         let defer = self.defer_writes;
@@ -526,7 +526,7 @@ impl Worker {
         {
             bufs.head_at.get_or_insert(self.now);
         }
-        if c.x.resp == RespState::Tunnel {
+        if matches!(c.x.resp, RespState::Tunnel { .. }) {
             // The 101 is queued; from here on this session is a tunnel.
             let (backend, took) = (c.x.backend, self.now.saturating_duration_since(c.x.started));
             self.stats().requests.fetch_add(1, Ordering::Relaxed);
