@@ -8,7 +8,7 @@ use crate::backends::select;
 use crate::http::Reject;
 use crate::http::rewrite::{self};
 
-use super::session::{Client, Fail, Phase, RespState};
+use super::session::{Client, Fail, Phase, RespState, Timer, Wait};
 use super::upstream::Upstream;
 use super::worker::Worker;
 
@@ -31,7 +31,7 @@ impl Worker {
                     self.bufs.give(bufs);
                 }
                 c.phase = Phase::Aborting;
-                c.deadline = now + self.timeouts.linger;
+                c.timer = Timer::new(now + self.timeouts.linger, Wait::Linger);
                 true
             }
             Fail::Reset => {
@@ -87,7 +87,7 @@ impl Worker {
                 // Timed from its head only if the refused request got that far.
                 let timed = c.phase == Phase::Exchange;
                 c.phase = Phase::Closing;
-                c.deadline = now + self.timeouts.linger;
+                c.timer = Timer::new(now + self.timeouts.linger, Wait::Linger);
                 if self.shared.access.is_some() {
                     self.log_access(ck, reject.status(), None, timed);
                 }

@@ -173,6 +173,45 @@ pub(super) enum RespState {
     },
 }
 
+/// What a session's timer waits for, and so what its expiry means (see
+/// `Worker::sweep`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// The next request, between requests or before the first: close silently.
+    Idle,
+    /// The rest of a request head: 408.
+    Head,
+    /// A backend connection being set up: another backend, or 502.
+    Connect,
+    /// The backend's response head: 504, counted against the backend.
+    Response,
+    /// The client's request body, before any response: 408, the client's stall
+    /// (RFC 9110 §15.5.9), never counted against the backend.
+    ClientBody,
+    /// The client to read a head queued for it, before the final one: its stall
+    /// too; only a close is left.
+    ClientReading,
+    /// A response body moving either way: it is cut short (`Fail::Abort`).
+    Body,
+    /// A tunnel moving either way: closed.
+    Tunnel,
+    /// A closing, draining or aborting connection to finish (the linger time).
+    Linger,
+}
+
+/// When a session's timer expires, and what it waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Timer {
+    pub(super) at: Instant,
+    pub(super) wait: Wait,
+}
+
+impl Timer {
+    pub(super) fn new(at: Instant, wait: Wait) -> Timer {
+        Timer { at, wait }
+    }
+}
+
 /// What to do with a session whose step failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Fail {
@@ -202,7 +241,7 @@ pub(super) struct Client {
     pub(super) ready: Ready,
     pub(super) bufs: Option<Box<Bufs>>,
     pub(super) phase: Phase,
-    pub(super) deadline: Instant,
+    pub(super) timer: Timer,
     /// The client has shut down its sending side.
     pub(super) eof: bool,
     pub(super) drained: u32,
@@ -360,13 +399,15 @@ impl Worker {
             c.turn = self.turn;
             c.steps = 0;
         }
+        let mut moved = false;
         let more = loop {
-            match self.pump(ck) {
+            match self.pump(ck, &mut moved) {
                 Ok(more) => break more,
                 Err(fail) => {
                     if !self.fail(ck, fail) {
                         return;
                     }
+                    moved = true;
                 }
             }
         };
@@ -380,20 +421,25 @@ impl Worker {
             c.queued = true;
             self.flush_queue.push(ck);
         }
-        if c.phase == Phase::Exchange {
+        // An exchange's timer is re-armed when it moved, for what it waits for
+        // now: the backend's head (the response timeout), or body bytes from
+        // either side (the body timeout).
+        if c.phase == Phase::Exchange && moved {
             let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
-            if !connecting {
-                // Waiting for the backend's head is the response timeout; waiting
-                // for body bytes, from either side, the body timeout.
-                c.deadline = now
-                    + if c.x.resp == RespState::Waiting
-                        && !c.waits_on_client_body()
-                        && !c.waits_on_client_reading()
-                    {
-                        self.timeouts.response
-                    } else {
-                        self.timeouts.body
-                    };
+            let wait = match c.x.resp {
+                _ if connecting => None,
+                RespState::Waiting if c.waits_on_client_body() => Some(Wait::ClientBody),
+                RespState::Waiting if c.waits_on_client_reading() => Some(Wait::ClientReading),
+                RespState::Waiting => Some(Wait::Response),
+                RespState::Body => Some(Wait::Body),
+                RespState::Tunnel { .. } => Some(Wait::Tunnel),
+            };
+            if let Some(wait) = wait {
+                let after = match wait {
+                    Wait::Response => self.timeouts.response,
+                    _ => self.timeouts.body,
+                };
+                c.timer = Timer::new(now + after, wait);
             }
         }
         #[cfg(debug_assertions)]
@@ -403,7 +449,8 @@ impl Worker {
     /// Step a session's state machine while it makes progress, until it has
     /// taken `MAX_STEPS_PER_TURN` steps in this pass of the loop (however many
     /// times it is driven in it); returns whether it could still move.
-    pub(super) fn pump(&mut self, ck: usize) -> Result<bool, Fail> {
+    /// `moved` is set when a step made progress.
+    pub(super) fn pump(&mut self, ck: usize, moved: &mut bool) -> Result<bool, Fail> {
         loop {
             let c = &mut self.clients[ck];
             if c.steps >= MAX_STEPS_PER_TURN {
@@ -420,6 +467,7 @@ impl Worker {
             if !progress {
                 return Ok(false);
             }
+            *moved = true;
         }
     }
 
@@ -456,7 +504,7 @@ impl Worker {
         }
         if c.ready.readable {
             if bufs.req.is_empty() {
-                c.deadline = self.now + self.timeouts.header;
+                c.timer = Timer::new(self.now + self.timeouts.header, Wait::Head);
             }
             return match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
                 Ok(ReadOutcome::Data) => Ok(true),
@@ -466,7 +514,7 @@ impl Worker {
                 }
                 Ok(ReadOutcome::Blocked) => {
                     if bufs.req.is_empty() {
-                        c.deadline = self.now + self.timeouts.idle;
+                        c.timer = Timer::new(self.now + self.timeouts.idle, Wait::Idle);
                     }
                     Ok(false)
                 }
@@ -499,7 +547,7 @@ impl Worker {
         c.x = Exchange::new(info, backend, self.now);
         c.x.close_after |= self.shutdown_deadline.is_some();
         c.phase = Phase::Exchange;
-        c.deadline = self.now + self.timeouts.response;
+        c.timer = Timer::new(self.now + self.timeouts.response, Wait::Response);
         self.hold(ck, backend);
         self.connect_upstream(ck, backend, true)
     }
@@ -617,12 +665,18 @@ impl Worker {
             // the response still on its way (see `step_closing`).
             c.linger |= !c.x.req_done || c.x.req.keep_alive;
             c.phase = Phase::Closing;
-            c.deadline = now + self.timeouts.linger;
+            c.timer = Timer::new(now + self.timeouts.linger, Wait::Linger);
         } else {
             c.phase = Phase::Head;
-            c.deadline = now + self.timeouts.idle;
+            // Bytes of a pipelined request already here are a head begun.
+            let wait = if bufs.req.is_empty() {
+                Wait::Idle
+            } else {
+                Wait::Head
+            };
+            c.timer = Timer::new(now + self.timeouts.idle, wait);
             if self.shutdown_deadline.is_some() {
-                c.deadline = c.deadline.min(now + DRAIN_GRACE);
+                c.timer.at = c.timer.at.min(now + DRAIN_GRACE);
             }
         }
         Ok(())

@@ -14,7 +14,7 @@ use crate::backends::Member;
 use crate::http::Reject;
 use crate::io::Ready;
 
-use super::session::{Fail, Step};
+use super::session::{Fail, Step, Timer, Wait};
 use super::worker::{Worker, upstream_token};
 use super::{DISTRUST, NON_IDEMPOTENT_MAX_IDLE};
 
@@ -236,7 +236,8 @@ impl Worker {
                     client: Some(ck),
                     idle_since: self.now,
                 });
-                self.clients[ck].deadline = self.now + self.timeouts.connect;
+                self.clients[ck].timer =
+                    Timer::new(self.now + self.timeouts.connect, Wait::Connect);
                 uk
             }
         };

@@ -18,7 +18,7 @@ use crate::io::buffer::Pool;
 use crate::runtime::{self, Control, WorkerContext};
 
 use super::plan::{Plan, Shared, WorkerStats};
-use super::session::{Bufs, Client, Exchange, Fail, Phase, RespState};
+use super::session::{Bufs, Client, Exchange, Fail, Phase, RespState, Timer, Wait};
 use super::upstream::{Local, Upstream};
 use super::{DRAIN_GRACE, MAX_FREE_BUFS, MAX_SWEEP_INTERVAL, MIN_BUF_SIZE};
 
@@ -336,7 +336,7 @@ impl Worker {
                 // (a client that sends just as we close would see its request fail).
                 // It gets a moment to arrive and is answered with `Connection: close`
                 // (see `start_exchange`); a connection still silent then is closed.
-                Phase::Head => c.deadline = c.deadline.min(self.now + DRAIN_GRACE),
+                Phase::Head => c.timer.at = c.timer.at.min(self.now + DRAIN_GRACE),
                 // The response will say `Connection: close`, unless its head is out
                 // already: then the client may send one more request, which is
                 // answered that way (the connection drains like an idle one).
@@ -413,7 +413,7 @@ impl Worker {
                 ready: Ready::default(),
                 bufs: None,
                 phase: Phase::Head,
-                deadline: self.now + self.timeouts.idle,
+                timer: Timer::new(self.now + self.timeouts.idle, Wait::Idle),
                 eof: false,
                 drained: 0,
                 linger: false,
@@ -479,50 +479,36 @@ impl Worker {
         self.expired.extend(
             self.clients
                 .iter()
-                .filter(|(_, c)| c.deadline <= now || c.phase == Phase::Aborting)
+                .filter(|(_, c)| c.timer.at <= now || c.phase == Phase::Aborting)
                 .map(|(k, _)| k),
         );
         for i in 0..self.expired.len() {
             let ck = self.expired[i];
             let c = &self.clients[ck];
-            let fail = match c.phase {
-                Phase::Aborting if c.deadline > now => {
-                    self.drive(ck);
-                    continue;
-                }
-                // Not delivered within the linger time: reset anyway.
-                Phase::Aborting => Fail::Reset,
-                Phase::Head if c.bufs.as_ref().is_some_and(|b| !b.req.is_empty()) => {
-                    Fail::Reject(Reject::Timeout)
-                }
-                Phase::Exchange if c.x.resp == RespState::Waiting => {
-                    let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
-                    if connecting {
-                        // Connect timeout: another backend, or 502.
-                        Fail::Backend {
-                            reject: Reject::BadGateway,
-                            may_retry: true,
-                        }
-                    } else if c.waits_on_client_body() {
-                        // The client stopped sending its body: its stall, not the
-                        // backend's (RFC 9110 §15.5.9), and never counted against it.
-                        Fail::Reject(Reject::Timeout)
-                    } else if c.waits_on_client_reading() {
-                        // The client stopped reading (an interim head is out in
-                        // part or waits): its stall too. Only a close is left.
-                        Fail::Close
-                    } else {
-                        Fail::Backend {
-                            reject: Reject::GatewayTimeout,
-                            may_retry: false,
-                        }
-                    }
-                }
+            if c.phase == Phase::Aborting && c.timer.at > now {
+                self.drive(ck);
+                continue;
+            }
+            // What the timer waited for says what its expiry means.
+            let fail = match c.timer.wait {
+                Wait::Idle | Wait::Tunnel | Wait::ClientReading => Fail::Close,
+                Wait::Head | Wait::ClientBody => Fail::Reject(Reject::Timeout),
+                // Connect timeout: another backend, or 502.
+                Wait::Connect => Fail::Backend {
+                    reject: Reject::BadGateway,
+                    may_retry: true,
+                },
+                Wait::Response => Fail::Backend {
+                    reject: Reject::GatewayTimeout,
+                    may_retry: false,
+                },
                 // A body that stalled (either side) is cut short: the client must
                 // be able to tell, which for a body delimited by the close only a
                 // reset does (after what was sent is delivered).
-                Phase::Exchange if c.x.resp == RespState::Body => Fail::Abort,
-                _ => Fail::Close,
+                Wait::Body => Fail::Abort,
+                // Not delivered within the linger time: reset anyway.
+                Wait::Linger if c.phase == Phase::Aborting => Fail::Reset,
+                Wait::Linger => Fail::Close,
             };
             if self.fail(ck, fail) {
                 self.drive(ck);
