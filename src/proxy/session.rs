@@ -399,20 +399,21 @@ impl Worker {
             c.turn = self.turn;
             c.steps = 0;
         }
-        let mut moved = false;
-        let more = loop {
-            match self.pump(ck, &mut moved) {
-                Ok(more) => break more,
+        let mut failed = false;
+        let (more, moved) = loop {
+            match self.pump(ck) {
+                Ok(pumped) => break pumped,
                 Err(fail) => {
                     if !self.fail(ck, fail) {
                         return;
                     }
-                    moved = true;
+                    failed = true;
                 }
             }
         };
         let now = self.now;
         let c = &mut self.clients[ck];
+        let moved = moved || failed;
         if more && !c.yielded {
             c.yielded = true;
             self.yielded.push(ck);
@@ -424,20 +425,25 @@ impl Worker {
         // An exchange's timer is re-armed when it moved, for what it waits for
         // now: the backend's head (the response timeout), or body bytes from
         // either side (the body timeout).
-        if c.phase == Phase::Exchange && moved {
-            let connecting = c.upstream.is_some_and(|uk| !self.upstreams[uk].connected);
+        if moved && c.phase == Phase::Exchange {
             let wait = match c.x.resp {
-                _ if connecting => None,
+                RespState::Body => Some(Wait::Body),
+                RespState::Tunnel { .. } => Some(Wait::Tunnel),
+                // A connect in progress keeps its connect timer.
+                RespState::Waiting
+                    if c.upstream.is_some_and(|uk| !self.upstreams[uk].connected) =>
+                {
+                    None
+                }
                 RespState::Waiting if c.waits_on_client_body() => Some(Wait::ClientBody),
                 RespState::Waiting if c.waits_on_client_reading() => Some(Wait::ClientReading),
                 RespState::Waiting => Some(Wait::Response),
-                RespState::Body => Some(Wait::Body),
-                RespState::Tunnel { .. } => Some(Wait::Tunnel),
             };
             if let Some(wait) = wait {
-                let after = match wait {
-                    Wait::Response => self.timeouts.response,
-                    _ => self.timeouts.body,
+                let after = if wait == Wait::Response {
+                    self.timeouts.response
+                } else {
+                    self.timeouts.body
                 };
                 c.timer = Timer::new(now + after, wait);
             }
@@ -448,13 +454,14 @@ impl Worker {
 
     /// Step a session's state machine while it makes progress, until it has
     /// taken `MAX_STEPS_PER_TURN` steps in this pass of the loop (however many
-    /// times it is driven in it); returns whether it could still move.
-    /// `moved` is set when a step made progress.
-    pub(super) fn pump(&mut self, ck: usize, moved: &mut bool) -> Result<bool, Fail> {
+    /// times it is driven in it); returns whether it could still move, and
+    /// whether it moved.
+    pub(super) fn pump(&mut self, ck: usize) -> Result<(bool, bool), Fail> {
+        let mut moved = false;
         loop {
             let c = &mut self.clients[ck];
             if c.steps >= MAX_STEPS_PER_TURN {
-                return Ok(true);
+                return Ok((true, moved));
             }
             c.steps += 1;
             let progress = match c.phase {
@@ -465,9 +472,9 @@ impl Worker {
                 Phase::Aborting => step_aborting(&self.clients[ck])?,
             };
             if !progress {
-                return Ok(false);
+                return Ok((false, moved));
             }
-            *moved = true;
+            moved = true;
         }
     }
 
