@@ -18,6 +18,12 @@
 //!
 //! Where corelb deliberately differs from llhttp, the case is in `DIFFERENCES` with
 //! the reason, and the harness checks corelb's own outcome for it instead.
+//!
+//! Everything the proxy sends, to the backend and to the client, is read by
+//! `common::wire`, written from RFC 9110/9112 and sharing no code with `src/`:
+//! where a head or body ends, chunked decoding, Connection options and the
+//! absolute-form split all come from there, so a framing bug in the proxy shows
+//! up as a disagreement rather than being mirrored by the test.
 
 mod common;
 
@@ -27,8 +33,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::wire::{self, Body, Dechunk, Head};
 use common::*;
-use corelb::http::{BodyScanner, analyze_request, analyze_response};
 
 struct Case {
     file: String,
@@ -322,66 +328,69 @@ fn read_until_close(mut s: TcpStream) -> Option<Vec<u8>> {
     }
 }
 
-/// Statuses of the complete final responses in `bytes`, and the status of a last
-/// response cut short by a close (`Some(0)` if even its head was cut).
+/// Where the body framed by `framing` ends in `bytes` (which follow its head), per
+/// `wire` (RFC 9112 §6-7), not corelb: its length with framing, whether it is
+/// complete, and its content (dechunked). A close-delimited body is everything.
+fn body_in(framing: Body, bytes: &[u8]) -> Result<(usize, bool, Vec<u8>), String> {
+    Ok(match framing {
+        Body::None => (0, true, Vec::new()),
+        Body::Length(n) => match usize::try_from(n) {
+            Ok(n) if n <= bytes.len() => (n, true, bytes[..n].to_vec()),
+            _ => (bytes.len(), false, Vec::new()),
+        },
+        Body::Chunked => {
+            let mut decoder = Dechunk::default();
+            let mut data = Vec::new();
+            let used = decoder.feed(bytes, &mut data, true)?;
+            (used, decoder.is_done(), data)
+        }
+        Body::Close => (bytes.len(), true, bytes.to_vec()),
+    })
+}
+
 /// The body content of the first final response in `bytes` (dechunked), if complete.
 fn first_body(mut bytes: &[u8]) -> Option<Vec<u8>> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 100];
-        let mut resp = httparse::Response::new(&mut headers);
-        let n = match resp.parse(bytes) {
-            Ok(httparse::Status::Complete(n)) => n,
-            _ => return None,
-        };
-        let info = analyze_response(&resp, false).ok()?;
-        let mut scanner = BodyScanner::new(info.framing);
-        let len = scanner.scan(&bytes[n..]).ok()?;
-        if info.status < 200 {
+        let (head, n) = wire::response_head(bytes).ok()??;
+        let framing = wire::response_body(&head, false).ok()?;
+        let (len, complete, data) = body_in(framing, &bytes[n..]).ok()?;
+        if head.status < 200 {
             bytes = &bytes[n + len..];
             continue;
         }
-        let body = &bytes[n..n + len];
-        return match info.framing {
-            corelb::http::Framing::Chunked => scanner.is_done().then(|| dechunk(body)),
-            corelb::http::Framing::UntilClose => Some(body.to_vec()),
-            _ => scanner.is_done().then(|| body.to_vec()),
-        };
+        return complete.then_some(data);
     }
 }
 
+/// Statuses of the complete final responses in `bytes`, and the status of a last
+/// response cut short by a close (`Some(0)` if even its head was cut).
 fn statuses(mut bytes: &[u8], head_request: bool) -> (Vec<u16>, Option<u16>) {
     let mut out = Vec::new();
     loop {
         if bytes.is_empty() {
             return (out, None);
         }
-        let mut headers = [httparse::EMPTY_HEADER; 100];
-        let mut resp = httparse::Response::new(&mut headers);
-        let n = match resp.parse(bytes) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return (out, Some(0)),
+        let (head, n) = match wire::response_head(bytes) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return (out, Some(0)),
             Err(e) => panic!(
                 "proxy sent a malformed response ({e}): {:?}",
                 String::from_utf8_lossy(bytes)
             ),
         };
-        let info = analyze_response(&resp, head_request).expect("proxy sent bad framing");
-        let mut scanner = BodyScanner::new(info.framing);
-        let body = scanner
-            .scan(&bytes[n..])
-            .expect("proxy sent a bad chunked body");
-        if !scanner.is_done() && info.framing != corelb::http::Framing::UntilClose {
-            return (out, Some(info.status));
+        let framing = wire::response_body(&head, head_request).expect("proxy sent bad framing");
+        let (len, complete, _) = body_in(framing, &bytes[n..])
+            .unwrap_or_else(|e| panic!("proxy sent a bad chunked body ({e})"));
+        if !complete {
+            return (out, Some(head.status));
         }
-        if info.status >= 200 {
-            out.push(info.status);
+        if head.status >= 200 {
+            out.push(head.status);
         }
-        bytes = &bytes[n + body..];
+        bytes = &bytes[n + len..];
     }
 }
 
-/// A backend that records (method, target) of every complete request and answers 200.
-/// (method, target) of each request a backend received, in order.
 /// A request as the backend should see it, reduced to what must survive the
 /// proxy: method, target, end-to-end header fields (names lowercased, values
 /// trimmed, stably sorted by name so fields the proxy appends compare equal), and
@@ -414,7 +423,7 @@ fn compared(name: &str) -> bool {
 fn normalised(mut headers: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
     for h in &mut headers {
         h.0.make_ascii_lowercase();
-        h.1 = collapse_non_ascii(corelb::http::fields::trim_ows(&h.1));
+        h.1 = collapse_non_ascii(wire::trim_ows(&h.1));
     }
     headers.retain(|h| compared(&h.0));
     headers.sort_by(|a, b| a.0.cmp(&b.0));
@@ -445,7 +454,7 @@ fn as_forwarded(m: &Msg) -> Forwarded {
         .iter()
         .filter(|h| h.0.eq_ignore_ascii_case("connection"))
         .flat_map(|h| {
-            corelb::http::fields::list_elements(&h.1)
+            wire::list_elements(&h.1)
                 .map(|o| String::from_utf8_lossy(o).to_ascii_lowercase())
                 .collect::<Vec<_>>()
         })
@@ -458,7 +467,7 @@ fn as_forwarded(m: &Msg) -> Forwarded {
         .cloned()
         .collect();
     let mut target = m.url.clone();
-    if let Some((authority, path)) = corelb::http::fields::split_absolute_form(&m.url) {
+    if let Some((authority, path)) = wire::split_absolute_form(&m.url) {
         headers.retain(|h| !h.0.eq_ignore_ascii_case("host"));
         headers.push(("host".into(), authority.as_bytes().to_vec()));
         target = if path.starts_with('/') {
@@ -475,91 +484,65 @@ fn as_forwarded(m: &Msg) -> Forwarded {
     }
 }
 
-/// The data of a chunked body the proxy has already found well-formed.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size_text = raw[..line_end].split(|&b| b == b';').next().unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(size_text).unwrap().trim(), 16).unwrap();
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = &raw[size + 2..];
-    }
-}
-
+/// Every request a backend received, in order.
 type Seen = Arc<Mutex<Vec<Forwarded>>>;
 
+/// A backend that records every complete request it receives and answers 200.
 fn recording_backend() -> (Scripted, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     let backend = Scripted::start(move |mut s, _| {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 16384];
+        // Read more of the request; false once the proxy has closed.
+        let mut fill = |s: &mut std::net::TcpStream, buf: &mut Vec<u8>| match s.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(k) => {
+                buf.extend_from_slice(&chunk[..k]);
+                true
+            }
+        };
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; 100];
-            let mut req = httparse::Request::new(&mut headers);
-            let parsed = match req.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => Some((
-                    n,
-                    analyze_request(&req).ok(),
-                    Forwarded {
-                        method: req.method.unwrap_or("").to_string(),
-                        target: req.path.unwrap_or("").to_string(),
-                        headers: normalised(
-                            req.headers
-                                .iter()
-                                .map(|h| (h.name.to_string(), h.value.to_vec()))
-                                .collect(),
-                        ),
-                        body: Vec::new(),
-                    },
-                )),
-                Ok(httparse::Status::Partial) => None,
-                Err(_) => return,
+            // Head and framing as `wire` reads them (RFC 9112), not corelb. A
+            // request it finds malformed is not recorded: the connection is dropped.
+            let (head, n) = match wire::request_head_obs_text(&buf) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) if fill(&mut s, &mut buf) => continue,
+                Ok(None) => return,
+                Err(e) => return eprintln!("backend: proxy sent a malformed head: {e}"),
             };
-            match parsed {
-                Some((n, Some(info), mut message)) => {
-                    let mut scanner = BodyScanner::new(info.framing);
-                    let mut used = n + scanner.scan(&buf[n..]).unwrap_or(0);
-                    while !scanner.is_done() {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => {
-                                buf.extend_from_slice(&chunk[..k]);
-                                match scanner.scan(&buf[used..]) {
-                                    Ok(m) => used += m,
-                                    Err(_) => return,
-                                }
-                            }
-                        }
-                    }
-                    message.body = if info.framing == corelb::http::Framing::Chunked {
-                        dechunk(&buf[n..used])
-                    } else {
-                        buf[n..used].to_vec()
-                    };
-                    buf.drain(..used);
-                    record.lock().unwrap().push(message);
-                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .is_err()
-                    {
-                        return;
-                    }
+            let framing = match wire::request_body(&head) {
+                Ok(framing) => framing,
+                Err(e) => return eprintln!("backend: proxy sent bad framing: {e}"),
+            };
+            let (used, body) = loop {
+                match body_in(framing, &buf[n..]) {
+                    Ok((len, true, body)) => break (n + len, body),
+                    Ok(_) if fill(&mut s, &mut buf) => {}
+                    Ok(_) => return,
+                    Err(e) => return eprintln!("backend: proxy sent a bad chunked body: {e}"),
                 }
-                Some((_, None, _)) => return,
-                None => match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                },
+            };
+            buf.drain(..used);
+            record.lock().unwrap().push(forwarded(&head, body));
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
             }
         }
     });
     (backend, seen)
+}
+
+/// A request as the backend received it, reduced as `as_forwarded` reduces the log.
+fn forwarded(head: &Head, body: Vec<u8>) -> Forwarded {
+    Forwarded {
+        method: head.method.clone(),
+        target: head.target.clone(),
+        headers: normalised(head.field_bytes.clone()),
+        body,
+    }
 }
 
 fn corpus_dir(side: &str) -> std::path::PathBuf {

@@ -20,6 +20,9 @@ pub struct Head {
     /// Minor HTTP version: 0 or 1.
     pub minor: u8,
     pub fields: Vec<(String, String)>,
+    /// The same fields with their values as sent, byte for byte: a value may hold
+    /// obs-text (RFC 9110 §5.5), which `fields` can only show lossily.
+    pub field_bytes: Vec<(String, Vec<u8>)>,
     /// The head as received, CRLFs included.
     pub raw: String,
 }
@@ -74,39 +77,87 @@ fn head_end(buf: &[u8]) -> Result<Option<usize>, String> {
     Ok(None)
 }
 
-fn parse_fields(lines: &[&str]) -> Result<Vec<(String, String)>, String> {
+/// The lines of `b`, split at each CRLF (a lone CR stays in its line).
+fn crlf_lines(mut b: &[u8]) -> Vec<&[u8]> {
+    let mut lines = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        lines.push(&b[..i]);
+        b = &b[i + 2..];
+    }
+    lines.push(b);
+    lines
+}
+
+/// Field lines (RFC 9112 §5): `field-name ":" OWS field-value OWS`, the name a
+/// token and the value free of control bytes other than HTAB.
+fn parse_fields(lines: &[&[u8]]) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut fields = Vec::new();
     for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("field line without a colon: {line:?}"))?;
-        if name.is_empty() || !name.bytes().all(is_tchar) {
-            return Err(format!("bad field name {name:?}"));
+        let colon = line.iter().position(|&b| b == b':').ok_or_else(|| {
+            format!(
+                "field line without a colon: {:?}",
+                String::from_utf8_lossy(line)
+            )
+        })?;
+        let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(format!(
+                "bad field name {:?}",
+                String::from_utf8_lossy(name)
+            ));
         }
-        let value = value.trim_matches([' ', '\t']);
-        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        // A token is ASCII, so this cannot fail.
+        let name = String::from_utf8(name.to_vec()).unwrap();
+        if value.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
             return Err(format!("control byte in the value of {name}"));
         }
-        fields.push((name.to_string(), value.to_string()));
+        fields.push((name, value.to_vec()));
     }
     Ok(fields)
 }
 
-fn split_head(buf: &[u8], n: usize) -> Result<(String, Vec<&str>), String> {
-    let text = std::str::from_utf8(&buf[..n]).map_err(|_| "head is not UTF-8".to_string())?;
-    let mut lines: Vec<&str> = text[..n - 4].split("\r\n").collect();
-    let start = lines.remove(0).to_string();
-    Ok((start, lines))
+/// The head at the front of `buf`, with only its start line and fields read (the
+/// caller reads the start line). Field values must be UTF-8 unless `obs_text`,
+/// when any byte RFC 9110 §5.5 allows is kept and `fields` shows it lossily.
+fn read_head(buf: &[u8], obs_text: bool) -> Result<Option<(Head, usize)>, String> {
+    let Some(n) = head_end(buf)? else {
+        return Ok(None);
+    };
+    let mut lines = crlf_lines(&buf[..n - 4]);
+    let start = std::str::from_utf8(lines.remove(0))
+        .map_err(|_| "head is not UTF-8".to_string())?
+        .to_string();
+    let field_bytes = parse_fields(&lines)?;
+    let mut fields = Vec::with_capacity(field_bytes.len());
+    for (name, value) in &field_bytes {
+        let value = match std::str::from_utf8(value) {
+            Ok(v) => v.to_string(),
+            Err(_) if obs_text => String::from_utf8_lossy(value).into_owned(),
+            Err(_) => return Err("head is not UTF-8".into()),
+        };
+        fields.push((name.clone(), value));
+    }
+    let head = Head {
+        start,
+        status: 0,
+        method: String::new(),
+        target: String::new(),
+        minor: 1,
+        fields,
+        field_bytes,
+        raw: String::from_utf8_lossy(&buf[..n]).into_owned(),
+    };
+    Ok(Some((head, n)))
 }
 
 /// Parse a response head at the front of `buf`: `Ok(None)` if incomplete, else the
 /// head and its length in bytes.
 pub fn response_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
-    let Some(n) = head_end(buf)? else {
+    let Some((mut head, n)) = read_head(buf, false)? else {
         return Ok(None);
     };
-    let (start, lines) = split_head(buf, n)?;
-    let minor = match start.get(..9) {
+    let start = head.start.as_str();
+    head.minor = match start.get(..9) {
         Some("HTTP/1.1 ") => 1,
         Some("HTTP/1.0 ") => 0,
         _ => return Err(format!("bad status line {start:?}")),
@@ -117,29 +168,27 @@ pub fn response_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
     {
         return Err(format!("bad status code in {start:?}"));
     }
-    let status: u16 = code.parse().map_err(|_| "bad status code")?;
-    let fields = parse_fields(&lines)?;
-    let raw = String::from_utf8_lossy(&buf[..n]).into_owned();
-    Ok(Some((
-        Head {
-            start,
-            status,
-            method: String::new(),
-            target: String::new(),
-            minor,
-            fields,
-            raw,
-        },
-        n,
-    )))
+    head.status = code.parse().map_err(|_| "bad status code")?;
+    Ok(Some((head, n)))
 }
 
 /// Parse a request head at the front of `buf` (as `response_head`).
 pub fn request_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
-    let Some(n) = head_end(buf)? else {
+    request_line(read_head(buf, false)?)
+}
+
+/// As `request_head`, but a field value may hold obs-text (bytes 0x80-0xFF, RFC
+/// 9110 §5.5), which a proxy relays as it is: see `Head::field_bytes`.
+pub fn request_head_obs_text(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
+    request_line(read_head(buf, true)?)
+}
+
+/// Read the request line (RFC 9112 §3) of a head.
+fn request_line(head: Option<(Head, usize)>) -> Result<Option<(Head, usize)>, String> {
+    let Some((mut head, n)) = head else {
         return Ok(None);
     };
-    let (start, lines) = split_head(buf, n)?;
+    let start = head.start.as_str();
     let mut parts = start.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -154,20 +203,50 @@ pub fn request_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
     if method.is_empty() || !method.bytes().all(is_tchar) || target.is_empty() {
         return Err(format!("bad request line {start:?}"));
     }
-    let fields = parse_fields(&lines)?;
-    let raw = String::from_utf8_lossy(&buf[..n]).into_owned();
-    Ok(Some((
-        Head {
-            method: method.to_string(),
-            target: target.to_string(),
-            start,
-            status: 0,
-            minor,
-            fields,
-            raw,
-        },
-        n,
-    )))
+    (head.method, head.target, head.minor) = (method.to_string(), target.to_string(), minor);
+    Ok(Some((head, n)))
+}
+
+/// Strip optional whitespace from both ends of a field value or list element:
+/// `OWS = *( SP / HTAB )` (RFC 9110 §5.6.3).
+pub fn trim_ows(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
+
+/// The elements of a comma-separated list field value (RFC 9110 §5.6.1:
+/// `#element` is `[ element ] *( OWS "," OWS [ element ] )`, and a recipient
+/// ignores empty elements). Quoted strings are not special-cased: the lists read
+/// here (Connection options) are tokens.
+pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
+}
+
+/// An absolute-form request target (RFC 9112 §3.2.2) for "http" or "https" split
+/// into the Host a proxy must send in its place and the rest, path and query
+/// (empty when there is no path). RFC 9110 §7.2: the Host is the target URI's
+/// authority without its userinfo; §4.2.1: an "http" URI has a non-empty host.
+/// `None` for any other target, or one with a fragment (absolute-URI has none).
+pub fn split_absolute_form(target: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    if target.contains('#') {
+        return None;
+    }
+    // The authority runs to the first "/" or "?" (RFC 3986 §3.2).
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    (!host.is_empty()).then_some((host, path))
 }
 
 /// The Content-Length and Transfer-Encoding of a head, checked for consistency.
