@@ -190,7 +190,7 @@ impl Worker {
 pub(super) fn retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
     let nothing_sent = c.bufs.as_ref().is_none_or(|b| b.req_head_sent == 0);
     let replayable = nothing_sent || (c.x.req.idempotent && c.x.replayable);
-    if u.reused && !u.received {
+    if u.reused() && !u.received {
         return if replayable && !c.x.retried {
             Fail::Retry
         } else {

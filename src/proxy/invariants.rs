@@ -37,20 +37,13 @@ impl Worker {
                 .iter()
                 .filter(|&&k| k == uk)
                 .count();
-            let ok = match u.client {
+            let ok = match u.client() {
                 Some(ck) => {
                     listed == 0 && self.clients.get(ck).is_some_and(|c| c.upstream == Some(uk))
                 }
                 // Idle: pooled exactly once, nothing of an exchange left on it, and
                 // nothing seen arriving since (that closes it at once).
-                None => {
-                    listed == 1
-                        && u.connected
-                        && !u.eof
-                        && u.reused
-                        && !u.ready.readable
-                        && !u.ready.read_closed
-                }
+                None => listed == 1 && !u.eof && !u.ready.readable && !u.ready.read_closed,
             };
             assert!(ok, "backend connection {uk} breaks an invariant");
         }
@@ -59,7 +52,7 @@ impl Worker {
                 assert!(
                     self.upstreams
                         .get(uk)
-                        .is_some_and(|u| u.client.is_none() && u.backend == b),
+                        .is_some_and(|u| u.client().is_none() && u.backend == b),
                     "idle list {b} holds {uk}, which is not idle there"
                 );
             }
@@ -78,7 +71,7 @@ impl Worker {
                 .get(uk)
                 .ok_or("its backend connection is gone")?;
             ensure(
-                u.client == Some(ck),
+                u.client() == Some(ck),
                 "its backend connection serves another session",
             )?;
             ensure(

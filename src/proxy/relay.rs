@@ -68,7 +68,7 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
         return Ok(progress);
     }
     // Buffer -> backend: the rewritten head, then body bytes as they are known.
-    if u.connected && !c.x.req_done {
+    if u.connected() && !c.x.req_done {
         let head = &bufs.req_head[bufs.req_head_sent..];
         if !defer && u.ready.writable && (!head.is_empty() || c.x.req_pending > 0) {
             let body = &bufs.req.filled()[c.x.req_retained..c.x.req_retained + c.x.req_pending];
@@ -125,7 +125,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
     }
     let mut progress = false;
     // Backend -> buffer.
-    if u.connected && u.ready.readable && !u.eof && !bufs.resp.is_full() {
+    if u.connected() && u.ready.readable && !u.eof && !bufs.resp.is_full() {
         match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
             Ok(ReadOutcome::Data) => {
                 answer_began(&mut c.x, &mut bufs.req, u);

@@ -16,7 +16,7 @@ use crate::io::{ReadOutcome, Ready, read_into, write_two};
 
 use super::head::parse_request_head;
 use super::relay::{relay_request, relay_response, relay_tunnel};
-use super::upstream::{Leftover, check_connected, leftover_seen};
+use super::upstream::{Leftover, Role, check_connected, leftover_seen};
 use super::worker::Worker;
 use super::{DRAIN_GRACE, MAX_DRAIN_BYTES, MAX_KEPT_HEAD, MAX_STEPS_PER_TURN};
 
@@ -431,7 +431,7 @@ impl Worker {
                 RespState::Tunnel { .. } => Some(Wait::Tunnel),
                 // A connect in progress keeps its connect timer.
                 RespState::Waiting
-                    if c.upstream.is_some_and(|uk| !self.upstreams[uk].connected) =>
+                    if c.upstream.is_some_and(|uk| !self.upstreams[uk].connected()) =>
                 {
                     None
                 }
@@ -653,9 +653,7 @@ impl Worker {
                 && c.x.req_done
                 && local.idle.len() < self.plan.config.tune.max_idle_per_backend
             {
-                u.client = None;
-                u.reused = true;
-                u.idle_since = now;
+                u.role = Role::Idle { since: now };
                 local.idle.push(uk);
             } else {
                 self.discard_upstream(uk, found);

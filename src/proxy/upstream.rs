@@ -23,16 +23,54 @@ pub(super) struct Upstream {
     pub(super) sock: TcpStream,
     pub(super) backend: usize,
     pub(super) ready: Ready,
-    pub(super) connected: bool,
-    /// It carried an earlier exchange: a failure before any byte may mean it went stale.
-    pub(super) reused: bool,
+    pub(super) role: Role,
     /// Bytes arrived for the current exchange.
     pub(super) received: bool,
     pub(super) eof: bool,
     /// The stream ended with a reset (or another read error), not a FIN.
     pub(super) reset: bool,
-    pub(super) client: Option<usize>,
-    pub(super) idle_since: Instant,
+}
+
+/// What a backend connection is doing, with what that needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    /// A new connection being set up for session `client`.
+    Connecting { client: usize },
+    /// Carrying the exchange of session `client`. `reused`: it carried an
+    /// earlier one, so a failure before any byte may mean it went stale.
+    Busy { client: usize, reused: bool },
+    /// In its backend's idle pool since then (it has carried an exchange).
+    Idle { since: Instant },
+}
+
+impl Upstream {
+    /// The session it serves, if it is not idle.
+    pub(super) fn client(&self) -> Option<usize> {
+        match self.role {
+            Role::Connecting { client } | Role::Busy { client, .. } => Some(client),
+            Role::Idle { .. } => None,
+        }
+    }
+
+    pub(super) fn connected(&self) -> bool {
+        !matches!(self.role, Role::Connecting { .. })
+    }
+
+    /// It carried an earlier exchange (idle ones all have).
+    pub(super) fn reused(&self) -> bool {
+        matches!(
+            self.role,
+            Role::Busy { reused: true, .. } | Role::Idle { .. }
+        )
+    }
+
+    /// How long it has been idle (zero if it is not).
+    pub(super) fn idle_for(&self, now: Instant) -> Duration {
+        match self.role {
+            Role::Idle { since } => now.saturating_duration_since(since),
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 /// A backend as one worker sees it. Exchanges and backend connections name their
@@ -56,7 +94,7 @@ impl Worker {
         let Some(u) = self.upstreams.get(uk) else {
             return;
         };
-        match u.client {
+        match u.client() {
             Some(ck) => self.drive(ck),
             None => self.check_idle_upstream(uk),
         }
@@ -135,7 +173,7 @@ impl Worker {
     ) -> Option<usize> {
         while let Some(&uk) = self.locals[backend].idle.last() {
             let u = &mut self.upstreams[uk];
-            if max_idle.is_some_and(|max| self.now.saturating_duration_since(u.idle_since) > max) {
+            if max_idle.is_some_and(|max| u.idle_for(self.now) > max) {
                 // The rest of the list has been idle even longer.
                 return None;
             }
@@ -202,7 +240,10 @@ impl Worker {
         let uk = match pooled {
             Some(uk) => {
                 let u = &mut self.upstreams[uk];
-                u.client = Some(ck);
+                u.role = Role::Busy {
+                    client: ck,
+                    reused: true,
+                };
                 u.received = false;
                 uk
             }
@@ -228,13 +269,10 @@ impl Worker {
                     sock,
                     backend,
                     ready: Ready::default(),
-                    connected: false,
-                    reused: false,
+                    role: Role::Connecting { client: ck },
                     received: false,
                     eof: false,
                     reset: false,
-                    client: Some(ck),
-                    idle_since: self.now,
                 });
                 self.clients[ck].timer =
                     Timer::new(self.now + self.timeouts.connect, Wait::Connect);
@@ -296,14 +334,19 @@ pub(super) fn check_connected(u: &mut Upstream) -> Step {
         may_retry: true,
     };
     let mut progress = false;
-    if !u.connected && (u.ready.writable || u.ready.readable) {
+    if let Role::Connecting { client } = u.role
+        && (u.ready.writable || u.ready.readable)
+    {
         match u.sock.take_error() {
             Ok(None) => {}
             _ => return Err(REFUSED),
         }
         match u.sock.peer_addr() {
             Ok(_) => {
-                u.connected = true;
+                u.role = Role::Busy {
+                    client,
+                    reused: false,
+                };
                 progress = true;
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {

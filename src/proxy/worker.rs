@@ -520,7 +520,7 @@ impl Worker {
         for local in &mut self.locals {
             let upstreams = &mut self.upstreams;
             local.idle.retain(|&uk| {
-                let keep = now.duration_since(upstreams[uk].idle_since) < upstream_idle;
+                let keep = upstreams[uk].idle_for(now) < upstream_idle;
                 if !keep {
                     upstreams.remove(uk);
                 }
