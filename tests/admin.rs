@@ -222,6 +222,7 @@ fn metrics_follow_the_text_format_and_count_the_traffic() {
         if done || std::time::Instant::now() > deadline {
             break (after, samples);
         }
+        // Back-off between two scrapes.
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
     let requests = "corelb_requests_total";

@@ -168,6 +168,7 @@ fn two_hundred_clients_times_two_hundred_requests_all_match() {
         if total >= 40_000 || std::time::Instant::now() > deadline {
             break total;
         }
+        // Back-off between two looks.
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
     assert_eq!(total, 40_000);
@@ -257,6 +258,7 @@ fn every_listen_address_serves_including_ipv6() {
 fn slow_backend(delay: std::time::Duration) -> Scripted {
     Scripted::start(move |mut s, _| {
         while read_head(&mut s).is_some() {
+            // The slowness under test.
             std::thread::sleep(delay);
             if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
                 .is_err()

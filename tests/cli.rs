@@ -20,6 +20,7 @@ fn wait_exit(mut child: Child, what: &str) -> std::process::Output {
             let _ = child.kill();
             panic!("{what}");
         }
+        // Back-off between two looks.
         std::thread::sleep(Duration::from_millis(10));
     }
     child.wait_with_output().unwrap()
@@ -41,6 +42,7 @@ fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "nothing listened on {addr}");
+        // Back-off between two tries.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -345,19 +347,53 @@ fn serve_raises_the_open_files_limit() {
 #[test]
 fn second_signal_stops_at_once() {
     use std::io::Write;
-    let backend = Scripted::start(|mut s, _| {
+    use std::sync::atomic::Ordering;
+    // The first request is answered when the test says so; the second is held
+    // well past the end of the test.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = std::sync::Mutex::new(held);
+    let backend = Scripted::start(move |mut s, n| {
         let _ = read_head(&mut s);
+        if n == 0 {
+            let _ = held.lock().unwrap().recv_timeout(IO_TIMEOUT);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            return;
+        }
         std::thread::sleep(Duration::from_secs(5));
     });
     let (mut child, proxy_addr) = start_proxy(&backend.addr.to_string(), &["--workers", "1"]);
+    let mut stderr = Stderr::of(&mut child);
+    let mut answered = Reader::new(connect(proxy_addr));
+    answered
+        .stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    wait_until(
+        || backend.connections.load(Ordering::SeqCst) == 1,
+        "the first request reaches the backend",
+    );
     let mut stuck = connect(proxy_addr);
     stuck
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(
+        || backend.connections.load(Ordering::SeqCst) == 2,
+        "the second request reaches the backend",
+    );
     let pid = child.id().to_string();
     signal(&pid, "-TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    stderr.expect("stopping;");
+    // The worker has begun its shutdown once its listener is closed.
+    wait_until(
+        || std::net::TcpStream::connect(proxy_addr).is_err(),
+        "the shutdown closes the listener",
+    );
+    // Still running: it relays an answer that comes after the shutdown began...
+    release.send(()).unwrap();
+    let resp = answered.response();
+    assert_eq!((resp.status, resp.text().as_str()), (200, "ok"));
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    // ...and waits for the other request in flight.
     assert!(
         child.try_wait().unwrap().is_none(),
         "exited without waiting for the request in flight"
@@ -367,7 +403,7 @@ fn second_signal_stops_at_once() {
     let out = wait_exit(child, "corelb did not stop on the second signal");
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without waiting"));
+    assert!(stderr.all().contains("without waiting"));
 }
 
 #[test]
@@ -473,15 +509,17 @@ const FAILING_CHECKS: [&str; 8] = [
 fn backend_state_changes_and_all_down_are_logged_once() {
     let (origin, origin_addr) = start_origin(&[]);
     let backend = origin_addr.to_string();
-    let (proxy, addr) = start_proxy(&backend, &FAILING_CHECKS);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (mut proxy, addr) = start_proxy(&backend, &FAILING_CHECKS);
+    let mut stderr = Stderr::of(&mut proxy);
+    let down = format!("corelb: backend {backend} is down (health check: status 500)");
+    // Taken out by the first failed check (logged once it is out).
+    stderr.expect(&down);
     for _ in 0..3 {
         assert_eq!(get(addr, "/").status, 503);
     }
-    let out = stop(proxy, "-TERM");
+    stop(proxy, "-TERM");
     stop(origin, "-TERM");
-    let err = String::from_utf8_lossy(&out.stderr);
-    let down = format!("corelb: backend {backend} is down (health check: status 500)");
+    let err = stderr.all();
     assert_eq!(err.matches(&down).count(), 1, "{err}");
     assert_eq!(
         err.matches("corelb: all backends are down; answering 503")
@@ -512,12 +550,15 @@ fn out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
     let cmd = format!(
         "ulimit -n 40 && exec {BIN} serve --backend {origin_addr} --listen {addr} --workers 1"
     );
-    let child = start_with("sh", &["-c", &cmd], addr);
+    let mut child = start_with("sh", &["-c", &cmd], addr);
+    let mut stderr = Stderr::of(&mut child);
     let held: Vec<std::net::TcpStream> = (0..60)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // Out of descriptors, and it has said so: from here on it waits, not spins.
+    stderr.expect("cannot accept");
     let before = cpu_ticks(child.id());
+    // The measurement: CPU used over 2 s of being out of descriptors.
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu_ticks(child.id()) - before;
     // 100 ticks a second: a spinning worker would use about 200.
@@ -527,9 +568,9 @@ fn out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
     );
     drop(held);
     assert_eq!(get(addr, "/").status, 200);
-    let out = stop(child, "-TERM");
+    stop(child, "-TERM");
     stop(origin, "-TERM");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr.all();
     let lines = err.matches("cannot accept").count();
     assert!((1..=3).contains(&lines), "{lines} lines:\n{err}");
 }
@@ -641,13 +682,19 @@ fn restart_with_handover_under_load_loses_no_request() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        || ok.load(Ordering::Relaxed) >= 20,
+        "the old process serves the load",
+    );
     // The successor takes the listeners; the old process drains and exits by itself.
     let new = spawn(BIN, &args);
     let old_out = wait_exit(old, "the old corelb did not exit after the handover");
     assert_eq!(old_out.status.code(), Some(0));
     let before_handover = ok.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        || ok.load(Ordering::Relaxed) >= before_handover + 20,
+        "the new process serves the load",
+    );
     running.store(false, Ordering::Relaxed);
     for t in load {
         t.join().unwrap();
@@ -677,14 +724,16 @@ fn restart_with_handover_under_load_loses_no_request() {
 fn log_level_warn_keeps_only_warnings_and_errors() {
     let (origin, origin_addr) = start_origin(&[]);
     let backend = origin_addr.to_string();
-    let (proxy, _) = start_proxy(
+    let (mut proxy, _) = start_proxy(
         &backend,
         &[&["--log-level", "warn"][..], &FAILING_CHECKS].concat(),
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let out = stop(proxy, "-TERM");
+    let mut stderr = Stderr::of(&mut proxy);
+    stderr.expect(&format!("corelb: backend {backend} is down"));
+    stop(proxy, "-TERM");
     stop(origin, "-TERM");
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Everything it wrote, to its end: no info line among it.
+    let err = stderr.all();
     assert!(
         err.contains(&format!("corelb: backend {backend} is down")),
         "{err}"
@@ -705,6 +754,43 @@ fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
         }
     });
     rx
+}
+
+/// A child's stderr, read as it comes, every line kept.
+struct Stderr {
+    rx: std::sync::mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl Stderr {
+    fn of(child: &mut Child) -> Stderr {
+        Stderr {
+            rx: stderr_lines(child),
+            lines: Vec::new(),
+        }
+    }
+
+    /// Wait up to `IO_TIMEOUT` for a line containing `text`.
+    fn expect(&mut self, text: &str) {
+        loop {
+            let Ok(line) = self.rx.recv_timeout(IO_TIMEOUT) else {
+                panic!("no line with {text:?} in {:?}", self.lines);
+            };
+            let found = line.contains(text);
+            self.lines.push(line);
+            if found {
+                return;
+            }
+        }
+    }
+
+    /// Every line the child wrote, read to the end of the stream (it has exited).
+    fn all(mut self) -> String {
+        while let Ok(line) = self.rx.recv_timeout(IO_TIMEOUT) {
+            self.lines.push(line);
+        }
+        self.lines.join("\n")
+    }
 }
 
 /// Wait up to 5 s for a line containing `text`; returns it.

@@ -79,6 +79,7 @@ impl Held {
             let _ = head_seen.lock().unwrap().send(());
             let deadline = Instant::now() + IO_TIMEOUT;
             while !go.load(Ordering::SeqCst) && Instant::now() < deadline {
+                // Back-off between two looks at `release`.
                 std::thread::sleep(Duration::from_millis(5));
             }
             write_and_close(s, answer);
@@ -262,6 +263,7 @@ fn health_checks_start_stop_and_change_on_reload() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while status_up(proxy) != up {
             assert!(Instant::now() < deadline, "{}", proxy.stats().status_json());
+            // Back-off between two looks.
             std::thread::sleep(Duration::from_millis(10));
         }
     };
@@ -320,7 +322,8 @@ fn reloads_under_load_lose_nothing() {
     let addr = proxy.local_addrs()[0];
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let clients: Vec<_> = (0..6)
+    const CLIENTS: usize = 6;
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
             let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
             std::thread::spawn(move || {
@@ -346,6 +349,17 @@ fn reloads_under_load_lose_nothing() {
         Algorithm::LeastConnections,
         Algorithm::Hash,
     ];
+    // Traffic under the set just applied: each client has at most one request
+    // under way, so of the requests the origins get after a reload, all but the
+    // first `CLIENTS` were routed after it.
+    let served = || o.iter().map(Origin::requests).sum::<u64>();
+    let traffic_under_it = || {
+        let at_reload = served();
+        wait_until(
+            || served() > at_reload + CLIENTS as u64,
+            "requests go through after a reload",
+        );
+    };
     let base = cfg;
     for round in 0..30 {
         let mut next = base.clone();
@@ -355,12 +369,12 @@ fn reloads_under_load_lose_nothing() {
             .collect::<Vec<Backend>>();
         next.algorithm = algorithms[round % 3];
         assert!(proxy.reload(next).unwrap().confirmed);
-        std::thread::sleep(Duration::from_millis(20));
+        traffic_under_it();
     }
     let mut last = base;
     last.backends = vec![backend_of(addrs[2])];
     proxy.reload(last).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    traffic_under_it();
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -416,6 +430,7 @@ fn a_reload_does_not_wait_for_a_round_of_slow_health_checks() {
     let silent: Vec<Scripted> = (0..8)
         .map(|_| {
             Scripted::start(|s, _| {
+                // Never answers: each check takes its whole 1 s timeout.
                 std::thread::sleep(Duration::from_secs(2));
                 drop(s);
             })
@@ -432,6 +447,7 @@ fn a_reload_does_not_wait_for_a_round_of_slow_health_checks() {
     let deadline = Instant::now() + IO_TIMEOUT;
     while silent[0].connections.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "no health check arrived");
+        // Back-off between two looks.
         std::thread::sleep(Duration::from_millis(5));
     }
     cfg.health_check = None;

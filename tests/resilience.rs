@@ -91,7 +91,10 @@ fn a_failing_backend_is_taken_out_then_tried_again() {
     }
     // The backend comes back on the same port; after the cool-down it gets traffic.
     let revived = Origin::start(flaky, 1, Some("revived".into())).unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    wait_until(
+        || backend_up(&proxy, flaky),
+        "the cool-down ends and the proxy counts the backend up again",
+    );
     let texts: Vec<String> = (0..10).map(|_| get(addr, "/").text()).collect();
     assert_eq!(
         texts.iter().filter(|t| *t == "revived").count(),
@@ -205,7 +208,11 @@ fn killing_a_backend_under_load_fails_only_requests_in_flight() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The load is on both backends before the kill.
+    wait_until(
+        || keep.requests() >= 50 && doomed.requests() >= 50,
+        "both backends serve the load",
+    );
     doomed.shutdown();
     killed.store(true, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -305,6 +312,7 @@ fn wait_for_texts(addr: SocketAddr, n: usize, pred: impl Fn(&str) -> bool) -> Du
             run += 1;
         } else {
             run = 0;
+            // Back-off before the next look.
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -348,7 +356,11 @@ fn a_backend_that_does_not_answer_checks_is_taken_out() {
     });
     let addr = proxy.local_addrs()[0];
     // With no retries and no passive health, only the checks keep requests away.
-    std::thread::sleep(Duration::from_millis(400));
+    wait_until(
+        || !backend_up(&proxy, stuck),
+        "the checks take the stuck backend out",
+    );
+    assert!(backend_up(&proxy, origins[0].local_addr()));
     for _ in 0..6 {
         assert_eq!(get(addr, "/").status, 200);
     }
@@ -410,15 +422,27 @@ fn at_max_connections_new_clients_wait_in_the_backlog() {
     third
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_millis(300)))
+    // ...which is known once the worker has been through its events after the
+    // third arrived: it answers a later request on a held connection, and still
+    // has accepted only two.
+    held[0]
+        .stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
+    assert_eq!(held[0].response().status, 200);
+    assert_eq!(proxy.counts()[0].accepted, 2, "accepted beyond the limit");
+    third.set_nonblocking(true).unwrap();
     let mut byte = [0u8; 1];
     let waited = std::io::Read::read(&mut third, &mut byte);
-    assert!(waited.is_err(), "served beyond the limit: {waited:?}");
+    assert!(
+        waited
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "served beyond the limit: {waited:?}"
+    );
+    third.set_nonblocking(false).unwrap();
     // ...until one of the first two leaves.
     held.pop();
-    third.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut r = Reader::new(third);
     assert_eq!(r.response().status, 200);
     assert_eq!(proxy.counts()[0].accepted, 3);

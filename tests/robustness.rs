@@ -66,6 +66,7 @@ fn interim_and_final_response_split_anywhere() {
         let backend = Scripted::start(move |mut s, _| {
             if read_head(&mut s).is_some() {
                 s.write_all(&full[..split]).unwrap();
+                // The split: the proxy gets the two parts in separate reads, mostly.
                 std::thread::sleep(Duration::from_millis(20));
                 s.write_all(&full[split..]).unwrap();
                 let _ = read_head(&mut s);

@@ -362,6 +362,7 @@ impl BackendConn {
             }
             rest = &rest[n..];
             if rng.chance(20) {
+                // A slow backend: a pause now and then between pieces.
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -384,6 +385,7 @@ impl BackendConn {
             if r != 0 || queued == 0 || Instant::now() > deadline {
                 break;
             }
+            // Back-off before the next look at the send queue.
             std::thread::sleep(Duration::from_millis(1));
         }
         self.reset();
@@ -459,6 +461,7 @@ fn backend_conn(s: TcpStream, log: Log, seed: u64) {
             return;
         }
         if plan.pause_ms > 0 {
+            // The plan's delay before answering (a slow backend).
             std::thread::sleep(Duration::from_millis(plan.pause_ms));
         }
         match plan.fault {
@@ -582,6 +585,7 @@ impl Backend {
                         let seed = seed ^ n.wrapping_mul(0x2545_F491_4F6C_DD1D);
                         std::thread::spawn(move || backend_conn(s, log, seed));
                     }
+                    // Nothing to accept: back off, then look at `stop` again.
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
             }
@@ -816,6 +820,7 @@ fn write_dribbled(
         s.write_all(&rest[..n])?;
         rest = &rest[n..];
         if rng.chance(10) {
+            // Dribbling: a pause now and then between pieces.
             std::thread::sleep(Duration::from_micros(300));
         }
     }
@@ -956,6 +961,7 @@ fn fill(
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
                 if slow && rng.chance(10) {
+                    // A slow reader: a pause now and then between reads.
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 return Fill::Data;
@@ -1035,6 +1041,8 @@ fn client_conn(addr: SocketAddr, plan: ConnPlan, seed: u64) -> ConnReport {
             if shared.writer_done.load(Ordering::SeqCst) {
                 break shared.started.lock().unwrap().front().copied();
             }
+            // Back-off. No deadline of its own: the writer always gets done (each
+            // of its waits has a deadline, each of its writes a timeout).
             std::thread::sleep(Duration::from_micros(200));
         };
         let Some(i) = front else {
@@ -1409,6 +1417,7 @@ fn run(seed: u64, clients: usize, conns_per_client: usize) -> Result<Run, Vec<St
             ));
             break;
         }
+        // Back-off between two looks.
         std::thread::sleep(Duration::from_millis(10));
     }
     if PANICS.load(Ordering::SeqCst) > 0 {

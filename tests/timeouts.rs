@@ -3,8 +3,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -64,6 +64,7 @@ fn idle_keep_alive_client_is_closed_silently() {
 fn silent_backend_gets_504() {
     let backend = Scripted::start(|mut s, _| {
         let _ = read_head(&mut s);
+        // Silent, the connection open, well past the 300 ms response timeout.
         std::thread::sleep(Duration::from_secs(2));
     });
     let proxy = proxy_with(&[backend.addr], |c| c.timeouts = short());
@@ -83,6 +84,7 @@ fn backend_stalling_mid_body_closes_the_client() {
     let backend = Scripted::start(|mut s, _| {
         if read_head(&mut s).is_some() {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome");
+            // The stall: well past the 300 ms body timeout.
             std::thread::sleep(Duration::from_secs(2));
         }
     });
@@ -128,15 +130,21 @@ fn idle_pooled_backend_connection_is_closed() {
             start.elapsed() < Duration::from_secs(3),
             "idle backend connection was kept"
         );
+        // Back-off between two looks at the flag.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 #[test]
 fn shutdown_lets_the_request_in_flight_finish() {
-    let backend = Scripted::start(|mut s, _| {
+    // The backend holds each request until the test sees the shutdown under way
+    // (and drops `release`), so that the busy one is still in flight when the
+    // shutdown begins however slow the machine.
+    let (release, held) = mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let backend = Scripted::start(move |mut s, _| {
         if read_head(&mut s).is_some() {
-            std::thread::sleep(Duration::from_millis(300));
+            let _ = held.lock().unwrap().recv_timeout(IO_TIMEOUT);
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate");
         }
     });
@@ -150,17 +158,31 @@ fn shutdown_lets_the_request_in_flight_finish() {
     idle.stream
         .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n")
         .unwrap();
-    // Let the proxy see both before stopping it.
-    std::thread::sleep(Duration::from_millis(100));
     let mut finishing = Reader::new(connect(addr));
     finishing.stream.write_all(b"GET /y HTTP/1.1\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // The proxy has all three before it stops (one not yet accepted would be
+    // refused), and the busy one's request is at the backend.
+    wait_until(
+        || proxy.counts()[0].accepted == 3,
+        "the proxy accepts the three clients",
+    );
+    wait_until(
+        || backend.connections.load(Ordering::SeqCst) == 1,
+        "the busy request reaches the backend",
+    );
     let start = Instant::now();
     let stopper = std::thread::spawn(move || proxy.shutdown());
+    // The shutdown has begun once the listener is closed: new connections are
+    // refused (a probe accepted before that closes at once, being dropped).
+    wait_until(
+        || std::net::TcpStream::connect(addr).is_err(),
+        "the shutdown closes the listener",
+    );
     // A client in the middle of its first head may still finish it: it is served,
     // told that the connection closes.
-    std::thread::sleep(Duration::from_millis(50));
     finishing.stream.write_all(b"Host: t\r\n\r\n").unwrap();
+    // The requests at the backend are answered only now.
+    drop(release);
     // One that does not finish gets a 408 after a moment (1 s), not its full
     // header timeout.
     let resp = idle.response();
@@ -172,8 +194,7 @@ fn shutdown_lets_the_request_in_flight_finish() {
         "unfinished head kept {:?}",
         start.elapsed()
     );
-    // New connections are refused.
-    std::thread::sleep(Duration::from_millis(50));
+    // New connections are still refused.
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
         "still accepting after shutdown"
@@ -203,6 +224,7 @@ fn shutdown_lets_the_request_in_flight_finish() {
 fn shutdown_gives_up_after_the_grace_period() {
     let backend = Scripted::start(|mut s, _| {
         let _ = read_head(&mut s);
+        // Never answers within the 300 ms grace period.
         std::thread::sleep(Duration::from_secs(3));
     });
     let proxy = proxy_with(&[backend.addr], |c| {
@@ -210,7 +232,11 @@ fn shutdown_gives_up_after_the_grace_period() {
     });
     let mut s = connect(proxy.local_addrs()[0]);
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // The request is in flight: the proxy connected to the backend for it.
+    wait_until(
+        || backend.connections.load(Ordering::SeqCst) == 1,
+        "the request reaches the backend",
+    );
     let start = Instant::now();
     proxy.shutdown();
     let took = start.elapsed();

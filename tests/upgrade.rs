@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,15 +158,15 @@ fn a_client_half_close_reaches_the_backend_and_the_answer_still_arrives() {
 #[test]
 fn a_declined_upgrade_stays_http_and_nothing_is_tunnelled() {
     let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let log = Arc::clone(&seen);
+    let ended = Arc::new(AtomicBool::new(false));
+    let (log, end) = (Arc::clone(&seen), Arc::clone(&ended));
     let backend = Scripted::start(move |mut s, _| {
         if let Some(head) = read_head(&mut s) {
             log.lock().unwrap().extend_from_slice(head.as_bytes());
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
                 .unwrap();
-            // Record whatever else arrives on this connection for a while.
-            s.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
+            // Record whatever else arrives on this connection, until the proxy
+            // closes it (or the read timeout passes).
             let mut buf = [0u8; 1024];
             while let Ok(n) = s.read(&mut buf) {
                 if n == 0 {
@@ -174,6 +175,7 @@ fn a_declined_upgrade_stays_http_and_nothing_is_tunnelled() {
                 log.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         }
+        end.store(true, Ordering::SeqCst);
     });
     let proxy = proxy_for(&[backend.addr], 1);
     let mut s = connect(proxy.local_addrs()[0]);
@@ -188,7 +190,20 @@ fn a_declined_upgrade_stays_http_and_nothing_is_tunnelled() {
     // The frame bytes are read as the next request: refused, never forwarded.
     assert_eq!(r.response().status, 400);
     r.expect_closed();
-    std::thread::sleep(Duration::from_millis(400));
+    drop(r);
+    // Stopping the proxy closes the backend connection (pooled after the 200):
+    // once the backend has seen that end, it has recorded everything the proxy
+    // ever sent it.
+    proxy.shutdown();
+    wait_until(
+        || ended.load(Ordering::SeqCst),
+        "the backend connection ends",
+    );
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        1,
+        "the proxy opened another backend connection"
+    );
     let seen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
     assert!(seen.contains("Upgrade: websocket\r\n"), "{seen:?}");
     assert!(seen.contains("Connection: upgrade\r\n"), "{seen:?}");
@@ -250,7 +265,10 @@ fn upgrade_is_ignored_on_http_10_and_with_a_body() {
         .count()
         < 2
     {
-        assert!(Instant::now() < deadline);
+        assert!(
+            Instant::now() < deadline,
+            "the backend never logged both heads"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let seen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();

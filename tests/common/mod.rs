@@ -253,6 +253,7 @@ impl Scripted {
                         let script = Arc::clone(&script);
                         std::thread::spawn(move || script(stream, n));
                     }
+                    // Nothing to accept: back off, then look at `stop` again.
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
@@ -368,6 +369,7 @@ pub fn assert_no_open_connections(proxy: &Proxy) {
             Instant::now() < deadline,
             "sessions left open after every client closed: {counts:?}"
         );
+        // Back-off between two looks.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -413,6 +415,17 @@ pub fn wait_until(condition: impl Fn() -> bool, what: &str) {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Whether `proxy` reports backend `addr` as taking requests (the `up` of its
+/// status page: health checks and passive health agree).
+pub fn backend_up(proxy: &Proxy, addr: SocketAddr) -> bool {
+    let status = proxy.stats().status_json();
+    let key = format!("{{\"address\":\"{addr}\",\"up\":");
+    let at = status
+        .find(&key)
+        .unwrap_or_else(|| panic!("{addr} is not in the status: {status}"));
+    status[at + key.len()..].starts_with("true")
 }
 
 /// A client connection with a small receive buffer (4 KiB asked for), so that a
