@@ -1,4 +1,5 @@
 //! Invariants of the pure framing code, as functions that panic when one fails.
+//! They run the proxy's own head pipeline (`http::head`), not a copy of it.
 //! The fuzz targets in fuzz/ feed them arbitrary bytes, and tests/fuzz_regressions.rs
 //! replays every input the fuzzers ever found, so a fixed bug stays fixed.
 //!

@@ -1,7 +1,7 @@
 //! Moving bytes of an exchange: the request body to the backend, the response to
 //! the client (copied, or spliced for large bodies), and tunnels after a 101.
 
-use std::io::{self};
+use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 

@@ -1,6 +1,7 @@
-//! One client session: its buffers, its states (`Phase`, `RespState`), the
-//! exchange in progress, and the steps that move it from one request head to the
-//! next (`Worker::drive` and `Worker::pump`).
+//! One client session: its buffers, its states (`Phase`, `RespState`), its timer
+//! (`Timer`: when, and what it waits for), the exchange in progress, and the
+//! steps that move it from one request head to the next (`Worker::drive` and
+//! `Worker::pump`).
 
 use std::net::{IpAddr, Shutdown};
 use std::os::fd::AsRawFd;

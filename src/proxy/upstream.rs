@@ -1,6 +1,7 @@
-//! Backend connections: connecting, the per-backend idle pool (`checkout`), and
-//! what a pooled connection may hold (`Leftover`): only a connection at a message
-//! boundary is ever handed to another exchange.
+//! Backend connections: what each is doing (`Role`: connecting, busy, idle),
+//! connecting, the per-backend idle pool (`checkout`), and what a pooled
+//! connection may hold (`Leftover`): only a connection at a message boundary is
+//! ever handed to another exchange.
 
 use std::io::{self, Read};
 use std::sync::Arc;
