@@ -82,7 +82,7 @@ fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
 /// A start-up failure as one line, naming its setting by `spelled`.
 fn start_error(e: &corelb::runtime::StartError, spelled: impl Fn(&str) -> String) -> ExitCode {
     usage_error(match e.setting() {
-        Some(name) => format!("{} {}", spelled(name), e.detail()),
+        Some(name) => e.describe(&spelled(name)),
         None => e.detail(),
     })
 }

@@ -58,38 +58,116 @@ fn code_of(text: &str) -> String {
         .join("\n")
 }
 
-/// Every `crate::name` (or `$crate::name`) named in `code`.
-fn named_modules(code: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut rest = code;
-    while let Some(i) = rest.find("crate::") {
-        let before = rest[..i].chars().next_back();
-        let after = &rest[i + "crate::".len()..];
-        let name: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        // `crate::` preceded by a letter or `_` is part of a longer name.
-        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') && !name.is_empty() {
-            out.insert(name);
+/// The items `lib.rs` re-exports at the crate root (`pub use proxy::Proxy;`),
+/// each with the module it comes from: `crate::Proxy` names `proxy`.
+fn root_reexports() -> BTreeMap<String, String> {
+    let lib = code_of(&std::fs::read_to_string(src().join("lib.rs")).unwrap());
+    let mut out = BTreeMap::new();
+    for line in lib.lines() {
+        let Some(path) = line.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let path = path.trim_end_matches(';');
+        let Some((module, items)) = path.split_once("::") else {
+            continue;
+        };
+        let items = items.trim_start_matches('{').trim_end_matches('}');
+        for item in items.split(',') {
+            let name = item.split(" as ").last().unwrap_or(item).trim();
+            let name = name.rsplit("::").next().unwrap_or(name);
+            if !name.is_empty() {
+                out.insert(name.to_string(), module.trim().to_string());
+            }
         }
-        rest = after;
     }
     out
+}
+
+fn ident_at(s: &str) -> String {
+    s.trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The first name of each path in a `{ a::X, b::{Y, Z} }` group (`s` starts
+/// just after its `{`).
+fn group_heads(s: &str) -> Vec<String> {
+    let mut heads = vec![ident_at(s)];
+    let mut depth = 0;
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => heads.push(ident_at(&s[i + 1..])),
+            _ => {}
+        }
+    }
+    heads.retain(|h| !h.is_empty());
+    heads
+}
+
+/// Every module named in `code` through `crate::name`, `$crate::name`,
+/// `crate::{name::.., ..}`, an item the crate root re-exports (`crate::Proxy`),
+/// or, in a file whose parent is the crate root (`root_child`), `super::name`.
+fn named_modules(
+    code: &str,
+    root_child: bool,
+    reexports: &BTreeMap<String, String>,
+) -> BTreeSet<String> {
+    let mut names = Vec::new();
+    let prefixes: &[&str] = if root_child {
+        &["crate::", "super::"]
+    } else {
+        &["crate::"]
+    };
+    for prefix in prefixes {
+        let mut rest = code;
+        while let Some(i) = rest.find(prefix) {
+            let before = rest[..i].chars().next_back();
+            let after = &rest[i + prefix.len()..];
+            // `crate::` preceded by a letter or `_` is part of a longer name.
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                match after.strip_prefix('{') {
+                    Some(group) => names.extend(group_heads(group)),
+                    None => names.push(ident_at(after)),
+                }
+            }
+            rest = after;
+        }
+    }
+    names
+        .into_iter()
+        .filter(|n| !n.is_empty() && n != "super" && n != "self")
+        .map(|n| reexports.get(&n).cloned().unwrap_or(n))
+        .collect()
 }
 
 /// Top-level module -> the top-level modules it names (`main` and `lib` are the
 /// crate's roots, not modules).
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let reexports = root_reexports();
+    assert!(
+        reexports.contains_key("Proxy"),
+        "lib.rs re-exports: {reexports:?}"
+    );
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for path in files() {
         let module = module_of(&path);
         if module == "main" || module == "lib" {
             continue;
         }
+        let rel = path.strip_prefix(src()).unwrap();
+        // `src/admin.rs` and `src/proxy/mod.rs` sit right under the crate root.
+        let root_child = rel.components().count() == 1 || rel.ends_with("mod.rs");
         let code = code_of(&std::fs::read_to_string(&path).unwrap());
         let deps = graph.entry(module.clone()).or_default();
-        deps.extend(named_modules(&code).into_iter().filter(|d| *d != module));
+        deps.extend(
+            named_modules(&code, root_child, &reexports)
+                .into_iter()
+                .filter(|d| *d != module),
+        );
     }
     graph
 }
@@ -201,8 +279,22 @@ fn the_cycle_finder_finds_cycles() {
         cycle_from(&graph, "a"),
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
     );
+    let reexports: BTreeMap<String, String> = [("Proxy".to_string(), "proxy".to_string())].into();
     assert_eq!(
-        named_modules("use crate::http::X; $crate::log::f(); my_crate::z; crate::"),
+        named_modules(
+            "use crate::http::X; $crate::log::f(); my_crate::z; crate::",
+            false,
+            &reexports
+        ),
         ["http", "log"].map(String::from).into()
+    );
+    // Brace groups, root re-exports, and `super::` in a file under the root.
+    assert_eq!(
+        named_modules(
+            "use crate::{io::{A, B}, runtime::C}; fn f(_: &crate::Proxy) {} super::admin::x",
+            true,
+            &reexports
+        ),
+        ["admin", "io", "proxy", "runtime"].map(String::from).into()
     );
 }

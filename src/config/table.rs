@@ -81,6 +81,18 @@ macro_rules! is_given {
     };
 }
 
+/// Whether a restart-only setting differs between two configurations: its field,
+/// or (`by`) the part of a field shared with another setting that is its own.
+macro_rules! differs {
+    ($new:ident, $old:ident, $keep:ident) => {
+        $new.$keep != $old.$keep
+    };
+    ($new:ident, $old:ident, $keep:ident, |$c:ident| $by:expr) => {{
+        let own = |$c: &ProxyConfig| $by;
+        own($new) != own($old)
+    }};
+}
+
 macro_rules! settings {
     (
         mapped {$(
@@ -89,7 +101,7 @@ macro_rules! settings {
                 flag $flag:literal, key $key:literal
                 $(, default $default:expr)?
                 , into |$b:ident, $v:ident| $apply:expr
-                $(, restart $keep:ident)?;
+                $(, restart $keep:ident $(by |$rc:ident| $by:expr)?)?;
         )*}
         tunables {$(
             $(#[doc = $tdoc:literal])*
@@ -228,7 +240,7 @@ macro_rules! settings {
         /// `old`: each is set back to its running value in `new`, and returned.
         pub fn keep_restart_only(new: &mut ProxyConfig, old: &ProxyConfig) -> Vec<&'static Setting> {
             let mut kept = Vec::new();
-            $($(if new.$keep != old.$keep {
+            $($(if differs!(new, old, $keep $(, |$rc| $by)?) {
                 kept.push(setting(stringify!($field)));
                 new.$keep = old.$keep.clone();
             })?)*
@@ -306,14 +318,14 @@ settings! {
             into |b, v| b.config.access_log = Some(access::Config {
                 path: (v != "-").then(|| v.into()),
                 format: access::Format::Combined,
-            }), restart access_log;
+            }), restart access_log by |c| c.access_log.as_ref().map(|a| a.path.clone());
         /// access log format: combined (with backend and timings appended) or json
         access_log_format: access::Format = text(values::access_log_format),
             flag "--access-log-format", key "access_log_format",
             default access::Format::Combined,
             into |b, v| if let Some(log) = b.config.access_log.as_mut() {
                 log.format = v;
-            }, restart access_log;
+            }, restart access_log by |c| c.access_log.as_ref().map(|a| a.format);
         /// a Unix socket for zero-downtime restarts: take the listeners of the
         /// corelb serving there (which then drains and exits), and serve the next one
         handover: PathBuf = text(values::handover),
@@ -515,6 +527,20 @@ mod tests {
         assert_eq!(next.workers, base.workers);
         assert_eq!(next.max_header_bytes, base.max_header_bytes);
         assert_eq!(next.retries, base.retries + 1, "a reload applies retries");
+        // Two settings share the access log's place: each is told apart.
+        let mut logged = base.clone();
+        logged.access_log = Some(access::Config {
+            path: None,
+            format: access::Format::Combined,
+        });
+        let mut json = logged.clone();
+        json.access_log.as_mut().unwrap().format = access::Format::Json;
+        let kept: Vec<&str> = keep_restart_only(&mut json, &logged)
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(kept, ["access_log_format"]);
+        assert_eq!(json, logged);
         let restart: Vec<&str> = TABLE.iter().filter(|s| s.restart).map(|s| s.name).collect();
         assert_eq!(
             restart,

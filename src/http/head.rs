@@ -11,6 +11,7 @@ use super::framing::{
     BadResponse, Framing, MAX_HEADERS, RequestInfo, ResponseInfo, analyze_request, analyze_response,
 };
 use super::reject::{Reject, classify_parse_error, has_bare_lf, oversized_head};
+use super::rewrite::ClientConnection;
 
 /// What a request head may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +95,55 @@ pub fn read_response<R>(
     let info = analyze_response(&resp, to_head)?;
     let accepted = accept(&resp, &info)?;
     Ok(Some((n, info, accepted)))
+}
+
+/// What the client is told of a response head the proxy accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// An interim (1xx) response: relayed with this Connection handling, or not
+    /// at all (`None`: a 1.0 client gets no interim responses, RFC 9110 §15.2).
+    Interim(Option<ClientConnection>),
+    /// The final response, with this Connection handling; `close` when the
+    /// client connection ends after it.
+    Final { conn: ClientConnection, close: bool },
+}
+
+/// How response `resp` to request `req` goes to the client. `req_done`: the
+/// whole request went out (a final answer before that is an early answer);
+/// `close`: the client connection already ends after this exchange. A 101
+/// nobody asked for, or chunked to a 1.0 client, is a `BadResponse` (502).
+pub fn answer(
+    req: &RequestInfo,
+    resp: &ResponseInfo,
+    req_done: bool,
+    close: bool,
+) -> Result<Answer, BadResponse> {
+    if (100..200).contains(&resp.status) {
+        // A 101 switches to a tunnel, if one was asked for (otherwise it is a
+        // backend error). Other interim responses go to 1.1 clients only.
+        return Ok(Answer::Interim(match resp.status {
+            101 if !req.upgrade => return Err(BadResponse),
+            101 => Some(ClientConnection::Upgrade),
+            _ if req.version == 1 => Some(ClientConnection::KeepAlive11),
+            _ => None,
+        }));
+    }
+    if req.version == 0 && resp.framing == Framing::Chunked {
+        // A 1.0 client cannot read chunked, and the backend was asked in 1.0.
+        return Err(BadResponse);
+    }
+    // After an early answer the rest of the request body is still to come: the
+    // client is told the connection ends, rather than promised a keep-alive the
+    // proxy could not keep. So is it when the body ends at the backend's close.
+    let close = close || resp.framing == Framing::UntilClose || !req_done;
+    let conn = if close {
+        ClientConnection::Close
+    } else if req.version == 0 {
+        ClientConnection::KeepAlive10
+    } else {
+        ClientConnection::KeepAlive11
+    };
+    Ok(Answer::Final { conn, close })
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::backends::select;
-use crate::http::head::{self, Limits};
-use crate::http::rewrite::{self, ClientConnection, Forwarding};
+use crate::http::head::{self, Answer, Limits};
+use crate::http::rewrite::{self, Forwarding};
 use crate::http::{BadResponse, Framing, Reject, RequestInfo, ResponseInfo};
 
 use super::plan::{Plan, Shared};
@@ -125,49 +125,31 @@ pub(super) fn parse_response_head(
         resp_head,
         ..
     } = bufs;
-    let accept = |resp: &httparse::Response<'_, '_>, info: &ResponseInfo| {
-        if (100..200).contains(&info.status) {
-            // A 101 switches to a tunnel, if one was asked for (otherwise it is a
-            // backend error). Other interim responses go to 1.1 clients only
-            // (RFC 9110 §15.2).
-            let conn = match info.status {
-                101 if !req.upgrade => return Err(BadResponse),
-                101 => Some(ClientConnection::Upgrade),
-                _ if req.version == 1 => Some(ClientConnection::KeepAlive11),
-                _ => None,
-            };
+    let accept = |resp: &httparse::Response<'_, '_>, info: &ResponseInfo| match head::answer(
+        req,
+        info,
+        req_done,
+        *close_after,
+    )? {
+        Answer::Interim(conn) => {
             if let Some(conn) = conn {
                 rewrite::write_response_head(resp_head, resp, None, conn);
             }
-            return Ok(ResponseHead {
+            Ok(ResponseHead {
                 final_framing: None,
                 reusable: false,
                 status: info.status,
-            });
+            })
         }
-        if req.version == 0 && info.framing == Framing::Chunked {
-            // A 1.0 client cannot read chunked, and the backend was asked in 1.0.
-            return Err(BadResponse);
+        Answer::Final { conn, close } => {
+            *close_after = close;
+            rewrite::write_response_head(resp_head, resp, info.content_length, conn);
+            Ok(ResponseHead {
+                final_framing: Some(info.framing),
+                reusable: info.reusable,
+                status: info.status,
+            })
         }
-        if info.framing == Framing::UntilClose || !req_done {
-            // After an early answer the rest of the request body is still to come;
-            // the client is told the connection ends, rather than promised a
-            // keep-alive the proxy could not keep.
-            *close_after = true;
-        }
-        let conn = if *close_after {
-            ClientConnection::Close
-        } else if req.version == 0 {
-            ClientConnection::KeepAlive10
-        } else {
-            ClientConnection::KeepAlive11
-        };
-        rewrite::write_response_head(resp_head, resp, info.content_length, conn);
-        Ok(ResponseHead {
-            final_framing: Some(info.framing),
-            reusable: info.reusable,
-            status: info.status,
-        })
     };
     match head::read_response(data.filled(), req.is_head, accept) {
         Ok(Some((n, _, head))) => {

@@ -246,6 +246,10 @@ impl Worker {
                     reused: true,
                 };
                 u.received = false;
+                // Connected already: the wait is for the response head (a resend
+                // from the sweep must not keep an expired connect timer).
+                self.clients[ck].timer =
+                    Timer::new(self.now + self.timeouts.response, Wait::Response);
                 uk
             }
             None => {

@@ -42,7 +42,7 @@ impl StartError {
     }
 
     /// What went wrong, without the setting's name: `127.0.0.1:80: address
-    /// already in use`.
+    /// already in use` (see `describe`).
     pub fn detail(&self) -> String {
         match self {
             StartError::AddrInUse { addr } => format!("{addr}: address already in use"),
@@ -51,9 +51,21 @@ impl StartError {
             }
             StartError::Poll(e) => format!("cannot create event loop: {e}"),
             StartError::Spawn(e) => format!("cannot start worker thread: {e}"),
-            StartError::NoBackends => "at least one backend is required".into(),
+            StartError::NoBackends => "at least one is required".into(),
             StartError::Admin { addr, source } => format!("{addr}: {source}"),
             StartError::AccessLog { path, source } => format!("{path}: {source}"),
+        }
+    }
+}
+
+impl StartError {
+    /// The error with its setting named `name` (as the caller's user gave it):
+    /// `--listen 127.0.0.1:80: address already in use`, `backend: at least one
+    /// is required`.
+    pub fn describe(&self, name: &str) -> String {
+        match self {
+            StartError::NoBackends => format!("{name}: {}", self.detail()),
+            _ => format!("{name} {}", self.detail()),
         }
     }
 }
@@ -62,7 +74,7 @@ impl StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.setting() {
-            Some(name) => write!(f, "{name} {}", self.detail()),
+            Some(name) => f.write_str(&self.describe(name)),
             None => f.write_str(&self.detail()),
         }
     }
