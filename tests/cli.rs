@@ -23,18 +23,63 @@ fn wait_exit(mut child: Child, what: &str) -> std::process::Output {
         // Back-off between two looks.
         std::thread::sleep(Duration::from_millis(10));
     }
+    forget_child(child.id());
     child.wait_with_output().unwrap()
 }
 
-/// Spawn `program args` with no stdin and piped stdout and stderr.
+/// Spawn `program args` with no stdin and piped stdout and stderr. A test that
+/// fails kills the children it started (`kill_children_on_panic`): left running,
+/// they would keep ports and backends busy for the tests after it.
 fn spawn(program: &str, args: &[&str]) -> Child {
-    Command::new(program)
+    kill_children_on_panic();
+    let child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    children()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((std::thread::current().id(), child.id()));
+    child
+}
+
+/// Every child spawned, with the test thread that spawned it.
+fn children() -> &'static std::sync::Mutex<Vec<(std::thread::ThreadId, u32)>> {
+    static CHILDREN: std::sync::OnceLock<std::sync::Mutex<Vec<(std::thread::ThreadId, u32)>>> =
+        std::sync::OnceLock::new();
+    CHILDREN.get_or_init(Default::default)
+}
+
+/// A child that exited and was waited for: its pid may be reused, so a panic
+/// must not signal it.
+fn forget_child(pid: u32) {
+    children()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&(_, p)| p != pid);
+}
+
+/// Once per process: a panic (a failing test) kills the children its thread
+/// spawned and has not waited for, then reports as before.
+fn kill_children_on_panic() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let me = std::thread::current().id();
+            let list = children().lock().unwrap_or_else(|e| e.into_inner());
+            for &(_, pid) in list.iter().filter(|(t, _)| *t == me) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            drop(list);
+            report(info);
+        }));
+    });
 }
 
 /// Wait up to 10 s until something accepts connections on `addr`.
@@ -268,6 +313,7 @@ fn try_start(program: &str, args: &[&str], addr: SocketAddr) -> Result<Child, St
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(addr).is_err() {
         if child.try_wait().unwrap().is_some() {
+            forget_child(child.id());
             let out = child.wait_with_output().unwrap();
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
