@@ -82,16 +82,6 @@ fn kill_children_on_panic() {
     });
 }
 
-/// Wait up to 10 s until something accepts connections on `addr`.
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listened on {addr}");
-        // Back-off between two tries.
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn run(args: &[&str]) -> (i32, String, String) {
     let child = spawn(BIN, args);
     let out = wait_exit(child, &format!("corelb {args:?} did not exit"));
@@ -298,62 +288,44 @@ fn start(args: &[&str], addr: SocketAddr) -> Child {
     start_with(BIN, args, addr)
 }
 
-/// Start `program` and wait until `addr` accepts connections.
+/// Start `program` and wait up to 10 s until `addr` accepts connections; one
+/// that exits first fails the test with its stderr.
 fn start_with(program: &str, args: &[&str], addr: SocketAddr) -> Child {
-    match try_start(program, args, addr) {
-        Ok(child) => child,
-        Err(stderr) => panic!("{program} {args:?} exited before listening: {stderr}"),
-    }
-}
-
-/// Start `program` and wait until `addr` accepts connections, or until it exits
-/// (its stderr is the error).
-fn try_start(program: &str, args: &[&str], addr: SocketAddr) -> Result<Child, String> {
     let mut child = spawn(program, args);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(addr).is_err() {
         if child.try_wait().unwrap().is_some() {
             forget_child(child.id());
             let out = child.wait_with_output().unwrap();
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            panic!(
+                "{program} {args:?} exited before listening: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         assert!(Instant::now() < deadline, "nothing listened on {addr}");
         // Back-off between two tries.
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(child)
-}
-
-/// Start the binary with `args` and `--listen` on a free port. A port that
-/// `free_port` found free can be taken by a concurrent test before the child
-/// binds it: then it tries another (a few times).
-fn start_on_free_port(args: &[&str]) -> (Child, SocketAddr) {
-    for _ in 0..5 {
-        let addr = free_port();
-        let listen = addr.to_string();
-        let all: Vec<&str> = args.iter().copied().chain(["--listen", &listen]).collect();
-        match try_start(BIN, &all, addr) {
-            Ok(child) => return (child, addr),
-            Err(stderr) if stderr.contains("address already in use") => continue,
-            Err(stderr) => panic!("corelb {all:?} exited before listening: {stderr}"),
-        }
-    }
-    panic!("corelb {args:?}: five free ports were taken before it could bind them");
+    child
 }
 
 /// Start `corelb backend` on a free port, with `extra` arguments.
 fn start_origin(extra: &[&str]) -> (Child, SocketAddr) {
-    let mut args = vec!["backend"];
+    let addr = free_port();
+    let listen = addr.to_string();
+    let mut args = vec!["backend", "--listen", &listen];
     args.extend_from_slice(extra);
-    start_on_free_port(&args)
+    (start(&args, addr), addr)
 }
 
 /// Start `corelb serve` on a free port in front of `backend` (as written on the
 /// command line), with `extra` arguments.
 fn start_proxy(backend: &str, extra: &[&str]) -> (Child, SocketAddr) {
-    let mut args = vec!["serve", "--backend", backend];
+    let addr = free_port();
+    let listen = addr.to_string();
+    let mut args = vec!["serve", "--backend", backend, "--listen", &listen];
     args.extend_from_slice(extra);
-    start_on_free_port(&args)
+    (start(&args, addr), addr)
 }
 
 /// Send `sig` (as `kill` spells it, e.g. "-TERM") to process `pid`.
@@ -421,8 +393,7 @@ fn serve_raises_the_open_files_limit() {
     let script = format!(
         "ulimit -Sn 256 && exec {BIN} serve --backend 127.0.0.1:9 --listen {proxy_addr} --workers 1"
     );
-    let child = spawn("sh", &["-c", &script]);
-    wait_listening(proxy_addr);
+    let child = start_with("sh", &["-c", &script], proxy_addr);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let line = limits
         .lines()
