@@ -67,7 +67,7 @@ impl FromArgs for Serve {
                     "unrecognized argument: {flag} (corelb serve --help lists the flags)"
                 )));
             };
-            let text = if row.switch {
+            let text = if row.switch() {
                 ""
             } else {
                 match args.next() {
@@ -76,7 +76,7 @@ impl FromArgs for Serve {
                 }
             };
             if let Some(Err(problem)) = out.settings.set_flag(flag, text) {
-                return Err(refuse(if row.switch {
+                return Err(refuse(if row.switch() {
                     format!("{flag}: {problem}")
                 } else {
                     format!("{flag} {text}: {problem}")
@@ -130,11 +130,6 @@ pub fn help(command_name: &[&str]) -> String {
     );
     line("--help", "display usage information");
     out
-}
-
-/// Whether a kind of setting is a switch (a flag without a value).
-pub const fn is_switch(kind: &str) -> bool {
-    matches!(kind.as_bytes(), b"switch")
 }
 
 // How each kind of value is read from its flag; the check is the same one the

@@ -37,14 +37,19 @@ pub struct Setting {
     /// The kind of value (`text`, `int`, `duration`, `switch`, `list`,
     /// `backends`): how the flag and the file key are read.
     pub kind: &'static str,
-    /// The flag takes no value (a switch; `true` or `false` in the file).
-    pub switch: bool,
     /// A reload keeps the running value (and reports the difference).
     pub restart: bool,
     /// The `--help` text, without the default.
     pub help: &'static str,
     /// The default as `--help` shows it; `None` when the setting is off unless set.
     pub default: fn() -> Option<String>,
+}
+
+impl Setting {
+    /// The flag takes no value (a switch; `true` or `false` in the file).
+    pub fn switch(&self) -> bool {
+        self.kind == "switch"
+    }
 }
 
 /// Where a value came from, so that a message names it the way the user wrote it.
@@ -139,7 +144,6 @@ macro_rules! settings {
                 flag: $flag,
                 key: $key,
                 kind: stringify!($kind),
-                switch: super::flags::is_switch(stringify!($kind)),
                 restart: is_given!($($keep)?),
                 help: concat!($($doc),*),
                 default: {
@@ -155,7 +159,6 @@ macro_rules! settings {
                 flag: $tflag,
                 key: $tkey,
                 kind: stringify!($tkind),
-                switch: super::flags::is_switch(stringify!($tkind)),
                 restart: is_given!($($trestart)?),
                 help: concat!($($tdoc),*),
                 default: {
@@ -478,7 +481,7 @@ mod tests {
             );
             assert!(!s.help.trim().is_empty(), "{} has no help", s.name);
             let value = sample(s);
-            let args: Vec<&str> = if s.switch {
+            let args: Vec<&str> = if s.switch() {
                 vec![s.flag]
             } else {
                 vec![s.flag, &value]

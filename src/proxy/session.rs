@@ -555,8 +555,9 @@ impl Worker {
         c.x = Exchange::new(info, backend, self.now);
         c.x.close_after |= self.shutdown_deadline.is_some();
         c.phase = Phase::Exchange;
-        c.timer = Timer::new(self.now + self.timeouts.response, Wait::Response);
         self.hold(ck, backend);
+        // Arms the timer: a connect, or the response head on a pooled connection
+        // (a failure to connect arms its own, in `fail`).
         self.connect_upstream(ck, backend, true)
     }
 
