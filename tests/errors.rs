@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -156,14 +155,10 @@ fn nothing_after_a_bad_request_is_forwarded() {
     );
 }
 
-fn closed_port() -> std::net::SocketAddr {
-    let l = TcpListener::bind(loopback()).unwrap();
-    l.local_addr().unwrap()
-}
-
 #[test]
 fn unreachable_backend_is_502_quickly() {
-    let proxy = proxy_for(&[closed_port()], 1);
+    let dead = ClosedPort::new();
+    let proxy = proxy_for(&[dead.addr], 1);
     let start = Instant::now();
     let (resp, mut r) = roundtrip(proxy.local_addrs()[0], b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(resp.status, 502);

@@ -162,11 +162,8 @@ fn an_exchange_in_flight_on_a_removed_backend_finishes() {
 #[test]
 fn a_backend_that_is_down_stays_down_across_a_reload() {
     let o = origins(2);
-    // A port nothing listens on.
-    let dead = std::net::TcpListener::bind(loopback())
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = ClosedPort::new();
+    let dead = closed.addr;
     let mut cfg = config_for(&[dead, o[0].local_addr()]);
     cfg.passive.max_fails = 1;
     cfg.passive.window = Duration::from_secs(30);

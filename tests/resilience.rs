@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -14,12 +14,6 @@ use common::*;
 use corelb::Origin;
 use corelb::config::Passive;
 
-/// A loopback port nothing listens on.
-fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind(loopback()).unwrap();
-    l.local_addr().unwrap()
-}
-
 fn status_of(proxy: SocketAddr, raw: &[u8]) -> Response {
     roundtrip(proxy, raw).0
 }
@@ -27,7 +21,8 @@ fn status_of(proxy: SocketAddr, raw: &[u8]) -> Response {
 #[test]
 fn a_refused_connect_moves_the_request_to_the_next_backend() {
     let origins = origins(1);
-    let dead = closed_port();
+    let closed = ClosedPort::new();
+    let dead = closed.addr;
     let proxy = proxy_with(&[dead, origins[0].local_addr()], |c| {
         c.workers = 1;
         // Never take the dead one out, so every other request meets it first.
@@ -72,7 +67,8 @@ fn retries_are_bounded_then_502() {
 #[test]
 fn a_failing_backend_is_taken_out_then_tried_again() {
     let origins = origins(1);
-    let flaky = closed_port();
+    let closed = ClosedPort::new();
+    let flaky = closed.addr;
     let proxy = proxy_with(&[flaky, origins[0].local_addr()], |c| {
         c.workers = 1;
         // No retries: a request sent to the dead backend fails, which shows
@@ -90,7 +86,7 @@ fn a_failing_backend_is_taken_out_then_tried_again() {
         assert_eq!(get(addr, "/").status, 200, "picked while out");
     }
     // The backend comes back on the same port; after the cool-down it gets traffic.
-    let revived = Origin::start(flaky, 1, Some("revived".into())).unwrap();
+    let revived = Origin::start(closed.release(), 1, Some("revived".into())).unwrap();
     wait_until(
         || backend_up(&proxy, flaky),
         "the cool-down ends and the proxy counts the backend up again",
@@ -106,7 +102,8 @@ fn a_failing_backend_is_taken_out_then_tried_again() {
 
 #[test]
 fn all_backends_down_is_503_with_retry_after() {
-    let dead = [closed_port(), closed_port()];
+    let closed = [ClosedPort::new(), ClosedPort::new()];
+    let dead = [closed[0].addr, closed[1].addr];
     let proxy = proxy_with(&dead, |c| {
         c.workers = 1;
         c.passive = Passive {

@@ -20,6 +20,29 @@ pub fn loopback() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
 }
 
+/// A loopback port that refuses connections: bound but never listening, so
+/// nothing else (another test binding port 0) can take it while this lives.
+pub struct ClosedPort {
+    sock: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&loopback().into()).unwrap();
+        let addr = sock.local_addr().unwrap().as_socket().unwrap();
+        ClosedPort { sock, addr }
+    }
+
+    /// Give the port up (to start a backend on it); returns it.
+    pub fn release(self) -> SocketAddr {
+        drop(self.sock);
+        self.addr
+    }
+}
+
 pub fn origins(n: usize) -> Vec<Origin> {
     (0..n)
         .map(|_| Origin::start(loopback(), 1, None).expect("origin starts"))
