@@ -8,7 +8,8 @@ use crate::backends::select;
 use crate::http::Reject;
 use crate::http::rewrite::{self};
 
-use super::session::{Client, Fail, Phase, RespState, Timer, Wait};
+use super::exchange::{Kept, RespState};
+use super::session::{Client, Fail, Phase, Timer, Wait};
 use super::upstream::Upstream;
 use super::worker::Worker;
 
@@ -51,8 +52,8 @@ impl Worker {
                     .is_some_and(|b| b.resp_head_sent == 0 && !b.resp_head.is_empty());
                 // So is a head (interim or final) of which some bytes are out.
                 let head_partly_out = c.bufs.as_ref().is_some_and(|b| b.resp_head_sent > 0);
-                let started = (c.x.resp == RespState::Body && !final_head_unsent)
-                    || matches!(c.x.resp, RespState::Tunnel { .. })
+                let started = (c.x.resp.is_body() && !final_head_unsent)
+                    || c.x.resp.is_tunnel()
                     || head_partly_out;
                 if matches!(c.phase, Phase::Closing | Phase::Draining | Phase::Aborting) {
                     self.close_client(ck);
@@ -82,7 +83,7 @@ impl Worker {
                     .extend_from_slice(reject.response_to(head_request));
                 self.shared.metrics[self.id].0.local.count(reject.status());
                 bufs.resp_head_sent = 0;
-                c.x.resp_pending = 0;
+                c.x.resp = RespState::WAITING;
                 c.linger = true;
                 // Timed from its head only if the refused request got that far.
                 let timed = c.phase == Phase::Exchange;
@@ -142,7 +143,11 @@ impl Worker {
         self.metrics().retries.fetch_add(1, Ordering::Relaxed);
         let c = &mut self.clients[ck];
         c.x.backend = backend;
-        c.x.req_done = false;
+        // What was sent is sent again: the kept bytes are pending once more.
+        if !c.x.rewind() {
+            // Bytes of it were let go (`retry_or` does not ask for this).
+            return self.fail(ck, Fail::Reject(Reject::BadGateway));
+        }
         if let Some(uk) = c.upstream.take() {
             self.upstreams.remove(uk);
         }
@@ -150,9 +155,6 @@ impl Worker {
             bufs.req_head_sent = 0;
             bufs.resp.clear();
         }
-        // What was sent is sent again: the retained bytes are pending once more.
-        c.x.req_pending += c.x.req_retained;
-        c.x.req_retained = 0;
         match self.connect_upstream(ck, backend, reuse) {
             Ok(()) => true,
             Err(f) => self.fail(ck, f),
@@ -182,14 +184,15 @@ impl Worker {
 /// The backend connection failed before any response byte. A reused one may just
 /// have gone stale (the backend closed it as the request went out): the request is
 /// sent again on a fresh connection, once, if nothing of it was sent, or if it is
-/// idempotent and all of it is still at hand (see `Exchange::req_retained`). A
+/// idempotent and all of it is still at hand (see `exchange::Kept`). A
 /// request that may have been received and must not be replayed (RFC 9110 §9.2.2)
 /// gets `reject`; a stale connection is not counted against the backend. A fresh
 /// connection's failure is the backend's, and the request may go to another one
 /// under the same rule.
 pub(super) fn retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
     let nothing_sent = c.bufs.as_ref().is_none_or(|b| b.req_head_sent == 0);
-    let replayable = nothing_sent || (c.x.req.idempotent && c.x.replayable);
+    let kept_all = matches!(c.x.kept(), Kept::All(_));
+    let replayable = kept_all && (nothing_sent || c.x.req.idempotent);
     if u.reused() && !u.received {
         return if replayable && !c.x.retried {
             Fail::Retry

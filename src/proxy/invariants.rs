@@ -4,7 +4,8 @@
 //! compiled out of release builds.
 
 use super::MAX_INTERIM;
-use super::session::{Phase, RespState};
+use super::exchange::{ReqState, RespState};
+use super::session::Phase;
 use super::worker::Worker;
 
 impl Worker {
@@ -112,16 +113,12 @@ impl Worker {
                     "in an exchange without a backend connection",
                 )?;
                 ensure(
-                    x.req_retained + x.req_pending <= b.req.len(),
+                    x.kept().len() + x.req_pending() <= b.req.len(),
                     "more request bytes accounted for than buffered",
                 )?;
                 ensure(
-                    x.resp_pending <= b.resp.len(),
+                    x.resp.pending() <= b.resp.len(),
                     "more response bytes pending than buffered",
-                )?;
-                ensure(
-                    x.replayable || x.req_retained == 0,
-                    "bytes kept for a replay that cannot happen",
                 )?;
                 ensure(
                     b.req_head_sent <= b.req_head.len(),
@@ -132,18 +129,15 @@ impl Worker {
                     "more of a response head sent than it has",
                 )?;
                 ensure(
-                    !x.req_done
-                        || (b.req_head_sent == b.req_head.len()
-                            && x.req_pending == 0
-                            && x.req_body.is_done()),
-                    "the request is done with bytes of it unsent",
+                    !x.req_sent() || b.req_head_sent == b.req_head.len(),
+                    "the request is sent with bytes of its head unsent",
                 )?;
                 ensure(
-                    x.resp != RespState::Waiting || x.resp_pending == 0,
-                    "response body pending before its head",
+                    !matches!(x.sending, ReqState::Dropping { .. }) || x.kept().len() == 0,
+                    "bytes kept for a replay of a request being dropped",
                 )?;
                 ensure(
-                    x.interim <= MAX_INTERIM,
+                    !matches!(x.resp, RespState::Waiting { interim } if interim > MAX_INTERIM),
                     "more interim responses than allowed",
                 )?;
                 ensure(
@@ -151,7 +145,7 @@ impl Worker {
                     "more than one response head queued",
                 )?;
                 ensure(
-                    !b.piped() || x.resp == RespState::Body,
+                    !b.piped() || x.resp.is_body(),
                     "pipe bytes outside a response body",
                 )?;
             }

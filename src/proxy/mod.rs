@@ -42,6 +42,7 @@ use crate::config::ProxyConfig;
 use crate::counters::Padded;
 use crate::runtime::{self, StartError, Workers};
 
+mod exchange;
 mod fail;
 mod head;
 #[cfg(debug_assertions)]

@@ -10,9 +10,10 @@ use crate::io::buffer::Buf;
 use crate::io::splice::Pipe;
 use crate::io::{ReadOutcome, read_into, write_two};
 
+use super::exchange::{Exchange, Kept, ReqState, RespState};
 use super::fail::retry_or;
 use super::head::parse_response_head;
-use super::session::{Bufs, Client, Exchange, Fail, RespState, Step, read_client};
+use super::session::{Bufs, Client, Fail, Step, read_client};
 use super::upstream::Upstream;
 use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP, SPLICE_STEP_BYTES};
 
@@ -20,9 +21,7 @@ use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP, SPLICE_STEP_BYTES};
 /// body bytes kept for a replay are let go.
 pub(super) fn answer_began(x: &mut Exchange, req: &mut Buf, u: &mut Upstream) {
     u.received = true;
-    req.consume(x.req_retained);
-    x.req_retained = 0;
-    x.replayable = false;
+    x.release_kept(req);
 }
 
 /// Client -> backend: read the request body (or pipelined requests, bounded by the
@@ -32,85 +31,121 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
     let mut progress = false;
     // Bytes kept for a replay must not stall the upload: when they fill the
     // buffer, let them go (this request can then no longer be retried).
-    if bufs.req.is_full() && c.x.req_retained > 0 {
-        bufs.req.consume(c.x.req_retained);
-        c.x.req_retained = 0;
-        c.x.replayable = false;
+    if bufs.req.is_full() && c.x.kept().len() > 0 {
+        c.x.release_kept(&mut bufs.req);
     }
     // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
         progress |= read_client(&mut c.sock, &mut bufs.req, &mut c.ready, &mut c.eof)?;
     }
-    let known = c.x.req_retained + c.x.req_pending;
-    if !c.x.req_body.is_done() && bufs.req.len() > known {
-        let n =
-            c.x.req_body
-                .scan(&bufs.req.filled()[known..])
-                .map_err(|_| Fail::Reject(Reject::BadRequest))?;
-        c.x.req_pending += n;
-        progress |= n > 0;
-        if max_body > 0 && c.x.req_body.chunked_data() > max_body {
+    // Find where the body ends, in what is buffered after the bytes already known.
+    let (body, known) = match &mut c.x.sending {
+        ReqState::Sending {
+            body,
+            pending,
+            kept,
+        } => (Some(body), kept.len() + *pending),
+        ReqState::Dropping { body } => (Some(body), 0),
+        ReqState::Sent { .. } => (None, 0),
+    };
+    if let Some(body) = body
+        && !body.is_done()
+    {
+        let n = if bufs.req.len() > known {
+            body.scan(&bufs.req.filled()[known..])
+                .map_err(|_| Fail::Reject(Reject::BadRequest))?
+        } else {
+            0
+        };
+        if max_body > 0 && body.chunked_data() > max_body {
             return Err(Fail::Reject(Reject::BodyTooLarge));
         }
-    }
-    if c.eof && !c.x.req_body.is_done() {
-        // Everything buffered is scanned and the body is still short: the client
-        // gave up in the middle of its request.
-        return Err(Fail::Close);
+        if c.eof && !body.is_done() {
+            // Everything buffered is scanned and the body is still short: the
+            // client gave up in the middle of its request.
+            return Err(Fail::Close);
+        }
+        progress |= n > 0;
+        match &mut c.x.sending {
+            ReqState::Sending { pending, .. } => *pending += n,
+            // The backend stopped taking the request after it began to answer:
+            // the rest of the body is read and dropped.
+            ReqState::Dropping { .. } => bufs.req.consume(n),
+            ReqState::Sent { .. } => {}
+        }
     }
 
-    if c.x.upload_failed {
-        // The backend stopped taking the request after it began to answer: the
-        // rest of the body is read and dropped (the connection closes after the
-        // response, see `finish_exchange`).
-        bufs.req.consume(c.x.req_pending);
-        c.x.req_pending = 0;
+    // Buffer -> backend: the rewritten head, then body bytes as they are known.
+    let ReqState::Sending {
+        body,
+        pending,
+        kept,
+    } = c.x.sending
+    else {
+        return Ok(progress);
+    };
+    if !u.connected() {
         return Ok(progress);
     }
-    // Buffer -> backend: the rewritten head, then body bytes as they are known.
-    if u.connected() && !c.x.req_done {
-        let head = &bufs.req_head[bufs.req_head_sent..];
-        if !defer && u.ready.writable && (!head.is_empty() || c.x.req_pending > 0) {
-            let body = &bufs.req.filled()[c.x.req_retained..c.x.req_retained + c.x.req_pending];
-            match write_two(&mut u.sock, head, body, &mut u.ready) {
-                Ok(n) => {
-                    let from_head = n.min(head.len());
-                    let from_body = n - from_head;
-                    bufs.req_head_sent += from_head;
-                    c.x.req_pending -= from_body;
-                    if c.x.replayable {
-                        c.x.req_retained += from_body;
-                    } else {
+    let head = &bufs.req_head[bufs.req_head_sent..];
+    if !defer && u.ready.writable && (!head.is_empty() || pending > 0) {
+        let at = kept.len();
+        match write_two(
+            &mut u.sock,
+            head,
+            &bufs.req.filled()[at..at + pending],
+            &mut u.ready,
+        ) {
+            Ok(n) => {
+                let from_head = n.min(head.len());
+                let from_body = n - from_head;
+                bufs.req_head_sent += from_head;
+                let kept = match kept {
+                    // At most a buffer's size (see `Kept::All`).
+                    Kept::All(k) => Kept::All(k + from_body as u32),
+                    Kept::Released => {
                         bufs.req.consume(from_body);
+                        Kept::Released
                     }
-                    progress |= n > 0;
+                };
+                c.x.sending = ReqState::Sending {
+                    body,
+                    pending: pending - from_body,
+                    kept,
+                };
+                progress |= n > 0;
+            }
+            Err(_) => {
+                // An early answer and then a close with the body unread (a
+                // reset) leaves the answer waiting behind the failed write.
+                if !u.received
+                    && !bufs.resp.is_full()
+                    && let Ok(ReadOutcome::Data) =
+                        read_into(&mut u.sock, &mut bufs.resp, &mut u.ready)
+                {
+                    answer_began(&mut c.x, &mut bufs.req, u);
                 }
-                Err(_) => {
-                    // An early answer and then a close with the body unread (a
-                    // reset) leaves the answer waiting behind the failed write.
-                    if !u.received
-                        && !bufs.resp.is_full()
-                        && let Ok(ReadOutcome::Data) =
-                            read_into(&mut u.sock, &mut bufs.resp, &mut u.ready)
-                    {
-                        answer_began(&mut c.x, &mut bufs.req, u);
-                    }
-                    if u.received {
-                        // It has begun to answer: not a failure, and its answer stands.
-                        c.x.upload_failed = true;
-                        return Ok(true);
-                    }
-                    return Err(retry_or(c, u, Reject::BadGateway));
+                if u.received {
+                    // It has begun to answer: not a failure, and its answer
+                    // stands. What of the body is known is dropped with the rest.
+                    bufs.req.consume(pending);
+                    c.x.sending = ReqState::Dropping { body };
+                    return Ok(true);
                 }
+                return Err(retry_or(c, u, Reject::BadGateway));
             }
         }
-        if bufs.req_head_sent == bufs.req_head.len()
-            && c.x.req_pending == 0
-            && c.x.req_body.is_done()
-        {
-            c.x.req_done = true;
-            progress = true;
-        }
+    }
+    if let ReqState::Sending {
+        body,
+        pending: 0,
+        kept,
+    } = c.x.sending
+        && body.is_done()
+        && bufs.req_head_sent == bufs.req_head.len()
+    {
+        c.x.sending = ReqState::Sent { kept };
+        progress = true;
     }
 
     Ok(progress)
@@ -145,7 +180,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
         }
     }
 
-    if c.x.resp == RespState::Waiting {
+    if let RespState::Waiting { interim } = c.x.resp {
         if bufs.resp.is_empty() {
             if u.eof {
                 return Err(retry_or(c, u, Reject::BadGateway));
@@ -154,7 +189,8 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
             // One head at a time: the next one (interim or final) is parsed only once
             // the one before is out, so interim responses to a client that does not
             // read them back up in the bounded buffer and stop the backend's reads.
-            match parse_response_head(bufs, &c.x.req, c.x.req_done, &mut c.x.close_after)? {
+            let req_sent = c.x.req_sent();
+            match parse_response_head(bufs, &c.x.req, req_sent, &mut c.x.close_after)? {
                 Some(head) => {
                     progress = true;
                     if head.status == 101 {
@@ -168,14 +204,18 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
                     match head.final_framing {
                         Some(framing) => {
                             c.x.status = head.status;
-                            c.x.resp = RespState::Body;
-                            c.x.resp_body = BodyScanner::new(framing);
-                            c.x.upstream_reusable = head.reusable;
+                            c.x.resp = RespState::Body {
+                                body: BodyScanner::new(framing),
+                                pending: 0,
+                                reusable: head.reusable,
+                            };
+                        }
+                        None if interim >= MAX_INTERIM => {
+                            return Err(Fail::Reject(Reject::BadGateway));
                         }
                         None => {
-                            c.x.interim += 1;
-                            if c.x.interim > MAX_INTERIM {
-                                return Err(Fail::Reject(Reject::BadGateway));
+                            c.x.resp = RespState::Waiting {
+                                interim: interim + 1,
                             }
                         }
                     }
@@ -187,27 +227,32 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
         }
     }
 
-    if c.x.resp == RespState::Body && !c.x.resp_body.is_done() && bufs.resp.len() > c.x.resp_pending
+    if let RespState::Body { body, pending, .. } = &mut c.x.resp
+        && !body.is_done()
+        && bufs.resp.len() > *pending
     {
-        let n =
-            c.x.resp_body
-                .scan(&bufs.resp.filled()[c.x.resp_pending..])
-                .map_err(|_| Fail::Reject(Reject::BadGateway))?;
-        c.x.resp_pending += n;
+        let n = body
+            .scan(&bufs.resp.filled()[*pending..])
+            .map_err(|_| Fail::Reject(Reject::BadGateway))?;
+        *pending += n;
         progress |= n > 0;
     }
 
     // Buffer -> client: queued heads (interim and final), then body bytes.
     let head = &bufs.resp_head[bufs.resp_head_sent..];
-    if !defer && c.ready.writable && (!head.is_empty() || c.x.resp_pending > 0) {
-        let body = &bufs.resp.filled()[..c.x.resp_pending];
+    let pending = c.x.resp.pending();
+    if !defer && c.ready.writable && (!head.is_empty() || pending > 0) {
+        let body = &bufs.resp.filled()[..pending];
         match write_two(&mut c.sock, head, body, &mut c.ready) {
             Ok(n) => {
                 let from_head = n.min(head.len());
+                let from_body = n - from_head;
                 bufs.resp_head_sent += from_head;
-                bufs.resp.consume(n - from_head);
-                c.x.resp_pending -= n - from_head;
-                bufs.resp_bytes += (n - from_head) as u64;
+                bufs.resp.consume(from_body);
+                if let RespState::Body { pending, .. } = &mut c.x.resp {
+                    *pending -= from_body;
+                }
+                bufs.resp_bytes += from_body as u64;
                 progress |= n > 0;
             }
             Err(_) => return Err(Fail::Close),
@@ -308,14 +353,11 @@ pub(super) fn splicing(bufs: &mut Bufs, x: &Exchange) -> bool {
     if bufs.piped() {
         return true;
     }
-    let large = matches!(x.resp_body, BodyScanner::Length(n) if n >= SPLICE_MIN);
-    if !(large
-        && x.resp == RespState::Body
-        && x.resp_pending == 0
-        && bufs.resp.is_empty()
-        && bufs.resp_head.is_empty()
-        && !bufs.no_pipe)
-    {
+    let large = matches!(
+        x.resp,
+        RespState::Body { body: BodyScanner::Length(n), pending: 0, .. } if n >= SPLICE_MIN
+    );
+    if !(large && bufs.resp.is_empty() && bufs.resp_head.is_empty() && !bufs.no_pipe) {
         return false;
     }
     if bufs.pipe.is_none() {
@@ -331,7 +373,11 @@ pub(super) fn splicing(bufs: &mut Bufs, x: &Exchange) -> bool {
 pub(super) fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
     let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
     let pipe = bufs.pipe.as_mut().ok_or(Fail::Close)?;
-    let BodyScanner::Length(remaining) = &mut c.x.resp_body else {
+    let RespState::Body {
+        body: BodyScanner::Length(remaining),
+        ..
+    } = &mut c.x.resp
+    else {
         return Err(Fail::Close);
     };
     // One drain and one fill per step: the session's turn bounds how much it

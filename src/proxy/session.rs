@@ -10,11 +10,12 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use crate::http::{BodyScanner, Framing, Reject, RequestInfo};
+use crate::http::{BodyScanner, Reject, RequestInfo};
 use crate::io::buffer::{Buf, Recycle};
 use crate::io::splice::Pipe;
 use crate::io::{ReadOutcome, Ready, read_into, write_two};
 
+use super::exchange::{Exchange, ReqState, RespState};
 use super::head::parse_request_head;
 use super::relay::{relay_request, relay_response, relay_tunnel};
 use super::upstream::{Leftover, Role, check_connected, leftover_seen};
@@ -158,22 +159,6 @@ pub(super) enum Phase {
     Aborting,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum RespState {
-    /// No final response head yet: a local error response can still be sent.
-    Waiting,
-    /// The final head is queued; its body is being relayed.
-    Body,
-    /// The backend switched protocols (101): bytes flow both ways, unparsed,
-    /// until both sides have closed. Each flag: our sending side toward the
-    /// backend / the client is shut (its peer ended its stream and everything it
-    /// sent is delivered).
-    Tunnel {
-        backend_shut: bool,
-        client_shut: bool,
-    },
-}
-
 /// What a session's timer waits for, and so what its expiry means (see
 /// `Worker::sweep`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,19 +258,23 @@ impl Client {
     pub(super) fn waits_on_client_body(&self) -> bool {
         let x = &self.x;
         // Cheapest first: most requests have no body (or all of it is in).
-        if x.req_body.is_done() || x.upload_failed || x.req_pending != 0 {
+        let ReqState::Sending {
+            body, pending: 0, ..
+        } = x.sending
+        else {
             return false;
-        }
-        if self
-            .bufs
-            .as_ref()
-            .is_none_or(|b| b.req_head_sent != b.req_head.len())
+        };
+        if body.is_done()
+            || self
+                .bufs
+                .as_ref()
+                .is_none_or(|b| b.req_head_sent != b.req_head.len())
         {
             return false;
         }
         let awaiting_continue = x.req.expect_continue
-            && x.interim == 0
-            && x.req_body == BodyScanner::new(x.req.framing);
+            && x.resp == RespState::WAITING
+            && body == BodyScanner::new(x.req.framing);
         !awaiting_continue
     }
 
@@ -303,90 +292,10 @@ impl Client {
         self.phase == Phase::Exchange
             && self.bufs.as_ref().is_some_and(|b| {
                 b.req_head_sent < b.req_head.len()
-                    || self.x.req_pending > 0
+                    || self.x.req_pending() > 0
                     || b.resp_head_sent < b.resp_head.len()
-                    || self.x.resp_pending > 0
+                    || self.x.resp.pending() > 0
             })
-    }
-}
-
-/// One request and its response, relayed: what each direction has seen so far.
-pub(super) struct Exchange {
-    pub(super) req: RequestInfo,
-    pub(super) req_body: BodyScanner,
-    /// Bytes of `bufs.req`, after the retained ones, known to be request body and
-    /// not yet sent.
-    pub(super) req_pending: usize,
-    /// Body bytes at the front of `bufs.req` that were sent on a reused backend
-    /// connection but are kept until its first response byte, to be sent again if
-    /// it turns out to be stale.
-    pub(super) req_retained: usize,
-    /// Every byte of the request can still be sent again (nothing was released).
-    pub(super) replayable: bool,
-    pub(super) req_done: bool,
-    /// The backend stopped taking the request after it began to answer.
-    pub(super) upload_failed: bool,
-    pub(super) resp: RespState,
-    pub(super) resp_body: BodyScanner,
-    /// Bytes at the front of `bufs.resp` known to be response body, not yet written.
-    pub(super) resp_pending: usize,
-    pub(super) upstream_reusable: bool,
-    pub(super) close_after: bool,
-    pub(super) backend: usize,
-    pub(super) retried: bool,
-    /// Times the request was moved to another backend after a failure.
-    pub(super) attempts: u8,
-    /// The exchange counts as in flight on `backend` (see `Worker::hold`).
-    pub(super) holding: bool,
-    /// The final response's status, once its head is parsed.
-    pub(super) status: u16,
-    /// Interim (1xx) responses received so far; more than `MAX_INTERIM` is a 502.
-    pub(super) interim: u16,
-    /// When the request head was parsed (the loop's clock).
-    pub(super) started: Instant,
-}
-
-impl Exchange {
-    /// An exchange whose request head was parsed at `started` (the loop's clock).
-    pub(super) fn new(req: RequestInfo, backend: usize, started: Instant) -> Exchange {
-        Exchange {
-            req,
-            req_body: BodyScanner::new(req.framing),
-            req_pending: 0,
-            req_retained: 0,
-            replayable: true,
-            req_done: false,
-            upload_failed: false,
-            resp: RespState::Waiting,
-            resp_body: BodyScanner::new(Framing::None),
-            resp_pending: 0,
-            upstream_reusable: false,
-            close_after: !req.keep_alive,
-            backend,
-            retried: false,
-            attempts: 0,
-            holding: false,
-            status: 0,
-            interim: 0,
-            started,
-        }
-    }
-
-    /// The state of a connection that has not sent a request yet.
-    pub(super) fn none(now: Instant) -> Exchange {
-        let req = RequestInfo {
-            version: 1,
-            framing: Framing::None,
-            keep_alive: true,
-            is_head: false,
-            idempotent: true,
-            expect_continue: false,
-            upgrade: false,
-        };
-        Exchange {
-            req_done: true,
-            ..Exchange::new(req, 0, now)
-        }
     }
 }
 
@@ -428,17 +337,19 @@ impl Worker {
         // either side (the body timeout).
         if moved && c.phase == Phase::Exchange {
             let wait = match c.x.resp {
-                RespState::Body => Some(Wait::Body),
+                RespState::Body { .. } => Some(Wait::Body),
                 RespState::Tunnel { .. } => Some(Wait::Tunnel),
                 // A connect in progress keeps its connect timer.
-                RespState::Waiting
+                RespState::Waiting { .. }
                     if c.upstream.is_some_and(|uk| !self.upstreams[uk].connected()) =>
                 {
                     None
                 }
-                RespState::Waiting if c.waits_on_client_body() => Some(Wait::ClientBody),
-                RespState::Waiting if c.waits_on_client_reading() => Some(Wait::ClientReading),
-                RespState::Waiting => Some(Wait::Response),
+                RespState::Waiting { .. } if c.waits_on_client_body() => Some(Wait::ClientBody),
+                RespState::Waiting { .. } if c.waits_on_client_reading() => {
+                    Some(Wait::ClientReading)
+                }
+                RespState::Waiting { .. } => Some(Wait::Response),
             };
             if let Some(wait) = wait {
                 let after = if wait == Wait::Response {
@@ -569,7 +480,7 @@ impl Worker {
             return Err(Fail::Reject(Reject::BadGateway));
         };
         let u = &mut self.upstreams[uk];
-        if matches!(c.x.resp, RespState::Tunnel { .. }) {
+        if c.x.resp.is_tunnel() {
             return relay_tunnel(c, u);
         }
         let defer = self.defer_writes;
@@ -583,7 +494,7 @@ impl Worker {
         {
             bufs.head_at.get_or_insert(self.now);
         }
-        if matches!(c.x.resp, RespState::Tunnel { .. }) {
+        if c.x.resp.is_tunnel() {
             // The 101 is queued; from here on this session is a tunnel.
             let (backend, took) = (c.x.backend, self.now.saturating_duration_since(c.x.started));
             self.stats().requests.fetch_add(1, Ordering::Relaxed);
@@ -594,19 +505,20 @@ impl Worker {
             return Ok(true);
         }
         let bufs = c.bufs.as_ref().ok_or(Fail::Close)?;
-        if c.x.resp == RespState::Body
+        if let RespState::Body {
+            body, pending: 0, ..
+        } = c.x.resp
             && bufs.resp_head.is_empty()
-            && c.x.resp_pending == 0
             && !bufs.piped()
         {
             let until_close_ended =
-                c.x.resp_body == BodyScanner::UntilClose && u.eof && bufs.resp.is_empty();
+                body == BodyScanner::UntilClose && u.eof && bufs.resp.is_empty();
             if until_close_ended && u.reset {
                 // A body delimited by the close, ended by a reset: a clean close
                 // would tell the client it has all of it.
                 return Err(Fail::Abort);
             }
-            if c.x.resp_body.is_done() || until_close_ended {
+            if body.is_done() || until_close_ended {
                 self.finish_exchange(ck)?;
                 return Ok(true);
             }
@@ -648,11 +560,12 @@ impl Worker {
             };
             bufs.resp.clear();
             let local = &mut self.locals[u.backend];
+            let reusable = matches!(c.x.resp, RespState::Body { reusable: true, .. });
             if found == Leftover::Nothing
                 && now >= local.distrust_until
                 && local.live
-                && c.x.upstream_reusable
-                && c.x.req_done
+                && reusable
+                && c.x.req_sent()
                 && local.idle.len() < self.plan.config.tune.max_idle_per_backend
             {
                 u.role = Role::Idle { since: now };
@@ -664,13 +577,14 @@ impl Worker {
         let c = &mut self.clients[ck];
         let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
         bufs.resp.clear();
-        c.x.resp = RespState::Waiting;
-        if c.x.close_after || !c.x.req_done {
+        c.x.resp = RespState::WAITING;
+        let req_sent = c.x.req_sent();
+        if c.x.close_after || !req_sent {
             // The client may still be sending: the rest of this request's body,
             // or, if it did not ask to close, requests pipelined behind it. A
             // close with their bytes unread would be a reset, which can destroy
             // the response still on its way (see `step_closing`).
-            c.linger |= !c.x.req_done || c.x.req.keep_alive;
+            c.linger |= !req_sent || c.x.req.keep_alive;
             c.phase = Phase::Closing;
             c.timer = Timer::new(now + self.timeouts.linger, Wait::Linger);
         } else {

@@ -17,8 +17,9 @@ use crate::io::Ready;
 use crate::io::buffer::Pool;
 use crate::runtime::{self, Control, WorkerContext};
 
+use super::exchange::{Exchange, RespState};
 use super::plan::{Plan, Shared, WorkerStats};
-use super::session::{Bufs, Client, Exchange, Fail, Phase, RespState, Timer, Wait};
+use super::session::{Bufs, Client, Fail, Phase, Timer, Wait};
 use super::upstream::{Local, Upstream};
 use super::{DRAIN_GRACE, MAX_FREE_BUFS, MAX_SWEEP_INTERVAL, MIN_BUF_SIZE};
 
@@ -181,8 +182,7 @@ impl Worker {
                 // response is cut short (aborting, or a body still under way),
                 // which must end with a reset.
                 let cut_short = |c: &Client| {
-                    c.phase == Phase::Aborting
-                        || (c.phase == Phase::Exchange && c.x.resp == RespState::Body)
+                    c.phase == Phase::Aborting || (c.phase == Phase::Exchange && c.x.resp.is_body())
                 };
                 for (_, c) in w.clients.iter().filter(|(_, c)| cut_short(c)) {
                     let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
@@ -340,7 +340,9 @@ impl Worker {
                 // The response will say `Connection: close`, unless its head is out
                 // already: then the client may send one more request, which is
                 // answered that way (the connection drains like an idle one).
-                Phase::Exchange if c.x.resp == RespState::Waiting => c.x.close_after = true,
+                Phase::Exchange if matches!(c.x.resp, RespState::Waiting { .. }) => {
+                    c.x.close_after = true
+                }
                 Phase::Exchange => {}
                 Phase::Closing | Phase::Draining | Phase::Aborting => {}
             }
