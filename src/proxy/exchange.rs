@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::http::{BodyScanner, Framing, RequestInfo};
+use crate::http::{BodyScanner, RequestInfo};
 use crate::io::buffer::Buf;
 
 /// The request direction: the rewritten head (`Bufs::req_head`), then body bytes
@@ -133,25 +133,6 @@ impl Exchange {
             holding: false,
             status: 0,
             started,
-        }
-    }
-
-    /// The state of a connection that has not sent a request yet.
-    pub(super) fn none(now: Instant) -> Exchange {
-        let req = RequestInfo {
-            version: 1,
-            framing: Framing::None,
-            keep_alive: true,
-            is_head: false,
-            idempotent: true,
-            expect_continue: false,
-            upgrade: false,
-        };
-        Exchange {
-            sending: ReqState::Sent {
-                kept: Kept::Released,
-            },
-            ..Exchange::new(req, 0, now)
         }
     }
 

@@ -8,8 +8,8 @@ use crate::backends::select;
 use crate::http::Reject;
 use crate::http::rewrite::{self};
 
-use super::exchange::{Kept, RespState};
-use super::session::{Client, Fail, Phase, Timer, Wait};
+use super::exchange::{Exchange, Kept};
+use super::session::{Bufs, Fail, Phase, Timer, Wait};
 use super::upstream::Upstream;
 use super::worker::Worker;
 
@@ -52,9 +52,9 @@ impl Worker {
                     .is_some_and(|b| b.resp_head_sent == 0 && !b.resp_head.is_empty());
                 // So is a head (interim or final) of which some bytes are out.
                 let head_partly_out = c.bufs.as_ref().is_some_and(|b| b.resp_head_sent > 0);
-                let started = (c.x.resp.is_body() && !final_head_unsent)
-                    || c.x.resp.is_tunnel()
-                    || head_partly_out;
+                let started = c.exchange().is_some_and(|x| {
+                    (x.resp.is_body() && !final_head_unsent) || x.resp.is_tunnel()
+                }) || head_partly_out;
                 if matches!(c.phase, Phase::Closing | Phase::Draining | Phase::Aborting) {
                     self.close_client(ck);
                     return false;
@@ -67,15 +67,14 @@ impl Worker {
                 if let Some(uk) = c.upstream.take() {
                     self.upstreams.remove(uk);
                 }
-                if std::mem::take(&mut c.x.holding) {
-                    self.locals[c.x.backend].member.release();
-                }
+                let exchange = c.exchange().map(|x| (x.req.is_head, x.started));
+                self.unhold(ck);
+                let c = &mut self.clients[ck];
                 let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
                 // The request answered: the exchange's, or the head being parsed.
-                let head_request = if c.phase == Phase::Exchange {
-                    c.x.req.is_head
-                } else {
-                    bufs.req.filled().starts_with(b"HEAD ")
+                let head_request = match exchange {
+                    Some((is_head, _)) => is_head,
+                    None => bufs.req.filled().starts_with(b"HEAD "),
                 };
                 bufs.resp.clear();
                 bufs.resp_head.clear();
@@ -83,22 +82,23 @@ impl Worker {
                     .extend_from_slice(reject.response_to(head_request));
                 self.shared.metrics[self.id].0.local.count(reject.status());
                 bufs.resp_head_sent = 0;
-                c.x.resp = RespState::WAITING;
                 c.linger = true;
-                // Timed from its head only if the refused request got that far.
-                let timed = c.phase == Phase::Exchange;
                 c.phase = Phase::Closing;
                 c.timer = Timer::new(now + self.timeouts.linger, Wait::Linger);
                 if self.shared.access.is_some() {
-                    self.log_access(ck, reject.status(), None, timed);
+                    // Timed from its head only if the refused request got that far.
+                    let started = exchange.map(|(_, started)| started);
+                    self.log_access(ck, reject.status(), None, started);
                 }
                 true
             }
             Fail::Backend { reject, may_retry } => {
-                let c = &mut self.clients[ck];
-                let failed = c.x.backend;
+                let Some(x) = self.clients[ck].exchange() else {
+                    return self.fail(ck, Fail::Close);
+                };
+                let (failed, attempts) = (x.backend, x.attempts);
                 self.plan.health.record_failure(&self.locals[failed].member);
-                if !may_retry || u32::from(c.x.attempts) >= self.plan.config.retries {
+                if !may_retry || u32::from(attempts) >= self.plan.config.retries {
                     return self.fail(ck, Fail::Reject(reject));
                 }
                 let Some(next) = self.other_backend(failed) else {
@@ -116,7 +116,9 @@ impl Worker {
                     reject.status()
                 );
                 let c = &mut self.clients[ck];
-                c.x.attempts += 1;
+                if let Some(x) = c.exchange_mut() {
+                    x.attempts += 1;
+                }
                 if self.shared.rewrite_host
                     && let Some(bufs) = c.bufs.as_mut()
                 {
@@ -129,9 +131,11 @@ impl Worker {
                 self.resend(ck, next, true)
             }
             Fail::Retry => {
-                let c = &mut self.clients[ck];
-                c.x.retried = true;
-                let backend = c.x.backend;
+                let Some(x) = self.clients[ck].exchange_mut() else {
+                    return self.fail(ck, Fail::Close);
+                };
+                x.retried = true;
+                let backend = x.backend;
                 self.resend(ck, backend, false)
             }
         }
@@ -142,9 +146,12 @@ impl Worker {
     pub(super) fn resend(&mut self, ck: usize, backend: usize, reuse: bool) -> bool {
         self.metrics().retries.fetch_add(1, Ordering::Relaxed);
         let c = &mut self.clients[ck];
-        c.x.backend = backend;
+        let Some(x) = c.exchange_mut() else {
+            return self.fail(ck, Fail::Close);
+        };
+        x.backend = backend;
         // What was sent is sent again: the kept bytes are pending once more.
-        if !c.x.rewind() {
+        if !x.rewind() {
             // Bytes of it were let go (`retry_or` does not ask for this).
             return self.fail(ck, Fail::Reject(Reject::BadGateway));
         }
@@ -189,12 +196,12 @@ impl Worker {
 /// gets `reject`; a stale connection is not counted against the backend. A fresh
 /// connection's failure is the backend's, and the request may go to another one
 /// under the same rule.
-pub(super) fn retry_or(c: &Client, u: &Upstream, reject: Reject) -> Fail {
-    let nothing_sent = c.bufs.as_ref().is_none_or(|b| b.req_head_sent == 0);
-    let kept_all = matches!(c.x.kept(), Kept::All(_));
-    let replayable = kept_all && (nothing_sent || c.x.req.idempotent);
+pub(super) fn retry_or(x: &Exchange, bufs: &Bufs, u: &Upstream, reject: Reject) -> Fail {
+    let nothing_sent = bufs.req_head_sent == 0;
+    let kept_all = matches!(x.kept(), Kept::All(_));
+    let replayable = kept_all && (nothing_sent || x.req.idempotent);
     if u.reused() && !u.received {
-        return if replayable && !c.x.retried {
+        return if replayable && !x.retried {
             Fail::Retry
         } else {
             Fail::Reject(reject)

@@ -65,8 +65,10 @@ impl Worker {
             if ok { Ok(()) } else { Err(broken) }
         }
         let c = &self.clients[ck];
-        let x = &c.x;
         if let Some(uk) = c.upstream {
+            let x = c
+                .exchange()
+                .ok_or("it holds a backend connection outside an exchange")?;
             let u = self
                 .upstreams
                 .get(uk)
@@ -84,13 +86,12 @@ impl Worker {
                 "its backend connection is also in the idle pool",
             )?;
         }
-        match c.phase {
+        match &c.phase {
             Phase::Head => {
                 ensure(
                     c.upstream.is_none(),
                     "between requests, it holds a backend connection",
                 )?;
-                ensure(!x.holding, "between requests, it counts as in flight")?;
                 if let Some(b) = &c.bufs {
                     ensure(
                         b.resp.is_empty(),
@@ -106,7 +107,7 @@ impl Worker {
                     )?;
                 }
             }
-            Phase::Exchange => {
+            Phase::Exchange(x) => {
                 let b = c.bufs.as_ref().ok_or("in an exchange without buffers")?;
                 ensure(
                     c.upstream.is_some(),
@@ -151,9 +152,8 @@ impl Worker {
             }
             Phase::Closing | Phase::Draining | Phase::Aborting => {
                 ensure(c.upstream.is_none(), "closing with a backend connection")?;
-                ensure(!x.holding, "closing while counted as in flight")?;
                 ensure(
-                    c.phase != Phase::Aborting || c.bufs.is_none(),
+                    !c.phase.is_aborting() || c.bufs.is_none(),
                     "aborting with buffers",
                 )?;
             }

@@ -2,11 +2,12 @@
 //! exchanges between clients and a pool of backends.
 //!
 //! A worker (`worker`) owns everything it touches: its listeners, a slab of client
-//! sessions (`session`), a slab of upstream connections and an idle pool per
-//! backend (`upstream`), and a buffer pool. What workers share is `Shared` and the
-//! `Plan` in force (`plan`): the backend list and their health (read-only), the
-//! round-robin counter (one atomic add per request) and per-worker counters. A
-//! reload (`reload`) hands every worker a new plan.
+//! sessions (`session`, each exchange as data in `exchange`), a slab of upstream
+//! connections and an idle pool per backend (`upstream`), and a buffer pool. What
+//! workers share is `Shared` and the `Plan` in force (`plan`): the backend list
+//! and their health (read-only), the round-robin counter (one atomic add per
+//! request) and per-worker counters. A reload (`reload`) hands every worker a new
+//! plan.
 //!
 //! Every socket is registered once, edge-triggered, for both directions, and its
 //! readiness is cached (`io::Ready`): an operation is tried only while the cache says it

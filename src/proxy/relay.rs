@@ -13,7 +13,7 @@ use crate::io::{ReadOutcome, read_into, write_two};
 use super::exchange::{Exchange, Kept, ReqState, RespState};
 use super::fail::retry_or;
 use super::head::parse_response_head;
-use super::session::{Bufs, Client, Fail, Step, read_client};
+use super::session::{Bufs, Client, Fail, Phase, Step, read_client};
 use super::upstream::Upstream;
 use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP, SPLICE_STEP_BYTES};
 
@@ -27,19 +27,21 @@ pub(super) fn answer_began(x: &mut Exchange, req: &mut Buf, u: &mut Upstream) {
 /// Client -> backend: read the request body (or pipelined requests, bounded by the
 /// buffer), find where the body ends, and send the head and body bytes.
 pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -> Step {
-    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+    let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_mut()) else {
+        return Err(Fail::Close);
+    };
     let mut progress = false;
     // Bytes kept for a replay must not stall the upload: when they fill the
     // buffer, let them go (this request can then no longer be retried).
-    if bufs.req.is_full() && c.x.kept().len() > 0 {
-        c.x.release_kept(&mut bufs.req);
+    if bufs.req.is_full() && x.kept().len() > 0 {
+        x.release_kept(&mut bufs.req);
     }
     // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
         progress |= read_client(&mut c.sock, &mut bufs.req, &mut c.ready, &mut c.eof)?;
     }
     // Find where the body ends, in what is buffered after the bytes already known.
-    let (body, known) = match &mut c.x.sending {
+    let (body, known) = match &mut x.sending {
         ReqState::Sending {
             body,
             pending,
@@ -66,7 +68,7 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
             return Err(Fail::Close);
         }
         progress |= n > 0;
-        match &mut c.x.sending {
+        match &mut x.sending {
             ReqState::Sending { pending, .. } => *pending += n,
             // The backend stopped taking the request after it began to answer:
             // the rest of the body is read and dropped.
@@ -80,7 +82,7 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
         body,
         pending,
         kept,
-    } = c.x.sending
+    } = x.sending
     else {
         return Ok(progress);
     };
@@ -108,7 +110,7 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
                         Kept::Released
                     }
                 };
-                c.x.sending = ReqState::Sending {
+                x.sending = ReqState::Sending {
                     body,
                     pending: pending - from_body,
                     kept,
@@ -123,16 +125,16 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
                     && let Ok(ReadOutcome::Data) =
                         read_into(&mut u.sock, &mut bufs.resp, &mut u.ready)
                 {
-                    answer_began(&mut c.x, &mut bufs.req, u);
+                    answer_began(x, &mut bufs.req, u);
                 }
                 if u.received {
                     // It has begun to answer: not a failure, and its answer
                     // stands. What of the body is known is dropped with the rest.
                     bufs.req.consume(pending);
-                    c.x.sending = ReqState::Dropping { body };
+                    x.sending = ReqState::Dropping { body };
                     return Ok(true);
                 }
-                return Err(retry_or(c, u, Reject::BadGateway));
+                return Err(retry_or(x, bufs, u, Reject::BadGateway));
             }
         }
     }
@@ -140,11 +142,11 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
         body,
         pending: 0,
         kept,
-    } = c.x.sending
+    } = x.sending
         && body.is_done()
         && bufs.req_head_sent == bufs.req_head.len()
     {
-        c.x.sending = ReqState::Sent { kept };
+        x.sending = ReqState::Sent { kept };
         progress = true;
     }
 
@@ -154,8 +156,10 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
 /// Backend -> client: read, parse the response head (interim ones too), find where
 /// the body ends, and write the heads and body bytes to the client.
 pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
-    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
-    if splicing(bufs, &c.x) {
+    let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_mut()) else {
+        return Err(Fail::Close);
+    };
+    if splicing(bufs, x) {
         return splice_body(c, u);
     }
     let mut progress = false;
@@ -163,7 +167,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
     if u.connected() && u.ready.readable && !u.eof && !bufs.resp.is_full() {
         match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
             Ok(ReadOutcome::Data) => {
-                answer_began(&mut c.x, &mut bufs.req, u);
+                answer_began(x, &mut bufs.req, u);
                 progress = true;
             }
             Ok(ReadOutcome::Eof) => {
@@ -180,31 +184,31 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
         }
     }
 
-    if let RespState::Waiting { interim } = c.x.resp {
+    if let RespState::Waiting { interim } = x.resp {
         if bufs.resp.is_empty() {
             if u.eof {
-                return Err(retry_or(c, u, Reject::BadGateway));
+                return Err(retry_or(x, bufs, u, Reject::BadGateway));
             }
         } else if bufs.resp_head.is_empty() {
             // One head at a time: the next one (interim or final) is parsed only once
             // the one before is out, so interim responses to a client that does not
             // read them back up in the bounded buffer and stop the backend's reads.
-            let req_sent = c.x.req_sent();
-            match parse_response_head(bufs, &c.x.req, req_sent, &mut c.x.close_after)? {
+            let req_sent = x.req_sent();
+            match parse_response_head(bufs, &x.req, req_sent, &mut x.close_after)? {
                 Some(head) => {
                     progress = true;
                     if head.status == 101 {
-                        c.x.resp = RespState::Tunnel {
+                        x.resp = RespState::Tunnel {
                             backend_shut: false,
                             client_shut: false,
                         };
-                        c.x.status = 101;
+                        x.status = 101;
                         return Ok(true);
                     }
                     match head.final_framing {
                         Some(framing) => {
-                            c.x.status = head.status;
-                            c.x.resp = RespState::Body {
+                            x.status = head.status;
+                            x.resp = RespState::Body {
                                 body: BodyScanner::new(framing),
                                 pending: 0,
                                 reusable: head.reusable,
@@ -214,7 +218,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
                             return Err(Fail::Reject(Reject::BadGateway));
                         }
                         None => {
-                            c.x.resp = RespState::Waiting {
+                            x.resp = RespState::Waiting {
                                 interim: interim + 1,
                             }
                         }
@@ -227,7 +231,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
         }
     }
 
-    if let RespState::Body { body, pending, .. } = &mut c.x.resp
+    if let RespState::Body { body, pending, .. } = &mut x.resp
         && !body.is_done()
         && bufs.resp.len() > *pending
     {
@@ -240,7 +244,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
 
     // Buffer -> client: queued heads (interim and final), then body bytes.
     let head = &bufs.resp_head[bufs.resp_head_sent..];
-    let pending = c.x.resp.pending();
+    let pending = x.resp.pending();
     if !defer && c.ready.writable && (!head.is_empty() || pending > 0) {
         let body = &bufs.resp.filled()[..pending];
         match write_two(&mut c.sock, head, body, &mut c.ready) {
@@ -249,7 +253,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
                 let from_body = n - from_head;
                 bufs.resp_head_sent += from_head;
                 bufs.resp.consume(from_body);
-                if let RespState::Body { pending, .. } = &mut c.x.resp {
+                if let RespState::Body { pending, .. } = &mut x.resp {
                     *pending -= from_body;
                 }
                 bufs.resp_bytes += from_body as u64;
@@ -271,18 +275,24 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
 /// sending half is shut; once both are, the session closes. The backend connection
 /// is never reused.
 pub(super) fn relay_tunnel(c: &mut Client, u: &mut Upstream) -> Step {
-    let RespState::Tunnel {
-        mut backend_shut,
-        mut client_shut,
-    } = c.x.resp
+    let Phase::Exchange(Exchange {
+        resp:
+            RespState::Tunnel {
+                mut backend_shut,
+                mut client_shut,
+            },
+        ..
+    }) = c.phase
     else {
         return Err(Fail::Close);
     };
     let result = tunnel_step(c, u, &mut backend_shut, &mut client_shut);
-    c.x.resp = RespState::Tunnel {
-        backend_shut,
-        client_shut,
-    };
+    if let Some(x) = c.exchange_mut() {
+        x.resp = RespState::Tunnel {
+            backend_shut,
+            client_shut,
+        };
+    }
     result
 }
 
@@ -371,12 +381,14 @@ pub(super) fn splicing(bufs: &mut Bufs, x: &Exchange) -> bool {
 
 /// Backend -> pipe -> client, for the rest of a Content-Length body.
 pub(super) fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
-    let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
+    let (Some(bufs), Phase::Exchange(x)) = (c.bufs.as_mut(), &mut c.phase) else {
+        return Err(Fail::Close);
+    };
     let pipe = bufs.pipe.as_mut().ok_or(Fail::Close)?;
     let RespState::Body {
         body: BodyScanner::Length(remaining),
         ..
-    } = &mut c.x.resp
+    } = &mut x.resp
     else {
         return Err(Fail::Close);
     };

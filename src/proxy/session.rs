@@ -1,7 +1,7 @@
-//! One client session: its buffers, its states (`Phase`, `RespState`), its timer
-//! (`Timer`: when, and what it waits for), the exchange in progress, and the
-//! steps that move it from one request head to the next (`Worker::drive` and
-//! `Worker::pump`).
+//! One client session: its buffers, its phases (`Phase`; only `Phase::Exchange`
+//! carries an exchange, see `exchange`), its timer (`Timer`: when, and what it
+//! waits for), and the steps that move it from one request head to the next
+//! (`Worker::drive` and `Worker::pump`).
 
 use std::net::{IpAddr, Shutdown};
 use std::os::fd::AsRawFd;
@@ -141,12 +141,12 @@ impl Recycle for Box<Bufs> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a session is in its life; only an exchange carries one.
 pub(super) enum Phase {
     /// Waiting for (the rest of) a request head.
     Head,
     /// A request is being relayed to a backend and its response back.
-    Exchange,
+    Exchange(Exchange),
     /// Writing our last bytes, then shutting down our side.
     Closing,
     /// Our side is shut; discarding input until the client closes.
@@ -157,6 +157,12 @@ pub(super) enum Phase {
     /// their way), then the connection is reset: for a body delimited by the
     /// close, a clean close would tell the client it has all of it.
     Aborting,
+}
+
+impl Phase {
+    pub(super) fn is_aborting(&self) -> bool {
+        matches!(self, Phase::Aborting)
+    }
 }
 
 /// What a session's timer waits for, and so what its expiry means (see
@@ -245,22 +251,40 @@ pub(super) struct Client {
     pub(super) steps: u8,
     /// The backend connection of the exchange in progress.
     pub(super) upstream: Option<usize>,
-    /// The exchange in progress (or the last one, between requests).
-    pub(super) x: Exchange,
 }
 
 impl Client {
+    /// The exchange in progress, if there is one.
+    pub(super) fn exchange(&self) -> Option<&Exchange> {
+        match &self.phase {
+            Phase::Exchange(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    pub(super) fn exchange_mut(&mut self) -> Option<&mut Exchange> {
+        match &mut self.phase {
+            Phase::Exchange(x) => Some(x),
+            _ => None,
+        }
+    }
+
     /// In an exchange, everything the client sent so far has gone to the backend
     /// and more of the request body is to come: the exchange waits on the client.
     /// Not while a client that sent `Expect: 100-continue` and no body byte yet
     /// still waits for the backend's 100.
     #[inline]
     pub(super) fn waits_on_client_body(&self) -> bool {
-        let x = &self.x;
         // Cheapest first: most requests have no body (or all of it is in).
-        let ReqState::Sending {
-            body, pending: 0, ..
-        } = x.sending
+        let Phase::Exchange(
+            x @ Exchange {
+                sending:
+                    ReqState::Sending {
+                        body, pending: 0, ..
+                    },
+                ..
+            },
+        ) = &self.phase
         else {
             return false;
         };
@@ -274,7 +298,7 @@ impl Client {
         }
         let awaiting_continue = x.req.expect_continue
             && x.resp == RespState::WAITING
-            && body == BodyScanner::new(x.req.framing);
+            && *body == BodyScanner::new(x.req.framing);
         !awaiting_continue
     }
 
@@ -289,13 +313,15 @@ impl Client {
     /// Bytes wait to go out on either side of the exchange (checked after a step
     /// that held its writes back).
     pub(super) fn wants_flush(&self) -> bool {
-        self.phase == Phase::Exchange
-            && self.bufs.as_ref().is_some_and(|b| {
-                b.req_head_sent < b.req_head.len()
-                    || self.x.req_pending() > 0
-                    || b.resp_head_sent < b.resp_head.len()
-                    || self.x.resp.pending() > 0
-            })
+        let Phase::Exchange(x) = &self.phase else {
+            return false;
+        };
+        self.bufs.as_ref().is_some_and(|b| {
+            b.req_head_sent < b.req_head.len()
+                || x.req_pending() > 0
+                || b.resp_head_sent < b.resp_head.len()
+                || x.resp.pending() > 0
+        })
     }
 }
 
@@ -335,8 +361,8 @@ impl Worker {
         // An exchange's timer is re-armed when it moved, for what it waits for
         // now: the backend's head (the response timeout), or body bytes from
         // either side (the body timeout).
-        if moved && c.phase == Phase::Exchange {
-            let wait = match c.x.resp {
+        if moved && let Phase::Exchange(x) = &c.phase {
+            let wait = match x.resp {
                 RespState::Body { .. } => Some(Wait::Body),
                 RespState::Tunnel { .. } => Some(Wait::Tunnel),
                 // A connect in progress keeps its connect timer.
@@ -378,7 +404,7 @@ impl Worker {
             c.steps += 1;
             let progress = match c.phase {
                 Phase::Head => self.step_head(ck)?,
-                Phase::Exchange => self.step_exchange(ck)?,
+                Phase::Exchange(_) => self.step_exchange(ck)?,
                 Phase::Closing => self.step_closing(ck)?,
                 Phase::Draining => self.step_draining(ck)?,
                 Phase::Aborting => step_aborting(&self.clients[ck])?,
@@ -463,9 +489,9 @@ impl Worker {
         bufs.resp.clear();
         bufs.resp_bytes = 0;
         bufs.head_at = None;
-        c.x = Exchange::new(info, backend, self.now);
-        c.x.close_after |= self.shutdown_deadline.is_some();
-        c.phase = Phase::Exchange;
+        let mut x = Exchange::new(info, backend, self.now);
+        x.close_after |= self.shutdown_deadline.is_some();
+        c.phase = Phase::Exchange(x);
         self.hold(ck, backend);
         // Arms the timer: a connect, or the response head on a pooled connection
         // (a failure to connect arms its own, in `fail`).
@@ -480,7 +506,7 @@ impl Worker {
             return Err(Fail::Reject(Reject::BadGateway));
         };
         let u = &mut self.upstreams[uk];
-        if c.x.resp.is_tunnel() {
+        if c.exchange().is_none_or(|x| x.resp.is_tunnel()) {
             return relay_tunnel(c, u);
         }
         let defer = self.defer_writes;
@@ -488,26 +514,30 @@ impl Worker {
         let progress = check_connected(u)?
             | relay_request(c, u, defer, max_body)?
             | relay_response(c, u, defer)?;
+        let Phase::Exchange(x) = &c.phase else {
+            return Err(Fail::Close);
+        };
         if self.shared.access.is_some()
-            && c.x.status != 0
+            && x.status != 0
             && let Some(bufs) = c.bufs.as_mut()
         {
             bufs.head_at.get_or_insert(self.now);
         }
-        if c.x.resp.is_tunnel() {
+        if x.resp.is_tunnel() {
             // The 101 is queued; from here on this session is a tunnel.
-            let (backend, took) = (c.x.backend, self.now.saturating_duration_since(c.x.started));
+            let (backend, started) = (x.backend, x.started);
+            let took = self.now.saturating_duration_since(started);
             self.stats().requests.fetch_add(1, Ordering::Relaxed);
             self.locals[backend].member.finished(self.id, 101, took);
             if self.shared.access.is_some() {
-                self.log_access(ck, 101, Some(backend), true);
+                self.log_access(ck, 101, Some(backend), Some(started));
             }
             return Ok(true);
         }
         let bufs = c.bufs.as_ref().ok_or(Fail::Close)?;
         if let RespState::Body {
             body, pending: 0, ..
-        } = c.x.resp
+        } = x.resp
             && bufs.resp_head.is_empty()
             && !bufs.piped()
         {
@@ -536,14 +566,19 @@ impl Worker {
     pub(super) fn finish_exchange(&mut self, ck: usize) -> Result<(), Fail> {
         self.stats().requests.fetch_add(1, Ordering::Relaxed);
         self.unhold(ck);
-        let x = &self.clients[ck].x;
-        let took = self.now.saturating_duration_since(x.started);
-        self.locals[x.backend]
-            .member
-            .finished(self.id, x.status, took);
+        let Phase::Exchange(x) = &self.clients[ck].phase else {
+            return Err(Fail::Close);
+        };
+        let (status, backend, started) = (x.status, x.backend, x.started);
+        // What the end of the exchange decides: whether its backend connection
+        // may be pooled, and whether the client connection stays open.
+        let reusable = matches!(x.resp, RespState::Body { reusable: true, .. }) && x.req_sent();
+        let close = x.close_after || !x.req_sent();
+        let linger = !x.req_sent() || x.req.keep_alive;
+        let took = self.now.saturating_duration_since(started);
+        self.locals[backend].member.finished(self.id, status, took);
         if self.shared.access.is_some() {
-            let (status, backend) = (x.status, x.backend);
-            self.log_access(ck, status, Some(backend), true);
+            self.log_access(ck, status, Some(backend), Some(started));
         }
         let now = self.now;
         let c = &mut self.clients[ck];
@@ -560,12 +595,10 @@ impl Worker {
             };
             bufs.resp.clear();
             let local = &mut self.locals[u.backend];
-            let reusable = matches!(c.x.resp, RespState::Body { reusable: true, .. });
             if found == Leftover::Nothing
                 && now >= local.distrust_until
                 && local.live
                 && reusable
-                && c.x.req_sent()
                 && local.idle.len() < self.plan.config.tune.max_idle_per_backend
             {
                 u.role = Role::Idle { since: now };
@@ -577,14 +610,12 @@ impl Worker {
         let c = &mut self.clients[ck];
         let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
         bufs.resp.clear();
-        c.x.resp = RespState::WAITING;
-        let req_sent = c.x.req_sent();
-        if c.x.close_after || !req_sent {
+        if close {
             // The client may still be sending: the rest of this request's body,
             // or, if it did not ask to close, requests pipelined behind it. A
             // close with their bytes unread would be a reset, which can destroy
             // the response still on its way (see `step_closing`).
-            c.linger |= !req_sent || c.x.req.keep_alive;
+            c.linger |= linger;
             c.phase = Phase::Closing;
             c.timer = Timer::new(now + self.timeouts.linger, Wait::Linger);
         } else {

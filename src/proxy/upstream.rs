@@ -198,9 +198,10 @@ impl Worker {
     /// compare loads (nothing is counted for the others).
     /// The exchange must not be held already (see `unhold`).
     pub(super) fn hold(&mut self, ck: usize, backend: usize) {
-        if self.plan.count_inflight {
+        if self.plan.count_inflight
+            && let Some(x) = self.clients[ck].exchange_mut()
+        {
             self.locals[backend].member.acquire();
-            let x = &mut self.clients[ck].x;
             x.backend = backend;
             x.holding = true;
         }
@@ -209,10 +210,10 @@ impl Worker {
     /// The exchange is over (or moved): stop counting it (even if a reload has
     /// since chosen an algorithm that does not count).
     pub(super) fn unhold(&mut self, ck: usize) {
-        if let Some(c) = self.clients.get_mut(ck)
-            && std::mem::take(&mut c.x.holding)
+        if let Some(x) = self.clients.get_mut(ck).and_then(|c| c.exchange_mut())
+            && std::mem::take(&mut x.holding)
         {
-            self.locals[c.x.backend].member.release();
+            self.locals[x.backend].member.release();
         }
     }
 
@@ -227,7 +228,8 @@ impl Worker {
     ) -> Result<(), Fail> {
         // A request that must not be replayed avoids connections idle long enough
         // for the backend to be closing them as it arrives (see README, upstream pool).
-        let max_idle = (!self.clients[ck].x.req.idempotent).then_some(NON_IDEMPOTENT_MAX_IDLE);
+        let idempotent = self.clients[ck].exchange().is_none_or(|x| x.req.idempotent);
+        let max_idle = (!idempotent).then_some(NON_IDEMPOTENT_MAX_IDLE);
         let pooled = if reuse {
             self.checkout(backend, max_idle)
         } else {

@@ -17,7 +17,7 @@ use crate::io::Ready;
 use crate::io::buffer::Pool;
 use crate::runtime::{self, Control, WorkerContext};
 
-use super::exchange::{Exchange, RespState};
+use super::exchange::RespState;
 use super::plan::{Plan, Shared, WorkerStats};
 use super::session::{Bufs, Client, Fail, Phase, Timer, Wait};
 use super::upstream::{Local, Upstream};
@@ -182,7 +182,7 @@ impl Worker {
                 // response is cut short (aborting, or a body still under way),
                 // which must end with a reset.
                 let cut_short = |c: &Client| {
-                    c.phase == Phase::Aborting || (c.phase == Phase::Exchange && c.x.resp.is_body())
+                    c.phase.is_aborting() || c.exchange().is_some_and(|x| x.resp.is_body())
                 };
                 for (_, c) in w.clients.iter().filter(|(_, c)| cut_short(c)) {
                     let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
@@ -220,8 +220,8 @@ impl Worker {
             used[u.backend] = true;
         }
         for (_, c) in self.clients.iter() {
-            if c.phase == Phase::Exchange || c.x.holding {
-                used[c.x.backend] = true;
+            if let Some(x) = c.exchange() {
+                used[x.backend] = true;
             }
         }
         for (m, slot) in members.iter().zip(&mut map) {
@@ -256,7 +256,8 @@ impl Worker {
     }
 
     /// Add an access log line for the exchange of client `ck`, answered with
-    /// `status` by `backend` (`None`: by corelb itself); `timed`: it has a start time.
+    /// `status` by `backend` (`None`: by corelb itself), timed from `started` (the
+    /// parse of its head) if it got that far.
     #[cold]
     #[inline(never)]
     pub(super) fn log_access(
@@ -264,7 +265,7 @@ impl Worker {
         ck: usize,
         status: u16,
         backend: Option<usize>,
-        timed: bool,
+        started: Option<Instant>,
     ) {
         let Some(sink) = &self.shared.access else {
             return;
@@ -285,12 +286,9 @@ impl Worker {
             upstream: bufs
                 .head_at
                 .filter(|_| !local)
-                .map(|t| t.saturating_duration_since(c.x.started)),
-            total: if timed {
-                self.now.saturating_duration_since(c.x.started)
-            } else {
-                Duration::ZERO
-            },
+                .zip(started)
+                .map(|(head, started)| head.saturating_duration_since(started)),
+            total: started.map_or(Duration::ZERO, |s| self.now.saturating_duration_since(s)),
         };
         self.access.add(sink.format, &entry);
         if self.access.out.len() >= access::FLUSH_AT {
@@ -331,7 +329,7 @@ impl Worker {
         let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
         for ck in keys {
             let c = &mut self.clients[ck];
-            match c.phase {
+            match &mut c.phase {
                 // Between requests, or before the first: a request may be on its way
                 // (a client that sends just as we close would see its request fail).
                 // It gets a moment to arrive and is answered with `Connection: close`
@@ -340,10 +338,10 @@ impl Worker {
                 // The response will say `Connection: close`, unless its head is out
                 // already: then the client may send one more request, which is
                 // answered that way (the connection drains like an idle one).
-                Phase::Exchange if matches!(c.x.resp, RespState::Waiting { .. }) => {
-                    c.x.close_after = true
+                Phase::Exchange(x) if matches!(x.resp, RespState::Waiting { .. }) => {
+                    x.close_after = true
                 }
-                Phase::Exchange => {}
+                Phase::Exchange(_) => {}
                 Phase::Closing | Phase::Draining | Phase::Aborting => {}
             }
         }
@@ -424,7 +422,6 @@ impl Worker {
                 turn: 0,
                 steps: 0,
                 upstream: None,
-                x: Exchange::none(self.now),
             });
             self.stats().accepted.fetch_add(1, Ordering::Relaxed);
             self.stats().open.fetch_add(1, Ordering::Relaxed);
@@ -481,13 +478,13 @@ impl Worker {
         self.expired.extend(
             self.clients
                 .iter()
-                .filter(|(_, c)| c.timer.at <= now || c.phase == Phase::Aborting)
+                .filter(|(_, c)| c.timer.at <= now || c.phase.is_aborting())
                 .map(|(k, _)| k),
         );
         for i in 0..self.expired.len() {
             let ck = self.expired[i];
             let c = &self.clients[ck];
-            if c.phase == Phase::Aborting && c.timer.at > now {
+            if c.phase.is_aborting() && c.timer.at > now {
                 self.drive(ck);
                 continue;
             }
@@ -509,7 +506,7 @@ impl Worker {
                 // reset does (after what was sent is delivered).
                 Wait::Body => Fail::Abort,
                 // Not delivered within the linger time: reset anyway.
-                Wait::Linger if c.phase == Phase::Aborting => Fail::Reset,
+                Wait::Linger if c.phase.is_aborting() => Fail::Reset,
                 Wait::Linger => Fail::Close,
             };
             if self.fail(ck, fail) {
