@@ -102,6 +102,8 @@ pub(super) struct Exchange {
     pub(super) req: RequestInfo,
     pub(super) sending: ReqState,
     pub(super) resp: RespState,
+    /// The backend connection it uses (none only while one is being found).
+    pub(super) upstream: Option<usize>,
     pub(super) close_after: bool,
     pub(super) backend: usize,
     pub(super) retried: bool,
@@ -126,6 +128,7 @@ impl Exchange {
                 kept: Kept::All(0),
             },
             resp: RespState::WAITING,
+            upstream: None,
             close_after: !req.keep_alive,
             backend,
             retried: false,

@@ -25,7 +25,7 @@ impl Worker {
                 self.unhold(ck);
                 let now = self.now;
                 let c = &mut self.clients[ck];
-                if let Some(uk) = c.upstream.take() {
+                if let Some(uk) = c.take_upstream() {
                     self.upstreams.remove(uk);
                 }
                 if let Some(bufs) = c.bufs.take() {
@@ -64,7 +64,7 @@ impl Worker {
                     // only signal left.
                     return self.fail(ck, Fail::Abort);
                 }
-                if let Some(uk) = c.upstream.take() {
+                if let Some(uk) = c.take_upstream() {
                     self.upstreams.remove(uk);
                 }
                 let exchange = c.exchange().map(|x| (x.req.is_head, x.started));
@@ -155,7 +155,7 @@ impl Worker {
             // Bytes of it were let go (`retry_or` does not ask for this).
             return self.fail(ck, Fail::Reject(Reject::BadGateway));
         }
-        if let Some(uk) = c.upstream.take() {
+        if let Some(uk) = c.take_upstream() {
             self.upstreams.remove(uk);
         }
         if let Some(bufs) = c.bufs.as_mut() {

@@ -40,7 +40,11 @@ impl Worker {
                 .count();
             let ok = match u.client() {
                 Some(ck) => {
-                    listed == 0 && self.clients.get(ck).is_some_and(|c| c.upstream == Some(uk))
+                    listed == 0
+                        && self
+                            .clients
+                            .get(ck)
+                            .is_some_and(|c| c.upstream() == Some(uk))
                 }
                 // Idle: pooled exactly once, nothing of an exchange left on it, and
                 // nothing seen arriving since (that closes it at once).
@@ -65,10 +69,9 @@ impl Worker {
             if ok { Ok(()) } else { Err(broken) }
         }
         let c = &self.clients[ck];
-        if let Some(uk) = c.upstream {
-            let x = c
-                .exchange()
-                .ok_or("it holds a backend connection outside an exchange")?;
+        if let Some(x) = c.exchange()
+            && let Some(uk) = x.upstream
+        {
             let u = self
                 .upstreams
                 .get(uk)
@@ -88,10 +91,6 @@ impl Worker {
         }
         match &c.phase {
             Phase::Head => {
-                ensure(
-                    c.upstream.is_none(),
-                    "between requests, it holds a backend connection",
-                )?;
                 if let Some(b) = &c.bufs {
                     ensure(
                         b.resp.is_empty(),
@@ -110,7 +109,7 @@ impl Worker {
             Phase::Exchange(x) => {
                 let b = c.bufs.as_ref().ok_or("in an exchange without buffers")?;
                 ensure(
-                    c.upstream.is_some(),
+                    x.upstream.is_some(),
                     "in an exchange without a backend connection",
                 )?;
                 ensure(
@@ -151,7 +150,6 @@ impl Worker {
                 )?;
             }
             Phase::Closing | Phase::Draining | Phase::Aborting => {
-                ensure(c.upstream.is_none(), "closing with a backend connection")?;
                 ensure(
                     !c.phase.is_aborting() || c.bufs.is_none(),
                     "aborting with buffers",

@@ -249,8 +249,6 @@ pub(super) struct Client {
     /// steps it took in that pass.
     pub(super) turn: u16,
     pub(super) steps: u8,
-    /// The backend connection of the exchange in progress.
-    pub(super) upstream: Option<usize>,
 }
 
 impl Client {
@@ -267,6 +265,16 @@ impl Client {
             Phase::Exchange(x) => Some(x),
             _ => None,
         }
+    }
+
+    /// The backend connection of the exchange in progress.
+    pub(super) fn upstream(&self) -> Option<usize> {
+        self.exchange().and_then(|x| x.upstream)
+    }
+
+    /// Let go of the exchange's backend connection (the caller closes or pools it).
+    pub(super) fn take_upstream(&mut self) -> Option<usize> {
+        self.exchange_mut().and_then(|x| x.upstream.take())
     }
 
     /// In an exchange, everything the client sent so far has gone to the backend
@@ -367,7 +375,7 @@ impl Worker {
                 RespState::Tunnel { .. } => Some(Wait::Tunnel),
                 // A connect in progress keeps its connect timer.
                 RespState::Waiting { .. }
-                    if c.upstream.is_some_and(|uk| !self.upstreams[uk].connected()) =>
+                    if x.upstream.is_some_and(|uk| !self.upstreams[uk].connected()) =>
                 {
                     None
                 }
@@ -420,7 +428,7 @@ impl Worker {
         self.unhold(ck);
         self.stats().open.fetch_sub(1, Ordering::Relaxed);
         let mut c = self.clients.remove(ck);
-        if let Some(uk) = c.upstream.take() {
+        if let Some(uk) = c.take_upstream() {
             self.upstreams.remove(uk);
         }
         if let Some(bufs) = c.bufs.take() {
@@ -502,7 +510,7 @@ impl Worker {
     /// (response), then recycle the connections once the response is out.
     pub(super) fn step_exchange(&mut self, ck: usize) -> Step {
         let c = &mut self.clients[ck];
-        let Some(uk) = c.upstream else {
+        let Some(uk) = c.upstream() else {
             return Err(Fail::Reject(Reject::BadGateway));
         };
         let u = &mut self.upstreams[uk];
@@ -582,8 +590,10 @@ impl Worker {
         }
         let now = self.now;
         let c = &mut self.clients[ck];
-        let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
-        if let Some(uk) = c.upstream.take() {
+        let (Some(bufs), Phase::Exchange(x)) = (c.bufs.as_mut(), &mut c.phase) else {
+            return Err(Fail::Close);
+        };
+        if let Some(uk) = x.upstream.take() {
             let u = &mut self.upstreams[uk];
             // Bytes after the end of the response (already read, or still in the
             // socket: the last read may not have drained it, as after a splice of

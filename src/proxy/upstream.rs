@@ -286,7 +286,13 @@ impl Worker {
                 uk
             }
         };
-        self.clients[ck].upstream = Some(uk);
+        match self.clients[ck].exchange_mut() {
+            Some(x) => x.upstream = Some(uk),
+            None => {
+                self.upstreams.remove(uk);
+                return Err(Fail::Close);
+            }
+        }
         Ok(())
     }
 }

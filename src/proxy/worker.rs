@@ -421,7 +421,6 @@ impl Worker {
                 yielded: false,
                 turn: 0,
                 steps: 0,
-                upstream: None,
             });
             self.stats().accepted.fetch_add(1, Ordering::Relaxed);
             self.stats().open.fetch_add(1, Ordering::Relaxed);
