@@ -85,14 +85,16 @@ impl Reject {
 /// not, because a backend that reads the head differently is a smuggling vector
 /// (RFC 9112 §2.2 lets recipients accept it, which is exactly the ambiguity).
 pub fn has_bare_lf(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in head {
-        if b == b'\n' && prev != b'\r' {
-            return true;
-        }
-        prev = b;
-    }
-    false
+    // Every head passes through here whole, so the scan has no early exit and no
+    // branch: each byte pair folds into one flag, which the compiler vectorises
+    // (a byte-at-a-time loop cost about 5 instructions a byte).
+    let Some((&first, rest)) = head.split_first() else {
+        return false;
+    };
+    let bare = head.iter().zip(rest).fold(0u8, |bare, (&prev, &b)| {
+        bare | u8::from((b == b'\n') & (prev != b'\r'))
+    });
+    first == b'\n' || bare != 0
 }
 
 /// Why a head over the `limit` is refused: 414 when the request line alone does not
@@ -163,5 +165,27 @@ mod tests {
         assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
         assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\n\r\n"));
+        for (head, bare) in [
+            (&b""[..], false),
+            (b"\n", true),
+            (b"\r\n", false),
+            (b"\r", false),
+        ] {
+            assert_eq!(has_bare_lf(head), bare, "{head:?}");
+        }
+        // At every position of a head longer than a vector, against the plain
+        // definition: an LF at the start, or one not preceded by CR.
+        let plain = |h: &[u8]| {
+            h.first() == Some(&b'\n') || h.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r')
+        };
+        let base = b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n";
+        for at in 0..base.len() {
+            let mut head = base.to_vec();
+            head[at] = b'\n';
+            assert_eq!(has_bare_lf(&head), plain(&head), "LF at {at}");
+            let mut head = base.to_vec();
+            head[at] = b'x';
+            assert_eq!(has_bare_lf(&head), plain(&head), "x at {at}");
+        }
     }
 }
