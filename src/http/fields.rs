@@ -22,7 +22,7 @@ pub enum FieldKind {
 /// Classify a field name, case-insensitively, by length first so most names cost one compare.
 pub fn field_kind(name: &str) -> FieldKind {
     let n = name.as_bytes();
-    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    let is = |s: &str| lower_eq(n, s.as_bytes());
     match n.len() {
         2 if is("te") => FieldKind::HopByHop,
         4 if is("host") => FieldKind::Host,
@@ -38,6 +38,38 @@ pub fn field_kind(name: &str) -> FieldKind {
         17 if is("x-forwarded-proto") => FieldKind::XForwardedProto,
         _ => FieldKind::Other,
     }
+}
+
+/// `name` equals `lower` (lowercase letters and `-`) but for the case of its
+/// letters, compared eight bytes at a time: a byte may differ from `lower`'s only
+/// in bit 5 (the case bit), and only where `lower` has a letter (bit 6 set).
+#[inline]
+fn lower_eq(name: &[u8], lower: &[u8]) -> bool {
+    fn word(b: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(w)
+    }
+    fn same(name: u64, lower: u64) -> bool {
+        let case_bits = (lower & 0x4040_4040_4040_4040) >> 1;
+        (name ^ lower) & !case_bits == 0
+    }
+    let len = lower.len();
+    if name.len() != len {
+        return false;
+    }
+    if len < 8 {
+        return name.eq_ignore_ascii_case(lower);
+    }
+    // Whole words, then the last eight bytes (overlapping the one before).
+    let mut at = 0;
+    while at + 8 < len {
+        if !same(word(name, at), word(lower, at)) {
+            return false;
+        }
+        at += 8;
+    }
+    same(word(name, len - 8), word(lower, len - 8))
 }
 
 /// Iterate the elements of a comma-separated field value (RFC 9110 §5.6.1), with
@@ -236,5 +268,48 @@ mod tests {
         assert_eq!(field_kind("Keep-Alive"), FieldKind::HopByHop);
         assert_eq!(field_kind("X-Forwarded-For"), FieldKind::XForwardedFor);
         assert_eq!(field_kind("Accept"), FieldKind::Other);
+    }
+
+    /// Against the plain comparison: every known name in mixed case, and every
+    /// name one byte away from one (any byte value at any position).
+    #[test]
+    fn field_kind_matches_the_plain_comparison() {
+        let names = [
+            "te",
+            "host",
+            "expect",
+            "upgrade",
+            "trailer",
+            "connection",
+            "keep-alive",
+            "content-length",
+            "x-forwarded-for",
+            "proxy-connection",
+            "transfer-encoding",
+            "x-forwarded-proto",
+        ];
+        for lower in names {
+            for target in names {
+                let plain = |n: &[u8]| n.eq_ignore_ascii_case(target.as_bytes());
+                let mut mixed = lower.as_bytes().to_vec();
+                for (i, b) in mixed.iter_mut().enumerate() {
+                    if i % 3 == 0 {
+                        *b = b.to_ascii_uppercase();
+                    }
+                }
+                assert_eq!(lower_eq(&mixed, target.as_bytes()), plain(&mixed));
+                for at in 0..mixed.len() {
+                    for byte in 0..=255u8 {
+                        let mut name = mixed.clone();
+                        name[at] = byte;
+                        assert_eq!(
+                            lower_eq(&name, target.as_bytes()),
+                            plain(&name),
+                            "{name:?} against {target}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
