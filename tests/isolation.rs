@@ -497,7 +497,11 @@ fn endless_interim_responses_end_in_a_502() {
     assert_eq!(head.status, 502, "{last:?}");
     assert!(head.connection_has("close"), "{last:?}");
     let body = wire::response_body(&head, false).unwrap();
-    assert_eq!(body, wire::Body::Length((last.len() - n) as u64), "{last:?}");
+    assert_eq!(
+        body,
+        wire::Body::Length((last.len() - n) as u64),
+        "{last:?}"
+    );
 }
 
 #[test]
