@@ -271,7 +271,8 @@ settings! {
         backend: Vec<Backend> = backends(values::backend),
             flag "--backend", key "backend",
             into |b, v| b.config.backends = v;
-        /// worker threads, one event loop and one listening socket each
+        /// worker threads, one event loop and one listening socket each; the
+        /// default is one per CPU core, counted at start
         workers: usize = int(values::workers),
             flag "--workers", key "workers", default available_cores(),
             into |b, v| b.config.workers = v, restart workers;
