@@ -54,6 +54,10 @@ fn lower_eq(name: &[u8], lower: &[u8]) -> bool {
         let case_bits = (lower & 0x4040_4040_4040_4040) >> 1;
         (name ^ lower) & !case_bits == 0
     }
+    debug_assert!(
+        lower.iter().all(|&b| b.is_ascii_lowercase() || b == b'-'),
+        "{lower:?}"
+    );
     let len = lower.len();
     if name.len() != len {
         return false;

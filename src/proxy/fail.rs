@@ -144,17 +144,18 @@ impl Worker {
     /// Send the request again, from its start, to `backend` (on a pooled connection
     /// if `reuse` allows); returns whether the session still exists.
     pub(super) fn resend(&mut self, ck: usize, backend: usize, reuse: bool) -> bool {
-        self.metrics().retries.fetch_add(1, Ordering::Relaxed);
         let c = &mut self.clients[ck];
         let Some(x) = c.exchange_mut() else {
             return self.fail(ck, Fail::Close);
         };
-        x.backend = backend;
         // What was sent is sent again: the kept bytes are pending once more.
         if !x.rewind() {
             // Bytes of it were let go (`retry_or` does not ask for this).
             return self.fail(ck, Fail::Reject(Reject::BadGateway));
         }
+        x.backend = backend;
+        self.metrics().retries.fetch_add(1, Ordering::Relaxed);
+        let c = &mut self.clients[ck];
         if let Some(uk) = c.take_upstream() {
             self.upstreams.remove(uk);
         }

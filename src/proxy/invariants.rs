@@ -4,7 +4,7 @@
 //! compiled out of release builds.
 
 use super::MAX_INTERIM;
-use super::exchange::{ReqState, RespState};
+use super::exchange::RespState;
 use super::session::Phase;
 use super::worker::Worker;
 
@@ -131,10 +131,6 @@ impl Worker {
                 ensure(
                     !x.req_sent() || b.req_head_sent == b.req_head.len(),
                     "the request is sent with bytes of its head unsent",
-                )?;
-                ensure(
-                    !matches!(x.sending, ReqState::Dropping { .. }) || x.kept().len() == 0,
-                    "bytes kept for a replay of a request being dropped",
                 )?;
                 ensure(
                     !matches!(x.resp, RespState::Waiting { interim } if interim > MAX_INTERIM),

@@ -53,14 +53,16 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
     if let Some(body) = body
         && !body.is_done()
     {
-        let n = if bufs.req.len() > known {
-            body.scan(&bufs.req.filled()[known..])
-                .map_err(|_| Fail::Reject(Reject::BadRequest))?
-        } else {
-            0
-        };
-        if max_body > 0 && body.chunked_data() > max_body {
-            return Err(Fail::Reject(Reject::BodyTooLarge));
+        let mut n = 0;
+        if bufs.req.len() > known {
+            n = body
+                .scan(&bufs.req.filled()[known..])
+                .map_err(|_| Fail::Reject(Reject::BadRequest))?;
+            // Judged as bytes arrive (a reload that lowers the limit does not
+            // cut short a body already past it while it is stalled).
+            if max_body > 0 && body.chunked_data() > max_body {
+                return Err(Fail::Reject(Reject::BodyTooLarge));
+            }
         }
         if c.eof && !body.is_done() {
             // Everything buffered is scanned and the body is still short: the
