@@ -12,6 +12,9 @@ pub struct View<'a> {
     pub config: &'a crate::config::ProxyConfig,
     /// Reloads applied since start.
     pub reloads: u64,
+    /// Passive health is keeping the last backend up in service (see
+    /// `Health::last_backend_kept`).
+    pub last_backend_kept: bool,
     pub backends: Vec<BackendView<'a>>,
     /// Per worker: accepted connections, completed requests, open client connections.
     pub workers: Vec<(u64, u64, u64)>,
@@ -123,6 +126,17 @@ pub fn prometheus(v: &View<'_>) -> String {
         "Configuration reloads applied (SIGHUP with --config).",
     );
     let _ = writeln!(out, "corelb_config_reloads_total {}", v.reloads);
+    family(
+        &mut out,
+        "corelb_last_backend_kept",
+        "gauge",
+        "1 while passive health keeps the last backend that is up in service after failures that would have taken it out (within the last fail window).",
+    );
+    let _ = writeln!(
+        out,
+        "corelb_last_backend_kept {}",
+        u64::from(v.last_backend_kept)
+    );
     // One series per backend each.
     type PerBackend = fn(&BackendView<'_>) -> u64;
     let per_backend: [(&str, &str, PerBackend); 2] = [
@@ -196,11 +210,12 @@ pub fn status_json(v: &View<'_>) -> String {
     let c = v.config;
     let _ = write!(
         out,
-        "\"algorithm\":{},\"reloads\":{},\"config\":{{\"listen\":[{}],\"workers\":{},\
+        "\"algorithm\":{},\"reloads\":{},\"last_backend_kept\":{},\"config\":{{\"listen\":[{}],\"workers\":{},\
          \"retries\":{},\"health_path\":{},\"max_connections\":{},\"max_body_bytes\":{},\
          \"timeouts_ms\":{{",
         json_string(&c.algorithm.to_string()),
         v.reloads,
+        v.last_backend_kept,
         (c.listen.iter())
             .map(|a| json_string(&a.to_string()))
             .collect::<Vec<_>>()
@@ -273,6 +288,7 @@ mod tests {
         let v = View {
             config: &config,
             reloads: 0,
+            last_backend_kept: false,
             backends: vec![],
             workers: vec![(10, 50, 0), (10, 50, 0)],
             metrics: vec![&m, &m],

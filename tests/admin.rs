@@ -289,7 +289,7 @@ fn status_healthz_and_errors() {
     let (status, ctype, body) = admin_get(admin, "GET", "/status");
     assert_eq!((status, ctype.as_str()), (200, "application/json"));
     assert!(
-        body.starts_with("{\"algorithm\":\"round-robin\",\"reloads\":0,\"config\":{\"listen\":[\"127.0.0.1:0\"],\"workers\":2,\"retries\":2,\"health_path\":null,"),
+        body.starts_with("{\"algorithm\":\"round-robin\",\"reloads\":0,\"last_backend_kept\":false,\"config\":{\"listen\":[\"127.0.0.1:0\"],\"workers\":2,\"retries\":2,\"health_path\":null,"),
         "{body}"
     );
     assert!(

@@ -1,6 +1,6 @@
 //! Backend failure: retries on another backend, passive health (a failing backend
-//! is taken out and tried again after a cool-down), 503 when none is left, and a
-//! backend killed under load.
+//! is taken out and tried again after a cool-down), and a backend killed under
+//! load. What takes the last backend out, and 503, are in `backend_state.rs`.
 
 mod common;
 
@@ -98,25 +98,6 @@ fn a_failing_backend_is_taken_out_then_tried_again() {
         "traffic did not return evenly: {texts:?}"
     );
     drop(revived);
-}
-
-#[test]
-fn all_backends_down_is_503_with_retry_after() {
-    let closed = [ClosedPort::new(), ClosedPort::new()];
-    let dead = [closed[0].addr, closed[1].addr];
-    let proxy = proxy_with(&dead, |c| {
-        c.workers = 1;
-        c.passive = Passive {
-            max_fails: 1,
-            window: Duration::from_secs(30),
-        };
-    });
-    let first = get(proxy.local_addrs()[0], "/");
-    assert_eq!(first.status, 502, "the failures that take them out");
-    let resp = get(proxy.local_addrs()[0], "/");
-    assert_eq!(resp.status, 503);
-    assert_eq!(resp.header("retry-after").as_deref(), Some("1"));
-    assert_eq!(resp.header("connection").as_deref(), Some("close"));
 }
 
 /// A backend that reads a request head and then closes without answering.

@@ -3,9 +3,12 @@
 //!
 //! A backend is up when its active checks say so (always, when checks are off) and
 //! it is not cooling down after passive failures: `max_fails` connect failures,
-//! resets or timeouts within `fail_window` take it out for one `fail_window`, after
-//! which it is tried again. Each state change is logged once, by whichever thread
-//! sees it first.
+//! resets or timeouts within `fail_window` take it out. Without active checks it
+//! cools down for one `fail_window` and is then tried again; with them, the checks
+//! are the authority: it stays out until `rise` checks in a row pass. Passive
+//! health never takes out the last backend that is up (nginx never marks a lone
+//! server down): it stays in, and `last_backend_kept` says so for one window. Each
+//! state change is logged once, by whichever thread sees it first.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -101,6 +104,12 @@ impl Member {
 pub struct Health {
     members: Vec<Arc<Member>>,
     passive: Passive,
+    /// Active checks run: they, not a cool-down, bring back a backend that
+    /// passive failures took out.
+    checks: bool,
+    /// Until when (ms since `epoch()`) the last backend up was kept in after
+    /// failures that would have taken it out.
+    last_kept_until: AtomicU64,
     /// "all backends are down" was logged and not yet cleared by a success.
     all_down_reported: AtomicBool,
     /// Write state changes to stderr (off in tests that count lines themselves).
@@ -115,15 +124,17 @@ impl Health {
             .into_iter()
             .map(|n| Member::new(unspecified, n, 1))
             .collect();
-        Health::of(members, passive, log)
+        Health::of(members, passive, false, log)
     }
 
     /// The health of these backends, whose state may come from an earlier
-    /// configuration.
-    pub fn of(members: Vec<Arc<Member>>, passive: Passive, log: bool) -> Health {
+    /// configuration; `checks`: active checks run.
+    pub fn of(members: Vec<Arc<Member>>, passive: Passive, checks: bool, log: bool) -> Health {
         Health {
             members,
             passive,
+            checks,
+            last_kept_until: AtomicU64::new(0),
             all_down_reported: AtomicBool::new(false),
             log,
         }
@@ -189,12 +200,53 @@ impl Health {
             s.fails.store(0, Ordering::Relaxed);
         }
         let fails = s.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        if fails >= p.max_fails && s.down_until.load(Ordering::Relaxed) <= now {
-            s.down_until.store(now + window, Ordering::Relaxed);
-            s.fails.store(0, Ordering::Relaxed);
-            s.window_start.store(now + window, Ordering::Relaxed);
-            self.report(m, false, &format!("{fails} failures within {:?}", p.window));
+        let up =
+            s.checked_up.load(Ordering::Relaxed) && s.down_until.load(Ordering::Relaxed) <= now;
+        if fails < p.max_fails || !up {
+            return;
         }
+        s.fails.store(0, Ordering::Relaxed);
+        s.window_start.store(now + window, Ordering::Relaxed);
+        if !self.others_up(m, now) {
+            // The last one up: taking it out would answer every request 503,
+            // while it may be back already. Two workers taking out the last two
+            // at the same moment can still leave none (the rule is not locked).
+            if self.last_kept_until.swap(now + window, Ordering::Relaxed) <= now && self.log {
+                crate::log!(
+                    Level::Warn,
+                    "corelb: backend {} failed {fails} times within {:?} but is the last one up: kept in",
+                    m.authority,
+                    p.window
+                );
+            }
+            return;
+        }
+        let why = format!("{fails} failures within {:?}", p.window);
+        if self.checks {
+            // Out until `rise` checks in a row pass.
+            s.streak.store(0, Ordering::Relaxed);
+            s.checked_up.store(false, Ordering::Relaxed);
+            self.report(
+                m,
+                false,
+                &format!("{why}; back after passing health checks"),
+            );
+        } else {
+            s.down_until.store(now + window, Ordering::Relaxed);
+            self.report(m, false, &why);
+        }
+    }
+
+    /// Whether a backend other than `m` is up at `now_ms`.
+    fn others_up(&self, m: &Member, now_ms: u64) -> bool {
+        (0..self.members.len())
+            .any(|b| !std::ptr::eq(&*self.members[b], m) && self.is_up_at(b, now_ms))
+    }
+
+    /// Passive health kept the last backend that was up in service (within the
+    /// last `fail_window`) instead of taking it out.
+    pub fn last_backend_kept(&self) -> bool {
+        self.now_ms() < self.last_kept_until.load(Ordering::Relaxed)
     }
 
     /// The active checks' verdict on backend `b`.
@@ -302,6 +354,41 @@ mod tests {
     }
 
     #[test]
+    fn the_last_backend_up_is_kept_in() {
+        let h = health(2, 1, 10_000);
+        h.record_failure(h.member(0));
+        assert!(!h.is_up(0));
+        assert!(!h.last_backend_kept());
+        h.record_failure(h.member(1));
+        assert!(h.is_up(1), "the last one up stays in");
+        assert!(h.last_backend_kept());
+    }
+
+    #[test]
+    fn with_checks_on_passing_checks_bring_a_backend_back() {
+        let names = vec!["b0".to_string(), "b1".to_string()];
+        let passive = Passive {
+            max_fails: 1,
+            window: Duration::from_secs(60),
+        };
+        let h = Health::of(
+            names
+                .into_iter()
+                .map(|n| Member::new(SocketAddr::from(([0, 0, 0, 0], 0)), n, 1))
+                .collect(),
+            passive,
+            true,
+            false,
+        );
+        h.record_failure(h.member(0));
+        assert!(!h.is_up(0), "taken out");
+        h.record_check(0, true, 2, 3, "passed");
+        assert!(!h.is_up(0), "one pass of two");
+        h.record_check(0, true, 2, 3, "passed");
+        assert!(h.is_up(0), "back after rise passes, well inside the window");
+    }
+
+    #[test]
     fn failures_spread_over_windows_do_not_add_up() {
         let h = health(1, 2, 50);
         h.record_failure(h.member(0));
@@ -341,7 +428,7 @@ mod tests {
         h.record_check(0, true, 3, 2, "pass");
         assert!(!h.is_up(0), "two passes of rise 3");
         // A reload: a new Health over the same member goes on counting.
-        let again = Health::of(h.members().to_vec(), Passive::default(), false);
+        let again = Health::of(h.members().to_vec(), Passive::default(), false, false);
         again.record_check(0, true, 3, 2, "pass");
         assert!(again.is_up(0), "the third pass in a row");
         // A failure breaks a run of passes; checks off forget the count.

@@ -109,6 +109,10 @@ pub(super) struct Exchange {
     pub(super) retried: bool,
     /// Times the request was moved to another backend after a failure.
     pub(super) attempts: u8,
+    /// A failure of this request on `backend` was counted against it already:
+    /// the retry went to the same backend (the only one up), and one request
+    /// counts against one backend once.
+    pub(super) charged: bool,
     /// The exchange counts as in flight on `backend` (see `Worker::hold`).
     pub(super) holding: bool,
     /// The final response's status, once its head is parsed.
@@ -133,6 +137,7 @@ impl Exchange {
             backend,
             retried: false,
             attempts: 0,
+            charged: false,
             holding: false,
             status: 0,
             started,

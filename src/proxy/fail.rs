@@ -97,7 +97,9 @@ impl Worker {
                     return self.fail(ck, Fail::Close);
                 };
                 let (failed, attempts) = (x.backend, x.attempts);
-                self.plan.health.record_failure(&self.locals[failed].member);
+                if !x.charged {
+                    self.plan.health.record_failure(&self.locals[failed].member);
+                }
                 if !may_retry || u32::from(attempts) >= self.plan.config.retries {
                     return self.fail(ck, Fail::Reject(reject));
                 }
@@ -118,6 +120,7 @@ impl Worker {
                 let c = &mut self.clients[ck];
                 if let Some(x) = c.exchange_mut() {
                     x.attempts += 1;
+                    x.charged = next == failed;
                 }
                 if self.shared.rewrite_host
                     && let Some(bufs) = c.bufs.as_mut()

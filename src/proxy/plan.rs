@@ -81,7 +81,13 @@ impl Plan {
                     .unwrap_or_else(|| Member::new(b.addr, b.authority.clone(), workers))
             })
             .collect();
-        let health = Arc::new(Health::of(members, config.passive, config.log_health));
+        let checks = config.health_check.is_some();
+        let health = Arc::new(Health::of(
+            members,
+            config.passive,
+            checks,
+            config.log_health,
+        ));
         let backends: Vec<(&str, u32)> = config
             .backends
             .iter()
@@ -119,6 +125,7 @@ impl ProxyStats {
         metrics::View {
             config: &plan.config,
             reloads: plan.number,
+            last_backend_kept: health.last_backend_kept(),
             backends: health
                 .members()
                 .iter()

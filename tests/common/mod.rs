@@ -451,6 +451,17 @@ pub fn backend_up(proxy: &Proxy, addr: SocketAddr) -> bool {
     status[at + key.len()..].starts_with("true")
 }
 
+/// No failure was counted against a backend of `proxy`, whose passive limit is
+/// one failure: each is up, and none was kept in by the last-backend rule (which
+/// is what a failure counted against a lone backend shows).
+pub fn assert_no_failure_counted(proxy: &Proxy) {
+    let status = proxy.stats().status_json();
+    assert!(
+        status.contains("\"last_backend_kept\":false") && !status.contains("\"up\":false"),
+        "a failure was counted against a backend: {status}"
+    );
+}
+
 /// A client connection with a small receive buffer (4 KiB asked for), so that a
 /// response backs up in the proxy instead of in the kernel while it does not read.
 pub fn connect_small_window(addr: SocketAddr) -> TcpStream {
