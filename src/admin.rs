@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -23,6 +24,8 @@ pub trait Report: Send + 'static {
 /// The admin thread; dropping it stops the thread.
 pub struct Admin {
     addr: SocketAddr,
+    /// The listening socket's descriptor, for a handover (valid while it runs).
+    fd: RawFd,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -30,8 +33,14 @@ pub struct Admin {
 impl Admin {
     /// Listen on `addr` and serve `stats`.
     pub fn start(addr: SocketAddr, stats: impl Report) -> io::Result<Admin> {
-        let listener = TcpListener::bind(addr)?;
+        Admin::start_on(TcpListener::bind(addr)?, stats)
+    }
+
+    /// Serve `stats` on a socket already listening (one a predecessor handed
+    /// over, which it may still be accepting on until it stops).
+    pub fn start_on(listener: TcpListener, stats: impl Report) -> io::Result<Admin> {
         listener.set_nonblocking(true)?;
+        let fd = listener.as_raw_fd();
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
@@ -52,6 +61,7 @@ impl Admin {
             })?;
         Ok(Admin {
             addr,
+            fd,
             stop,
             thread: Some(thread),
         })
@@ -60,6 +70,11 @@ impl Admin {
     /// The address it listens on (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The listening socket, for a handover to a successor.
+    pub fn listener_fd(&self) -> RawFd {
+        self.fd
     }
 }
 

@@ -3,6 +3,7 @@
 //! Bad input never panics: every problem is one line on stderr and exit code 2.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -285,7 +286,8 @@ fn serve(args: Serve) -> ExitCode {
         None => Proxy::start(cfg.clone()).map(|p| (p, None)),
         Some(mut t) => {
             let listeners = std::mem::take(&mut t.listeners);
-            Proxy::start_adopting(cfg.clone(), listeners).map(|(p, dropped)| {
+            let admin = t.admin.take();
+            Proxy::start_adopting(cfg.clone(), listeners, admin).map(|(p, dropped)| {
                 for addr in dropped {
                     log!(
                         Level::Warn,
@@ -313,10 +315,16 @@ fn serve(args: Serve) -> ExitCode {
             ),
         }
     }
-    let offered: handover::Offered = Arc::new(Mutex::new(Some(proxy.listener_fds())));
+    let offered: handover::Offered = Arc::new(Mutex::new(Some(handover::Offer {
+        listeners: proxy.listener_fds(),
+        admin: proxy.admin_fd(),
+    })));
+    let handed_over = Arc::new(AtomicBool::new(false));
+    let successor = Arc::clone(&handed_over);
     if let Some(path) = &handover_path
-        && let Err(e) = handover::serve(path, Arc::clone(&offered), || {
+        && let Err(e) = handover::serve(path, Arc::clone(&offered), move || {
             log!(Level::Info, "corelb: a successor took over the listeners");
+            successor.store(true, Ordering::SeqCst);
             let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
         })
     {
@@ -363,6 +371,11 @@ fn serve(args: Serve) -> ExitCode {
         move || {
             // From here on the listeners may close: a successor must not get them.
             *offered.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            let mut proxy = proxy;
+            if handed_over.load(Ordering::SeqCst) {
+                // The successor answers on the admin socket from now on.
+                proxy.stop_admin();
+            }
             proxy.shutdown()
         },
     );

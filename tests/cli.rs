@@ -18,7 +18,12 @@ fn wait_exit(mut child: Child, what: &str) -> std::process::Output {
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("{what}");
+            forget_child(child.id());
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what}; its stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         // Back-off between two looks.
         std::thread::sleep(Duration::from_millis(10));
@@ -269,15 +274,34 @@ fn help_goes_to_stdout_with_exit_code_0() {
 /// bind of the tests running beside this one draws: one of them took such a
 /// port between its check here and the child's bind, in 2 of 20 runs at 16
 /// threads), and counted up so two tests of this process never get the same one.
+///
+/// It stays reserved until this test process ends: a socket bound to it with
+/// SO_REUSEPORT (never listening, so it takes no connection) lets corelb, which
+/// binds with SO_REUSEPORT as the same user, share it, and makes any other
+/// process's plain bind fail, so a second test process (a second checkout, or
+/// the next run of a loop) cannot pick it too. Without it, two processes could
+/// both find the port free and start a corelb on it: SO_REUSEPORT would let
+/// both bind, and connections would go to either (seen once: a test's proxy
+/// failed to bind its port although the start-up probe had connected).
 fn free_port() -> SocketAddr {
+    use socket2::{Domain, Socket, Type};
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    // Another test process (a second checkout) starts elsewhere in the range.
+    static KEPT: std::sync::Mutex<Vec<Socket>> = std::sync::Mutex::new(Vec::new());
+    // Another test process starts elsewhere in the range.
     let base = 20_000 + (std::process::id() % 64) * 190;
     loop {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = (base + n % 12_000) % 12_000 + 20_000;
         let addr = SocketAddr::new(loopback().ip(), port as u16);
-        if TcpListener::bind(addr).is_ok() {
+        // Free of everyone else: a plain bind succeeds.
+        if TcpListener::bind(addr).is_err() {
+            continue;
+        }
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_reuse_address(true).unwrap();
+        sock.set_reuse_port(true).unwrap();
+        if sock.bind(&addr.into()).is_ok() {
+            KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(sock);
             return addr;
         }
     }
@@ -643,13 +667,17 @@ fn out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
 
 /// One request on a new connection; true if it got a complete 200.
 fn request_ok(addr: SocketAddr) -> bool {
+    get_ok(addr, "/")
+}
+
+/// `GET path` on a new connection; true if it got a complete 200.
+fn get_ok(addr: SocketAddr, path: &str) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    if s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
         return false;
     }
     let mut resp = String::new();
@@ -702,13 +730,8 @@ fn keep_alive_ok(conn: &mut Option<BufReader<std::net::TcpStream>>, addr: Socket
 
 #[test]
 fn restart_with_handover_under_load_loses_no_request() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let (origin, origin_addr) = start_origin(&[]);
     let backend = origin_addr.to_string();
-    let dir = temp_dir("restart");
-    let sock = dir.join("handover.sock");
-    let sock_arg = sock.to_str().unwrap().to_string();
     let addr = free_port();
     let listen = addr.to_string();
     let args = [
@@ -719,14 +742,53 @@ fn restart_with_handover_under_load_loses_no_request() {
         &listen,
         "--workers",
         "2",
-        "--handover",
-        &sock_arg,
     ];
+    handover_under_load("restart", &args, addr, None);
+    stop(origin, "-TERM");
+}
+
+/// The shipped example config sets `admin`: the admin endpoint is handed over
+/// with the listeners, and answers throughout.
+#[test]
+fn restart_with_handover_and_the_example_config_keeps_the_admin_endpoint() {
+    let (origin, origin_addr) = start_origin(&[]);
+    let backend = origin_addr.to_string();
+    let (addr, admin) = (free_port(), free_port());
+    let (listen, admin_arg) = (addr.to_string(), admin.to_string());
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/corelb.toml");
+    let args = [
+        "serve",
+        "--config",
+        example,
+        "--backend",
+        &backend,
+        "--listen",
+        &listen,
+        "--admin",
+        &admin_arg,
+    ];
+    handover_under_load("restart-admin", &args, addr, Some(admin));
+    stop(origin, "-TERM");
+}
+
+/// Start `args` (with `--handover`), put it under load (half the clients with a
+/// connection per request, half keeping theirs, and, with `admin`, a client of
+/// the admin endpoint), start a successor with the same arguments, and check
+/// that the old process exits, the new one serves, and no request failed. The
+/// handover socket is in a directory called after `name` (one per test).
+fn handover_under_load(name: &str, args: &[&str], addr: SocketAddr, admin: Option<SocketAddr>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = temp_dir(name);
+    let sock = dir.join("handover.sock");
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(["--handover", sock.to_str().unwrap()]);
     let old = start(&args, addr);
 
     let running = Arc::new(AtomicBool::new(true));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..4)
+    let admin_ok = Arc::new(AtomicUsize::new(0));
+    let mut load: Vec<_> = (0..4)
         .map(|i| {
             let (running, ok, failed) =
                 (Arc::clone(&running), Arc::clone(&ok), Arc::clone(&failed));
@@ -748,6 +810,23 @@ fn restart_with_handover_under_load_loses_no_request() {
             })
         })
         .collect();
+    if let Some(admin) = admin {
+        let (running, ok, failed) = (
+            Arc::clone(&running),
+            Arc::clone(&admin_ok),
+            Arc::clone(&failed),
+        );
+        load.push(std::thread::spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                let counter = if get_ok(admin, "/healthz") {
+                    &ok
+                } else {
+                    &failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
     wait_until(
         || ok.load(Ordering::Relaxed) >= 20,
         "the old process serves the load",
@@ -755,18 +834,29 @@ fn restart_with_handover_under_load_loses_no_request() {
     // The successor takes the listeners; the old process drains and exits by itself.
     let new = spawn(BIN, &args);
     let old_out = wait_exit(old, "the old corelb did not exit after the handover");
-    assert_eq!(old_out.status.code(), Some(0));
-    let before_handover = ok.load(Ordering::Relaxed);
+    assert_eq!(
+        old_out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&old_out.stderr)
+    );
+    let (before_handover, admin_before) =
+        (ok.load(Ordering::Relaxed), admin_ok.load(Ordering::Relaxed));
     wait_until(
         || ok.load(Ordering::Relaxed) >= before_handover + 20,
         "the new process serves the load",
     );
+    if admin.is_some() {
+        wait_until(
+            || admin_ok.load(Ordering::Relaxed) >= admin_before + 5,
+            "the new process serves the admin endpoint",
+        );
+    }
     running.store(false, Ordering::Relaxed);
     for t in load {
         t.join().unwrap();
     }
     let new_out = stop(new, "-TERM");
-    stop(origin, "-TERM");
     let _ = std::fs::remove_dir_all(&dir);
     let old_err = String::from_utf8_lossy(&old_out.stderr);
     let new_err = String::from_utf8_lossy(&new_out.stderr);

@@ -142,7 +142,7 @@ impl Proxy {
         }
         let workers = config.workers.max(1);
         let (addrs, listeners) = runtime::bind_listeners(&config.listen, workers)?;
-        Proxy::start_bound(config, addrs, listeners)
+        Proxy::start_bound(config, addrs, listeners, None)
     }
 
     /// Start on listening sockets taken over from a running corelb (see
@@ -151,19 +151,33 @@ impl Proxy {
     pub fn start_adopting(
         config: ProxyConfig,
         taken: Vec<std::net::TcpListener>,
+        taken_admin: Option<std::net::TcpListener>,
     ) -> Result<(Proxy, Vec<SocketAddr>), StartError> {
         if config.backends.is_empty() {
             return Err(StartError::NoBackends);
         }
         let workers = config.workers.max(1);
         let (addrs, listeners, dropped) = runtime::adopt_listeners(&config.listen, workers, taken)?;
-        Ok((Proxy::start_bound(config, addrs, listeners)?, dropped))
+        // The admin endpoint's socket, if it is still at the configured address
+        // (a port 0 asked for matches any port on that address); else it is
+        // closed here and the address bound afresh.
+        let admin = taken_admin.filter(|l| {
+            let (Some(want), Ok(have)) = (config.admin, l.local_addr()) else {
+                return false;
+            };
+            want == have || (want.port() == 0 && want.ip() == have.ip())
+        });
+        Ok((
+            Proxy::start_bound(config, addrs, listeners, admin)?,
+            dropped,
+        ))
     }
 
     fn start_bound(
         config: ProxyConfig,
         addrs: Vec<SocketAddr>,
         listeners: Vec<Vec<mio::net::TcpListener>>,
+        taken_admin: Option<std::net::TcpListener>,
     ) -> Result<Proxy, StartError> {
         let workers = listeners.len();
         let listener_fds = listeners.iter().flatten().map(|l| l.as_raw_fd()).collect();
@@ -219,12 +233,16 @@ impl Proxy {
                 crate::log!(crate::log::Level::Error, "corelb: worker stopped: {e}");
             }
         })?;
-        let admin = match config.admin {
-            Some(addr) => Some(
-                Admin::start(addr, ProxyStats(Arc::clone(&shared)))
+        let report = ProxyStats(Arc::clone(&shared));
+        let admin = match (config.admin, taken_admin) {
+            (Some(addr), Some(listener)) => Some(
+                Admin::start_on(listener, report)
                     .map_err(|source| StartError::Admin { addr, source })?,
             ),
-            None => None,
+            (Some(addr), None) => Some(
+                Admin::start(addr, report).map_err(|source| StartError::Admin { addr, source })?,
+            ),
+            (None, _) => None,
         };
         Ok(Proxy {
             workers,
@@ -251,6 +269,17 @@ impl Proxy {
     /// The listening sockets' descriptors (valid until `shutdown` begins).
     pub fn listener_fds(&self) -> Vec<std::os::fd::RawFd> {
         self.listener_fds.clone()
+    }
+
+    /// The admin endpoint's listening socket, if it is on (valid until it stops).
+    pub fn admin_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.admin.as_ref().map(Admin::listener_fd)
+    }
+
+    /// Stop serving the admin endpoint (a successor that took it over answers on
+    /// it from now on, rather than both in turn while this one drains).
+    pub fn stop_admin(&mut self) {
+        drop(self.admin.take());
     }
 
     /// The addresses actually bound (port 0 resolved).

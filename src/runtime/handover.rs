@@ -10,8 +10,9 @@
 //!
 //! The exchange, on a Unix stream socket:
 //! 1. new -> old: `TAKE\n`
-//! 2. old -> new: `LISTENERS\n` with the listening sockets attached (or `NO\n`
-//!    while it is shutting down)
+//! 2. old -> new: `LISTENERS\n` with the listening sockets attached, or
+//!    `LISTENERS ADMIN\n` with the admin endpoint's listener attached last (or
+//!    `NO\n` while it is shutting down)
 //! 3. new -> old: `READY\n` once its workers accept on them
 //! 4. old -> new: `OK\n`; the old process then shuts down gracefully (as on SIGTERM).
 
@@ -32,11 +33,20 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The listening sockets a process offers to its successor; `None` once it has
 /// begun to shut down (the descriptors may be closed from then on).
-pub type Offered = Arc<Mutex<Option<Vec<RawFd>>>>;
+pub type Offered = Arc<Mutex<Option<Offer>>>;
+
+/// What is offered: the proxy's listeners, and the admin endpoint's.
+#[derive(Clone, Debug, Default)]
+pub struct Offer {
+    pub listeners: Vec<RawFd>,
+    pub admin: Option<RawFd>,
+}
 
 /// Listeners taken over from a running corelb, and the line to it.
 pub struct Taken {
     pub listeners: Vec<TcpListener>,
+    /// The admin endpoint's listener, if the running corelb had one.
+    pub admin: Option<TcpListener>,
     conn: BufReader<UnixStream>,
 }
 
@@ -74,8 +84,9 @@ pub fn take(path: &Path) -> io::Result<Option<Taken>> {
     (&conn).write_all(b"TAKE\n")?;
     let mut buf = [0u8; 64];
     let (n, fds) = recv_with_fds(&conn, &mut buf)?;
-    match &buf[..n] {
-        b"LISTENERS\n" => {}
+    let with_admin = match &buf[..n] {
+        b"LISTENERS\n" => false,
+        b"LISTENERS ADMIN\n" => true,
         b"NO\n" => return Err(io::Error::other("the running corelb is shutting down")),
         other => {
             return Err(io::Error::other(format!(
@@ -83,7 +94,16 @@ pub fn take(path: &Path) -> io::Result<Option<Taken>> {
                 String::from_utf8_lossy(other)
             )));
         }
-    }
+    };
+    let mut fds = fds;
+    let admin = match with_admin {
+        true => Some(
+            fds.pop()
+                .map(TcpListener::from)
+                .ok_or_else(|| io::Error::other("no admin listener came with ADMIN"))?,
+        ),
+        false => None,
+    };
     let listeners = fds
         .into_iter()
         .map(|fd| {
@@ -94,6 +114,7 @@ pub fn take(path: &Path) -> io::Result<Option<Taken>> {
         .collect::<io::Result<Vec<_>>>()?;
     Ok(Some(Taken {
         listeners,
+        admin,
         conn: BufReader::new(conn),
     }))
 }
@@ -151,7 +172,17 @@ fn hand_over(conn: UnixStream, offered: &Offered) -> io::Result<bool> {
         // Held while sending, so the workers cannot close the sockets meanwhile.
         let guard = offered.lock().unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
-            Some(fds) => send_with_fds(reader.get_ref(), b"LISTENERS\n", fds)?,
+            Some(Offer {
+                listeners,
+                admin: None,
+            }) => send_with_fds(reader.get_ref(), b"LISTENERS\n", listeners)?,
+            Some(Offer {
+                listeners,
+                admin: Some(admin),
+            }) => {
+                let fds: Vec<RawFd> = listeners.iter().copied().chain([*admin]).collect();
+                send_with_fds(reader.get_ref(), b"LISTENERS ADMIN\n", &fds)?
+            }
             None => {
                 reader.get_mut().write_all(b"NO\n")?;
                 return Ok(false);
@@ -274,12 +305,21 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         // A connection waits in the queue across the handover.
         let _queued = std::net::TcpStream::connect(addr).unwrap();
-        let offered: Offered = Arc::new(Mutex::new(Some(vec![listener.as_raw_fd()])));
+        let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+        let offered: Offered = Arc::new(Mutex::new(Some(Offer {
+            listeners: vec![listener.as_raw_fd()],
+            admin: Some(admin.as_raw_fd()),
+        })));
         let (tx, rx) = std::sync::mpsc::channel();
         serve(&path, Arc::clone(&offered), move || tx.send(()).unwrap()).unwrap();
 
         let taken = take(&path).unwrap().expect("listeners offered");
         assert_eq!(taken.listeners.len(), 1);
+        let taken_admin = taken.admin.as_ref().expect("the admin listener");
+        assert_eq!(
+            taken_admin.local_addr().unwrap(),
+            admin.local_addr().unwrap()
+        );
         let new = taken.listeners[0].try_clone().unwrap();
         assert_eq!(new.local_addr().unwrap(), addr);
         taken.ready().unwrap();
