@@ -787,7 +787,7 @@ fn handover_under_load(name: &str, args: &[&str], addr: SocketAddr, admin: Optio
 
     let running = Arc::new(AtomicBool::new(true));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let admin_ok = Arc::new(AtomicUsize::new(0));
+    let (admin_ok, admin_failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut load: Vec<_> = (0..4)
         .map(|i| {
             let (running, ok, failed) =
@@ -811,10 +811,12 @@ fn handover_under_load(name: &str, args: &[&str], addr: SocketAddr, admin: Optio
         })
         .collect();
     if let Some(admin) = admin {
+        // The admin endpoint starts after the listeners the start-up probe saw.
+        wait_until(|| get_ok(admin, "/healthz"), "the admin endpoint answers");
         let (running, ok, failed) = (
             Arc::clone(&running),
             Arc::clone(&admin_ok),
-            Arc::clone(&failed),
+            Arc::clone(&admin_failed),
         );
         load.push(std::thread::spawn(move || {
             while running.load(Ordering::Relaxed) {
@@ -869,6 +871,11 @@ fn handover_under_load(name: &str, args: &[&str], addr: SocketAddr, admin: Optio
         failed.load(Ordering::Relaxed),
         0,
         "failed requests; old: {old_err} new: {new_err}"
+    );
+    assert_eq!(
+        admin_failed.load(Ordering::Relaxed),
+        0,
+        "failed admin requests; old: {old_err} new: {new_err}"
     );
     assert!(
         ok.load(Ordering::Relaxed) > before_handover,

@@ -116,7 +116,15 @@ impl Reader {
 
     fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 64 * 1024];
-        match self.stream.read(&mut chunk) {
+        let read = loop {
+            match self.stream.read(&mut chunk) {
+                // A signal to this process (seen once in 47 runs of tests/cli.rs at
+                // 16 threads) is no reason to give up.
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match read {
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 n
