@@ -158,14 +158,13 @@ impl Proxy {
         }
         let workers = config.workers.max(1);
         let (addrs, listeners, dropped) = runtime::adopt_listeners(&config.listen, workers, taken)?;
-        // The admin endpoint's socket, if it is still at the configured address
-        // (a port 0 asked for matches any port on that address); else it is
-        // closed here and the address bound afresh.
+        // The admin endpoint's socket, if it is still at the configured address;
+        // else it is closed here and the address bound afresh.
         let admin = taken_admin.filter(|l| {
             let (Some(want), Ok(have)) = (config.admin, l.local_addr()) else {
                 return false;
             };
-            want == have || (want.port() == 0 && want.ip() == have.ip())
+            runtime::serves_address(want, have)
         });
         Ok((
             Proxy::start_bound(config, addrs, listeners, admin)?,

@@ -118,6 +118,12 @@ pub fn bind_listeners(
     Ok((bound, per_worker))
 }
 
+/// Whether a socket bound to `have` serves the configured address `want` (port
+/// 0 asks for any port on that address).
+pub fn serves_address(want: SocketAddr, have: SocketAddr) -> bool {
+    want == have || (want.port() == 0 && want.ip() == have.ip())
+}
+
 /// Like `bind_listeners`, but start from listening sockets taken over from another
 /// process (see `handover`). Each address gets the taken sockets that listen on it,
 /// spread over the workers (a worker may accept on several); a worker left without
@@ -138,7 +144,7 @@ pub fn adopt_listeners(
     for &addr in addrs {
         let (mine, rest): (Vec<_>, Vec<_>) = taken
             .into_iter()
-            .partition(|(a, _)| *a == addr || (addr.port() == 0 && a.ip() == addr.ip()));
+            .partition(|(a, _)| serves_address(addr, *a));
         taken = rest;
         if mine.is_empty() {
             // A new address: bind it as on a fresh start.

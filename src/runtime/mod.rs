@@ -11,5 +11,6 @@ pub mod workers;
 pub use error::StartError;
 pub use listen::{
     NodelayInherited, adopt_listeners, bind_listeners, listener_index, listener_token,
+    serves_address,
 };
 pub use workers::{Control, ControlHandle, WAKER_TOKEN, WorkerContext, Workers};
