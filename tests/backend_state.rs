@@ -17,6 +17,19 @@ fn status(proxy: &Proxy) -> String {
     proxy.stats().status_json()
 }
 
+/// A one-worker proxy over `addrs` with `retries` and a passive limit of
+/// `max_fails` failures within 30 s.
+fn passive_proxy(addrs: &[std::net::SocketAddr], retries: u32, max_fails: u32) -> Proxy {
+    proxy_with(addrs, |c| {
+        c.workers = 1;
+        c.retries = retries;
+        c.passive = Passive {
+            max_fails,
+            window: Duration::from_secs(30),
+        };
+    })
+}
+
 fn kept_gauge(proxy: &Proxy) -> String {
     let text = proxy.stats().prometheus();
     text.lines()
@@ -34,14 +47,7 @@ fn passive_health_never_takes_out_the_last_backend_up() {
     for n in [1, 2, 5] {
         let closed: Vec<ClosedPort> = (0..n).map(|_| ClosedPort::new()).collect();
         let addrs: Vec<_> = closed.iter().map(|c| c.addr).collect();
-        let proxy = proxy_with(&addrs, |c| {
-            c.workers = 1;
-            c.retries = 2;
-            c.passive = Passive {
-                max_fails: 1,
-                window: Duration::from_secs(30),
-            };
-        });
+        let proxy = passive_proxy(&addrs, 2, 1);
         let addr = proxy.local_addrs()[0];
         assert_eq!(kept_gauge(&proxy), "corelb_last_backend_kept 0");
         for i in 0..2 * n {
@@ -73,14 +79,7 @@ fn passive_health_never_takes_out_the_last_backend_up() {
 #[test]
 fn one_request_counts_against_one_backend_once() {
     let closed = ClosedPort::new();
-    let proxy = proxy_with(&[closed.addr], |c| {
-        c.workers = 1;
-        c.retries = 2;
-        c.passive = Passive {
-            max_fails: 3,
-            window: Duration::from_secs(30),
-        };
-    });
+    let proxy = passive_proxy(&[closed.addr], 2, 3);
     let addr = proxy.local_addrs()[0];
     for request in 1..=3 {
         assert_eq!(get(addr, "/").status, 502);
@@ -91,14 +90,11 @@ fn one_request_counts_against_one_backend_once() {
             "after request {request}"
         );
     }
-    let retries: u64 = proxy
-        .stats()
-        .prometheus()
-        .lines()
-        .filter(|l| l.starts_with("corelb_retries_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert_eq!(retries, 6, "each request was tried three times");
+    assert_eq!(
+        metric(&proxy, "corelb_retries_total{", ""),
+        6,
+        "each request was tried three times"
+    );
 }
 
 /// Every backend failing its active checks is the one way to 503 (passive

@@ -47,17 +47,6 @@ fn count(bodies: &[String], origin: &Origin) -> usize {
     bodies.iter().filter(|b| **b == want).count()
 }
 
-/// The sum of the samples of `metric` whose labels contain `with`.
-fn metric(proxy: &Proxy, metric: &str, with: &str) -> u64 {
-    proxy
-        .stats()
-        .prometheus()
-        .lines()
-        .filter(|l| l.starts_with(metric) && l.contains(with))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// A backend that holds each request: it reads the head, reports it on `seen`,
 /// waits for `release` (at most `IO_TIMEOUT`), then writes `answer` and closes.
 struct Held {

@@ -459,6 +459,17 @@ pub fn backend_up(proxy: &Proxy, addr: SocketAddr) -> bool {
     status[at + key.len()..].starts_with("true")
 }
 
+/// The sum of the samples of `metric` whose labels contain `with`.
+pub fn metric(proxy: &Proxy, metric: &str, with: &str) -> u64 {
+    proxy
+        .stats()
+        .prometheus()
+        .lines()
+        .filter(|l| l.starts_with(metric) && l.contains(with))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// No failure was counted against a backend of `proxy`, whose passive limit is
 /// one failure: each is up, and none was kept in by the last-backend rule (which
 /// is what a failure counted against a lone backend shows).
