@@ -1,16 +1,31 @@
 //! Active health checks: one thread that asks every backend for `--health-path`
 //! each interval and feeds the verdicts to `Health` (rise / fall hysteresis).
+//!
+//! A round checks the backends concurrently, on a mio loop of its own (no async
+//! runtime): up to `MAX_PARALLEL` checks are in progress at once, each with its
+//! own deadline, and each verdict is recorded as soon as it is known. So a round
+//! over many dead or silent backends takes about one `--health-timeout`, not one
+//! per backend, and a live backend's pass is not held up by the dead ones.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
 
 use super::health::Health;
 use crate::config::CheckConfig;
+use crate::log::Level;
+
+/// Checks in progress at once (each holds a socket). A round over more failing
+/// backends than this takes one timeout per `MAX_PARALLEL` of them.
+const MAX_PARALLEL: usize = 512;
+
+/// How often a round in progress looks whether it was told to stop.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// The health-check thread; dropping it stops the thread.
 pub struct Checker {
@@ -19,13 +34,14 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// Start checking the backends of `health` off the workers' path: one thread,
-    /// blocking sockets with timeouts. A backend starts from its last verdict.
+    /// Start checking the backends of `health` off the workers' path, on one
+    /// thread. A backend starts from its last verdict.
     pub fn spawn(health: Arc<Health>, config: CheckConfig) -> std::io::Result<Checker> {
+        let poll = Poll::new()?;
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("corelb-health".into())
-            .spawn(move || run_checks(&health, &config, &stopped))?;
+            .spawn(move || run_checks(&health, &config, poll, &stopped))?;
         Ok(Checker {
             stop: Some(stop),
             thread: Some(thread),
@@ -43,19 +59,16 @@ impl Drop for Checker {
     }
 }
 
-fn run_checks(health: &Health, config: &CheckConfig, stopped: &Receiver<()>) {
+fn run_checks(health: &Health, config: &CheckConfig, mut poll: Poll, stopped: &Receiver<()>) {
+    let mut round = Round {
+        poll: &mut poll,
+        events: Events::with_capacity(256),
+        probes: Vec::new(),
+        free: Vec::new(),
+    };
     loop {
-        for (b, m) in health.members().iter().enumerate() {
-            // Stopping (a reload) need not wait for a round over every backend.
-            if !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
-                return;
-            }
-            let result = check_once(m.addr, &m.authority, &config.path, config.timeout);
-            let why = match &result {
-                Ok(status) => format!("health check: {status}"),
-                Err(e) => format!("health check: {e}"),
-            };
-            health.record_check(b, result.is_ok(), config.rise, config.fall, &why);
+        if round.run(health, config, stopped).is_err() {
+            return;
         }
         match stopped.recv_timeout(config.interval) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -64,38 +77,221 @@ fn run_checks(health: &Health, config: &CheckConfig, stopped: &Receiver<()>) {
     }
 }
 
-/// One check: connect, send `GET path`, read the status line. Ok with the status
-/// when it is 2xx or 3xx; Err with why not.
-fn check_once(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<u16, String> {
-    let deadline = Instant::now() + timeout;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    let left = || {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1))
-    };
-    s.set_write_timeout(Some(left()))
-        .map_err(|e| e.to_string())?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: corelb-health-check\r\n\r\n"
-    );
-    s.write_all(request.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    let mut line = Vec::with_capacity(64);
-    let mut buf = [0u8; 256];
-    while !line.contains(&b'\n') {
-        if line.len() > 1024 {
-            return Err("status line too long".into());
-        }
-        s.set_read_timeout(Some(left()))
-            .map_err(|e| e.to_string())?;
-        match s.read(&mut buf) {
-            Ok(0) => return Err("closed before answering".into()),
-            Ok(n) => line.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("read: {e}")),
+/// Told to stop (a reload or shutdown) in the middle of a round.
+struct Stopped;
+
+/// One check in progress.
+struct Probe {
+    backend: usize,
+    sock: TcpStream,
+    deadline: Instant,
+    stage: Stage,
+    request: Vec<u8>,
+    sent: usize,
+    line: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Connect,
+    Send,
+    Read,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Send => "send",
+            Stage::Read => "read",
         }
     }
-    // "HTTP/1.x NNN ..."
+}
+
+/// The state of one round, kept between rounds so its buffers are reused.
+struct Round<'p> {
+    poll: &'p mut Poll,
+    events: Events,
+    /// Checks in progress, by slot (the slot is the mio token).
+    probes: Vec<Option<Probe>>,
+    free: Vec<usize>,
+}
+
+impl Round<'_> {
+    /// Check every backend once; Err if told to stop meanwhile.
+    fn run(
+        &mut self,
+        health: &Health,
+        config: &CheckConfig,
+        stopped: &Receiver<()>,
+    ) -> Result<(), Stopped> {
+        let mut next = 0;
+        let mut open = 0;
+        loop {
+            if !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
+                self.close_all();
+                return Err(Stopped);
+            }
+            while open < MAX_PARALLEL && next < health.len() {
+                let b = next;
+                next += 1;
+                match self.start(health, config, b) {
+                    Ok(()) => open += 1,
+                    Err(why) => health.record_check(b, false, config.rise, config.fall, &why),
+                }
+            }
+            if open == 0 {
+                return Ok(());
+            }
+            let now = Instant::now();
+            let soonest = self.probes.iter().flatten().map(|p| p.deadline).min();
+            let wait = soonest
+                .map_or(STOP_POLL, |d| d.saturating_duration_since(now))
+                .min(STOP_POLL);
+            match self.poll.poll(&mut self.events, Some(wait)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    crate::log!(Level::Error, "corelb: health checks stop: poll: {e}");
+                    self.close_all();
+                    return Err(Stopped);
+                }
+            }
+            let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
+            for slot in ready {
+                if let Some(verdict) = self.probes[slot].as_mut().and_then(advance) {
+                    open -= 1;
+                    self.finish(slot, health, config, verdict);
+                }
+            }
+            let now = Instant::now();
+            for slot in 0..self.probes.len() {
+                if let Some(p) = &self.probes[slot]
+                    && p.deadline <= now
+                {
+                    let why = format!("{}: no answer within {:?}", p.stage.name(), config.timeout);
+                    open -= 1;
+                    self.finish(slot, health, config, Err(why));
+                }
+            }
+        }
+    }
+
+    /// Begin the check of backend `b`: a non-blocking connect (Err: it failed at once).
+    fn start(&mut self, health: &Health, config: &CheckConfig, b: usize) -> Result<(), String> {
+        let m = health.member(b);
+        let mut sock =
+            TcpStream::connect(m.addr).map_err(|e| format!("health check: connect: {e}"))?;
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.probes.push(None);
+            self.probes.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.free.push(slot);
+            return Err(format!("health check: {e}"));
+        }
+        self.probes[slot] = Some(Probe {
+            backend: b,
+            sock,
+            deadline: Instant::now() + config.timeout,
+            stage: Stage::Connect,
+            request: request(&m.authority, &config.path),
+            sent: 0,
+            line: Vec::with_capacity(64),
+        });
+        Ok(())
+    }
+
+    /// Record the verdict of the check in `slot` and free the slot.
+    fn finish(
+        &mut self,
+        slot: usize,
+        health: &Health,
+        config: &CheckConfig,
+        verdict: Result<u16, String>,
+    ) {
+        let Some(mut p) = self.probes[slot].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut p.sock);
+        self.free.push(slot);
+        let why = match &verdict {
+            Ok(status) => format!("health check: {status}"),
+            Err(e) => format!("health check: {e}"),
+        };
+        health.record_check(p.backend, verdict.is_ok(), config.rise, config.fall, &why);
+    }
+
+    fn close_all(&mut self) {
+        for slot in 0..self.probes.len() {
+            if let Some(mut p) = self.probes[slot].take() {
+                let _ = self.poll.registry().deregister(&mut p.sock);
+                self.free.push(slot);
+            }
+        }
+    }
+}
+
+/// The check's request: `GET path`, closing the connection after the answer.
+fn request(host: &str, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: corelb-health-check\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Move a check on as far as its socket allows: None while it waits, else the
+/// verdict (Ok with a 2xx or 3xx status; Err with why not).
+fn advance(p: &mut Probe) -> Option<Result<u16, String>> {
+    let failed = |stage: Stage, e: io::Error| Some(Err(format!("{}: {e}", stage.name())));
+    if p.stage == Stage::Connect {
+        match p.sock.take_error() {
+            Ok(Some(e)) | Err(e) => return failed(Stage::Connect, e),
+            Ok(None) => {}
+        }
+        match p.sock.peer_addr() {
+            Ok(_) => p.stage = Stage::Send,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
+            Err(e) => return failed(Stage::Connect, e),
+        }
+    }
+    while p.stage == Stage::Send {
+        match p.sock.write(&p.request[p.sent..]) {
+            Ok(n) => {
+                p.sent += n;
+                if p.sent == p.request.len() {
+                    p.stage = Stage::Read;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return failed(Stage::Send, e),
+        }
+    }
+    let mut buf = [0u8; 256];
+    loop {
+        if p.line.contains(&b'\n') {
+            return Some(status_of(&p.line));
+        }
+        if p.line.len() > 1024 {
+            return Some(Err("status line too long".into()));
+        }
+        match p.sock.read(&mut buf) {
+            Ok(0) => return Some(Err("closed before answering".into())),
+            Ok(n) => p.line.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return failed(Stage::Read, e),
+        }
+    }
+}
+
+/// The verdict on a status line "HTTP/1.x NNN ...": Ok for 2xx and 3xx.
+fn status_of(line: &[u8]) -> Result<u16, String> {
     let status = line
         .get(9..12)
         .and_then(|d| std::str::from_utf8(d).ok())
@@ -106,5 +302,22 @@ fn check_once(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Re
         Ok(status)
     } else {
         Err(format!("status {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(status_of(b"HTTP/1.1 204 No Content\r\n"), Ok(204));
+        assert_eq!(status_of(b"HTTP/1.0 302 Found\r\n"), Ok(302));
+        assert_eq!(
+            status_of(b"HTTP/1.1 503 Busy\r\n"),
+            Err("status 503".into())
+        );
+        assert!(status_of(b"SSH-2.0-OpenSSH\r\n").is_err());
+        assert!(status_of(b"HTTP/1.1 2x0 Odd\r\n").is_err());
     }
 }
