@@ -91,3 +91,15 @@ pub(crate) fn write_two(
         Err(e) => Err(e),
     }
 }
+
+/// Bytes written to `sock` that the kernel holds still: not yet sent, or sent
+/// and not yet acknowledged by the peer (Linux `SIOCOUTQ`); None if it cannot
+/// tell. A queue that shrinks means the peer is reading, however slowly, even
+/// when no writable event comes (the queue is drained in the background).
+pub(crate) fn unsent(sock: &TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SIOCOUTQ is TIOCOUTQ on Linux; it writes one int.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    (rc == 0).then(|| u32::try_from(queued).unwrap_or(0))
+}

@@ -196,11 +196,19 @@ pub(super) enum Wait {
 pub(super) struct Timer {
     pub(super) at: Instant,
     pub(super) wait: Wait,
+    /// Bytes the kernel still held for the peers when the timer was last looked
+    /// at on expiry (`u32::MAX`: not looked at since it was armed); see
+    /// `Worker::still_sending`.
+    pub(super) unsent: u32,
 }
 
 impl Timer {
     pub(super) fn new(at: Instant, wait: Wait) -> Timer {
-        Timer { at, wait }
+        Timer {
+            at,
+            wait,
+            unsent: u32::MAX,
+        }
     }
 }
 

@@ -466,6 +466,46 @@ impl Worker {
         self.yielded = again;
     }
 
+    /// A body or tunnel timer expired, but the bytes the kernel holds for the
+    /// client (and the backend) are going out: a slow reader, not a stalled one,
+    /// which gets no writable event while a large send queue drains. The timer is
+    /// re-armed and true returned. The first look only notes the queue and looks
+    /// again one body timeout later; a queue that has not shrunk by then, or is
+    /// empty, is no progress. So a stalled peer is cut between one and two body
+    /// timeouts after its last byte moved. (A Linux receiver reading slowly from
+    /// a large buffer reopens its window in steps of 64 KiB or more: at 32 KB/s
+    /// the sender sees the queue move every 2 to 4 s, which a body timeout
+    /// shorter than that cannot tell from a stall.)
+    fn still_sending(&mut self, ck: usize) -> bool {
+        let c = &self.clients[ck];
+        if !matches!(
+            c.timer.wait,
+            Wait::Body | Wait::Tunnel | Wait::ClientReading
+        ) {
+            return false;
+        }
+        let Phase::Exchange(x) = &c.phase else {
+            return false;
+        };
+        let backend = x.upstream.and_then(|uk| self.upstreams.get(uk));
+        let queued = crate::io::unsent(&c.sock).unwrap_or(0).saturating_add(
+            backend
+                .and_then(|u| crate::io::unsent(&u.sock))
+                .unwrap_or(0),
+        );
+        let before = c.timer.unsent;
+        if queued == 0 || (queued >= before && before != u32::MAX) {
+            return false;
+        }
+        let c = &mut self.clients[ck];
+        c.timer = Timer {
+            at: self.now + self.timeouts.body,
+            wait: c.timer.wait,
+            unsent: queued,
+        };
+        true
+    }
+
     /// Timers: expired sessions, stale idle backend connections, paused accepts.
     pub(super) fn sweep(&mut self) {
         #[cfg(debug_assertions)]
@@ -487,6 +527,10 @@ impl Worker {
                 self.drive(ck);
                 continue;
             }
+            if self.still_sending(ck) {
+                continue;
+            }
+            let c = &self.clients[ck];
             // What the timer waited for says what its expiry means.
             let fail = match c.timer.wait {
                 Wait::Idle | Wait::Tunnel | Wait::ClientReading => Fail::Close,
