@@ -1,6 +1,8 @@
 //! The admin endpoint (`--admin ADDR`): `GET /metrics` (Prometheus text format),
-//! `GET /status` (JSON) and `GET /healthz`. One thread with blocking sockets and
-//! timeouts, off the workers' path: a scrape only reads their atomics.
+//! `GET /status` (JSON) and `GET /healthz`, and with `--admin-token` the runtime
+//! control of backends: `POST /backends/NAME/drain`, `.../disable`, `.../enable`
+//! and `.../weight/N`. One thread with blocking sockets and timeouts, off the
+//! workers' path: a scrape only reads their atomics.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,13 +14,34 @@ use std::time::Duration;
 
 use crate::http::MAX_HEADERS;
 
-/// What the endpoint serves; the proxy's `ProxyStats` is one. The endpoint knows
-/// nothing else of the proxy.
+/// What the endpoint serves and steers; the proxy's `Reloader` is one. The
+/// endpoint knows nothing else of the proxy.
 pub trait Report: Send + 'static {
     /// The Prometheus text exposition (`GET /metrics`).
     fn prometheus(&self) -> String;
     /// The JSON status (`GET /status`).
     fn status_json(&self) -> String;
+    /// Whether `bearer` is the admin token; None when no token is configured
+    /// (then nothing may be changed).
+    fn authorize(&self, bearer: &[u8]) -> Option<bool>;
+    /// Apply `action` to the backends named `backend` (`host:port` as
+    /// configured): Ok with the JSON of their new state, or Err with the
+    /// status and why.
+    fn control(&self, backend: &str, action: Action) -> Result<String, (u16, String)>;
+}
+
+/// What an operator can do to a backend at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// No new requests; exchanges in flight finish; connections close as they
+    /// become idle.
+    Drain,
+    /// Out now, for maintenance (not health-checked).
+    Disable,
+    /// Back in service.
+    Enable,
+    /// Balance with this weight (until the configuration changes it).
+    Weight(u32),
 }
 
 /// The admin thread; dropping it stops the thread.
@@ -87,6 +110,25 @@ impl Drop for Admin {
     }
 }
 
+/// One answer: status, content type, body, and extra header lines.
+struct Answer {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    extra: &'static str,
+}
+
+impl Answer {
+    fn text(status: u16, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            content_type: "text/plain",
+            body: body.into(),
+            extra: "",
+        }
+    }
+}
+
 /// Answer one request, then close.
 fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
     conn.set_nonblocking(false)?;
@@ -94,7 +136,7 @@ fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
     conn.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
-    let (status, content_type, body) = loop {
+    let answer = loop {
         let n = conn.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());
@@ -105,49 +147,181 @@ fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
                 let head_only = req.method == Some("HEAD");
-                let (status, ctype, body) = route(&req, stats);
-                break (status, ctype, if head_only { String::new() } else { body });
+                let mut answer = route(&req, stats);
+                if head_only {
+                    answer.body.clear();
+                }
+                break answer;
             }
             Ok(httparse::Status::Partial) if len < buf.len() => {}
-            _ => break (400, "text/plain", "bad request\n".to_string()),
+            _ => break Answer::text(400, "bad request\n"),
         }
     };
-    let reason = match status {
+    let reason = match answer.status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
-        _ => "Method Not Allowed",
-    };
-    let allow = if status == 405 {
-        "Allow: GET, HEAD\r\n"
-    } else {
-        ""
+        405 => "Method Not Allowed",
+        _ => "Error",
     };
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
+        answer.status,
+        answer.content_type,
+        answer.body.len(),
+        answer.extra,
     );
     conn.write_all(head.as_bytes())?;
-    conn.write_all(body.as_bytes())?;
+    conn.write_all(answer.body.as_bytes())?;
     Ok(())
 }
 
-fn route(req: &httparse::Request<'_, '_>, stats: &dyn Report) -> (u16, &'static str, String) {
-    if !matches!(req.method, Some("GET" | "HEAD")) {
-        return (405, "text/plain", "GET only\n".into());
+fn route(req: &httparse::Request<'_, '_>, stats: &dyn Report) -> Answer {
+    let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+    if let Some(rest) = path.strip_prefix("/backends/") {
+        return steer(req, rest, stats);
     }
-    match req.path.unwrap_or("").split('?').next().unwrap_or("") {
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            stats.prometheus(),
-        ),
-        "/status" => (200, "application/json", stats.status_json() + "\n"),
-        "/healthz" => (200, "text/plain", "ok\n".into()),
-        _ => (
+    if !matches!(req.method, Some("GET" | "HEAD")) {
+        return Answer {
+            extra: "Allow: GET, HEAD\r\n",
+            ..Answer::text(405, "GET only\n")
+        };
+    }
+    match path {
+        "/metrics" => Answer {
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            ..Answer::text(200, stats.prometheus())
+        },
+        "/status" => Answer {
+            content_type: "application/json",
+            ..Answer::text(200, stats.status_json() + "\n")
+        },
+        "/healthz" => Answer::text(200, "ok\n"),
+        _ => Answer::text(
             404,
-            "text/plain",
-            "try /metrics, /status or /healthz\n".into(),
+            "try /metrics, /status, /healthz or POST /backends/NAME/(drain|disable|enable|weight/N)\n",
         ),
+    }
+}
+
+/// `POST /backends/NAME/ACTION`: authorised by the token, then applied.
+fn steer(req: &httparse::Request<'_, '_>, rest: &str, stats: &dyn Report) -> Answer {
+    if req.method != Some("POST") {
+        return Answer {
+            extra: "Allow: POST\r\n",
+            ..Answer::text(405, "POST only\n")
+        };
+    }
+    let bearer = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .map(|h| h.value.trim_ascii());
+    let token = bearer.and_then(|v| {
+        let (scheme, token) = v.split_at_checked(7)?;
+        scheme
+            .eq_ignore_ascii_case(b"bearer ")
+            .then_some(token.trim_ascii())
+    });
+    match (token, stats.authorize(token.unwrap_or(b""))) {
+        (_, None) => {
+            return Answer::text(
+                403,
+                "runtime control is off: start corelb with --admin-token FILE\n",
+            );
+        }
+        (None, Some(_)) => {
+            return Answer {
+                extra: "WWW-Authenticate: Bearer realm=\"corelb\"\r\n",
+                ..Answer::text(
+                    401,
+                    "send Authorization: Bearer TOKEN (the --admin-token file)\n",
+                )
+            };
+        }
+        (Some(_), Some(false)) => return Answer::text(403, "wrong token\n"),
+        (Some(_), Some(true)) => {}
+    }
+    let Some((name, action)) = parse_action(rest) else {
+        return Answer::text(
+            404,
+            "use /backends/HOST:PORT/drain, /disable, /enable or /weight/N\n",
+        );
+    };
+    let Some(name) = percent_decode(name) else {
+        return Answer::text(400, "bad percent-encoding in the backend name\n");
+    };
+    match stats.control(&name, action) {
+        Ok(json) => Answer {
+            content_type: "application/json",
+            ..Answer::text(200, json + "\n")
+        },
+        Err((status, why)) => Answer::text(status, why + "\n"),
+    }
+}
+
+/// `NAME/drain`, `NAME/disable`, `NAME/enable` or `NAME/weight/N` (N a number;
+/// its range is the proxy's to check).
+fn parse_action(rest: &str) -> Option<(&str, Action)> {
+    let (before, last) = rest.rsplit_once('/')?;
+    let action = match last {
+        "drain" => Action::Drain,
+        "disable" => Action::Disable,
+        "enable" => Action::Enable,
+        n => {
+            let (name, verb) = before.rsplit_once('/')?;
+            let w = n.parse().ok().filter(|_| verb == "weight")?;
+            return (!name.is_empty()).then_some((name, Action::Weight(w)));
+        }
+    };
+    (!before.is_empty()).then_some((before, action))
+}
+
+/// `%XX` escapes decoded (`[::1]:80` may come as `%5B%3A%3A1%5D:80`).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_parse_from_the_path() {
+        assert_eq!(
+            parse_action("127.0.0.1:80/drain"),
+            Some(("127.0.0.1:80", Action::Drain))
+        );
+        assert_eq!(parse_action("a:1/enable"), Some(("a:1", Action::Enable)));
+        assert_eq!(parse_action("a:1/disable"), Some(("a:1", Action::Disable)));
+        assert_eq!(
+            parse_action("[::1]:80/weight/7"),
+            Some(("[::1]:80", Action::Weight(7)))
+        );
+        assert_eq!(parse_action("a:1/weight/x"), None);
+        assert_eq!(parse_action("a:1/size/7"), None);
+        assert_eq!(parse_action("/drain"), None);
+        assert_eq!(parse_action("drain"), None);
+        assert_eq!(
+            percent_decode("%5B%3A%3A1%5D:80").as_deref(),
+            Some("[::1]:80")
+        );
+        assert_eq!(percent_decode("a%zz"), None);
+        assert_eq!(percent_decode("a%4"), None);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use crate::backends::AdminState;
 use crate::counters::{BUCKETS, CLASSES, Snapshot, WorkerMetrics, get};
 
 /// What a scrape shows besides the worker metrics.
@@ -24,6 +25,12 @@ pub struct View<'a> {
 pub struct BackendView<'a> {
     pub name: &'a str,
     pub up: bool,
+    /// What the operator set at run time: ready, drain or disabled.
+    pub admin_state: &'static str,
+    /// The weight it is balanced with.
+    pub weight: u32,
+    /// The share of its traffic slow start lets it have now (1: all).
+    pub ramp: f64,
     pub inflight: usize,
     /// Responses relayed from this backend and their latency, per worker.
     pub per_worker: Vec<Snapshot>,
@@ -139,7 +146,7 @@ pub fn prometheus(v: &View<'_>) -> String {
     );
     // One series per backend each.
     type PerBackend = fn(&BackendView<'_>) -> u64;
-    let per_backend: [(&str, &str, PerBackend); 2] = [
+    let per_backend: [(&str, &str, PerBackend); 3] = [
         (
             "corelb_backend_up",
             "1 when the backend takes requests (health checks and passive health agree).",
@@ -150,11 +157,46 @@ pub fn prometheus(v: &View<'_>) -> String {
             "Requests in flight (counted for least-connections and power-of-two only).",
             |b| b.inflight as u64,
         ),
+        (
+            "corelb_backend_weight",
+            "The weight the backend is balanced with (configured, or set at run time).",
+            |b| u64::from(b.weight),
+        ),
     ];
     for (name, help, value) in per_backend {
         family(&mut out, name, "gauge", help);
         for b in &v.backends {
             let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", label(b.name), value(b));
+        }
+    }
+    family(
+        &mut out,
+        "corelb_backend_slow_start_share",
+        "gauge",
+        "The share of its traffic slow start lets the backend have now (1 out of slow start).",
+    );
+    for b in &v.backends {
+        let _ = writeln!(
+            out,
+            "corelb_backend_slow_start_share{{backend=\"{}\"}} {:.3}",
+            label(b.name),
+            b.ramp
+        );
+    }
+    family(
+        &mut out,
+        "corelb_backend_admin_state",
+        "gauge",
+        "1 for the state the operator set at run time (ready, drain, disabled), 0 for the others.",
+    );
+    for b in &v.backends {
+        for state in AdminState::ALL.map(AdminState::name) {
+            let _ = writeln!(
+                out,
+                "corelb_backend_admin_state{{backend=\"{}\",state=\"{state}\"}} {}",
+                label(b.name),
+                u8::from(state == b.admin_state)
+            );
         }
     }
     family(
@@ -187,7 +229,7 @@ pub fn prometheus(v: &View<'_>) -> String {
     out
 }
 
-fn json_string(s: &str) -> String {
+pub fn json_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -201,6 +243,21 @@ fn json_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// One backend's state as JSON (in `/status`, and the answer to a runtime
+/// control request).
+pub fn backend_json(b: &BackendView<'_>) -> String {
+    let requests: u64 = b.per_worker.iter().flat_map(|s| s.responses).sum();
+    format!(
+        "{{\"address\":{},\"up\":{},\"admin_state\":\"{}\",\"weight\":{},\"ramp\":{:.3},\"inflight\":{},\"requests\":{requests}}}",
+        json_string(b.name),
+        b.up,
+        b.admin_state,
+        b.weight,
+        b.ramp,
+        b.inflight
+    )
 }
 
 /// The JSON status: configuration summary, backends, workers and their skew (the
@@ -244,17 +301,10 @@ pub fn status_json(v: &View<'_>) -> String {
     }
     out.push_str("}},\"backends\":[");
     for (i, b) in v.backends.iter().enumerate() {
-        let requests: u64 = b.per_worker.iter().flat_map(|s| s.responses).sum();
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(
-            out,
-            "{{\"address\":{},\"up\":{},\"inflight\":{},\"requests\":{requests}}}",
-            json_string(b.name),
-            b.up,
-            b.inflight
-        );
+        out.push_str(&backend_json(b));
     }
     out.push_str("],\"workers\":[");
     for (w, (accepted, requests, open)) in v.workers.iter().enumerate() {

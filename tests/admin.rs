@@ -299,7 +299,7 @@ fn status_healthz_and_errors() {
     for a in &addrs {
         assert!(
             body.contains(&format!(
-                "{{\"address\":\"{a}\",\"up\":true,\"inflight\":0,\"requests\":5}}"
+                "{{\"address\":\"{a}\",\"up\":true,\"admin_state\":\"ready\",\"weight\":1,\"ramp\":1.000,\"inflight\":0,\"requests\":5}}"
             )),
             "{body}"
         );

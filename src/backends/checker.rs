@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::health::Health;
+use super::health::{AdminState, Health};
 use crate::config::CheckConfig;
 use crate::log::Level;
 
@@ -135,6 +135,10 @@ impl Round<'_> {
             while open < MAX_PARALLEL && next < health.len() {
                 let b = next;
                 next += 1;
+                if health.member(b).admin_state() == AdminState::Disabled {
+                    // Out for maintenance: not checked (see `AdminState`).
+                    continue;
+                }
                 match self.start(health, config, b) {
                     Ok(()) => open += 1,
                     Err(why) => health.record_check(b, false, config.rise, config.fall, &why),

@@ -11,7 +11,9 @@
 //! state change is logged once, by whichever thread sees it first.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,8 +21,45 @@ use crate::config::Passive;
 use crate::counters::{BackendCounts, Padded};
 use crate::log::Level;
 
+/// What the operator set for a backend at run time (the admin endpoint's
+/// `drain`, `disable` and `enable`). A reload keeps it while the backend stays
+/// in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminState {
+    /// Takes requests when healthy.
+    Ready,
+    /// Takes no new requests; exchanges in flight finish, and its connections
+    /// close as they become idle. Still health-checked.
+    Drain,
+    /// Out for maintenance: no new requests, no pooled connections, no health
+    /// checks; with checks on, it comes back only after `rise` passing checks.
+    Disabled,
+}
+
+impl AdminState {
+    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Disabled];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Disabled => "disabled",
+        }
+    }
+
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            0 => AdminState::Ready,
+            1 => AdminState::Drain,
+            _ => AdminState::Disabled,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// `AdminState` as a number (0: ready).
+    admin: AtomicU8,
     /// Active checks' verdict (true when checks are off).
     checked_up: AtomicBool,
     /// Milliseconds since `epoch()` until which the backend cools down.
@@ -33,6 +72,9 @@ struct State {
     /// Consecutive active check results: positive passes, negative failures
     /// (written by the check thread only; kept across reloads).
     streak: AtomicI64,
+    /// When (ms since `epoch()`) it last came into service: its slow start
+    /// runs from then, or from the end of its cool-down if that is later.
+    ramp_from: AtomicU64,
 }
 
 /// The clock cool-downs are kept in, the same for every backend and every
@@ -54,6 +96,9 @@ pub struct Member {
     inflight: Padded<AtomicUsize>,
     /// Responses and their latency, by worker (each on its own cache lines).
     per_worker: Box<[Padded<BackendCounts>]>,
+    /// A weight set at run time: the configured weight it replaced in the high
+    /// 32 bits, the weight in the low ones (0: none). Read when a plan is built.
+    weight: AtomicU64,
 }
 
 impl Member {
@@ -69,7 +114,50 @@ impl Member {
             }),
             inflight: Padded::default(),
             per_worker: (0..workers.max(1)).map(|_| Padded::default()).collect(),
+            weight: AtomicU64::new(0),
         })
+    }
+
+    /// It comes into service now (a reload added it): slow start applies.
+    pub fn joined(&self) {
+        let now = Instant::now()
+            .saturating_duration_since(epoch())
+            .as_millis() as u64;
+        // 0 means never; the epoch may be this very millisecond.
+        self.state.0.ramp_from.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// What the operator set at run time.
+    pub fn admin_state(&self) -> AdminState {
+        AdminState::from_u8(self.state.0.admin.load(Ordering::Relaxed))
+    }
+
+    /// Whether its connections may be pooled (it is not drained or disabled).
+    pub fn pools(&self) -> bool {
+        self.state.0.admin.load(Ordering::Relaxed) == 0
+    }
+
+    /// Use `weight` in place of `configured` from the next plan on.
+    pub fn set_weight(&self, configured: u32, weight: u32) {
+        let packed = u64::from(configured) << 32 | u64::from(weight);
+        self.weight.store(packed, Ordering::Relaxed);
+    }
+
+    /// The weight to build a plan with when the configuration says `configured`:
+    /// the one set at run time, unless the configuration has changed this
+    /// backend's weight since (the newer word wins, and the runtime one is
+    /// forgotten).
+    pub fn weight_for(&self, configured: u32) -> u32 {
+        let packed = self.weight.load(Ordering::Relaxed);
+        let (was, weight) = ((packed >> 32) as u32, packed as u32);
+        if weight == 0 {
+            return configured;
+        }
+        if was != configured {
+            self.weight.store(0, Ordering::Relaxed);
+            return configured;
+        }
+        weight
     }
 
     /// Requests in flight, as the load-comparing algorithms see them.
@@ -114,6 +202,9 @@ pub struct Health {
     all_down_reported: AtomicBool,
     /// Write state changes to stderr (off in tests that count lines themselves).
     log: bool,
+    /// `--slow-start` in ms (0: off): a backend coming into service gets a share
+    /// of the picks that grows from nothing to all of its own over this long.
+    slow_start_ms: u64,
 }
 
 impl Health {
@@ -137,7 +228,57 @@ impl Health {
             last_kept_until: AtomicU64::new(0),
             all_down_reported: AtomicBool::new(false),
             log,
+            slow_start_ms: 0,
         }
+    }
+
+    /// With `--slow-start` (zero: off).
+    pub fn with_slow_start(mut self, window: Duration) -> Health {
+        self.slow_start_ms = window.as_millis() as u64;
+        self
+    }
+
+    /// Slow start is on.
+    pub fn slow_starts(&self) -> bool {
+        self.slow_start_ms != 0
+    }
+
+    /// Whether a pick whose random draw is `draw` may take backend `b` (which is
+    /// up), given its slow start: admitted with a probability that grows linearly
+    /// over the window, from 1/64 at its start. The same draw admits the same
+    /// backends at any later time, so a hash key that moved back stays back.
+    pub fn ramp_admits(&self, b: usize, now_ms: u64, draw: u64) -> bool {
+        let window = self.slow_start_ms;
+        if window == 0 {
+            return true;
+        }
+        let start = self.ramp_start(b);
+        if start == 0 {
+            // Never out of service: in service since the start.
+            return true;
+        }
+        let since = now_ms.saturating_sub(start);
+        since >= window || super::select::mix(draw ^ b as u64) % window < since.max(window / 64)
+    }
+
+    /// When backend `b`'s slow start began (0: never).
+    fn ramp_start(&self, b: usize) -> u64 {
+        let s = &self.members[b].state.0;
+        (s.ramp_from.load(Ordering::Relaxed)).max(s.down_until.load(Ordering::Relaxed))
+    }
+
+    /// The share of its full traffic backend `b` may get now (1.0 out of slow start).
+    pub fn ramp_share(&self, b: usize) -> f64 {
+        let window = self.slow_start_ms;
+        if window == 0 {
+            return 1.0;
+        }
+        let start = self.ramp_start(b);
+        if start == 0 {
+            return 1.0;
+        }
+        let since = self.now_ms().saturating_sub(start);
+        (since as f64 / window as f64).clamp(1.0 / 64.0, 1.0)
     }
 
     pub fn len(&self) -> usize {
@@ -180,7 +321,31 @@ impl Health {
     /// `is_up` at a time read once for several backends.
     pub fn is_up_at(&self, b: usize, now_ms: u64) -> bool {
         let s = &self.members[b].state.0;
-        s.checked_up.load(Ordering::Relaxed) && s.down_until.load(Ordering::Relaxed) <= now_ms
+        s.admin.load(Ordering::Relaxed) == 0
+            && s.checked_up.load(Ordering::Relaxed)
+            && s.down_until.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// The operator's word on backend `b` (`why` says who, for the log). With
+    /// checks on, a backend leaving `Disabled` was not checked while out: it
+    /// comes back after `rise` passing checks.
+    pub fn set_admin(&self, b: usize, state: AdminState, why: &str) {
+        let m = &self.members[b];
+        let s = &m.state.0;
+        let was = AdminState::from_u8(s.admin.swap(state as u8, Ordering::Relaxed));
+        if was == AdminState::Disabled && state != AdminState::Disabled && self.checks {
+            s.streak.store(0, Ordering::Relaxed);
+            s.checked_up.store(false, Ordering::Relaxed);
+        }
+        if self.log && was != state {
+            crate::log!(
+                Level::Info,
+                "corelb: backend {} is set to {} ({why})",
+                m.authority,
+                state.name()
+            );
+        }
+        self.report(m, self.is_up(b), &format!("{} ({why})", state.name()));
     }
 
     /// A connect failure, reset or timeout on backend `m` (given by its state: it
@@ -200,8 +365,9 @@ impl Health {
             s.fails.store(0, Ordering::Relaxed);
         }
         let fails = s.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        let up =
-            s.checked_up.load(Ordering::Relaxed) && s.down_until.load(Ordering::Relaxed) <= now;
+        let up = s.admin.load(Ordering::Relaxed) == 0
+            && s.checked_up.load(Ordering::Relaxed)
+            && s.down_until.load(Ordering::Relaxed) <= now;
         if fails < p.max_fails || !up {
             return;
         }
@@ -310,6 +476,7 @@ impl Health {
         {
             if up {
                 self.all_down_reported.store(false, Ordering::Relaxed);
+                s.ramp_from.store(self.now_ms().max(1), Ordering::Relaxed);
             }
             if self.log {
                 let state = if up { "up" } else { "down" };
@@ -386,6 +553,66 @@ mod tests {
         assert!(!h.is_up(0), "one pass of two");
         h.record_check(0, true, 2, 3, "passed");
         assert!(h.is_up(0), "back after rise passes, well inside the window");
+    }
+
+    #[test]
+    fn drain_and_disable_take_a_backend_out_and_a_disabled_one_needs_its_checks() {
+        let members = (0..2)
+            .map(|i| Member::new(SocketAddr::from(([0, 0, 0, 0], 0)), format!("b{i}"), 1))
+            .collect();
+        let h = Health::of(members, Passive::default(), true, false);
+        h.set_admin(0, AdminState::Drain, "test");
+        assert!(!h.is_up(0) && !h.member(0).pools());
+        h.set_admin(0, AdminState::Ready, "test");
+        assert!(h.is_up(0), "back from drain at once: its checks went on");
+        h.set_admin(0, AdminState::Disabled, "test");
+        assert!(!h.is_up(0));
+        h.set_admin(0, AdminState::Ready, "test");
+        assert!(!h.is_up(0), "not checked while disabled: checks first");
+        h.record_check(0, true, 2, 3, "pass");
+        h.record_check(0, true, 2, 3, "pass");
+        assert!(h.is_up(0));
+        // Passive health: a drained backend is not "up", so the last one up
+        // is kept in.
+        h.set_admin(1, AdminState::Drain, "test");
+        let strict = Health::of(
+            h.members().to_vec(),
+            Passive {
+                max_fails: 1,
+                window: Duration::from_secs(60),
+            },
+            true,
+            false,
+        );
+        strict.record_failure(strict.member(0));
+        assert!(strict.is_up(0) && strict.last_backend_kept());
+    }
+
+    #[test]
+    fn slow_start_admits_a_growing_share_and_keeps_what_it_admitted() {
+        let h = health(1, 3, 1000).with_slow_start(Duration::from_millis(1000));
+        let start = h.now_ms();
+        h.member(0).joined();
+        let share_at = |t: u64| {
+            (0..10_000u64)
+                .filter(|&d| h.ramp_admits(0, start + t, super::super::select::mix(d)))
+                .count() as f64
+                / 10_000.0
+        };
+        let shares: Vec<f64> = [0, 250, 500, 750, 1000]
+            .iter()
+            .map(|&t| share_at(t))
+            .collect();
+        assert!(shares[0] < 0.05, "{shares:?}");
+        assert!((shares[2] - 0.5).abs() < 0.05, "{shares:?}");
+        assert_eq!(shares[4], 1.0, "{shares:?}");
+        assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
+        // A draw admitted once stays admitted (a hash key does not flap).
+        for d in 0..1000 {
+            if h.ramp_admits(0, start + 300, d) {
+                assert!(h.ramp_admits(0, start + 600, d), "draw {d}");
+            }
+        }
     }
 
     #[test]

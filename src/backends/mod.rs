@@ -9,5 +9,5 @@ pub mod round_robin;
 pub mod select;
 
 pub use checker::Checker;
-pub use health::{Health, Member};
+pub use health::{AdminState, Health, Member};
 pub use select::Select;

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::health::Health;
+use super::select::Gate;
 use crate::counters::Padded;
 
 /// Round-robin over `len` backends, shared by all workers.
@@ -28,32 +28,26 @@ impl RoundRobin {
         self.next.0.fetch_add(1, Ordering::Relaxed) % self.len
     }
 
-    /// Like `pick`, over the backends `health` says are up, so the spread stays
-    /// even over those: the counter indexes the up ones, not the whole list. `None`
-    /// when every backend is down.
-    pub fn pick_up(&self, health: &Health) -> Option<usize> {
-        self.pick_up_at(health, health.now_ms())
-    }
-
-    /// `pick_up` at a time already read (`Health::ms_at`).
-    pub fn pick_up_at(&self, health: &Health, now: u64) -> Option<usize> {
+    /// Like `pick`, over the backends `gate` admits, so the spread stays even
+    /// over those: the counter indexes the admitted ones, not the whole list.
+    /// `None` when it admits none.
+    pub fn pick_up_at(&self, gate: &Gate<'_>) -> Option<usize> {
         let n = self.next.0.fetch_add(1, Ordering::Relaxed);
-        let up = (0..self.len).filter(|&b| health.is_up_at(b, now)).count();
+        let up = (0..self.len).filter(|&b| gate.admits(b)).count();
         if up == self.len {
             return Some(n % self.len);
         }
         if up == 0 {
             return None;
         }
-        (0..self.len)
-            .filter(|&b| health.is_up_at(b, now))
-            .nth(n % up)
+        (0..self.len).filter(|&b| gate.admits(b)).nth(n % up)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::Health;
 
     #[test]
     fn cycles_in_order_and_wraps() {
@@ -94,11 +88,11 @@ mod tests {
         health.set_checked(1, false, "test");
         let mut counts = [0; 3];
         for _ in 0..3000 {
-            counts[rr.pick_up(&health).unwrap()] += 1;
+            counts[rr.pick_up_at(&Gate::up(&health, health.now_ms())).unwrap()] += 1;
         }
         assert_eq!(counts, [1500, 0, 1500]);
         health.set_checked(0, false, "test");
         health.set_checked(2, false, "test");
-        assert_eq!(rr.pick_up(&health), None);
+        assert_eq!(rr.pick_up_at(&Gate::up(&health, health.now_ms())), None);
     }
 }

@@ -14,11 +14,70 @@ use crate::backends::Health;
 use crate::config::Algorithm;
 use crate::counters::Padded;
 
+/// Which backends one pick may take: those up and, with `--slow-start`, of
+/// those in slow start only a share that grows over the window. One pick asks
+/// about a backend as often as it likes and gets the same answer.
+pub struct Gate<'a> {
+    health: &'a Health,
+    now: u64,
+    draw: u64,
+    ramps: bool,
+}
+
+impl<'a> Gate<'a> {
+    /// The backends up at `now_ms`, without slow start (tools and tests).
+    pub fn up(health: &'a Health, now_ms: u64) -> Gate<'a> {
+        Gate {
+            health,
+            now: now_ms,
+            draw: 0,
+            ramps: false,
+        }
+    }
+
+    /// May the pick take backend `b`?
+    #[inline]
+    pub fn admits(&self, b: usize) -> bool {
+        self.health.is_up_at(b, self.now)
+            && (!self.ramps || self.health.ramp_admits(b, self.now, self.draw))
+    }
+}
+
+/// A draw for a pick that has no hash key: a per-thread sequence, well mixed.
+fn next_draw() -> u64 {
+    thread_local!(static DRAWS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    DRAWS.with(|d| {
+        let n = d.get().wrapping_add(1);
+        d.set(n);
+        mix(n ^ (d as *const _ as u64))
+    })
+}
+
 /// One balancing algorithm. `key` is the request's hash key (client address or a
 /// header; 0 for algorithms that do not use it).
 pub trait Select: Send + Sync + fmt::Debug {
+    /// The backend for a request among those `gate` admits.
+    fn choose(&self, key: u64, gate: &Gate<'_>) -> Option<usize>;
     /// The backend for a request, judging health at `now_ms` (`Health::ms_at`).
-    fn pick_at(&self, key: u64, health: &Health, now_ms: u64) -> Option<usize>;
+    /// In slow start a backend gets the share its ramp allows; when the ramps
+    /// leave no backend for a pick, any backend that is up will do.
+    fn pick_at(&self, key: u64, health: &Health, now_ms: u64) -> Option<usize> {
+        let mut gate = Gate {
+            health,
+            now: now_ms,
+            draw: 0,
+            ramps: health.slow_starts(),
+        };
+        if !gate.ramps {
+            return self.choose(key, &gate);
+        }
+        // A hash key is its own draw: the same keys come back to a backend first.
+        gate.draw = if self.uses_key() { key } else { next_draw() };
+        self.choose(key, &gate).or_else(|| {
+            gate.ramps = false;
+            self.choose(key, &gate)
+        })
+    }
     /// `pick_at` with the clock read here.
     fn pick(&self, key: u64, health: &Health) -> Option<usize> {
         self.pick_at(key, health, health.now_ms())
@@ -54,8 +113,8 @@ pub fn build(algorithm: Algorithm, backends: &[(&str, u32)]) -> Box<dyn Select> 
 struct RoundRobinSel(RoundRobin);
 
 impl Select for RoundRobinSel {
-    fn pick_at(&self, _: u64, health: &Health, now: u64) -> Option<usize> {
-        self.0.pick_up_at(health, now)
+    fn choose(&self, _: u64, gate: &Gate<'_>) -> Option<usize> {
+        self.0.pick_up_at(gate)
     }
 }
 
@@ -91,13 +150,13 @@ impl WeightedRoundRobin {
 }
 
 impl Select for WeightedRoundRobin {
-    fn pick_at(&self, _: u64, health: &Health, now: u64) -> Option<usize> {
+    fn choose(&self, _: u64, gate: &Gate<'_>) -> Option<usize> {
         let len = self.sequence.len();
         let n = self.next.0.fetch_add(1, Ordering::Relaxed);
         // A down backend's turns go to the next ones in the sequence.
         (0..len)
             .map(|i| self.sequence[(n + i) % len])
-            .find(|&b| health.is_up_at(b, now))
+            .find(|&b| gate.admits(b))
     }
 }
 
@@ -107,12 +166,13 @@ impl Select for WeightedRoundRobin {
 struct LeastConnections(RoundRobin);
 
 impl Select for LeastConnections {
-    fn pick_at(&self, _: u64, health: &Health, now: u64) -> Option<usize> {
+    fn choose(&self, _: u64, gate: &Gate<'_>) -> Option<usize> {
+        let health = gate.health;
         let len = health.len();
         let start = self.0.pick();
         (0..len)
             .map(|i| (start + i) % len)
-            .filter(|&b| health.is_up_at(b, now))
+            .filter(|&b| gate.admits(b))
             .min_by_key(|&b| health.inflight(b))
     }
     fn uses_inflight(&self) -> bool {
@@ -129,7 +189,7 @@ struct PowerOfTwo {
 }
 
 impl Select for PowerOfTwo {
-    fn pick_at(&self, _: u64, health: &Health, now: u64) -> Option<usize> {
+    fn choose(&self, _: u64, gate: &Gate<'_>) -> Option<usize> {
         let len = self.len;
         let r = mix(self.next.0.fetch_add(1, Ordering::Relaxed) as u64);
         let a = (r % len as u64) as usize;
@@ -138,7 +198,8 @@ impl Select for PowerOfTwo {
         } else {
             a
         };
-        match (health.is_up_at(a, now), health.is_up_at(b, now)) {
+        let health = gate.health;
+        match (gate.admits(a), gate.admits(b)) {
             (true, true) => Some(if health.inflight(b) < health.inflight(a) {
                 b
             } else {
@@ -147,9 +208,7 @@ impl Select for PowerOfTwo {
             (true, false) => Some(a),
             (false, true) => Some(b),
             // Both down: the first up one after them, if any.
-            (false, false) => (1..len)
-                .map(|i| (a + i) % len)
-                .find(|&c| health.is_up_at(c, now)),
+            (false, false) => (1..len).map(|i| (a + i) % len).find(|&c| gate.admits(c)),
         }
     }
     fn uses_inflight(&self) -> bool {
@@ -185,12 +244,12 @@ impl HashRing {
 }
 
 impl Select for HashRing {
-    fn pick_at(&self, key: u64, health: &Health, now: u64) -> Option<usize> {
+    fn choose(&self, key: u64, gate: &Gate<'_>) -> Option<usize> {
         let len = self.ring.len();
         let start = self.ring.partition_point(|&(h, _)| h < key);
         (0..len)
             .map(|i| self.ring[(start + i) % len].1)
-            .find(|&b| health.is_up_at(b, now))
+            .find(|&b| gate.admits(b))
     }
     fn uses_key(&self) -> bool {
         true

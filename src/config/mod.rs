@@ -115,6 +115,12 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// It spreads requests without regard to weights (only weighted-round-robin
+    /// and hash use them).
+    pub fn ignores_weights(self) -> bool {
+        !matches!(self, Algorithm::WeightedRoundRobin | Algorithm::Hash)
+    }
+
     pub const NAMES: &'static str =
         "round-robin, weighted-round-robin, least-connections, power-of-two, hash";
 
@@ -218,6 +224,8 @@ pub struct ProxyConfig {
     pub hash_header: Option<String>,
     /// Where the admin endpoint listens (off when `None`).
     pub admin: Option<SocketAddr>,
+    /// What admin requests that change state must carry (refused when `None`).
+    pub admin_token: Option<values::Secret>,
     /// The access log (off when `None`).
     pub access_log: Option<crate::access::Config>,
     /// The settings read only where they are used (see `table`).
@@ -245,6 +253,7 @@ impl ProxyConfig {
             algorithm: defaults::algorithm(),
             hash_header: None,
             admin: None,
+            admin_token: None,
             access_log: None,
             tune: Tunables::default(),
         }

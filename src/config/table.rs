@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::{Value, Walk};
-use super::values::{self, Show};
+use super::values::{self, Secret, Show};
 use super::{Algorithm, Backend, Built, CheckConfig, ProxyConfig, available_cores};
 use crate::access;
 use crate::log::Level;
@@ -291,6 +291,12 @@ settings! {
         admin: SocketAddr = text(values::address),
             flag "--admin", key "admin",
             into |b, v| b.config.admin = Some(v), restart admin;
+        /// a file holding the token (16 or more printable characters) that admin
+        /// requests which steer backends (drain, disable, enable, weight) must
+        /// send as "Authorization: Bearer TOKEN"; they are refused without it
+        admin_token: Secret = text(values::admin_token),
+            flag "--admin-token", key "admin_token",
+            into |b, v| b.config.admin_token = Some(v);
         /// send the backend's host:port as Host instead of the client's Host
         rewrite_host: bool = switch(values::on),
             flag "--rewrite-host", key "rewrite_host", default false,
@@ -429,6 +435,11 @@ settings! {
         /// (0: none); more are closed when their exchange ends
         max_idle_per_backend: usize = int(values::connections),
             flag "--max-idle-per-backend", key "limits.max_idle_per_backend", default 1024;
+        /// a backend coming into service (back from down, drain or disable, or
+        /// added by a reload) gets a share of its requests that grows from 1/64
+        /// to all over this long; every algorithm honours it (0: off)
+        slow_start: Duration = duration(values::duration_or_off),
+            flag "--slow-start", key "health.slow_start", default Duration::ZERO;
     }
 }
 
@@ -444,6 +455,12 @@ mod tests {
             "backend" => "127.0.0.1:9001".into(),
             "hash_header" => "X-User".into(),
             "admin" => "127.0.0.1:9900".into(),
+            "admin_token" => {
+                let path =
+                    std::env::temp_dir().join(format!("corelb-token-{}", std::process::id()));
+                std::fs::write(&path, "0123456789abcdef-token\n").unwrap();
+                path.display().to_string()
+            }
             "access_log" => "-".into(),
             "handover" => "/run/corelb.sock".into(),
             "health_path" => "/health".into(),

@@ -13,6 +13,52 @@ use super::{
 use crate::access;
 use crate::log::Level;
 
+/// A credential read from a file: compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// Whether `given` is this secret, in a time that depends on the secret's
+    /// length only (not on where a guess first differs).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let mine = &self.0;
+        let mut diff = mine.len() ^ given.len();
+        for (i, &m) in mine.iter().enumerate() {
+            let g = given.get(i).copied().unwrap_or(!m);
+            diff |= usize::from(std::hint::black_box(m ^ g));
+        }
+        diff == 0
+    }
+}
+
+/// Shortest admin token accepted.
+const MIN_TOKEN_BYTES: usize = 16;
+
+/// The admin token in the file at `path`: its content, less surrounding white
+/// space (a trailing newline).
+pub fn admin_token(path: &str) -> Result<Secret, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let token = text.trim_ascii();
+    if !token.iter().all(u8::is_ascii_graphic) {
+        return Err(format!(
+            "the token in {path} must be printable ASCII without spaces"
+        ));
+    }
+    if token.len() < MIN_TOKEN_BYTES {
+        return Err(format!(
+            "the token in {path} has {} bytes, fewer than {MIN_TOKEN_BYTES} (make one with: head -c 24 /dev/urandom | base64 > {path})",
+            token.len()
+        ));
+    }
+    Ok(Secret(token.to_vec()))
+}
+
 fn in_range(n: u64, lo: u64, hi: u64) -> Result<u64, String> {
     if (lo..=hi).contains(&n) {
         Ok(n)
@@ -196,6 +242,14 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration that may be zero for "off" (`0`, `0s`, `0ms`).
+pub fn duration_or_off(text: &str) -> Result<Duration, String> {
+    if !text.is_empty() && text.trim_end_matches(['m', 's']) == "0" {
+        return Ok(Duration::ZERO);
+    }
+    duration(text).map_err(|e| format!("{e}, or 0 for off"))
+}
+
 /// How a value is shown in `--help` and messages: durations as they are
 /// written (`30s`, `500ms`), lists joined by commas.
 pub trait Show {
@@ -238,6 +292,12 @@ impl Show for Level {
 impl Show for access::Format {
     fn show(&self) -> String {
         self.name().to_string()
+    }
+}
+
+impl Show for Secret {
+    fn show(&self) -> String {
+        "(a token)".into()
     }
 }
 

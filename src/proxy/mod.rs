@@ -43,6 +43,7 @@ use crate::config::ProxyConfig;
 use crate::counters::Padded;
 use crate::runtime::{self, StartError, Workers};
 
+mod control;
 mod exchange;
 mod fail;
 mod head;
@@ -232,7 +233,12 @@ impl Proxy {
                 crate::log!(crate::log::Level::Error, "corelb: worker stopped: {e}");
             }
         })?;
-        let report = ProxyStats(Arc::clone(&shared));
+        let checker = Arc::new(Mutex::new(checker));
+        let report = Reloader {
+            shared: Arc::clone(&shared),
+            controls: workers.controls(),
+            checker: Arc::clone(&checker),
+        };
         let admin = match (config.admin, taken_admin) {
             (Some(addr), Some(listener)) => Some(
                 Admin::start_on(listener, report)
@@ -248,7 +254,7 @@ impl Proxy {
             addrs,
             shared,
             listener_fds,
-            checker: Arc::new(Mutex::new(checker)),
+            checker,
             admin,
         })
     }

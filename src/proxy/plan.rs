@@ -59,6 +59,9 @@ pub struct Plan {
     /// The selector reads requests in flight / hash keys (else they are not kept).
     pub(super) count_inflight: bool,
     pub(super) hash_key: bool,
+    /// The weight each backend is balanced with (the configured one, or one set
+    /// at run time).
+    pub(super) weights: Vec<u32>,
 }
 
 impl Plan {
@@ -78,20 +81,27 @@ impl Plan {
                     .iter()
                     .find(|m| m.addr == b.addr && m.authority == b.authority)
                     .cloned()
-                    .unwrap_or_else(|| Member::new(b.addr, b.authority.clone(), workers))
+                    .unwrap_or_else(|| {
+                        let m = Member::new(b.addr, b.authority.clone(), workers);
+                        if number > 0 {
+                            // Added by a reload: it starts slowly.
+                            m.joined();
+                        }
+                        m
+                    })
             })
             .collect();
         let checks = config.health_check.is_some();
-        let health = Arc::new(Health::of(
-            members,
-            config.passive,
-            checks,
-            config.log_health,
-        ));
-        let backends: Vec<(&str, u32)> = config
-            .backends
-            .iter()
-            .map(|b| (b.authority.as_str(), b.weight))
+        let health = Arc::new(
+            Health::of(members, config.passive, checks, config.log_health)
+                .with_slow_start(config.tune.slow_start),
+        );
+        // A weight set at run time holds until the file changes that backend's.
+        let weights: Vec<u32> = (config.backends.iter().enumerate())
+            .map(|(i, b)| health.member(i).weight_for(b.weight))
+            .collect();
+        let backends: Vec<(&str, u32)> = (config.backends.iter().zip(&weights))
+            .map(|(b, &w)| (b.authority.as_str(), w))
             .collect();
         let selector = select::build(config.algorithm, &backends);
         Plan {
@@ -101,6 +111,7 @@ impl Plan {
             selector,
             health,
             config,
+            weights,
         }
     }
 }
@@ -133,6 +144,9 @@ impl ProxyStats {
                 .map(|(b, m)| metrics::BackendView {
                     name: &m.authority,
                     up: health.is_up(b),
+                    admin_state: m.admin_state().name(),
+                    weight: plan.weights[b],
+                    ramp: health.ramp_share(b),
                     inflight: m.inflight(),
                     per_worker: m.counts().map(|c| c.snapshot()).collect(),
                 })
@@ -167,15 +181,5 @@ impl ProxyStats {
                 open: s.0.open.load(Ordering::Relaxed),
             })
             .collect()
-    }
-}
-
-impl crate::admin::Report for ProxyStats {
-    fn prometheus(&self) -> String {
-        ProxyStats::prometheus(self)
-    }
-
-    fn status_json(&self) -> String {
-        ProxyStats::status_json(self)
     }
 }

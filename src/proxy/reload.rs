@@ -42,7 +42,18 @@ impl Reloader {
     /// Backends that stay (same address and name) keep their health, counters and
     /// pooled connections. The restart-only settings keep their running values and
     /// are listed in the result.
-    pub fn reload(&self, mut config: ProxyConfig) -> Result<Reloaded, StartError> {
+    pub fn reload(&self, config: ProxyConfig) -> Result<Reloaded, StartError> {
+        self.apply(config, false)
+    }
+
+    /// Build a new plan from `config` and hand it to every worker; `rebuild`:
+    /// even when the configuration is the one in force (a weight set at run
+    /// time changes the plan, not the configuration).
+    pub(super) fn apply(
+        &self,
+        mut config: ProxyConfig,
+        rebuild: bool,
+    ) -> Result<Reloaded, StartError> {
         if config.backends.is_empty() {
             return Err(StartError::NoBackends);
         }
@@ -64,7 +75,7 @@ impl Reloader {
             ..Reloaded::default()
         };
         config.log_health = old.log_health;
-        if config == *old {
+        if config == *old && !rebuild {
             result.unchanged = true;
             return Ok(result);
         }

@@ -616,6 +616,7 @@ impl Worker {
             if found == Leftover::Nothing
                 && now >= local.distrust_until
                 && local.live
+                && local.member.pools()
                 && reusable
                 && local.idle.len() < self.plan.config.tune.max_idle_per_backend
             {

@@ -561,8 +561,10 @@ impl Worker {
         let upstream_idle = self.timeouts.upstream_idle;
         for local in &mut self.locals {
             let upstreams = &mut self.upstreams;
+            // A drained or disabled backend keeps no idle connection.
+            let pools = local.member.pools();
             local.idle.retain(|&uk| {
-                let keep = upstreams[uk].idle_for(now) < upstream_idle;
+                let keep = pools && upstreams[uk].idle_for(now) < upstream_idle;
                 if !keep {
                     upstreams.remove(uk);
                 }
