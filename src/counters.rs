@@ -62,6 +62,9 @@ pub struct BackendCounts {
     pub responses: Classes,
     /// From a request head to the end of its response.
     pub latency: Histogram,
+    /// Open connections to the backend, busy or idle, as of the worker's last
+    /// timer sweep.
+    pub connections: AtomicU64,
 }
 
 impl BackendCounts {

@@ -31,6 +31,8 @@ pub struct BackendView<'a> {
     pub weight: u32,
     /// The share of its traffic slow start lets it have now (1: all).
     pub ramp: f64,
+    /// Open connections to it (as of each worker's last sweep).
+    pub connections: u64,
     pub inflight: usize,
     /// Responses relayed from this backend and their latency, per worker.
     pub per_worker: Vec<Snapshot>,
@@ -146,7 +148,7 @@ pub fn prometheus(v: &View<'_>) -> String {
     );
     // One series per backend each.
     type PerBackend = fn(&BackendView<'_>) -> u64;
-    let per_backend: [(&str, &str, PerBackend); 3] = [
+    let per_backend: [(&str, &str, PerBackend); 4] = [
         (
             "corelb_backend_up",
             "1 when the backend takes requests (health checks and passive health agree).",
@@ -156,6 +158,11 @@ pub fn prometheus(v: &View<'_>) -> String {
             "corelb_backend_inflight",
             "Requests in flight (counted for least-connections and power-of-two only).",
             |b| b.inflight as u64,
+        ),
+        (
+            "corelb_backend_connections",
+            "Open connections to the backend, busy or idle (each worker counts at its timer sweep, at least every 500 ms).",
+            |b| b.connections,
         ),
         (
             "corelb_backend_weight",
@@ -250,13 +257,14 @@ pub fn json_string(s: &str) -> String {
 pub fn backend_json(b: &BackendView<'_>) -> String {
     let requests: u64 = b.per_worker.iter().flat_map(|s| s.responses).sum();
     format!(
-        "{{\"address\":{},\"up\":{},\"admin_state\":\"{}\",\"weight\":{},\"ramp\":{:.3},\"inflight\":{},\"requests\":{requests}}}",
+        "{{\"address\":{},\"up\":{},\"admin_state\":\"{}\",\"weight\":{},\"ramp\":{:.3},\"inflight\":{},\"connections\":{},\"requests\":{requests}}}",
         json_string(b.name),
         b.up,
         b.admin_state,
         b.weight,
         b.ramp,
-        b.inflight
+        b.inflight,
+        b.connections
     )
 }
 

@@ -297,12 +297,17 @@ fn status_healthz_and_errors() {
         "{body}"
     );
     for a in &addrs {
-        assert!(
-            body.contains(&format!(
-                "{{\"address\":\"{a}\",\"up\":true,\"admin_state\":\"ready\",\"weight\":1,\"ramp\":1.000,\"inflight\":0,\"requests\":5}}"
-            )),
-            "{body}"
+        let entry = format!(
+            "{{\"address\":\"{a}\",\"up\":true,\"admin_state\":\"ready\",\"weight\":1,\"ramp\":1.000,\"inflight\":0,\"connections\":"
         );
+        let at = body
+            .find(&entry)
+            .unwrap_or_else(|| panic!("{entry} in {body}"));
+        let rest = &body[at + entry.len()..];
+        // Its pooled connections, as of the workers' last sweeps: one per worker at most.
+        let (connections, rest) = rest.split_once(',').unwrap();
+        assert!(connections.parse::<u64>().unwrap() <= 2, "{body}");
+        assert!(rest.starts_with("\"requests\":5}"), "{body}");
     }
     assert!(body.contains("\"skew\":"), "{body}");
     assert_eq!(

@@ -516,7 +516,10 @@ fn an_early_answer_says_close_or_keeps_the_connection_usable() {
             }
         }
     });
-    let proxy = proxy_for(&[backend.addr], 1);
+    // Streamed uploads: the backend gets the head before the body is in (a
+    // buffered body would wait for its end, which this client sends only after
+    // the answer).
+    let proxy = proxy_with(&[backend.addr], |c| c.tune.stream_uploads = true);
     let mut r = Reader::new(connect(proxy.local_addrs()[0]));
     r.stream
         .write_all(

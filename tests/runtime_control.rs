@@ -239,6 +239,10 @@ fn drain_lets_exchanges_in_flight_finish_sends_nothing_new_and_closes_its_connec
         2,
         "no new connection to A"
     );
+    wait_until(
+        || backend_field(&proxy, a_addr, "connections") == "0",
+        "/status shows A drained",
+    );
     assert_eq!(backend_field(&proxy, a_addr, "up"), "false");
     assert_eq!(
         metric(

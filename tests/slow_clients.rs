@@ -134,3 +134,101 @@ fn a_client_reading_at_32_kb_per_second_keeps_its_connection_and_gets_every_byte
         "read {slow_bytes} bytes at 32 KB/s over {slow_for:?} (body timeout {body_timeout:?}), then the rest"
     );
 }
+
+/// Twenty clients each uploading a 1 MB body at one byte per second hold no
+/// backend connection: the body is buffered first, and theirs neither ends nor
+/// fills the buffer. A normal request is served meanwhile. With
+/// `--stream-uploads`, the same clients hold one backend connection each.
+#[test]
+fn one_byte_per_second_uploads_hold_no_backend_connection() {
+    for stream in [false, true] {
+        let backend = Scripted::answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let proxy = proxy_with(&[backend.addr], |c| c.tune.stream_uploads = stream);
+        let addr = proxy.local_addrs()[0];
+        let mut uploads: Vec<std::net::TcpStream> = (0..20)
+            .map(|_| {
+                let mut s = connect(addr);
+                s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n")
+                    .unwrap();
+                s
+            })
+            .collect();
+        wait_until(
+            || proxy.counts()[0].open == 20,
+            "the proxy holds the 20 uploads",
+        );
+        let started = Instant::now();
+        for second in 1..=3 {
+            while started.elapsed() < Duration::from_secs(second) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            for s in &mut uploads {
+                s.write_all(b"x").unwrap();
+            }
+        }
+        let held = backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if stream {
+            assert_eq!(held, 20, "streamed, each upload has its backend connection");
+        } else {
+            assert_eq!(held, 0, "buffered, no upload reached the backend");
+            let mut s = connect(addr);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            assert_eq!(Reader::new(s).response().text(), "ok");
+        }
+        eprintln!(
+            "stream_uploads={stream}: 20 uploads at 1 B/s for 3 s held {held} backend connections"
+        );
+    }
+}
+
+/// Buffered, a chunked body that turns out malformed is refused with 400 before
+/// any of the request reaches a backend; a complete one goes through whole.
+#[test]
+fn a_buffered_body_is_judged_before_it_reaches_a_backend() {
+    let backend = Scripted::start(|mut s, _| {
+        while let Some(head) = read_head(&mut s) {
+            // The chunked body: to its last chunk and empty trailer.
+            let mut body = Vec::new();
+            let mut byte = [0u8; 1];
+            while !body.ends_with(b"0\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                body.push(byte[0]);
+            }
+            let text = format!("{} {}", head.lines().next().unwrap_or(""), body.len());
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            );
+            if s.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |_| {});
+    let addr = proxy.local_addrs()[0];
+    let mut s = connect(addr);
+    s.write_all(
+        b"POST /late HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    )
+    .unwrap();
+    s.write_all(b"zz\r\n").unwrap();
+    let mut r = Reader::new(s);
+    assert_eq!(r.response().status, 400);
+    r.expect_closed();
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing of the bad request reached the backend"
+    );
+    let mut s = connect(addr);
+    s.write_all(
+        b"POST /good HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    )
+    .unwrap();
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let resp = Reader::new(s).response();
+    assert_eq!(resp.text(), "POST /good HTTP/1.1 13");
+}

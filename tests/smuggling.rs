@@ -249,7 +249,9 @@ fn an_early_answer_while_the_body_is_unread_closes_both_sides() {
             }
         }
     });
-    let proxy = proxy_for(&[backend.addr], 1);
+    // Streamed uploads, so that the backend answers while most of the body is
+    // still unsent (buffered, a 1 MB body fills the buffer first anyway).
+    let proxy = proxy_with(&[backend.addr], |c| c.tune.stream_uploads = true);
     let mut s = connect(proxy.local_addrs()[0]);
     s.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n")
         .unwrap();
@@ -398,7 +400,10 @@ fn bad_chunk_framing_is_400_and_reaches_the_backend_not_at_all() {
 #[test]
 fn a_body_that_turns_bad_later_is_cut_and_never_completes_at_the_backend() {
     let (backend, log) = recorder();
-    let proxy = proxy_for(&[backend.addr], 1);
+    // Streamed uploads: the head goes on before the body is in. (Buffered, the
+    // bad chunk is found before any of the request reaches a backend: see
+    // tests/slow_clients.rs.)
+    let proxy = proxy_with(&[backend.addr], |c| c.tune.stream_uploads = true);
     let mut s = connect(proxy.local_addrs()[0]);
     s.write_all(
         b"POST /late HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",

@@ -181,6 +181,21 @@ impl Member {
         c.latency.observe(took);
     }
 
+    /// Worker `worker` has `n` connections open to this backend.
+    pub fn set_connections(&self, worker: usize, n: u64) {
+        self.per_worker[worker]
+            .0
+            .connections
+            .store(n, Ordering::Relaxed);
+    }
+
+    /// Open connections to it, over every worker (as of their last sweeps).
+    pub fn connections(&self) -> u64 {
+        (self.per_worker.iter())
+            .map(|c| c.0.connections.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// What each worker counted for this backend.
     pub fn counts(&self) -> impl Iterator<Item = &BackendCounts> {
         self.per_worker.iter().map(|p| &p.0)

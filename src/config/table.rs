@@ -435,6 +435,11 @@ settings! {
         /// (0: none); more are closed when their exchange ends
         max_idle_per_backend: usize = int(values::connections),
             flag "--max-idle-per-backend", key "limits.max_idle_per_backend", default 1024;
+        /// send a request body to the backend as it arrives; by default up to
+        /// one request buffer of it is read first, so a slow uploader holds no
+        /// backend connection until its body is in or fills the buffer
+        stream_uploads: bool = switch(values::on),
+            flag "--stream-uploads", key "limits.stream_uploads", default false;
         /// a backend coming into service (back from down, drain or disable, or
         /// added by a reload) gets a share of its requests that grows from 1/64
         /// to all over this long; every algorithm honours it (0: off)

@@ -102,8 +102,12 @@ pub(super) struct Exchange {
     pub(super) req: RequestInfo,
     pub(super) sending: ReqState,
     pub(super) resp: RespState,
-    /// The backend connection it uses (none only while one is being found).
+    /// The backend connection it uses (none while one is being found, or while
+    /// the body is buffered).
     pub(super) upstream: Option<usize>,
+    /// The request body is read into the request buffer before a backend
+    /// connection is taken (see `Worker::step_buffering`).
+    pub(super) buffering: bool,
     pub(super) close_after: bool,
     pub(super) backend: usize,
     pub(super) retried: bool,
@@ -133,6 +137,7 @@ impl Exchange {
             },
             resp: RespState::WAITING,
             upstream: None,
+            buffering: false,
             close_after: !req.keep_alive,
             backend,
             retried: false,

@@ -109,8 +109,8 @@ impl Worker {
             Phase::Exchange(x) => {
                 let b = c.bufs.as_ref().ok_or("in an exchange without buffers")?;
                 ensure(
-                    x.upstream.is_some(),
-                    "in an exchange without a backend connection",
+                    x.upstream.is_some() != x.buffering,
+                    "in an exchange without a backend connection (or buffering with one)",
                 )?;
                 ensure(
                     x.kept().len() + x.req_pending() <= b.req.len(),

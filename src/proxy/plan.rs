@@ -147,6 +147,7 @@ impl ProxyStats {
                     admin_state: m.admin_state().name(),
                     weight: plan.weights[b],
                     ramp: health.ramp_share(b),
+                    connections: m.connections(),
                     inflight: m.inflight(),
                     per_worker: m.counts().map(|c| c.snapshot()).collect(),
                 })

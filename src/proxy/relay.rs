@@ -24,9 +24,10 @@ pub(super) fn answer_began(x: &mut Exchange, req: &mut Buf, u: &mut Upstream) {
     x.release_kept(req);
 }
 
-/// Client -> backend: read the request body (or pipelined requests, bounded by the
-/// buffer), find where the body ends, and send the head and body bytes.
-pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -> Step {
+/// Client -> buffer: read the request body (or pipelined requests, bounded by the
+/// buffer) and find where the body ends, in what is buffered after the bytes
+/// already known; the bytes found become pending for the backend.
+pub(super) fn take_request(c: &mut Client, max_body: u64) -> Step {
     let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_mut()) else {
         return Err(Fail::Close);
     };
@@ -78,6 +79,16 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
             ReqState::Sent { .. } => {}
         }
     }
+    Ok(progress)
+}
+
+/// Client -> backend: take what the client sent (`take_request`), then send the
+/// head and body bytes.
+pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -> Step {
+    let mut progress = take_request(c, max_body)?;
+    let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_mut()) else {
+        return Err(Fail::Close);
+    };
 
     // Buffer -> backend: the rewritten head, then body bytes as they are known.
     let ReqState::Sending {

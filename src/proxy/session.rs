@@ -17,7 +17,7 @@ use crate::io::{ReadOutcome, Ready, read_into, write_two};
 
 use super::exchange::{Exchange, ReqState, RespState};
 use super::head::parse_request_head;
-use super::relay::{relay_request, relay_response, relay_tunnel};
+use super::relay::{relay_request, relay_response, relay_tunnel, take_request};
 use super::upstream::{Leftover, Role, check_connected, leftover_seen};
 use super::worker::Worker;
 use super::{DRAIN_GRACE, MAX_DRAIN_BYTES, MAX_KEPT_HEAD, MAX_STEPS_PER_TURN};
@@ -387,7 +387,9 @@ impl Worker {
                 {
                     None
                 }
-                RespState::Waiting { .. } if c.waits_on_client_body() => Some(Wait::ClientBody),
+                RespState::Waiting { .. } if x.buffering || c.waits_on_client_body() => {
+                    Some(Wait::ClientBody)
+                }
                 RespState::Waiting { .. } if c.waits_on_client_reading() => {
                     Some(Wait::ClientReading)
                 }
@@ -507,7 +509,18 @@ impl Worker {
         bufs.head_at = None;
         let mut x = Exchange::new(info, backend, self.now);
         x.close_after |= self.shutdown_deadline.is_some();
+        // A body is buffered first (up to the request buffer), so a slow
+        // uploader holds no backend connection meanwhile; not a client that
+        // waits for a 100 Continue before it sends its body.
+        x.buffering = !self.plan.config.tune.stream_uploads
+            && !info.expect_continue
+            && matches!(&x.sending, ReqState::Sending { body, .. } if !body.is_done());
+        let buffering = x.buffering;
         c.phase = Phase::Exchange(x);
+        if buffering {
+            c.timer = Timer::new(self.now + self.timeouts.body, Wait::ClientBody);
+            return Ok(());
+        }
         self.hold(ck, backend);
         // Arms the timer: a connect, or the response head on a pooled connection
         // (a failure to connect arms its own, in `fail`).
@@ -519,6 +532,9 @@ impl Worker {
     pub(super) fn step_exchange(&mut self, ck: usize) -> Step {
         let c = &mut self.clients[ck];
         let Some(uk) = c.upstream() else {
+            if c.exchange().is_some_and(|x| x.buffering) {
+                return self.step_buffering(ck);
+            }
             return Err(Fail::Reject(Reject::BadGateway));
         };
         let u = &mut self.upstreams[uk];
@@ -575,6 +591,31 @@ impl Worker {
             }
         }
         Ok(progress)
+    }
+
+    /// Read the request body into the request buffer until all of it is there,
+    /// or the buffer is full; then take a backend connection and relay as usual.
+    /// Meanwhile the exchange waits on the client (the body timeout, then 408),
+    /// and nothing of it reaches, or is counted against, a backend.
+    fn step_buffering(&mut self, ck: usize) -> Step {
+        let max_body = self.plan.config.max_body_bytes;
+        let c = &mut self.clients[ck];
+        let progress = take_request(c, max_body)?;
+        let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_ref()) else {
+            return Err(Fail::Close);
+        };
+        let all_in = match &x.sending {
+            ReqState::Sending { body, .. } => body.is_done(),
+            _ => true,
+        };
+        if !all_in && !bufs.req.is_full() {
+            return Ok(progress);
+        }
+        x.buffering = false;
+        let backend = x.backend;
+        self.hold(ck, backend);
+        self.connect_upstream(ck, backend, true)?;
+        Ok(true)
     }
 
     /// The response has been written in full: recycle or close the backend

@@ -53,6 +53,8 @@ pub(super) struct Worker {
     /// Access log lines not yet written out.
     pub(super) access: access::Buffer,
     pub(super) expired: Vec<usize>,
+    /// Connections per backend (by `locals` index), counted at each sweep.
+    per_backend: Vec<u64>,
     /// Set once shutdown has begun: when the worker stops regardless.
     pub(super) shutdown_deadline: Option<Instant>,
     pub(super) nodelay: runtime::NodelayInherited,
@@ -92,6 +94,7 @@ impl Worker {
             at_limit: false,
             access: access::Buffer::default(),
             expired: Vec::new(),
+            per_backend: Vec::new(),
             shutdown_deadline: None,
             nodelay: runtime::NodelayInherited::Unknown,
             defer_writes: false,
@@ -248,6 +251,8 @@ impl Worker {
             });
         }
         self.map = map.into_iter().flatten().collect();
+        // Sized here, not in the sweep, which allocates nothing.
+        self.per_backend.resize(self.locals.len(), 0);
         self.timeouts = plan.config.timeouts;
         self.stats().plan.store(plan.number, Ordering::Relaxed);
         self.sweep_interval =
@@ -570,6 +575,14 @@ impl Worker {
                 }
                 keep
             });
+        }
+        // Published for /status and /metrics: when a drained backend is done.
+        self.per_backend.iter_mut().for_each(|n| *n = 0);
+        for (_, u) in &self.upstreams {
+            self.per_backend[u.backend] += 1;
+        }
+        for (local, &n) in self.locals.iter().zip(&self.per_backend) {
+            local.member.set_connections(self.id, n);
         }
         if self.accept_paused {
             for i in 0..self.ctx.listeners.len() {
