@@ -17,9 +17,9 @@ use corelb::log;
 use corelb::log::Level;
 use corelb::origin::demo::Demo;
 use corelb::proxy::WorkerCounts;
-use corelb::runtime::handover;
+use corelb::runtime::{handover, systemd};
 use corelb::{Origin, Proxy};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 #[derive(FromArgs)]
@@ -95,10 +95,10 @@ fn raise_open_files_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }
 
-/// SIGINT and SIGTERM, caught so that the first one stops gracefully, and SIGUSR1,
-/// which asks for a report.
+/// SIGINT and SIGTERM, caught so that the first one stops gracefully, SIGUSR1,
+/// which asks for a report, SIGHUP (reload) and SIGUSR2 (binary upgrade).
 fn stop_signals() -> Result<Signals, String> {
-    Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP])
+    Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2])
         .map_err(|e| format!("cannot install signal handlers: {e}"))
 }
 
@@ -112,23 +112,24 @@ fn report_counts(counts: &[WorkerCounts]) {
     }
 }
 
-/// Wait for a stop signal (running `report` on each SIGUSR1 and `reload` on each
-/// SIGHUP), then run `stop`, which lets requests in flight finish. A second stop
-/// signal while it runs ends the process at once, with exit code 1.
+/// Wait for a stop signal (running `report` on each SIGUSR1, `reload` on each
+/// SIGHUP and `upgrade` on each SIGUSR2), then run `stop`, which lets requests in
+/// flight finish. A second stop signal while it runs ends the process at once,
+/// with exit code 1.
 fn run_until_signal<R: Send + 'static>(
     mut signals: Signals,
     what: &str,
     report: impl Fn(),
     reload: impl Fn(),
+    upgrade: impl Fn(),
     stop: impl FnOnce() -> R + Send + 'static,
 ) -> R {
     for signal in signals.forever() {
-        if signal == SIGUSR1 {
-            report();
-        } else if signal == SIGHUP {
-            reload();
-        } else {
-            break;
+        match signal {
+            SIGUSR1 => report(),
+            SIGHUP => reload(),
+            SIGUSR2 => upgrade(),
+            _ => break,
         }
     }
     log!(
@@ -143,7 +144,7 @@ fn run_until_signal<R: Send + 'static>(
         if let Ok(result) = done_rx.recv_timeout(Duration::from_millis(50)) {
             return result;
         }
-        if signals.pending().any(|s| s != SIGUSR1 && s != SIGHUP) {
+        if signals.pending().any(|s| s == SIGINT || s == SIGTERM) {
             eprintln!("{what}: stopped without waiting for requests in flight");
             std::process::exit(1);
         }
@@ -182,6 +183,49 @@ fn nothing_to_reload(what: &str) {
         Level::Info,
         "{what}: SIGHUP: nothing to reload (the configuration is the command line)"
     );
+}
+
+/// SIGUSR2 where there is no handover to make.
+fn nothing_to_upgrade(what: &str) {
+    log!(
+        Level::Warn,
+        "{what}: SIGUSR2: binary upgrades are for corelb serve with --handover"
+    );
+}
+
+/// SIGUSR2: start the successor (this binary's path, these arguments), which
+/// takes the listeners over `--handover`; this process then drains and exits.
+/// A successor that exits before that is logged, and this process serves on.
+fn upgrade(has_handover: bool) {
+    if !has_handover {
+        return log!(
+            Level::Error,
+            "corelb: SIGUSR2: a binary upgrade hands the listeners over --handover, which is not set; still serving"
+        );
+    }
+    match systemd::start_successor() {
+        Ok(mut child) => {
+            let pid = child.id();
+            log!(
+                Level::Info,
+                "corelb: SIGUSR2: started the successor (pid {pid}); it takes over the listeners"
+            );
+            std::thread::spawn(move || {
+                if let Ok(status) = child.wait()
+                    && !status.success()
+                {
+                    log!(
+                        Level::Error,
+                        "corelb: the successor (pid {pid}) exited ({status}); still serving"
+                    );
+                }
+            });
+        }
+        Err(e) => log!(
+            Level::Error,
+            "corelb: SIGUSR2: cannot start the successor: {e}; still serving"
+        ),
+    }
 }
 
 /// SIGHUP: read the config file again and apply it. A file with problems changes
@@ -303,6 +347,7 @@ fn serve(args: Serve) -> ExitCode {
         Ok(p) => p,
         Err(e) => return start_error(&e, |name| built.spelled(name)),
     };
+    let took_over = taken.is_some();
     if let Some(t) = taken {
         match t.ready() {
             Ok(()) => log!(
@@ -361,14 +406,21 @@ fn serve(args: Serve) -> ExitCode {
         cfg.algorithm,
         backends.join(", ")
     );
+    systemd::ready(took_over);
     let stats = proxy.stats();
     let reloader = proxy.reloader();
     let counts = run_until_signal(
         signals,
         "corelb",
         || report_counts(&stats.counts()),
-        || reload(&cli, config_path.as_deref(), &reloader),
+        || {
+            systemd::reloading();
+            reload(&cli, config_path.as_deref(), &reloader);
+            systemd::ready(false);
+        },
+        || upgrade(handover_path.is_some()),
         move || {
+            systemd::stopping();
             // From here on the listeners may close: a successor must not get them.
             *offered.lock().unwrap_or_else(|e| e.into_inner()) = None;
             let mut proxy = proxy;
@@ -407,6 +459,7 @@ fn backend(args: BackendCmd) -> ExitCode {
         "corelb backend",
         || eprintln!("corelb backend: {addr}: {} requests", requests()),
         || nothing_to_reload("corelb backend"),
+        || nothing_to_upgrade("corelb backend"),
         move || origin.shutdown(),
     );
     ExitCode::SUCCESS
@@ -433,6 +486,7 @@ fn demo(args: DemoCmd) -> ExitCode {
         "corelb demo",
         || report_counts(&stats.counts()),
         || nothing_to_reload("corelb demo"),
+        || nothing_to_upgrade("corelb demo"),
         move || demo.shutdown(),
     );
     println!("\nstopped after {requests} requests");

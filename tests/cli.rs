@@ -36,9 +36,15 @@ fn wait_exit(mut child: Child, what: &str) -> std::process::Output {
 /// fails kills the children it started (`kill_children_on_panic`): left running,
 /// they would keep ports and backends busy for the tests after it.
 fn spawn(program: &str, args: &[&str]) -> Child {
+    spawn_env(program, args, &[])
+}
+
+/// `spawn` with these environment variables set.
+fn spawn_env(program: &str, args: &[&str], env: &[(&str, &std::path::Path)]) -> Child {
     kill_children_on_panic();
     let child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -743,8 +749,86 @@ fn restart_with_handover_under_load_loses_no_request() {
         "--workers",
         "2",
     ];
-    handover_under_load("restart", &args, addr, None);
+    handover_under_load("restart", &args, addr, None, Successor::Started);
     stop(origin, "-TERM");
+}
+
+/// The binary upgrade under systemd, with the test playing systemd's part: a
+/// notify socket (`NOTIFY_SOCKET`) that gets `READY=1`; SIGUSR2 to the main
+/// process, which starts its successor; `MAINPID` and `READY=1` from the
+/// successor; the old process exits by itself; `STOPPING=1` at the end. No
+/// request fails throughout (the unit is `scripts/corelb.service`).
+#[test]
+fn a_binary_upgrade_by_sigusr2_under_load_loses_no_request() {
+    let (origin, origin_addr) = start_origin(&[]);
+    let backend = origin_addr.to_string();
+    let (addr, admin) = (free_port(), free_port());
+    let (listen, admin_arg) = (addr.to_string(), admin.to_string());
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/corelb.toml");
+    let args = [
+        "serve",
+        "--config",
+        example,
+        "--backend",
+        &backend,
+        "--listen",
+        &listen,
+        "--admin",
+        &admin_arg,
+    ];
+    handover_under_load("upgrade", &args, addr, Some(admin), Successor::Upgrade);
+    stop(origin, "-TERM");
+}
+
+/// How the successor of a handover starts.
+#[derive(PartialEq)]
+enum Successor {
+    /// The test starts it, as an operator would by hand.
+    Started,
+    /// SIGUSR2 to the running process, which starts it, under a notify socket
+    /// the test reads as systemd would.
+    Upgrade,
+}
+
+/// A notify socket, as systemd's (`NOTIFY_SOCKET`), whose messages the test reads.
+struct Notify {
+    sock: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl Notify {
+    fn new(dir: &std::path::Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Notify { sock, path }
+    }
+
+    /// The next message that contains `what` (others are skipped).
+    fn expect(&self, what: &str) -> String {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = self
+                .sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {what} on the notify socket: {e}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.contains(what) {
+                return msg;
+            }
+        }
+    }
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaps).
+fn ended(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
 }
 
 /// The shipped example config sets `admin`: the admin endpoint is handed over
@@ -767,7 +851,13 @@ fn restart_with_handover_and_the_example_config_keeps_the_admin_endpoint() {
         "--admin",
         &admin_arg,
     ];
-    handover_under_load("restart-admin", &args, addr, Some(admin));
+    handover_under_load(
+        "restart-admin",
+        &args,
+        addr,
+        Some(admin),
+        Successor::Started,
+    );
     stop(origin, "-TERM");
 }
 
@@ -776,14 +866,26 @@ fn restart_with_handover_and_the_example_config_keeps_the_admin_endpoint() {
 /// the admin endpoint), start a successor with the same arguments, and check
 /// that the old process exits, the new one serves, and no request failed. The
 /// handover socket is in a directory called after `name` (one per test).
-fn handover_under_load(name: &str, args: &[&str], addr: SocketAddr, admin: Option<SocketAddr>) {
+fn handover_under_load(
+    name: &str,
+    args: &[&str],
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    how: Successor,
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let dir = temp_dir(name);
     let sock = dir.join("handover.sock");
     let mut args: Vec<&str> = args.to_vec();
     args.extend(["--handover", sock.to_str().unwrap()]);
-    let old = start(&args, addr);
+    let notify = Notify::new(&dir);
+    let mut old = spawn_env(BIN, &args, &[("NOTIFY_SOCKET", &notify.path)]);
+    notify.expect("READY=1");
+    assert!(
+        std::net::TcpStream::connect(addr).is_ok(),
+        "ready, but not listening"
+    );
 
     let running = Arc::new(AtomicBool::new(true));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -834,14 +936,34 @@ fn handover_under_load(name: &str, args: &[&str], addr: SocketAddr, admin: Optio
         "the old process serves the load",
     );
     // The successor takes the listeners; the old process drains and exits by itself.
-    let new = spawn(BIN, &args);
-    let old_out = wait_exit(old, "the old corelb did not exit after the handover");
-    assert_eq!(
-        old_out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&old_out.stderr)
-    );
+    let new = match how {
+        Successor::Started => Ok(spawn(BIN, &args)),
+        Successor::Upgrade => {
+            signal(&old.id().to_string(), "-USR2");
+            let msg = notify.expect("MAINPID=");
+            assert!(msg.contains("READY=1"), "{msg}");
+            let pid = msg
+                .lines()
+                .find_map(|l| l.strip_prefix("MAINPID="))
+                .unwrap();
+            assert_ne!(pid, old.id().to_string(), "{msg}");
+            Err(pid.to_string())
+        }
+    };
+    // The successor writes to the old process's stderr pipe: wait for the old
+    // one's exit without reading it to its end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let old_status = loop {
+        if let Some(status) = old.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old corelb did not exit after the handover"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(old_status.code(), Some(0), "the old corelb's exit");
     let (before_handover, admin_before) =
         (ok.load(Ordering::Relaxed), admin_ok.load(Ordering::Relaxed));
     wait_until(
@@ -858,7 +980,17 @@ fn handover_under_load(name: &str, args: &[&str], addr: SocketAddr, admin: Optio
     for t in load {
         t.join().unwrap();
     }
-    let new_out = stop(new, "-TERM");
+    let (old_out, new_out) = match new {
+        Ok(new) => (old.wait_with_output().unwrap(), stop(new, "-TERM")),
+        Err(pid) => {
+            signal(&pid, "-TERM");
+            notify.expect("STOPPING=1");
+            wait_until(|| ended(&pid), "the successor stops on SIGTERM");
+            // Its output went with the old process's.
+            let out = old.wait_with_output().unwrap();
+            (out.clone(), out)
+        }
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let old_err = String::from_utf8_lossy(&old_out.stderr);
     let new_err = String::from_utf8_lossy(&new_out.stderr);
