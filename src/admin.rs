@@ -8,15 +8,15 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::http::MAX_HEADERS;
 
 /// What the endpoint serves and steers; the proxy's `Reloader` is one. The
 /// endpoint knows nothing else of the proxy.
-pub trait Report: Send + 'static {
+pub trait Report: Send + Sync + 'static {
     /// The Prometheus text exposition (`GET /metrics`).
     fn prometheus(&self) -> String;
     /// The JSON status (`GET /status`).
@@ -44,6 +44,18 @@ pub enum Action {
     Weight(u32),
 }
 
+/// Connections answered at once, each on a thread of its own; more wait in the
+/// listen backlog. A slow client holds one for at most `REQUEST_DEADLINE` plus
+/// `WRITE_TIMEOUT`, so it cannot stall the endpoint, nor a shutdown or handover.
+const MAX_SERVING: usize = 8;
+
+/// The whole request head must arrive within this long of the connection's
+/// accept (408 otherwise), however it trickles in.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Each write of the answer must go out within this long.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The admin thread; dropping it stops the thread.
 pub struct Admin {
     addr: SocketAddr,
@@ -67,13 +79,30 @@ impl Admin {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let stats: Arc<dyn Report> = Arc::new(stats);
+        let serving = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name("corelb-admin".into())
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
+                    if serving.load(Ordering::Acquire) >= MAX_SERVING {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
                     match listener.accept() {
                         Ok((conn, _)) => {
-                            let _ = serve(conn, &stats);
+                            let (stats, serving) = (Arc::clone(&stats), Arc::clone(&serving));
+                            serving.fetch_add(1, Ordering::AcqRel);
+                            let spawned = std::thread::Builder::new()
+                                .name("corelb-admin-conn".into())
+                                .spawn(move || {
+                                    let _ = serve(conn, &*stats);
+                                    serving.fetch_sub(1, Ordering::AcqRel);
+                                });
+                            if spawned.is_err() {
+                                // The connection was dropped with the closure.
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20));
@@ -132,12 +161,29 @@ impl Answer {
 /// Answer one request, then close.
 fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
     conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
     let answer = loop {
-        let n = conn.read(&mut buf[len..])?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Answer::text(408, "the request did not arrive within 2 s\n");
+        }
+        conn.set_read_timeout(Some(left))?;
+        let n = match conn.read(&mut buf[len..]) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break Answer::text(408, "the request did not arrive within 2 s\n");
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -164,6 +210,7 @@ fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         _ => "Error",
     };
     let head = format!(
@@ -272,8 +319,18 @@ fn parse_action(rest: &str) -> Option<(&str, Action)> {
         "enable" => Action::Enable,
         n => {
             let (name, verb) = before.rsplit_once('/')?;
-            let w = n.parse().ok().filter(|_| verb == "weight")?;
-            return (!name.is_empty()).then_some((name, Action::Weight(w)));
+            if verb != "weight" || name.is_empty() || n.is_empty() {
+                return None;
+            }
+            // Digits only; a number too large for a weight is the proxy's to
+            // refuse (400), not an unknown path.
+            if !n.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let w = n
+                .parse::<u64>()
+                .map_or(u32::MAX, |w| u32::try_from(w).unwrap_or(u32::MAX));
+            return Some((name, Action::Weight(w)));
         }
     };
     (!before.is_empty()).then_some((before, action))
@@ -286,8 +343,11 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -314,6 +374,12 @@ mod tests {
             Some(("[::1]:80", Action::Weight(7)))
         );
         assert_eq!(parse_action("a:1/weight/x"), None);
+        assert_eq!(parse_action("a:1/weight/+5"), None);
+        assert_eq!(parse_action("a:1/weight/-1"), None);
+        assert_eq!(
+            parse_action("a:1/weight/99999999999"),
+            Some(("a:1", Action::Weight(u32::MAX)))
+        );
         assert_eq!(parse_action("a:1/size/7"), None);
         assert_eq!(parse_action("/drain"), None);
         assert_eq!(parse_action("drain"), None);
@@ -323,5 +389,6 @@ mod tests {
         );
         assert_eq!(percent_decode("a%zz"), None);
         assert_eq!(percent_decode("a%4"), None);
+        assert_eq!(percent_decode("a%+2"), None);
     }
 }

@@ -400,3 +400,33 @@ fn the_access_log_has_a_line_per_request_in_either_format() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client that trickles its request holds neither the endpoint (others are
+/// answered meanwhile) nor itself past the request deadline (408 after 2 s).
+#[test]
+fn a_slow_admin_client_stalls_nobody() {
+    let origins = origins(1);
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| c.admin = Some(loopback()));
+    let admin = proxy.admin_addr().unwrap();
+    let started = std::time::Instant::now();
+    let mut slow: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = connect(admin);
+            s.write_all(b"GET /metr").unwrap();
+            s
+        })
+        .collect();
+    for _ in 0..5 {
+        assert_eq!(admin_get(admin, "GET", "/healthz").0, 200);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "answered while the slow ones wait: {:?}",
+        started.elapsed()
+    );
+    for s in &mut slow {
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 408 "), "{raw}");
+    }
+}

@@ -15,9 +15,12 @@ use corelb::{Origin, Proxy, ProxyConfig};
 
 const TOKEN: &str = "s3cret-token-for-the-tests";
 
-/// A token file for this test process.
+/// A token file of its own (tests run in parallel: none reads a file another
+/// is writing).
 fn token_file(name: &str) -> String {
-    let path = std::env::temp_dir().join(format!("corelb-{name}-{}", std::process::id()));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("corelb-{name}-{}-{n}", std::process::id()));
     std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
     path.display().to_string()
 }
@@ -308,4 +311,35 @@ fn weight_and_disable_survive_a_reload() {
     let rr = Proxy::start(config(&[a_addr, b_addr], |_| {})).unwrap();
     assert!(steer(&rr, a_addr, "weight/5").contains("does not use weights"));
     assert_eq!(spread(rr.local_addrs()[0], 20), (10, 10));
+}
+
+/// A request whose body was still being buffered when its backend was
+/// disabled goes to another backend: nothing of it reaches the disabled one.
+#[test]
+fn a_buffered_request_moves_off_a_backend_disabled_meanwhile() {
+    let a = counted("A");
+    let b = counted("B");
+    let (a_addr, b_addr) = (a.backend.addr, b.backend.addr);
+    let proxy = Proxy::start(config(&[a_addr, b_addr], |_| {})).unwrap();
+    steer(&proxy, b_addr, "drain");
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
+    // The head is in (the proxy holds the connection) and picked A, the only one ready.
+    wait_until(
+        || proxy.counts()[0].open == 1,
+        "the proxy reads the request",
+    );
+    steer(&proxy, b_addr, "enable");
+    steer(&proxy, a_addr, "disable");
+    s.write_all(b"world").unwrap();
+    let resp = Reader::new(s).response();
+    assert_eq!((resp.status, resp.text().as_str()), (200, "B"));
+    assert_eq!(
+        a.backend.connections.load(Ordering::SeqCst),
+        0,
+        "nothing reached A"
+    );
+    a.release.store(true, Ordering::SeqCst);
+    b.release.store(true, Ordering::SeqCst);
 }

@@ -127,6 +127,7 @@ impl Round<'_> {
     ) -> Result<(), Stopped> {
         let mut next = 0;
         let mut open = 0;
+        let mut unchecked = 0;
         loop {
             if !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
                 self.close_all();
@@ -141,10 +142,18 @@ impl Round<'_> {
                 }
                 match self.start(health, config, b) {
                     Ok(()) => open += 1,
-                    Err(why) => health.record_check(b, false, config.rise, config.fall, &why),
+                    Err(Some(why)) => health.record_check(b, false, config.rise, config.fall, &why),
+                    // This process's trouble, not the backend's: no verdict.
+                    Err(None) => unchecked += 1,
                 }
             }
             if open == 0 {
+                if unchecked > 0 {
+                    crate::log!(
+                        Level::Warn,
+                        "corelb: health checks: out of file descriptors; {unchecked} backends were not checked this round"
+                    );
+                }
                 return Ok(());
             }
             let now = Instant::now();
@@ -181,11 +190,20 @@ impl Round<'_> {
         }
     }
 
-    /// Begin the check of backend `b`: a non-blocking connect (Err: it failed at once).
-    fn start(&mut self, health: &Health, config: &CheckConfig, b: usize) -> Result<(), String> {
+    /// Begin the check of backend `b`: a non-blocking connect. Err(Some(why)):
+    /// it failed at once; Err(None): this process is out of descriptors or
+    /// memory, which says nothing of the backend.
+    fn start(
+        &mut self,
+        health: &Health,
+        config: &CheckConfig,
+        b: usize,
+    ) -> Result<(), Option<String>> {
         let m = health.member(b);
-        let mut sock =
-            TcpStream::connect(m.addr).map_err(|e| format!("health check: connect: {e}"))?;
+        let mut sock = TcpStream::connect(m.addr).map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => None,
+            _ => Some(format!("health check: connect: {e}")),
+        })?;
         let slot = self.free.pop().unwrap_or_else(|| {
             self.probes.push(None);
             self.probes.len() - 1
@@ -196,7 +214,11 @@ impl Round<'_> {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             self.free.push(slot);
-            return Err(format!("health check: {e}"));
+            crate::log!(
+                Level::Warn,
+                "corelb: health checks: cannot watch a socket: {e}"
+            );
+            return Err(None);
         }
         self.probes[slot] = Some(Probe {
             backend: b,

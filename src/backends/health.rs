@@ -127,6 +127,15 @@ impl Member {
         self.state.0.ramp_from.store(now.max(1), Ordering::Relaxed);
     }
 
+    /// Whether requests may go to it at `now_ms` (`Health::ms_at`): ready, its
+    /// checks pass, and it is not cooling down.
+    pub fn takes_requests(&self, now_ms: u64) -> bool {
+        let s = &self.state.0;
+        s.admin.load(Ordering::Relaxed) == 0
+            && s.checked_up.load(Ordering::Relaxed)
+            && s.down_until.load(Ordering::Relaxed) <= now_ms
+    }
+
     /// What the operator set at run time.
     pub fn admin_state(&self) -> AdminState {
         AdminState::from_u8(self.state.0.admin.load(Ordering::Relaxed))
@@ -335,10 +344,7 @@ impl Health {
 
     /// `is_up` at a time read once for several backends.
     pub fn is_up_at(&self, b: usize, now_ms: u64) -> bool {
-        let s = &self.members[b].state.0;
-        s.admin.load(Ordering::Relaxed) == 0
-            && s.checked_up.load(Ordering::Relaxed)
-            && s.down_until.load(Ordering::Relaxed) <= now_ms
+        self.members[b].takes_requests(now_ms)
     }
 
     /// The operator's word on backend `b` (`why` says who, for the log). With
@@ -380,10 +386,7 @@ impl Health {
             s.fails.store(0, Ordering::Relaxed);
         }
         let fails = s.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        let up = s.admin.load(Ordering::Relaxed) == 0
-            && s.checked_up.load(Ordering::Relaxed)
-            && s.down_until.load(Ordering::Relaxed) <= now;
-        if fails < p.max_fails || !up {
+        if fails < p.max_fails || !m.takes_requests(now) {
             return;
         }
         s.fails.store(0, Ordering::Relaxed);

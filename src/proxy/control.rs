@@ -64,7 +64,7 @@ impl Report for Reloader {
                 }
                 // The selectors are built once per plan: a new weight is a new
                 // plan over the same configuration.
-                self.apply(plan.config.clone(), true)
+                self.apply(None)
                     .map_err(|e| (500, format!("weight not applied: {e}")))?;
                 if plan.config.algorithm.ignores_weights() {
                     note = Some(format!(

@@ -43,26 +43,25 @@ impl Reloader {
     /// pooled connections. The restart-only settings keep their running values and
     /// are listed in the result.
     pub fn reload(&self, config: ProxyConfig) -> Result<Reloaded, StartError> {
-        self.apply(config, false)
-    }
-
-    /// Build a new plan from `config` and hand it to every worker; `rebuild`:
-    /// even when the configuration is the one in force (a weight set at run
-    /// time changes the plan, not the configuration).
-    pub(super) fn apply(
-        &self,
-        mut config: ProxyConfig,
-        rebuild: bool,
-    ) -> Result<Reloaded, StartError> {
         if config.backends.is_empty() {
             return Err(StartError::NoBackends);
         }
+        self.apply(Some(config))
+    }
+
+    /// Build a new plan from `config` and hand it to every worker; `None`: from
+    /// the configuration in force, read under the reload lock (a weight set at
+    /// run time changes the plan, not the configuration, and must not undo a
+    /// reload that lands meanwhile).
+    pub(super) fn apply(&self, config: Option<ProxyConfig>) -> Result<Reloaded, StartError> {
         // One reload at a time: the lock is held throughout.
         let mut current = self
             .shared
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let rebuild = config.is_none();
+        let mut config = config.unwrap_or_else(|| current.config.clone());
         let old = &current.config;
         // The settings that shape sockets, threads and buffers made once (the
         // table marks them restart): a reload reports a change and keeps the

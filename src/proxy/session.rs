@@ -612,7 +612,18 @@ impl Worker {
             return Ok(progress);
         }
         x.buffering = false;
-        let backend = x.backend;
+        let mut backend = x.backend;
+        // The backend picked with the head may have gone out meanwhile (down,
+        // drained, disabled): another one then, as for a retry.
+        let now_ms = self.plan.health.ms_at(self.now);
+        if !self.locals[backend].member.takes_requests(now_ms) {
+            backend = self
+                .other_backend(backend)
+                .ok_or(Fail::Reject(Reject::Unavailable))?;
+            if let Some(x) = self.clients[ck].exchange_mut() {
+                x.backend = backend;
+            }
+        }
         self.hold(ck, backend);
         self.connect_upstream(ck, backend, true)?;
         Ok(true)
