@@ -322,7 +322,12 @@ fn status_of(line: &[u8]) -> Result<u16, String> {
         .get(9..12)
         .and_then(|d| std::str::from_utf8(d).ok())
         .and_then(|d| d.parse::<u16>().ok())
-        .filter(|_| line.starts_with(b"HTTP/1."))
+        .filter(|_| {
+            // "HTTP/1.0" or "HTTP/1.1", a space, three digits, then a space or
+            // the line's end.
+            (line.starts_with(b"HTTP/1.0 ") || line.starts_with(b"HTTP/1.1 "))
+                && matches!(line.get(12), Some(b' ' | b'\r' | b'\n'))
+        })
         .ok_or_else(|| "not an HTTP/1.x response".to_string())?;
     if (200..400).contains(&status) {
         Ok(status)
@@ -345,5 +350,8 @@ mod tests {
         );
         assert!(status_of(b"SSH-2.0-OpenSSH\r\n").is_err());
         assert!(status_of(b"HTTP/1.1 2x0 Odd\r\n").is_err());
+        assert!(status_of(b"HTTP/1.1 2000 Odd\r\n").is_err());
+        assert!(status_of(b"HTTP/1.7 200 Odd\r\n").is_err());
+        assert_eq!(status_of(b"HTTP/1.1 200\r\n"), Ok(200));
     }
 }
