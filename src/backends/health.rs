@@ -609,8 +609,9 @@ mod tests {
     #[test]
     fn slow_start_admits_a_growing_share_and_keeps_what_it_admitted() {
         let h = health(1, 3, 1000).with_slow_start(Duration::from_millis(1000));
-        let start = h.now_ms();
         h.member(0).joined();
+        // Where its ramp began (the clock may have moved on a millisecond).
+        let start = h.ramp_start(0);
         let share_at = |t: u64| {
             (0..10_000u64)
                 .filter(|&d| h.ramp_admits(0, start + t, super::super::select::mix(d)))
