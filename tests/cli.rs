@@ -806,14 +806,23 @@ impl Notify {
         Notify { sock, path }
     }
 
-    /// The next message that contains `what` (others are skipped).
+    /// The next message that contains `what` (others are skipped), within 10 s.
     fn expect(&self, what: &str) -> String {
         let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let n = self
-                .sock
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("no {what} on the notify socket: {e}"));
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {what} on the notify socket within 10 s"
+            );
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            let n = match self.sock.recv(&mut buf) {
+                Ok(n) => n,
+                // A signal to the test process (seen once in 20 loop runs).
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("no {what} on the notify socket: {e}"),
+            };
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             if msg.contains(what) {
                 return msg;
