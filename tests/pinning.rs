@@ -8,8 +8,13 @@ use common::*;
 /// The cores a thread of this process named `name` may run on, from /proc.
 fn allowed_cores_of_thread(name: &str) -> Option<String> {
     for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        // A thread that ends while the list is read is skipped, not the end
+        // of the search (it failed a loop run once).
+        let Ok(task) = task else { continue };
+        let dir = task.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
         if comm.trim() == name {
             let status = std::fs::read_to_string(dir.join("status")).ok()?;
             return status
