@@ -91,16 +91,16 @@ impl Admin {
                     }
                     match listener.accept() {
                         Ok((conn, _)) => {
-                            let (stats, serving) = (Arc::clone(&stats), Arc::clone(&serving));
-                            serving.fetch_add(1, Ordering::AcqRel);
+                            let stats = Arc::clone(&stats);
+                            let slot = Serving::take(&serving);
                             let spawned = std::thread::Builder::new()
                                 .name("corelb-admin-conn".into())
                                 .spawn(move || {
+                                    let _slot = slot;
                                     let _ = serve(conn, &*stats);
-                                    serving.fetch_sub(1, Ordering::AcqRel);
                                 });
                             if spawned.is_err() {
-                                // The connection was dropped with the closure.
+                                // The connection and the slot went with the closure.
                                 std::thread::sleep(Duration::from_millis(20));
                             }
                         }
@@ -136,6 +136,23 @@ impl Drop for Admin {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// One of the `MAX_SERVING` places, given back when dropped: when its
+/// connection's thread ends, or with the closure when the thread cannot start.
+struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    fn take(count: &Arc<AtomicUsize>) -> Serving {
+        count.fetch_add(1, Ordering::AcqRel);
+        Serving(Arc::clone(count))
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -14,22 +14,33 @@ const BIN: &str = env!("CARGO_BIN_EXE_corelb");
 
 /// Wait up to 10 s for `child` to exit (killing it and failing otherwise).
 fn wait_exit(mut child: Child, what: &str) -> std::process::Output {
+    if exited(&mut child).is_none() {
+        let _ = child.kill();
+        forget_child(child.id());
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "{what}; its stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    forget_child(child.id());
+    child.wait_with_output().unwrap()
+}
+
+/// `child`'s exit status once it has exited, within 10 s (None: it has not),
+/// without reading its output.
+fn exited(child: &mut Child) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            forget_child(child.id());
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{what}; its stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            return None;
         }
         // Back-off between two looks.
         std::thread::sleep(Duration::from_millis(10));
     }
-    forget_child(child.id());
-    child.wait_with_output().unwrap()
 }
 
 /// Spawn `program args` with no stdin and piped stdout and stderr. A test that
@@ -761,23 +772,29 @@ fn restart_with_handover_under_load_loses_no_request() {
 #[test]
 fn a_binary_upgrade_by_sigusr2_under_load_loses_no_request() {
     let (origin, origin_addr) = start_origin(&[]);
-    let backend = origin_addr.to_string();
     let (addr, admin) = (free_port(), free_port());
-    let (listen, admin_arg) = (addr.to_string(), admin.to_string());
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/corelb.toml");
-    let args = [
-        "serve",
-        "--config",
-        example,
-        "--backend",
-        &backend,
-        "--listen",
-        &listen,
-        "--admin",
-        &admin_arg,
-    ];
+    let args = example_config_args(origin_addr, addr, admin);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     handover_under_load("upgrade", &args, addr, Some(admin), Successor::Upgrade);
     stop(origin, "-TERM");
+}
+
+/// `serve` with the shipped example config, over one backend, on `listen`,
+/// with the admin endpoint on `admin`.
+fn example_config_args(backend: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> Vec<String> {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/corelb.toml");
+    ["serve", "--config", example]
+        .map(String::from)
+        .into_iter()
+        .chain([
+            "--backend".into(),
+            backend.to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--admin".into(),
+            admin.to_string(),
+        ])
+        .collect()
 }
 
 /// How the successor of a handover starts.
@@ -845,21 +862,9 @@ fn ended(pid: &str) -> bool {
 #[test]
 fn restart_with_handover_and_the_example_config_keeps_the_admin_endpoint() {
     let (origin, origin_addr) = start_origin(&[]);
-    let backend = origin_addr.to_string();
     let (addr, admin) = (free_port(), free_port());
-    let (listen, admin_arg) = (addr.to_string(), admin.to_string());
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/corelb.toml");
-    let args = [
-        "serve",
-        "--config",
-        example,
-        "--backend",
-        &backend,
-        "--listen",
-        &listen,
-        "--admin",
-        &admin_arg,
-    ];
+    let args = example_config_args(origin_addr, addr, admin);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     handover_under_load(
         "restart-admin",
         &args,
@@ -961,17 +966,7 @@ fn handover_under_load(
     };
     // The successor writes to the old process's stderr pipe: wait for the old
     // one's exit without reading it to its end.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let old_status = loop {
-        if let Some(status) = old.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the old corelb did not exit after the handover"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let old_status = exited(&mut old).expect("the old corelb did not exit after the handover");
     assert_eq!(old_status.code(), Some(0), "the old corelb's exit");
     let (before_handover, admin_before) =
         (ok.load(Ordering::Relaxed), admin_ok.load(Ordering::Relaxed));

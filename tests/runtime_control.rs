@@ -7,13 +7,17 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use common::*;
 use corelb::config::{Algorithm, values};
 use corelb::{Origin, Proxy, ProxyConfig};
 
 const TOKEN: &str = "s3cret-token-for-the-tests";
+
+/// The Authorization value that carries the test token.
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
 
 /// A token file of its own (tests run in parallel: none reads a file another
 /// is writing).
@@ -45,8 +49,7 @@ fn admin(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> (u16
 
 fn steer(proxy: &Proxy, backend: SocketAddr, action: &str) -> String {
     let path = format!("/backends/{backend}/{action}");
-    let bearer = format!("Bearer {TOKEN}");
-    let (status, body) = admin(proxy.admin_addr().unwrap(), "POST", &path, Some(&bearer));
+    let (status, body) = admin(proxy.admin_addr().unwrap(), "POST", &path, Some(&bearer()));
     assert_eq!(status, 200, "{path}: {body}");
     body
 }
@@ -91,7 +94,7 @@ fn steering_needs_the_token_and_reading_does_not() {
         untokened.admin_addr().unwrap(),
         "POST",
         &path,
-        Some(&format!("Bearer {TOKEN}")),
+        Some(&bearer()),
     );
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("--admin-token"), "{body}");
@@ -129,27 +132,17 @@ fn steering_needs_the_token_and_reading_does_not() {
     assert_eq!(admin(at, "GET", "/status", None).0, 200);
     assert_eq!(admin(at, "GET", "/metrics", None).0, 200);
     assert_eq!(admin(at, "GET", &path, None).0, 405);
-    let (status, body) = admin(
-        at,
-        "POST",
-        "/backends/127.0.0.1:1/drain",
-        Some(&format!("Bearer {TOKEN}")),
-    );
+    let (status, body) = admin(at, "POST", "/backends/127.0.0.1:1/drain", Some(&bearer()));
     assert_eq!(status, 404, "{body}");
     assert!(body.contains(&a.to_string()), "names the backends: {body}");
     let (status, _) = admin(
         at,
         "POST",
         &format!("/backends/{a}/weight/0"),
-        Some(&format!("Bearer {TOKEN}")),
+        Some(&bearer()),
     );
     assert_eq!(status, 400);
-    let (status, _) = admin(
-        at,
-        "POST",
-        &format!("/backends/{a}/sleep"),
-        Some(&format!("Bearer {TOKEN}")),
-    );
+    let (status, _) = admin(at, "POST", &format!("/backends/{a}/sleep"), Some(&bearer()));
     assert_eq!(status, 404);
     steer(&proxy, a, "disable");
     assert_eq!(backend_field(&proxy, a, "admin_state"), "disabled");
@@ -161,23 +154,28 @@ fn steering_needs_the_token_and_reading_does_not() {
 }
 
 /// A backend whose connections are counted as they open and close, which
-/// answers `/slow` only once `release` is set and anything else at once.
+/// answers `/slow` only once `release` is called and anything else at once.
 struct Counted {
     backend: Scripted,
     closed: Arc<AtomicUsize>,
-    release: Arc<std::sync::atomic::AtomicBool>,
+    /// Dropped to release the `/slow` answers (their receive ends then).
+    gate: std::sync::Mutex<Option<crossbeam_channel::Sender<()>>>,
+}
+
+impl Counted {
+    fn release(&self) {
+        self.gate.lock().unwrap().take();
+    }
 }
 
 fn counted(name: &'static str) -> Counted {
     let closed = Arc::new(AtomicUsize::new(0));
-    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (c, r) = (Arc::clone(&closed), Arc::clone(&release));
+    let (gate, released) = crossbeam_channel::bounded::<()>(0);
+    let c = Arc::clone(&closed);
     let backend = Scripted::start(move |mut s, _| {
         while let Some(head) = read_head(&mut s) {
             if head.starts_with("GET /slow") {
-                while !r.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                let _ = released.recv_timeout(IO_TIMEOUT);
             }
             let answer = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{name}",
@@ -192,7 +190,7 @@ fn counted(name: &'static str) -> Counted {
     Counted {
         backend,
         closed,
-        release,
+        gate: std::sync::Mutex::new(Some(gate)),
     }
 }
 
@@ -226,7 +224,7 @@ fn drain_lets_exchanges_in_flight_finish_sends_nothing_new_and_closes_its_connec
     for i in 0..20 {
         assert_eq!(get(addr, "/").text(), "B", "request {i} after the drain");
     }
-    a.release.store(true, Ordering::SeqCst);
+    a.release();
     let resp = slow.join().unwrap();
     assert_eq!(
         (resp.status, resp.text().as_str()),
@@ -258,7 +256,7 @@ fn drain_lets_exchanges_in_flight_finish_sends_nothing_new_and_closes_its_connec
     steer(&proxy, a_addr, "enable");
     let names: Vec<String> = (0..4).map(|_| get(addr, "/").text()).collect();
     assert!(names.contains(&"A".to_string()), "A is back: {names:?}");
-    b.release.store(true, Ordering::SeqCst);
+    b.release();
 }
 
 /// How many of `n` requests each of the two backends answered.
@@ -340,6 +338,6 @@ fn a_buffered_request_moves_off_a_backend_disabled_meanwhile() {
         0,
         "nothing reached A"
     );
-    a.release.store(true, Ordering::SeqCst);
-    b.release.store(true, Ordering::SeqCst);
+    a.release();
+    b.release();
 }

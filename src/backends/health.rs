@@ -273,16 +273,19 @@ impl Health {
     /// backends at any later time, so a hash key that moved back stays back.
     pub fn ramp_admits(&self, b: usize, now_ms: u64, draw: u64) -> bool {
         let window = self.slow_start_ms;
-        if window == 0 {
-            return true;
-        }
+        self.in_slow_start(b, now_ms).is_none_or(|since| {
+            super::select::mix(draw ^ b as u64) % window < since.max(window / 64)
+        })
+    }
+
+    /// How long backend `b` has been in its slow start at `now_ms`; None when it
+    /// is not in one (slow start off, never out of service, or the window over).
+    fn in_slow_start(&self, b: usize, now_ms: u64) -> Option<u64> {
+        let window = self.slow_start_ms;
         let start = self.ramp_start(b);
-        if start == 0 {
-            // Never out of service: in service since the start.
-            return true;
-        }
+        // `start` 0: never out of service, in service since the start.
         let since = now_ms.saturating_sub(start);
-        since >= window || super::select::mix(draw ^ b as u64) % window < since.max(window / 64)
+        (window != 0 && start != 0 && since < window).then_some(since)
     }
 
     /// When backend `b`'s slow start began (0: never).
@@ -293,16 +296,9 @@ impl Health {
 
     /// The share of its full traffic backend `b` may get now (1.0 out of slow start).
     pub fn ramp_share(&self, b: usize) -> f64 {
-        let window = self.slow_start_ms;
-        if window == 0 {
-            return 1.0;
-        }
-        let start = self.ramp_start(b);
-        if start == 0 {
-            return 1.0;
-        }
-        let since = self.now_ms().saturating_sub(start);
-        (since as f64 / window as f64).clamp(1.0 / 64.0, 1.0)
+        self.in_slow_start(b, self.now_ms()).map_or(1.0, |since| {
+            (since as f64 / self.slow_start_ms as f64).max(1.0 / 64.0)
+        })
     }
 
     pub fn len(&self) -> usize {
