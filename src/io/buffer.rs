@@ -1,23 +1,33 @@
-//! Fixed-size byte buffers and the per-worker pool they come from.
+//! Byte buffers, the storage they borrow while they hold bytes, and pools.
 //!
-//! A connection holds buffers only while it has something in flight; an idle
-//! keep-alive connection gives them back, so thousands of idle clients cost no
-//! buffer memory. The pool is a plain free list owned by one worker: no locks.
+//! A `Buf` owns storage only while it holds bytes: an empty one has none, and
+//! the first read takes a chunk from this thread's free list (one per worker
+//! thread, so no locks), which goes back as soon as the last byte is consumed.
+//! A connection waiting on its backend, or between requests, so holds no buffer
+//! memory; 8,000 connections in flight cost what the few that are moving bytes
+//! at that instant need. Free lists decay: `trim` frees what went unused since
+//! the last call, so memory a burst took is given back once it has passed.
 
+use std::cell::RefCell;
 use std::io::{self, Read};
 
 /// A byte buffer with a filled window `[start, end)`: read into the tail, consume
 /// from the head, and slide the window back to the front when the tail runs out.
+/// Its storage (`capacity` bytes) is borrowed from the thread's chunk list only
+/// while the window is not empty.
 pub struct Buf {
-    data: Box<[u8]>,
+    data: Option<Box<[u8]>>,
+    capacity: usize,
     start: usize,
     end: usize,
 }
 
 impl Buf {
     pub fn with_capacity(capacity: usize) -> Buf {
+        debug_assert!(capacity > 0);
         Buf {
-            data: vec![0; capacity].into_boxed_slice(),
+            data: None,
+            capacity,
             start: 0,
             end: 0,
         }
@@ -25,7 +35,10 @@ impl Buf {
 
     /// The bytes held and not yet consumed.
     pub fn filled(&self) -> &[u8] {
-        &self.data[self.start..self.end]
+        match &self.data {
+            Some(data) => &data[self.start..self.end],
+            None => &[],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -38,39 +51,153 @@ impl Buf {
 
     /// No more bytes fit, even after compaction.
     pub fn is_full(&self) -> bool {
-        self.len() == self.data.len()
+        self.len() == self.capacity
     }
 
-    /// Drop `n` bytes from the front.
+    /// It holds storage (only while it holds bytes, outside `read_from`).
+    pub fn holds_storage(&self) -> bool {
+        self.data.is_some()
+    }
+
+    /// Drop `n` bytes from the front; the storage goes back once none are left.
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());
         self.start += n;
         if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
+            self.clear();
         }
     }
 
+    /// Drop every byte held, and give the storage back.
     pub fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
+        if let Some(data) = self.data.take() {
+            give_chunk(data);
+        }
     }
 
     /// Read once from `src` into the free tail. Returns the byte count (0: end of
     /// stream; callers check `is_full` first) and whether the read was short, i.e.
-    /// returned less than the room it was offered.
+    /// returned less than the room it was offered. Storage is taken for the read
+    /// and given back if it brought nothing.
     pub fn read_from(&mut self, src: &mut impl Read) -> io::Result<(usize, bool)> {
+        let data = match &mut self.data {
+            Some(data) => data,
+            empty @ None => empty.insert(take_chunk(self.capacity)),
+        };
         // Slide the window back once the tail is under half the buffer: large reads
         // are cheaper than the copy, which only moves the few unconsumed bytes.
-        if self.start > 0 && self.data.len() - self.end < self.data.len() / 2 {
-            self.data.copy_within(self.start..self.end, 0);
+        if self.start > 0 && data.len() - self.end < data.len() / 2 {
+            data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        let room = self.data.len() - self.end;
-        let n = src.read(&mut self.data[self.end..])?;
-        self.end += n;
-        Ok((n, n < room))
+        let room = data.len() - self.end;
+        let read = src.read(&mut data[self.end..]);
+        match read {
+            Ok(n) if n > 0 => {
+                self.end += n;
+                Ok((n, n < room))
+            }
+            _ => {
+                if self.is_empty() {
+                    self.clear();
+                }
+                read.map(|n| (n, true))
+            }
+        }
+    }
+}
+
+/// Chunks kept for reuse per thread at most, whatever `trim` says: 4 MiB of
+/// 32 KiB chunks. A worker moving bytes for more connections at one instant
+/// than that allocates the rest and frees them when they come back.
+const MAX_FREE_CHUNKS: usize = 128;
+
+/// A free list that frees what went unused: `low` is the fewest values it held
+/// since the last `trim`, i.e. how many nobody needed over that time.
+struct FreeList<T> {
+    free: Vec<T>,
+    low: usize,
+}
+
+impl<T> FreeList<T> {
+    const fn new() -> FreeList<T> {
+        FreeList {
+            free: Vec::new(),
+            low: 0,
+        }
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        let value = self.free.pop();
+        self.low = self.low.min(self.free.len());
+        value
+    }
+
+    /// Free the values not taken since the last call; returns how many.
+    fn trim(&mut self) -> usize {
+        let unused = self.low.min(self.free.len());
+        self.free.truncate(self.free.len() - unused);
+        if self.free.len() * 4 < self.free.capacity() {
+            self.free.shrink_to(self.free.len() * 2);
+        }
+        self.low = self.free.len();
+        unused
+    }
+}
+
+struct Chunks {
+    list: FreeList<Box<[u8]>>,
+}
+
+thread_local! {
+    static CHUNKS: RefCell<Chunks> = const { RefCell::new(Chunks { list: FreeList::new() }) };
+}
+
+fn take_chunk(size: usize) -> Box<[u8]> {
+    CHUNKS
+        .try_with(|c| {
+            let mut c = c.borrow_mut();
+            while let Some(chunk) = c.list.pop() {
+                // A reload that changed the buffer size leaves chunks of the old one.
+                if chunk.len() == size {
+                    return Some(chunk);
+                }
+            }
+            None
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; size].into_boxed_slice())
+}
+
+fn give_chunk(chunk: Box<[u8]>) {
+    // The bytes stay in the chunk: the next `Buf` to hold it sees only what it
+    // reads itself (`filled` is the window, and the window starts empty).
+    let _ = CHUNKS.try_with(|c| {
+        let mut c = c.borrow_mut();
+        if c.list.free.len() < MAX_FREE_CHUNKS {
+            c.list.free.push(chunk);
+        }
+    });
+}
+
+/// Free this thread's chunks that went unused since the last call; returns how
+/// many were freed.
+pub fn trim_chunks() -> usize {
+    CHUNKS.try_with(|c| c.borrow_mut().list.trim()).unwrap_or(0)
+}
+
+/// Hand the allocator's free pages back to the system (glibc keeps memory that
+/// was freed in its arenas otherwise). It walks the whole heap: call it after a
+/// trim freed something, not per request.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -84,10 +211,11 @@ pub trait Recycle {
     fn is_clean(&self) -> bool;
 }
 
-/// A free list of reusable values, bounded so a burst does not pin memory forever.
+/// A free list of reusable values, bounded so a burst does not pin memory, and
+/// trimmed (`trim`) so what a burst took is given back.
 /// Values are reset as they come back, so what `take` returns is always clean.
 pub struct Pool<T: Recycle> {
-    free: Vec<T>,
+    free: FreeList<T>,
     max_free: usize,
     make: fn(usize) -> T,
     size: usize,
@@ -97,7 +225,7 @@ impl<T: Recycle> Pool<T> {
     /// `make(size)` creates a value when the free list is empty.
     pub fn new(size: usize, max_free: usize, make: fn(usize) -> T) -> Pool<T> {
         Pool {
-            free: Vec::new(),
+            free: FreeList::new(),
             max_free,
             make,
             size,
@@ -110,11 +238,16 @@ impl<T: Recycle> Pool<T> {
         value
     }
 
+    /// Free the values not taken since the last call; returns how many.
+    pub fn trim(&mut self) -> usize {
+        self.free.trim()
+    }
+
     /// Take `value` back, emptied; beyond `max_free` it is dropped.
     pub fn give(&mut self, mut value: T) {
-        if self.free.len() < self.max_free {
-            value.reset();
-            self.free.push(value);
+        value.reset();
+        if self.free.free.len() < self.max_free {
+            self.free.free.push(value);
         }
     }
 }
@@ -125,7 +258,7 @@ impl Recycle for Buf {
     }
 
     fn is_clean(&self) -> bool {
-        self.is_empty()
+        self.is_empty() && !self.holds_storage()
     }
 }
 
@@ -154,7 +287,86 @@ mod tests {
         let b = p.take();
         p.give(a);
         p.give(b);
-        assert_eq!(p.free.len(), 1);
+        assert_eq!(p.free.free.len(), 1);
+    }
+
+    #[test]
+    fn storage_is_held_only_while_bytes_are() {
+        let mut b = Buf::with_capacity(64);
+        assert!(!b.holds_storage());
+        let mut src: &[u8] = b"abc";
+        assert_eq!(b.read_from(&mut src).unwrap(), (3, true));
+        assert!(b.holds_storage());
+        b.consume(2);
+        assert!(b.holds_storage());
+        b.consume(1);
+        assert!(!b.holds_storage() && b.is_empty());
+        // A read that brings nothing (end of stream, or would block) keeps none.
+        let mut eof: &[u8] = b"";
+        assert_eq!(b.read_from(&mut eof).unwrap().0, 0);
+        assert!(!b.holds_storage());
+        assert!(b.read_from(&mut Blocked).is_err());
+        assert!(!b.holds_storage());
+        b.read_from(&mut &b"x"[..]).unwrap();
+        b.clear();
+        assert!(!b.holds_storage() && b.filled().is_empty());
+    }
+
+    struct Blocked;
+    impl Read for Blocked {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    #[test]
+    fn a_reused_chunk_shows_its_next_holder_only_its_own_bytes() {
+        // Run on a thread of its own: its chunk list is this test's alone.
+        std::thread::spawn(|| {
+            let mut a = Buf::with_capacity(4096);
+            a.read_from(&mut &b"GET /secret HTTP/1.1\r\nCookie: session=alice\r\n"[..])
+                .unwrap();
+            let old = a.data.as_ref().map(|d| d.as_ptr());
+            a.consume(a.len());
+            let mut b = Buf::with_capacity(4096);
+            assert!(b.filled().is_empty());
+            b.read_from(&mut &b"GET / HTTP/1.1\r\n"[..]).unwrap();
+            assert_eq!(
+                b.data.as_ref().map(|d| d.as_ptr()),
+                old,
+                "the chunk was not reused"
+            );
+            assert_eq!(b.filled(), b"GET / HTTP/1.1\r\n");
+            // A chunk of another size is not handed out for this one.
+            b.clear();
+            let mut c = Buf::with_capacity(8192);
+            c.read_from(&mut &b"x"[..]).unwrap();
+            assert_eq!(c.data.as_ref().map(|d| d.len()), Some(8192));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_trim_frees_what_went_unused_since_the_last() {
+        std::thread::spawn(|| {
+            let mut bufs: Vec<Buf> = (0..10).map(|_| Buf::with_capacity(1024)).collect();
+            for b in &mut bufs {
+                b.read_from(&mut &b"x"[..]).unwrap();
+            }
+            bufs.iter_mut().for_each(Buf::clear);
+            assert_eq!(trim_chunks(), 0, "the first trim only marks what is free");
+            // Three are taken and given back between trims: seven went unused.
+            for b in &mut bufs[..3] {
+                b.read_from(&mut &b"x"[..]).unwrap();
+            }
+            bufs.iter_mut().for_each(Buf::clear);
+            assert_eq!(trim_chunks(), 7);
+            assert_eq!(trim_chunks(), 3, "nothing was taken since");
+            assert_eq!(trim_chunks(), 0);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -69,6 +69,14 @@ impl Worker {
             if ok { Ok(()) } else { Err(broken) }
         }
         let c = &self.clients[ck];
+        if let Some(b) = &c.bufs {
+            for buf in [&b.req, &b.resp] {
+                ensure(
+                    !buf.is_empty() || !buf.holds_storage(),
+                    "an empty buffer holds on to its storage",
+                )?;
+            }
+        }
         if let Some(x) = c.exchange()
             && let Some(uk) = x.upstream
         {

@@ -74,9 +74,20 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Longest gap between timer checks (shorter when a timeout is shorter).
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Buffer sets (about 66 KB each) kept for reuse per worker: enough to serve a
-/// steady load without malloc, few enough that a burst does not pin memory.
-const MAX_FREE_BUFS: usize = 64;
+/// Buffer sets (about 2.3 KB each: heads and log fields; the 32 KiB buffers are
+/// borrowed only while they hold bytes) kept for reuse per worker at most: enough
+/// to serve a steady load without malloc, few enough that a burst does not pin
+/// memory.
+const MAX_FREE_BUFS: usize = 256;
+
+/// How often a worker gives back what a burst took (`Worker::trim_memory`): what
+/// went unused for a whole interval is freed, so memory is back to its steady
+/// figure at most two intervals after a burst.
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Session and backend-connection slots a worker starts with, and keeps however
+/// quiet it gets.
+const MIN_SLOTS: usize = 1024;
 
 /// A Content-Length response body with at least this much still to come is moved
 /// with splice(2), not copied through the buffer.

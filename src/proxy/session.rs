@@ -126,8 +126,8 @@ impl Recycle for Box<Bufs> {
     }
 
     fn is_clean(&self) -> bool {
-        self.req.is_empty()
-            && self.resp.is_empty()
+        self.req.is_clean()
+            && self.resp.is_clean()
             && self.req_head.is_empty()
             && self.resp_head.is_empty()
             && self.req_head_sent == 0

@@ -14,14 +14,16 @@ use crate::config::Timeouts;
 use crate::counters::WorkerMetrics;
 use crate::http::Reject;
 use crate::io::Ready;
-use crate::io::buffer::Pool;
+use crate::io::buffer::{self, Pool};
 use crate::runtime::{self, Control, WorkerContext};
 
 use super::exchange::RespState;
 use super::plan::{Plan, Shared, WorkerStats};
 use super::session::{Bufs, Client, Fail, Phase, Timer, Wait};
 use super::upstream::{Local, Upstream};
-use super::{DRAIN_GRACE, MAX_FREE_BUFS, MAX_SWEEP_INTERVAL, MIN_BUF_SIZE};
+use super::{
+    DRAIN_GRACE, MAX_FREE_BUFS, MAX_SWEEP_INTERVAL, MIN_BUF_SIZE, MIN_SLOTS, TRIM_INTERVAL,
+};
 
 pub(super) fn client_token(key: usize) -> Token {
     Token(key << 1)
@@ -69,6 +71,8 @@ pub(super) struct Worker {
     pub(super) turn: u16,
     /// No line about backend surplus bytes is logged before this (one per second).
     pub(super) quiet_surplus_until: Instant,
+    /// When the sweep next gives back memory a burst left (`trim_memory`).
+    pub(super) next_trim: Instant,
 }
 
 impl Worker {
@@ -84,8 +88,8 @@ impl Worker {
             plan: Arc::clone(&plan),
             ctx,
             shared,
-            clients: Slab::with_capacity(1024),
-            upstreams: Slab::with_capacity(1024),
+            clients: Slab::with_capacity(MIN_SLOTS),
+            upstreams: Slab::with_capacity(MIN_SLOTS),
             bufs: Pool::new(buf_size, MAX_FREE_BUFS, Bufs::new),
             now: Instant::now(),
             timeouts,
@@ -102,6 +106,7 @@ impl Worker {
             yielded: Vec::with_capacity(64),
             turn: 0,
             quiet_surplus_until: Instant::now(),
+            next_trim: Instant::now() + TRIM_INTERVAL,
         };
         w.adopt(plan);
         let mut events = Events::with_capacity(1024);
@@ -588,6 +593,29 @@ impl Worker {
             for i in 0..self.ctx.listeners.len() {
                 self.accept(i);
             }
+        }
+        if now >= self.next_trim {
+            self.next_trim = now + TRIM_INTERVAL;
+            self.trim_memory();
+        }
+    }
+
+    /// Give back what a burst took once it has passed: the buffers and buffer
+    /// sets nobody took since the last trim, and the slots of the session tables
+    /// past the last one in use when the tables are mostly empty; then, if any
+    /// of that was freed, the allocator's free pages.
+    fn trim_memory(&mut self) {
+        let mut freed = buffer::trim_chunks() + self.bufs.trim();
+        if self.clients.capacity() > 4 * self.clients.len().max(MIN_SLOTS) {
+            self.clients.shrink_to_fit();
+            freed += 1;
+        }
+        if self.upstreams.capacity() > 4 * self.upstreams.len().max(MIN_SLOTS) {
+            self.upstreams.shrink_to_fit();
+            freed += 1;
+        }
+        if freed > 0 {
+            buffer::release_free_memory();
         }
     }
 }
