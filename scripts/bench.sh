@@ -1,32 +1,53 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: the same wrk scenarios against the origin directly, corelb,
-# nginx and HAProxy (each when installed), with the same worker count, interleaved
-# rounds, medians reported. Loopback only; every run is bounded by its duration.
+# Side-by-side benchmark: the same scenarios against the origin directly, corelb (as it
+# ships, and as corelb-poll with --busy-poll 50), nginx and HAProxy (also as
+# haproxy-busypoll, with its busy-polling on), each when installed, with the same worker count, interleaved rounds, medians reported.
+# For every run it reads the proxy's own CPU time (user and system, all its processes
+# and threads) and context switches from /proc, so the table leads with CPU per
+# request: the figure machine noise moves least. Loopback only; every run is bounded
+# by its duration.
+#
+# Three parts:
+#   closed loop  wrk -t1 at fixed concurrency: req/s, p50/p99, CPU per request
+#   open loop    oha at fixed offered rates (--rates, percent of the slowest proxy's
+#                s16_c50 capacity measured in the same run), corrected for
+#                coordinated omission: p50, p99, p99.9, max, latency added over direct
+#   memory       wrk -t2 -c8000 for 6 s per proxy: RSS before, peak, and 60 s after
 #
 # Usage: scripts/bench.sh [--origin corelb|nginx] [--rounds N] [--duration SECONDS]
-#                         [--workers LIST] [--scenarios LIST] [--baseline REV] [--smoke]
+#                         [--workers LIST] [--scenarios LIST] [--targets LIST]
+#                         [--rates LIST] [--no-memory] [--baseline REV] [--smoke]
 #   --origin     origins to proxy to: two `corelb backend`s (default) or two nginx
-#   --rounds     interleaved rounds, at least 3 for a report (default 3)
-#   --duration   seconds per wrk run (default 5)
-#   --workers    comma-separated worker counts (default "1,<all cores>")
+#   --rounds     interleaved rounds, at least 3 for a report (default 5)
+#   --duration   seconds per run (default 5)
+#   --workers    comma-separated worker counts (default 1)
 #   --scenarios  comma-separated subset of: s16_c50 s16_c1000 s16k_c50 s1m_c16 close_c50
+#   --targets    comma-separated subset of: direct corelb corelb-poll nginx haproxy
+#                haproxy-busypoll (default all; corelb-base comes with --baseline)
+#   --rates      offered rates in percent for the open loop (default 25,50,75; none: skip)
+#   --no-memory  skip the 8,000-connection memory part
 #   --baseline   also run corelb built from this git revision ("corelb-base"), side by
 #                side, to show that a change keeps its ratios (built in a temporary
 #                worktree with its own target directory)
-#   --smoke      1 round of 1 s, 1 worker: checks the script works, measures nothing
+#   --smoke      1 round of 1 s, 1 worker, rate 25 only, memory part with 5 s wait:
+#                checks the script works, measures nothing
 #
 # Needs wrk and curl (apt-get install -y wrk curl) and python3; nginx, haproxy and gnuplot are used
-# when installed (apt-get install -y nginx-light haproxy gnuplot-nox).
-# Writes results/<date>/: bench.csv (every run), bench.md (the table), machine.txt,
-# and bench.svg (with gnuplot).
+# when installed (apt-get install -y nginx-light haproxy gnuplot-nox). oha (the open-loop
+# generator) is built from crates.io into target/bench-tools on first use (cargo install).
+# Writes results/<date>/: bench.csv, latency.csv, memory.csv (every run), bench.md (the
+# tables), machine.txt, and with gnuplot cpu.svg/png and latency.svg/png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-origin=corelb rounds=3 duration=5 smoke=0 baseline="" base_bin="" base_dir=""
+args="$*"
+origin=corelb rounds=5 duration=5 smoke=0 baseline="" base_bin="" base_dir=""
 cores=$(nproc)
-workers_list="1,${cores}"
+workers_list=1
 scenarios="s16_c50,s16_c1000,s16k_c50,s1m_c16,close_c50"
+target_list="direct,corelb,corelb-poll,nginx,haproxy,haproxy-busypoll"
+rates=25,50,75 memory=1 after_wait=60
 while [ $# -gt 0 ]; do
   case "$1" in
     --origin) origin="$2"; shift 2 ;;
@@ -34,9 +55,12 @@ while [ $# -gt 0 ]; do
     --duration) duration="$2"; shift 2 ;;
     --workers) workers_list="$2"; shift 2 ;;
     --scenarios) scenarios="$2"; shift 2 ;;
+    --targets) target_list="$2"; shift 2 ;;
+    --rates) rates="$2"; shift 2 ;;
+    --no-memory) memory=0; shift ;;
     --baseline) baseline="$2"; shift 2 ;;
-    --smoke) smoke=1; rounds=1; duration=1; workers_list=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --smoke) smoke=1; rounds=1; duration=1; workers_list=1; rates=25; after_wait=5; shift ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -57,7 +81,38 @@ if [ "$smoke" = 0 ] && [ "$rounds" -lt 3 ]; then
   echo "bench.sh: at least 3 rounds are needed for medians" >&2
   exit 2
 fi
+IFS=, read -r -a tlist <<< "$target_list"
+for t in "${tlist[@]}"; do
+  case "$t" in
+    direct|corelb|corelb-poll|nginx|haproxy|haproxy-busypoll) ;;
+    *) echo "bench.sh: unknown target $t (see --help)" >&2; exit 2 ;;
+  esac
+done
+want() { [[ ",$target_list," == *",$1,"* ]]; }
+if [ "$rates" = none ]; then rates=""; fi
+IFS=, read -r -a rlist <<< "$rates"
+for r in "${rlist[@]}"; do
+  if ! [[ "$r" =~ ^[0-9]+$ ]] || [ "$r" -lt 1 ] || [ "$r" -gt 100 ]; then
+    echo "bench.sh: --rates takes percentages from 1 to 100, not $r" >&2
+    exit 2
+  fi
+done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$memory" = 1 ] && [ "$(ulimit -n)" -lt 19000 ]; then
+  echo "bench.sh: the memory part needs 19000 open files (ulimit -n is $(ulimit -n)); raise the hard limit or pass --no-memory" >&2
+  exit 2
+fi
+
+# oha: an open-loop load generator that corrects for coordinated omission (latency is
+# counted from when a request was due, not from when a busy connection got to send it).
+# wrk2 would do the same but is not packaged; oha builds from crates.io with the
+# toolchain that builds corelb (its default TLS features included: it does not build without).
+oha_version=1.14.0
+oha="$root/target/bench-tools/bin/oha"
+if [ ${#rlist[@]} -gt 0 ] && ! "$oha" --version 2>/dev/null | grep -q "$oha_version"; then
+  echo "building oha $oha_version into target/bench-tools (once) ..."
+  cargo install --quiet --locked --version "$oha_version" --root "$root/target/bench-tools" oha
+fi
 
 cargo build --release --quiet
 bin="$root/target/release/corelb"
@@ -136,75 +191,122 @@ CONF
   done
 }
 
+# Ports: origins 19001-19002, direct = origin 1; corelb 19100, nginx 19101, haproxy
+# 19102, corelb-base 19103, corelb-poll 19104, haproxy-busypoll 19105.
+declare -A port=([corelb]=19100 [nginx]=19101 [haproxy]=19102 [corelb-base]=19103
+                 [corelb-poll]=19104 [haproxy-busypoll]=19105)
+# The processes whose CPU and memory count for each target (descendants included).
+declare -A tpids=()
+
 proxy_pids=()
-start_proxies() {
-  local w=$1
-  "$bin" serve --backend "$o1" --backend "$o2" --listen 127.0.0.1:19100 --workers "$w" 2>/dev/null &
+start_corelb() {
+  local name=$1 exe=$2 w=$3; shift 3
+  "$exe" serve --backend "$o1" --backend "$o2" --listen "127.0.0.1:${port[$name]}" --workers "$w" "$@" 2>/dev/null &
   proxy_pids+=($!)
-  wait_port 127.0.0.1:19100
-  if [ -n "$base_bin" ]; then
-    "$base_bin" serve --backend "$o1" --backend "$o2" --listen 127.0.0.1:19103 --workers "$w" 2>/dev/null &
-    proxy_pids+=($!)
-    wait_port 127.0.0.1:19103
-  fi
-  if command -v nginx >/dev/null; then
-    cat > "$work/nginx-proxy.conf" <<CONF
-worker_processes $w;
-worker_rlimit_nofile 20000;
-pid $work/nginx-proxy.pid;
-error_log $work/nginx-proxy.err;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  upstream origins { server $o1; server $o2; keepalive 256; }
-  server {
-    listen 127.0.0.1:19101 reuseport;
-    location / { proxy_pass http://origins; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
+  tpids[$name]=$!
+  wait_port "127.0.0.1:${port[$name]}"
 }
-CONF
-    nginx -c "$work/nginx-proxy.conf" -p "$work"
-    wait_port 127.0.0.1:19101
-  fi
-  if command -v haproxy >/dev/null; then
-    cat > "$work/haproxy.cfg" <<CONF
+
+start_haproxy() {
+  local name=$1 w=$2 extra=$3
+  # HAProxy as documented for a reverse proxy of small and large objects: connection
+  # reuse, kernel splicing where it pays (as corelb splices), its default 16 KiB
+  # tune.bufsize. maxconn covers the memory part's 8,000 clients; HAProxy wants two
+  # descriptors per connection and two per splice pipe, so the pipes are capped to stay
+  # within this machine's 20,000 hard limit.
+  cat > "$work/$name.cfg" <<CONF
 global
   nbthread $w
-  maxconn 8000
+  maxconn 8500
+  maxpipes 1000
+  $extra
 defaults
   mode http
   timeout connect 5s
   timeout client 60s
   timeout server 60s
   http-reuse always
+  option splice-auto
 frontend f
-  bind 127.0.0.1:19102
+  bind 127.0.0.1:${port[$name]}
   default_backend origins
 backend origins
   balance roundrobin
   server o1 $o1
   server o2 $o2
 CONF
-    haproxy -f "$work/haproxy.cfg" -p "$work/haproxy.pid" -D 2>"$work/haproxy.err"
-    wait_port 127.0.0.1:19102
+  if ! haproxy -f "$work/$name.cfg" -p "$work/$name.pid" -D 2>"$work/$name.err"; then
+    echo "bench.sh: $name did not start:" >&2
+    cat "$work/$name.err" >&2
+    exit 1
   fi
+  wait_port "127.0.0.1:${port[$name]}"
+  tpids[$name]=$(cat "$work/$name.pid")
+}
+
+start_proxies() {
+  local w=$1
+  want corelb && start_corelb corelb "$bin" "$w"
+  want corelb-poll && start_corelb corelb-poll "$bin" "$w" --busy-poll 50
+  [ -n "$base_bin" ] && start_corelb corelb-base "$base_bin" "$w"
+  if command -v nginx >/dev/null && want nginx; then
+    # nginx as documented for reverse proxying with upstream keep-alive: the idle pool
+    # per worker as large as corelb's (1024 per backend, two backends), requests per
+    # upstream connection unbounded like the origin's, responses buffered in memory
+    # only (16 KiB buffers like HAProxy's, no temporary files).
+    cat > "$work/nginx-proxy.conf" <<CONF
+worker_processes $w;
+worker_rlimit_nofile 19000;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy.err;
+events { worker_connections 18000; }
+http {
+  access_log off;
+  upstream origins { server $o1; server $o2; keepalive 2048; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:${port[nginx]} reuseport;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://origins;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffer_size 16k;
+      proxy_buffers 8 16k;
+      proxy_max_temp_file_size 0;
+    }
+  }
+}
+CONF
+    nginx -c "$work/nginx-proxy.conf" -p "$work"
+    wait_port "127.0.0.1:${port[nginx]}"
+    tpids[nginx]=$(cat "$work/nginx-proxy.pid")
+  fi
+  if command -v haproxy >/dev/null; then
+    want haproxy && start_haproxy haproxy "$w" ""
+    want haproxy-busypoll && start_haproxy haproxy-busypoll "$w" "busy-polling"
+  fi
+  return 0
 }
 
 stop_proxies() {
   for p in "${proxy_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   proxy_pids=()
   [ -f "$work/nginx-proxy.pid" ] && kill -QUIT "$(cat "$work/nginx-proxy.pid")" 2>/dev/null || true
-  [ -f "$work/haproxy.pid" ] && kill "$(cat "$work/haproxy.pid")" 2>/dev/null || true
-  rm -f "$work/nginx-proxy.pid" "$work/haproxy.pid"
+  for h in haproxy haproxy-busypoll; do
+    [ -f "$work/$h.pid" ] && kill "$(cat "$work/$h.pid")" 2>/dev/null || true
+    rm -f "$work/$h.pid"
+  done
+  rm -f "$work/nginx-proxy.pid"
+  tpids=()
   sleep 0.5
 }
 
+# "name address" for every target running, direct first.
 targets() {
-  echo "direct $o1"
-  echo "corelb 127.0.0.1:19100"
-  [ -n "$base_bin" ] && echo "corelb-base 127.0.0.1:19103"
-  command -v nginx >/dev/null && echo "nginx 127.0.0.1:19101"
-  command -v haproxy >/dev/null && echo "haproxy 127.0.0.1:19102"
+  want direct && echo "direct $o1"
+  for name in corelb corelb-poll corelb-base nginx haproxy haproxy-busypoll; do
+    [ -n "${tpids[$name]:-}" ] && echo "$name 127.0.0.1:${port[$name]}"
+  done
   true
 }
 
@@ -219,6 +321,21 @@ scenario_args() {
   esac
 }
 
+report() { python3 "$root/scripts/bench_report.py" "$@"; }
+
+# The target's CPU ticks and context switches ("user sys cs"), or "" for direct.
+snap() {
+  if [ -n "${tpids[$1]:-}" ]; then report snap "${tpids[$1]}"; else echo "  "; fi
+}
+
+# CPU used between two snaps, as CSV fields "user,sys,cs" (empty for direct).
+used() {
+  local u0 s0 c0 u1 s1 c1
+  read -r u0 s0 c0 <<< "$1"
+  read -r u1 s1 c1 <<< "$2"
+  if [ -z "${u0:-}" ]; then echo ",,"; else echo "$((u1 - u0)),$((s1 - s0)),$((c1 - c0))"; fi
+}
+
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "cores: $cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
@@ -226,34 +343,116 @@ scenario_args() {
   echo "corelb: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (modified)')"
   [ -n "$baseline" ] && echo "corelb-base: $baseline ($(git -C "$root" rev-parse --short "$baseline"))"
   echo "wrk: $(wrk -v 2>&1 | head -1)"
+  [ ${#rlist[@]} -gt 0 ] && echo "oha: $("$oha" --version)"
   command -v nginx >/dev/null && echo "nginx: $(nginx -v 2>&1)"
   command -v haproxy >/dev/null && echo "haproxy: $(haproxy -v 2>&1 | head -1)"
-  echo "origin: $origin; rounds: $rounds; duration: ${duration}s; workers: $workers_list; wrk -t1"
+  echo "origin: $origin; rounds: $rounds; duration: ${duration}s; workers: $workers_list; wrk -t1; rates: ${rates:-none}%"
+  echo "command: scripts/bench.sh $args"
 } > "$out/machine.txt"
 cat "$out/machine.txt"
 
-csv="$out/bench.csv"
-echo "workers,scenario,target,round,rps,p50_ms,p99_ms,errors" > "$csv"
+csv="$out/bench.csv" lat="$out/latency.csv" mem="$out/memory.csv"
+columns="workers,scenario,target,round,rate,rps,p50_ms,p99_ms,p999_ms,max_ms,errors,requests,user_ticks,sys_ticks,cs"
+echo "$columns" > "$csv"
 start_origins
 IFS=, read -r -a wlist <<< "$workers_list"
 IFS=, read -r -a slist <<< "$scenarios"
 for w in "${wlist[@]}"; do
   start_proxies "$w"
+  # Closed loop: which target goes first rotates with the round.
   for round in $(seq "$rounds"); do
     for s in "${slist[@]}"; do
       read -r conns path close <<< "$(scenario_args "$s")"
-      while read -r name addr; do
+      mapfile -t tl < <(targets)
+      n=${#tl[@]}
+      for i in $(seq 0 $((n - 1))); do
+        read -r name addr <<< "${tl[$(((i + round) % n))]}"
         extra=()
         [ "${close:-}" = close ] && extra=(-H "Connection: close")
-        report=$(wrk -t1 -c"$conns" -d"${duration}s" --latency "${extra[@]}" "http://$addr$path" 2>&1 || true)
-        row=$(python3 "$root/scripts/bench_report.py" parse-wrk <<< "$report")
-        echo "$w,$s,$name,$round,$row" >> "$csv"
-        echo "workers=$w round=$round $s $name: $row"
-      done < <(targets)
+        before=$(snap "$name")
+        out_wrk=$(wrk -t1 -c"$conns" -d"${duration}s" --latency "${extra[@]}" "http://$addr$path" 2>&1 || true)
+        cpu=$(used "$before" "$(snap "$name")")
+        IFS=, read -r rps p50 p99 errors requests <<< "$(report parse-wrk <<< "$out_wrk")"
+        echo "$w,$s,$name,$round,,$rps,$p50,$p99,,,$errors,$requests,$cpu" >> "$csv"
+        echo "workers=$w round=$round $s $name: $rps req/s, p99 $p99 ms, errors $errors, cpu ticks $cpu"
+      done
     done
   done
+
+  # Open loop at fixed rates: a share of the slowest proxy's s16_c50 capacity.
+  if [ ${#rlist[@]} -gt 0 ]; then
+    [ -f "$lat" ] || echo "$columns" > "$lat"
+    capacity=$(python3 - "$csv" "$w" <<'PY'
+import csv, statistics, sys
+runs = {}
+for r in csv.DictReader(open(sys.argv[1])):
+    if r["workers"] == sys.argv[2] and r["scenario"] == "s16_c50" and r["target"] != "direct":
+        runs.setdefault(r["target"], []).append(float(r["rps"]))
+print(int(min(statistics.median(v) for v in runs.values())) if runs else 0)
+PY
+)
+    if [ "$capacity" -le 0 ]; then
+      # No s16_c50 runs (--scenarios left it out): measure it once per target here.
+      capacity=0
+      while read -r name addr; do
+        [ "$name" = direct ] && continue
+        r=$(wrk -t1 -c50 -d"${duration}s" "http://$addr/size/16" 2>&1 | report parse-wrk | cut -d, -f1)
+        if [ "$capacity" = 0 ] || [ "${r%.*}" -lt "$capacity" ]; then capacity=${r%.*}; fi
+      done < <(targets)
+    fi
+    echo "open loop: the slowest proxy's s16_c50 capacity is $capacity req/s"
+    for round in $(seq "$rounds"); do
+      for pct in "${rlist[@]}"; do
+        rate=$((capacity * pct / 100))
+        mapfile -t tl < <(targets)
+        n=${#tl[@]}
+        for i in $(seq 0 $((n - 1))); do
+          read -r name addr <<< "${tl[$(((i + round) % n))]}"
+          before=$(snap "$name")
+          out_oha=$("$oha" --no-tui --output-format json -z "${duration}s" -c 50 -q "$rate" \
+                    --latency-correction --disable-compression -w "http://$addr/size/16" 2>/dev/null || true)
+          cpu=$(used "$before" "$(snap "$name")")
+          row=$(report parse-oha "$rate" <<< "$out_oha")
+          IFS=, read -r rps p50 p99 p999 maxms errors requests <<< "$row"
+          echo "$w,rate$pct,$name,$round,$rate,$rps,$p50,$p99,$p999,$maxms,$errors,$requests,$cpu" >> "$lat"
+          echo "workers=$w round=$round rate$pct ($rate/s) $name: p50 $p50 p99 $p99 p99.9 $p999 max $maxms ms, errors $errors"
+        done
+      done
+    done
+  fi
+
+  # Memory: 8,000 active connections per proxy (one worker count only: the first).
+  if [ "$memory" = 1 ] && [ "$w" = "${wlist[0]}" ]; then
+    echo "target,conns,before_kib,peak_kib,after_kib,after_s,rps,errors" > "$mem"
+    declare -A mem_row=()
+    while read -r name addr; do
+      [ "$name" = direct ] && continue
+      pid=${tpids[$name]}
+      before_kib=$(report rss "$pid")
+      wrk -t2 -c8000 -d6s "http://$addr/size/16" > "$work/mem-$name.out" 2>&1 &
+      wrk_pid=$!
+      peak=$before_kib
+      while kill -0 "$wrk_pid" 2>/dev/null; do
+        now_kib=$(report rss "$pid")
+        [ "$now_kib" -gt "$peak" ] && peak=$now_kib
+        sleep 0.1
+      done
+      wait "$wrk_pid" || true
+      IFS=, read -r rps _ _ errors _ <<< "$(report parse-wrk < "$work/mem-$name.out")"
+      mem_row[$name]="$before_kib,$peak,$rps,$errors"
+      echo "memory $name: RSS $before_kib KiB before, peak $peak KiB; $rps req/s, errors $errors"
+    done < <(targets)
+    echo "waiting ${after_wait}s after the last burst ..."
+    sleep "$after_wait"
+    for name in "${!mem_row[@]}"; do
+      IFS=, read -r before_kib peak rps errors <<< "${mem_row[$name]}"
+      after_kib=$(report rss "${tpids[$name]}")
+      echo "$name,8000,$before_kib,$peak,$after_kib,$after_wait,$rps,$errors" >> "$mem"
+      echo "memory $name: ${after_wait}s after: $after_kib KiB"
+    done
+  fi
   stop_proxies
 done
 
-python3 "$root/scripts/bench_report.py" report "$csv" "$out"
+report report "$out"
 echo "results in $out"

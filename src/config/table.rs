@@ -306,9 +306,9 @@ settings! {
             flag "--pin", key "pin", default false,
             into |b, v| b.config.pin = v, restart pin;
         /// after handling events, poll without sleeping for this many
-        /// microseconds (0 disables; at most 10000)
+        /// microseconds (default 0: off; at most 10000)
         busy_poll: Duration = int(values::busy_poll),
-            flag "--busy-poll", key "busy_poll", default Duration::from_micros(50),
+            flag "--busy-poll", key "busy_poll", default Duration::ZERO,
             into |b, v| b.config.busy_poll = v, restart busy_poll;
         /// move a request to another backend after a connect failure, or
         /// (idempotent methods only) after the backend dropped it unanswered, at

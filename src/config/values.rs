@@ -259,7 +259,10 @@ pub trait Show {
 impl Show for Duration {
     fn show(&self) -> String {
         let ms = self.as_millis();
-        if ms.is_multiple_of(60_000) && ms > 0 {
+        if self.is_zero() {
+            // Off: what both `duration_or_off` and a count of microseconds take.
+            "0".into()
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
             format!("{}m", ms / 60_000)
         } else if ms.is_multiple_of(1000) && ms > 0 {
             format!("{}s", ms / 1000)
@@ -367,5 +370,6 @@ mod tests {
             assert_eq!(duration(d).unwrap().show(), d);
         }
         assert_eq!(Duration::from_micros(50).show(), "50");
+        assert_eq!(Duration::ZERO.show(), "0");
     }
 }
