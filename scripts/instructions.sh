@@ -17,7 +17,7 @@ if [ "${1:-}" = --close ]; then mode=close; shift; fi
 n="${1:-20000}"
 command -v valgrind >/dev/null || { echo "instructions.sh: apt-get install -y valgrind" >&2; exit 2; }
 cargo build --release --quiet
-bin=target/release/corelb
+bin=${CARGO_TARGET_DIR:-target}/release/corelb
 work=$(mktemp -d)
 "$bin" backend --listen 127.0.0.1:19401 2>/dev/null &
 origin=$!
@@ -66,3 +66,5 @@ kill -INT $proxy; wait $proxy || true
 total=$(callgrind_annotate "$work/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
 echo "instructions per request: $(( total / n )) (user space, $n requests, $mode, 1 worker)"
 callgrind_annotate "$work/cg.out" 2>/dev/null | grep -E "^ *[0-9,]+ \(" | head -15
+# CALLGRIND_OUT=FILE keeps the profile (for callgrind_annotate --auto=yes with line tables).
+if [ -n "${CALLGRIND_OUT:-}" ]; then cp "$work/cg.out" "$CALLGRIND_OUT"; fi

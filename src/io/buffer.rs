@@ -60,6 +60,7 @@ impl Buf {
     }
 
     /// Drop `n` bytes from the front; the storage goes back once none are left.
+    #[inline]
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());
         self.start += n;
@@ -69,9 +70,18 @@ impl Buf {
     }
 
     /// Drop every byte held, and give the storage back.
+    #[inline]
     pub fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
+        // Most calls find nothing to give back: only that test is inlined.
+        if self.data.is_some() {
+            self.release();
+        }
+    }
+
+    #[inline(never)]
+    fn release(&mut self) {
         if let Some(data) = self.data.take() {
             give_chunk(data);
         }
