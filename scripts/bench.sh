@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: the same scenarios against the origin directly, corelb (as it
-# ships, and as corelb-poll with --busy-poll 50), nginx and HAProxy (also as
+# ships, as corelb-poll with --busy-poll 50 and as corelb-splice with --splice), nginx and HAProxy (also as
 # haproxy-busypoll, with its busy-polling on), each when installed, with the same worker count, interleaved rounds, medians reported.
 # For every run it reads the proxy's own CPU time (user and system, all its processes
 # and threads) and context switches from /proc, so the table leads with CPU per
@@ -22,7 +22,7 @@
 #   --duration   seconds per run (default 5)
 #   --workers    comma-separated worker counts (default 1)
 #   --scenarios  comma-separated subset of: s16_c50 s16_c1000 s16k_c50 s1m_c16 close_c50
-#   --targets    comma-separated subset of: direct corelb corelb-poll nginx haproxy
+#   --targets    comma-separated subset of: direct corelb corelb-poll corelb-splice nginx haproxy
 #                haproxy-busypoll (default all; corelb-base comes with --baseline)
 #   --rates      offered rates in percent for the open loop (default 25,50,75; none: skip)
 #   --no-memory  skip the 8,000-connection memory part
@@ -46,7 +46,7 @@ origin=corelb rounds=5 duration=5 smoke=0 baseline="" base_bin="" base_dir=""
 cores=$(nproc)
 workers_list=1
 scenarios="s16_c50,s16_c1000,s16k_c50,s1m_c16,close_c50"
-target_list="direct,corelb,corelb-poll,nginx,haproxy,haproxy-busypoll"
+target_list="direct,corelb,corelb-poll,corelb-splice,nginx,haproxy,haproxy-busypoll"
 rates=25,50,75 memory=1 after_wait=60
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -84,7 +84,7 @@ fi
 IFS=, read -r -a tlist <<< "$target_list"
 for t in "${tlist[@]}"; do
   case "$t" in
-    direct|corelb|corelb-poll|nginx|haproxy|haproxy-busypoll) ;;
+    direct|corelb|corelb-poll|corelb-splice|nginx|haproxy|haproxy-busypoll) ;;
     *) echo "bench.sh: unknown target $t (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -192,9 +192,9 @@ CONF
 }
 
 # Ports: origins 19001-19002, direct = origin 1; corelb 19100, nginx 19101, haproxy
-# 19102, corelb-base 19103, corelb-poll 19104, haproxy-busypoll 19105.
+# 19102, corelb-base 19103, corelb-poll 19104, haproxy-busypoll 19105, corelb-splice 19106.
 declare -A port=([corelb]=19100 [nginx]=19101 [haproxy]=19102 [corelb-base]=19103
-                 [corelb-poll]=19104 [haproxy-busypoll]=19105)
+                 [corelb-poll]=19104 [haproxy-busypoll]=19105 [corelb-splice]=19106)
 # The processes whose CPU and memory count for each target (descendants included).
 declare -A tpids=()
 
@@ -248,6 +248,7 @@ start_proxies() {
   local w=$1
   want corelb && start_corelb corelb "$bin" "$w"
   want corelb-poll && start_corelb corelb-poll "$bin" "$w" --busy-poll 50
+  want corelb-splice && start_corelb corelb-splice "$bin" "$w" --splice
   [ -n "$base_bin" ] && start_corelb corelb-base "$base_bin" "$w"
   if command -v nginx >/dev/null && want nginx; then
     # nginx as documented for reverse proxying with upstream keep-alive: the idle pool
@@ -304,7 +305,7 @@ stop_proxies() {
 # "name address" for every target running, direct first.
 targets() {
   want direct && echo "direct $o1"
-  for name in corelb corelb-poll corelb-base nginx haproxy haproxy-busypoll; do
+  for name in corelb corelb-poll corelb-splice corelb-base nginx haproxy haproxy-busypoll; do
     [ -n "${tpids[$name]:-}" ] && echo "$name 127.0.0.1:${port[$name]}"
   done
   true

@@ -24,7 +24,7 @@ from collections import defaultdict
 
 # corelb and its variants are compared with the best of the peers; the peers are
 # nginx and HAProxy, each also in its busy-polling variant where there is one.
-OURS = ["corelb", "corelb-poll", "corelb-base"]
+OURS = ["corelb", "corelb-poll", "corelb-splice", "corelb-base"]
 PEERS = ["nginx", "haproxy", "haproxy-busypoll"]
 TARGETS = ["direct"] + OURS + PEERS
 TICK = os.sysconf("SC_CLK_TCK")

@@ -192,7 +192,7 @@ def run_scenario(addr, kind, seconds):
     if kind != "none":
         # It runs for exactly the light clients' time plus the warm-up.
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--heavy", kind, addr[0], str(addr[1]), str(seconds + 0.5)],
+            [sys.executable, __file__, "--heavy-child", kind, addr[0], str(addr[1]), str(seconds + 0.5)],
             stdout=subprocess.PIPE,
             text=True,
             # On a machine this small the heavy client's own CPU (a Python loop
@@ -216,12 +216,13 @@ def run_scenario(addr, kind, seconds):
 
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--heavy":
+    if len(sys.argv) > 1 and sys.argv[1] == "--heavy-child":
         heavy(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--baseline", help="another corelb binary to run beside this one")
+    ap.add_argument("--baseline-args", default="", help="flags for the baseline binary, as one string (say --splice)")
     ap.add_argument("--only", help="run only this proxy (corelb, baseline, nginx, haproxy)")
     ap.add_argument("--heavy", dest="kinds", help="comma-separated scenarios to run besides none (default: all)")
     ap.add_argument("--no-nice", action="store_true", help="run the heavy client at normal priority")
@@ -240,7 +241,7 @@ def main():
         backend = "%s:%d" % ORIGIN
         proxies.append(("corelb", [BIN, "serve", "--backend", backend, "--listen", "127.0.0.1:19510", "--workers", "1"], 19510))
         if args.baseline:
-            proxies.append(("baseline", [args.baseline, "serve", "--backend", backend, "--listen", "127.0.0.1:19511", "--workers", "1"], 19511))
+            proxies.append(("baseline", [args.baseline, "serve", "--backend", backend, "--listen", "127.0.0.1:19511", "--workers", "1"] + args.baseline_args.split(), 19511))
         if shutil.which("nginx"):
             conf = os.path.join(work, "nginx.conf")
             with open(conf, "w") as f:

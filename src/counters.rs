@@ -98,6 +98,8 @@ pub struct WorkerMetrics {
     pub upstream_surplus: AtomicU64,
     /// Backend connections open now (busy or pooled).
     pub upstream_open: AtomicU64,
+    /// Responses relayed whole whose body went (in part) through a pipe.
+    pub spliced: AtomicU64,
 }
 
 pub fn get(a: &AtomicU64) -> u64 {

@@ -78,7 +78,7 @@ pub fn prometheus(v: &View<'_>) -> String {
     }
     // One series per worker each: (name, type, help, value).
     type PerWorker = fn(&WorkerMetrics, &(u64, u64, u64)) -> u64;
-    let per_worker: [(&str, &str, &str, PerWorker); 7] = [
+    let per_worker: [(&str, &str, &str, PerWorker); 8] = [
         (
             "corelb_client_connections",
             "gauge",
@@ -120,6 +120,12 @@ pub fn prometheus(v: &View<'_>) -> String {
             "counter",
             "Backend connections closed, never reused, because the backend sent bytes that belong to no response, by worker.",
             |m, _| get(&m.upstream_surplus),
+        ),
+        (
+            "corelb_spliced_responses_total",
+            "counter",
+            "Responses whose body went backend -> pipe -> client with splice(2) (--splice), by worker.",
+            |m, _| get(&m.spliced),
         ),
     ];
     for (name, kind, help, value) in per_worker {

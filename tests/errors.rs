@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -385,7 +386,7 @@ fn a_proxy_without_backends_is_a_start_error() {
 
 #[test]
 fn backend_closing_mid_large_body_closes_the_client_after_what_it_sent() {
-    // Large enough that the body goes through the splice path.
+    // Large enough that with --splice the body goes through the pipe.
     const PART: usize = 300 * 1024;
     let backend = Scripted::start(|mut s, _| {
         if read_head(&mut s).is_some() {
@@ -394,15 +395,21 @@ fn backend_closing_mid_large_body_closes_the_client_after_what_it_sent() {
             write_and_close(s, &out);
         }
     });
-    let proxy = proxy_for(&[backend.addr], 1);
-    let mut s = connect(proxy.local_addrs()[0]);
+    for splice in [false, true] {
+        let proxy = proxy_with(&[backend.addr], |c| c.tune.splice = splice);
+        closes_after_what_it_sent(proxy.local_addrs()[0], PART);
+    }
+}
+
+fn closes_after_what_it_sent(proxy: SocketAddr, part: usize) {
+    let mut s = connect(proxy);
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let got = read_until_closed(&mut s);
     let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert_eq!(
         got.len() - head_end,
-        PART,
+        part,
         "body bytes relayed before the close"
     );
     assert!(got[head_end..].iter().all(|&b| b == b'x'));

@@ -244,9 +244,15 @@ fn answers_first_then_good(first: Vec<u8>) -> (Scripted, Arc<AtomicBool>) {
 
 #[test]
 fn surplus_backend_bytes_after_a_body_never_reach_the_next_request() {
-    // Bodies under and over the splice threshold (64 KiB), each followed by a
-    // whole fake response, or by bytes a miscounted Content-Length left over.
-    for length in [100usize, 70_000, 300_000] {
+    // Bodies under and over the splice threshold (64 KiB), copied and (with
+    // `--splice`) spliced, each followed by a whole fake response, or by bytes a
+    // miscounted Content-Length left over.
+    for (length, splice) in [
+        (100usize, false),
+        (70_000, false),
+        (300_000, false),
+        (300_000, true),
+    ] {
         for surplus in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"[..],
             &b"\xc3\xa9tc"[..],
@@ -256,7 +262,7 @@ fn surplus_backend_bytes_after_a_body_never_reach_the_next_request() {
             first.extend(std::iter::repeat_n(b'x', length));
             first.extend_from_slice(surplus);
             let (backend, wrote) = answers_first_then_good(first);
-            let proxy = proxy_for(&[backend.addr], 1);
+            let proxy = proxy_with(&[backend.addr], |c| c.tune.splice = splice);
             let addr = proxy.local_addrs()[0];
             // The client reads only once the backend has written everything, so
             // the surplus is already waiting when the body's last byte is relayed;
@@ -289,6 +295,13 @@ fn surplus_backend_bytes_after_a_body_never_reach_the_next_request() {
                     "after a {length}-byte body and surplus {surplus:?}"
                 );
             }
+            // The body took the path it was meant to: the first read holds at
+            // most 32 KiB of it, so with --splice the rest goes through the pipe.
+            assert_eq!(
+                metric(&proxy, "corelb_spliced_responses_total{", ""),
+                u64::from(splice),
+                "responses spliced, for a {length}-byte body with splice={splice}"
+            );
             // The connection that sent surplus is closed, and for a while each
             // request to that backend gets a fresh one.
             assert_eq!(

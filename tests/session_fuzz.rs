@@ -1387,6 +1387,8 @@ fn run(seed: u64, clients: usize, conns_per_client: usize) -> Result<Run, Vec<St
         backends.iter().map(|b| backend_of(b.addr)).collect(),
     );
     cfg.workers = if seed.is_multiple_of(3) { 2 } else { 1 };
+    // Large bodies copied through the buffer, or (every other seed) spliced.
+    cfg.tune.splice = seed.is_multiple_of(2);
     cfg.retries = 2;
     // Health is not under test: a backend fault must not take a backend out.
     cfg.passive.max_fails = 0;

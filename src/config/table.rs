@@ -306,7 +306,7 @@ settings! {
             flag "--pin", key "pin", default false,
             into |b, v| b.config.pin = v, restart pin;
         /// after handling events, poll without sleeping for this many
-        /// microseconds (default 0: off; at most 10000)
+        /// microseconds (0: off; at most 10000)
         busy_poll: Duration = int(values::busy_poll),
             flag "--busy-poll", key "busy_poll", default Duration::ZERO,
             into |b, v| b.config.busy_poll = v, restart busy_poll;
@@ -445,6 +445,12 @@ settings! {
         /// to all over this long; every algorithm honours it (0: off)
         slow_start: Duration = duration(values::duration_or_off),
             flag "--slow-start", key "health.slow_start", default Duration::ZERO;
+        /// move the rest of a large response body (Content-Length, 64 KiB or
+        /// more to come) backend -> pipe -> client with splice(2) instead of
+        /// copying it through the buffer; off by default, as copying cost half
+        /// the CPU where it was measured (see the README's Performance)
+        splice: bool = switch(values::on),
+            flag "--splice", key "splice", default false;
     }
 }
 

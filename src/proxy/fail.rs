@@ -8,8 +8,9 @@ use crate::backends::select;
 use crate::http::Reject;
 use crate::http::rewrite::{self};
 
+use super::bufs::Bufs;
 use super::exchange::{Exchange, Kept};
-use super::session::{Bufs, Fail, Phase, Timer, Wait};
+use super::session::{Fail, Phase, Timer, Wait};
 use super::upstream::Upstream;
 use super::worker::Worker;
 

@@ -10,8 +10,9 @@ use crate::http::head::{self, Answer, Limits};
 use crate::http::rewrite::{self, Forwarding};
 use crate::http::{BadResponse, Framing, Reject, RequestInfo, ResponseInfo};
 
+use super::bufs::Bufs;
 use super::plan::{Plan, Shared};
-use super::session::{Bufs, Fail};
+use super::session::Fail;
 
 /// Read the request head at the front of `bufs.req` (`http::head`); on success
 /// the backend is chosen and the rewritten head is in `bufs.req_head`. Returns the

@@ -43,6 +43,7 @@ use crate::config::ProxyConfig;
 use crate::counters::Padded;
 use crate::runtime::{self, StartError, Workers};
 
+mod bufs;
 mod control;
 mod exchange;
 mod fail;

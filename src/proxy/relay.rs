@@ -10,10 +10,11 @@ use crate::io::buffer::Buf;
 use crate::io::splice::Pipe;
 use crate::io::{ReadOutcome, read_into, write_two};
 
+use super::bufs::Bufs;
 use super::exchange::{Exchange, Kept, ReqState, RespState};
 use super::fail::retry_or;
 use super::head::parse_response_head;
-use super::session::{Bufs, Client, Fail, Phase, Step, read_client};
+use super::session::{Client, Fail, Phase, Step, read_client};
 use super::upstream::Upstream;
 use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP, SPLICE_STEP_BYTES};
 
@@ -379,10 +380,11 @@ pub(super) fn splicing(bufs: &mut Bufs, x: &Exchange) -> bool {
     if bufs.piped() {
         return true;
     }
-    let large = matches!(
-        x.resp,
-        RespState::Body { body: BodyScanner::Length(n), pending: 0, .. } if n >= SPLICE_MIN
-    );
+    let large = bufs.splice
+        && matches!(
+            x.resp,
+            RespState::Body { body: BodyScanner::Length(n), pending: 0, .. } if n >= SPLICE_MIN
+        );
     if !(large && bufs.resp.is_empty() && bufs.resp_head.is_empty() && !bufs.no_pipe) {
         return false;
     }
@@ -429,6 +431,7 @@ pub(super) fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
             Ok(n) => {
                 *remaining -= n as u64;
                 moved = true;
+                bufs.spliced = true;
                 // The step counts one; each further `SPLICE_STEP_BYTES`, one more.
                 let more = n.saturating_sub(1) / SPLICE_STEP_BYTES;
                 c.steps = c.steps.saturating_add(more.min(usize::from(u8::MAX)) as u8);

@@ -1,4 +1,4 @@
-//! One client session: its buffers, its phases (`Phase`; only `Phase::Exchange`
+//! One client session: its phases (`Phase`; only `Phase::Exchange`
 //! carries an exchange, see `exchange`), its timer (`Timer`: when, and what it
 //! waits for), and the steps that move it from one request head to the next
 //! (`Worker::drive` and `Worker::pump`).
@@ -11,16 +11,16 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::http::{BodyScanner, Reject, RequestInfo};
-use crate::io::buffer::{Buf, Recycle};
-use crate::io::splice::Pipe;
+use crate::io::buffer::Buf;
 use crate::io::{ReadOutcome, Ready, read_into, write_two};
 
+use super::bufs::Bufs;
 use super::exchange::{Exchange, ReqState, RespState};
 use super::head::parse_request_head;
 use super::relay::{relay_request, relay_response, relay_tunnel, take_request};
 use super::upstream::{Leftover, Role, check_connected, leftover_seen};
 use super::worker::Worker;
-use super::{DRAIN_GRACE, MAX_DRAIN_BYTES, MAX_KEPT_HEAD, MAX_STEPS_PER_TURN};
+use super::{DRAIN_GRACE, MAX_DRAIN_BYTES, MAX_STEPS_PER_TURN};
 
 /// Read what the client sent into `buf`; an end of stream sets `eof`. Returns
 /// whether anything happened; a read error closes the session.
@@ -38,106 +38,6 @@ pub(super) fn read_client(
         }
         Ok(ReadOutcome::Blocked) => Ok(false),
         Err(_) => Err(Fail::Close),
-    }
-}
-
-/// The buffers of a session with something in flight.
-pub(super) struct Bufs {
-    /// Bytes from the client: request head, body, and any pipelined requests.
-    pub(super) req: Buf,
-    /// Bytes from the backend: response head and body.
-    pub(super) resp: Buf,
-    /// The rewritten request head, and how much of it the backend has taken.
-    pub(super) req_head: Vec<u8>,
-    pub(super) req_head_sent: usize,
-    /// Response heads (interim and final, or a local error), and how much is written.
-    pub(super) resp_head: Vec<u8>,
-    pub(super) resp_head_sent: usize,
-    /// For large response bodies (see `SPLICE_MIN`), made on first use and kept.
-    pub(super) pipe: Option<Pipe>,
-    /// Making a pipe failed (out of descriptors): relay through the buffer instead.
-    pub(super) no_pipe: bool,
-    /// For the access log (kept only when it is on): the request line, Referer and
-    /// User-Agent, response body bytes written, and when the response head came.
-    pub(super) log_request: Vec<u8>,
-    pub(super) log_referer: Vec<u8>,
-    pub(super) log_user_agent: Vec<u8>,
-    pub(super) resp_bytes: u64,
-    pub(super) head_at: Option<Instant>,
-}
-
-impl Bufs {
-    pub(super) fn new(size: usize) -> Box<Bufs> {
-        Box::new(Bufs {
-            req: Buf::with_capacity(size),
-            resp: Buf::with_capacity(size),
-            req_head: Vec::with_capacity(1024),
-            req_head_sent: 0,
-            resp_head: Vec::with_capacity(1024),
-            resp_head_sent: 0,
-            pipe: None,
-            no_pipe: false,
-            log_request: Vec::new(),
-            log_referer: Vec::new(),
-            log_user_agent: Vec::new(),
-            resp_bytes: 0,
-            head_at: None,
-        })
-    }
-
-    /// Response body bytes wait in the pipe.
-    pub(super) fn piped(&self) -> bool {
-        self.pipe.as_ref().is_some_and(|p| !p.is_empty())
-    }
-}
-
-impl Recycle for Box<Bufs> {
-    /// Everything a session left goes: unread or unforwarded request bytes
-    /// (pipelined requests, half a head), response bytes, heads, bytes in the
-    /// pipe (the pipe itself is dropped then), and the log fields. A head buffer
-    /// grown past `MAX_KEPT_HEAD` is given back to the allocator.
-    fn reset(&mut self) {
-        self.req.clear();
-        self.resp.clear();
-        for head in [&mut self.req_head, &mut self.resp_head] {
-            head.clear();
-            if head.capacity() > MAX_KEPT_HEAD {
-                *head = Vec::with_capacity(1024);
-            }
-        }
-        self.req_head_sent = 0;
-        self.resp_head_sent = 0;
-        if self.piped() {
-            self.pipe = None;
-        }
-        self.no_pipe = false;
-        for field in [
-            &mut self.log_request,
-            &mut self.log_referer,
-            &mut self.log_user_agent,
-        ] {
-            field.clear();
-            if field.capacity() > MAX_KEPT_HEAD {
-                *field = Vec::new();
-            }
-        }
-        self.resp_bytes = 0;
-        self.head_at = None;
-    }
-
-    fn is_clean(&self) -> bool {
-        self.req.is_clean()
-            && self.resp.is_clean()
-            && self.req_head.is_empty()
-            && self.resp_head.is_empty()
-            && self.req_head_sent == 0
-            && self.resp_head_sent == 0
-            && !self.piped()
-            && self.log_request.is_empty()
-            && self.log_referer.is_empty()
-            && self.log_user_agent.is_empty()
-            && self.resp_bytes == 0
-            && self.head_at.is_none()
     }
 }
 
@@ -507,6 +407,8 @@ impl Worker {
         bufs.resp.clear();
         bufs.resp_bytes = 0;
         bufs.head_at = None;
+        bufs.splice = self.plan.config.tune.splice;
+        bufs.spliced = false;
         let mut x = Exchange::new(info, backend, self.now);
         x.close_after |= self.shutdown_deadline.is_some();
         // A body is buffered first (up to the request buffer), so a slow
@@ -638,6 +540,9 @@ impl Worker {
             return Err(Fail::Close);
         };
         let (status, backend, started) = (x.status, x.backend, x.started);
+        if self.clients[ck].bufs.as_ref().is_some_and(|b| b.spliced) {
+            self.metrics().spliced.fetch_add(1, Ordering::Relaxed);
+        }
         // What the end of the exchange decides: whether its backend connection
         // may be pooled, and whether the client connection stays open.
         let reusable = matches!(x.resp, RespState::Body { reusable: true, .. }) && x.req_sent();

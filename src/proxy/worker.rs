@@ -17,9 +17,10 @@ use crate::io::Ready;
 use crate::io::buffer::{self, Pool};
 use crate::runtime::{self, Control, WorkerContext};
 
+use super::bufs::Bufs;
 use super::exchange::RespState;
 use super::plan::{Plan, Shared, WorkerStats};
-use super::session::{Bufs, Client, Fail, Phase, Timer, Wait};
+use super::session::{Client, Fail, Phase, Timer, Wait};
 use super::upstream::{Local, Upstream};
 use super::{
     DRAIN_GRACE, MAX_FREE_BUFS, MAX_SWEEP_INTERVAL, MIN_BUF_SIZE, MIN_SLOTS, TRIM_INTERVAL,
