@@ -729,3 +729,115 @@ fn a_client_waiting_for_100_continue_is_not_blamed_for_the_wait() {
     let mut r = Reader::new(s);
     assert_eq!(r.response().status, 504);
 }
+
+/// The request line's target, from a head `read_head` returned.
+fn target_of(head: &str) -> String {
+    head.split(' ').nth(1).unwrap_or("").to_string()
+}
+
+#[test]
+fn a_late_surplus_held_back_by_nagle_shifts_no_later_answer() {
+    // The backend leaves Nagle on (a socket's default). After a 204 it writes a
+    // whole fake response in a second write, which its kernel holds back until
+    // the 204 is acknowledged. Were that ACK left to ride on the next request,
+    // the fake would come out just after that request and be read as its
+    // answer, and so would every later answer, each one exchange late: every
+    // client after the first would get the one before's. Acknowledged when the
+    // connection goes back to the pool, the fake arrives while it is idle and is
+    // caught (tests before and after the fix: 20 of 20 victims wrong, then 0).
+    let backend = Scripted::start(|mut s, _| {
+        while let Some(head) = read_head(&mut s) {
+            let target = target_of(&head);
+            if target == "/evil" {
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTOLEN");
+                continue;
+            }
+            let out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
+                target.len()
+            );
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |c| c.passive.max_fails = 0);
+    let addr = proxy.local_addrs()[0];
+    // A few exchanges first, so the backend connection is in its steady
+    // request-answer rhythm (where the kernel delays its ACKs).
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/warm").text(), "/warm");
+    }
+    assert_eq!(get(addr, "/evil").status, 204);
+    let mut wrong = Vec::new();
+    for n in 0..20 {
+        let path = format!("/victim/{n}");
+        let got = get(addr, &path).text();
+        if got != path {
+            wrong.push((path, got));
+        }
+    }
+    assert!(wrong.is_empty(), "answers to other exchanges: {wrong:?}");
+    assert_eq!(
+        metric(&proxy, "corelb_upstream_surplus_total{", ""),
+        1,
+        "the fake answer was caught on the idle connection"
+    );
+}
+
+#[test]
+fn a_body_the_backend_skipped_after_expect_100_continue_is_never_answered_to_another() {
+    // The attacker sends `Expect: 100-continue` with its body at once, and the
+    // body is a request. The backend answers 401 without reading the body and
+    // keeps the connection open, so it reads the body as the next request; it
+    // answers it when more comes on the connection (as a pipelining server
+    // would). Were the connection pooled, the next client's request would get
+    // the smuggled request's answer.
+    let backend = Scripted::start(|mut s, _| {
+        let mut smuggled = false;
+        while let Some(head) = read_head(&mut s) {
+            let target = target_of(&head);
+            let out = match target.as_str() {
+                // No body read: what follows the head is taken for a request.
+                "/auth" => "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string(),
+                "/smuggled" => {
+                    smuggled = true;
+                    continue;
+                }
+                _ => {
+                    let mut out = String::new();
+                    if std::mem::take(&mut smuggled) {
+                        out.push_str("HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED");
+                    }
+                    out.push_str(&format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
+                        target.len()
+                    ));
+                    out
+                }
+            };
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_with(&[backend.addr], |c| c.passive.max_fails = 0);
+    let addr = proxy.local_addrs()[0];
+    let body = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let attack = format!(
+        "POST /auth HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (resp, _) = roundtrip(addr, attack.as_bytes());
+    assert_eq!(resp.status, 401);
+    for n in 0..3 {
+        let path = format!("/victim/{n}");
+        assert_eq!(get(addr, &path).text(), path, "victim {n}'s answer");
+    }
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        2,
+        "the connection that carried the Expect request is not reused; the next one is"
+    );
+}

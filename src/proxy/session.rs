@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use crate::http::{BodyScanner, Reject, RequestInfo};
+use crate::http::{BodyScanner, Framing, Reject, RequestInfo};
 use crate::io::buffer::Buf;
 use crate::io::{ReadOutcome, Ready, read_into, write_two};
 
@@ -545,7 +545,16 @@ impl Worker {
         }
         // What the end of the exchange decides: whether its backend connection
         // may be pooled, and whether the client connection stays open.
-        let reusable = matches!(x.resp, RespState::Body { reusable: true, .. }) && x.req_sent();
+        // A backend may answer a request with `Expect: 100-continue` without
+        // reading its body and keep the connection open (RFC 9110 §10.1.1 wants it
+        // to close or read and discard the body; not every server does): it would
+        // read that body as a request of its own, and its answer would go to the
+        // next exchange on the connection. Such a connection is never pooled.
+        let expected_body =
+            x.req.expect_continue && !matches!(x.req.framing, Framing::None | Framing::Length(0));
+        let reusable = matches!(x.resp, RespState::Body { reusable: true, .. })
+            && x.req_sent()
+            && !expected_body;
         let close = x.close_after || !x.req_sent();
         let linger = !x.req_sent() || x.req.keep_alive;
         let took = self.now.saturating_duration_since(started);
@@ -578,6 +587,11 @@ impl Worker {
                 && local.idle.len() < self.plan.config.tune.max_idle_per_backend
             {
                 u.role = Role::Idle { since: now };
+                // Bytes the backend still sends after this response must arrive
+                // while the connection is idle, where they are caught, not be held
+                // back (Nagle) until the next request carries our ACK and then be
+                // read as its answer, and the next, and the next.
+                crate::io::ack_now(&u.sock);
                 local.idle.push(uk);
             } else {
                 self.discard_upstream(uk, found);
