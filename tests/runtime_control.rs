@@ -341,3 +341,40 @@ fn a_buffered_request_moves_off_a_backend_disabled_meanwhile() {
     a.release();
     b.release();
 }
+
+/// With `--rewrite-host`, a buffered request that moves to another backend (its
+/// first was disabled while the body came in) names the backend it goes to.
+#[test]
+fn a_buffered_request_moved_off_a_disabled_backend_names_its_new_host() {
+    let host_echo = || {
+        Scripted::start(|mut s, _| {
+            while let Some(req) = read_request(&mut s) {
+                let host = req.head.get("host").unwrap_or("").to_string();
+                let out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{host}",
+                    host.len()
+                );
+                if s.write_all(out.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let (a, b) = (host_echo(), host_echo());
+    let proxy = Proxy::start(config(&[a.addr, b.addr], |c| c.rewrite_host = true)).unwrap();
+    steer(&proxy, b.addr, "drain");
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
+    wait_until(
+        || proxy.counts()[0].open == 1,
+        "the proxy reads the request",
+    );
+    steer(&proxy, b.addr, "enable");
+    steer(&proxy, a.addr, "disable");
+    s.write_all(b"world").unwrap();
+    let resp = Reader::new(s).response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), b.addr.to_string(), "the Host B got");
+    assert_eq!(a.connections.load(Ordering::SeqCst), 0, "nothing reached A");
+}

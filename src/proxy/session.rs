@@ -519,11 +519,23 @@ impl Worker {
         // drained, disabled): another one then, as for a retry.
         let now_ms = self.plan.health.ms_at(self.now);
         if !self.locals[backend].member.takes_requests(now_ms) {
+            let gone = backend;
             backend = self
-                .other_backend(backend)
+                .other_backend(gone)
                 .ok_or(Fail::Reject(Reject::Unavailable))?;
-            if let Some(x) = self.clients[ck].exchange_mut() {
+            let c = &mut self.clients[ck];
+            if let Some(x) = c.exchange_mut() {
                 x.backend = backend;
+            }
+            // The head names the backend it was written for (`--rewrite-host`).
+            if self.shared.rewrite_host
+                && let Some(bufs) = c.bufs.as_mut()
+            {
+                crate::http::rewrite::retarget_host(
+                    &mut bufs.req_head,
+                    &self.locals[gone].member.authority,
+                    &self.locals[backend].member.authority,
+                );
             }
         }
         self.hold(ck, backend);
