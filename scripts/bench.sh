@@ -290,6 +290,7 @@ CONF
 }
 
 stop_proxies() {
+  only all
   for p in "${proxy_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   proxy_pids=()
   [ -f "$work/nginx-proxy.pid" ] && kill -QUIT "$(cat "$work/nginx-proxy.pid")" 2>/dev/null || true
@@ -309,6 +310,26 @@ targets() {
     [ -n "${tpids[$name]:-}" ] && echo "$name 127.0.0.1:${port[$name]}"
   done
   true
+}
+
+# Only the target measured runs: every other proxy is stopped (SIGSTOP, with its
+# children) meanwhile and continued for its own turn. An idle peer may still spin:
+# HAProxy's busy-polling polls with a null timeout even without a connection, a whole
+# core (measured: 501 ticks in 5 s of 500), which would take one of the two cores from
+# every other target. `only all` continues every proxy.
+tree_pids() {
+  echo "$1"
+  local c
+  for c in $(pgrep -P "$1"); do tree_pids "$c"; done
+}
+only() {
+  local t sig
+  for t in "${!tpids[@]}"; do
+    sig=STOP
+    if [ "$1" = all ] || [ "$t" = "$1" ]; then sig=CONT; fi
+    # shellcheck disable=SC2046
+    kill -"$sig" $(tree_pids "${tpids[$t]}") 2>/dev/null || true
+  done
 }
 
 scenario_args() {
@@ -370,6 +391,7 @@ for w in "${wlist[@]}"; do
         read -r name addr <<< "${tl[$(((i + round) % n))]}"
         extra=()
         [ "${close:-}" = close ] && extra=(-H "Connection: close")
+        only "$name"
         before=$(snap "$name")
         out_wrk=$(wrk -t1 -c"$conns" -d"${duration}s" --latency "${extra[@]}" "http://$addr$path" 2>&1 || true)
         cpu=$(used "$before" "$(snap "$name")")
@@ -397,6 +419,7 @@ PY
       capacity=0
       while read -r name addr; do
         [ "$name" = direct ] && continue
+        only "$name"
         r=$(wrk -t1 -c50 -d"${duration}s" "http://$addr/size/16" 2>&1 | report parse-wrk | cut -d, -f1)
         if [ "$capacity" = 0 ] || [ "${r%.*}" -lt "$capacity" ]; then capacity=${r%.*}; fi
       done < <(targets)
@@ -409,6 +432,7 @@ PY
         n=${#tl[@]}
         for i in $(seq 0 $((n - 1))); do
           read -r name addr <<< "${tl[$(((i + round) % n))]}"
+          only "$name"
           before=$(snap "$name")
           out_oha=$("$oha" --no-tui --output-format json -z "${duration}s" -c 50 -q "$rate" \
                     --latency-correction --disable-compression -w "http://$addr/size/16" 2>/dev/null || true)
@@ -429,6 +453,7 @@ PY
     while read -r name addr; do
       [ "$name" = direct ] && continue
       pid=${tpids[$name]}
+      only "$name"
       before_kib=$(report rss "$pid")
       wrk -t2 -c8000 -d6s "http://$addr/size/16" > "$work/mem-$name.out" 2>&1 &
       wrk_pid=$!
@@ -443,6 +468,8 @@ PY
       mem_row[$name]="$before_kib,$peak,$rps,$errors"
       echo "memory $name: RSS $before_kib KiB before, peak $peak KiB; $rps req/s, errors $errors"
     done < <(targets)
+    # Every proxy runs through the wait: each gives back memory on its own timers.
+    only all
     echo "waiting ${after_wait}s after the last burst ..."
     sleep "$after_wait"
     for name in "${!mem_row[@]}"; do
