@@ -77,9 +77,9 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Buffer sets (about 2.3 KB each: heads and log fields; the 32 KiB buffers are
 /// borrowed only while they hold bytes) kept for reuse per worker at most: enough
-/// to serve a steady load without malloc, few enough that a burst does not pin
-/// memory.
-const MAX_FREE_BUFS: usize = 256;
+/// to serve 1000 clients in flight without malloc (each holds a set until its
+/// exchange ends); what a burst took beyond the steady need is freed by the trim.
+const MAX_FREE_BUFS: usize = 1024;
 
 /// How often a worker gives back what a burst took (`Worker::trim_memory`): what
 /// went unused for a whole interval is freed, so memory is back to its steady
