@@ -28,6 +28,7 @@ fn parse_and_rewrite(c: &mut Criterion) {
         let fwd = Forwarding {
             client_ip: "127.0.0.1".parse().unwrap(),
             host: None,
+            https: false,
         };
         group.throughput(Throughput::Bytes(head.len() as u64));
         group.bench_function(name, |b| {

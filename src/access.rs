@@ -84,6 +84,18 @@ pub struct Entry<'a> {
     /// From the request head to the response head, if a backend answered.
     pub upstream: Option<Duration>,
     pub total: Duration,
+    /// For a client that spoke TLS: what it negotiated.
+    pub tls: Option<Tls<'a>>,
+}
+
+/// A TLS client's session, as the log shows it.
+pub struct Tls<'a> {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: &'a str,
+    /// The cipher suite's IANA name (`TLS13_AES_128_GCM_SHA256`).
+    pub cipher: &'a str,
+    /// The name the client asked for (SNI), if it sent one.
+    pub sni: Option<&'a str>,
 }
 
 /// A worker's buffer of formatted lines, with the current second's timestamps cached.
@@ -140,7 +152,12 @@ impl Buffer {
                     e.backend.unwrap_or("-")
                 );
                 seconds(out, e.upstream, b"-");
-                let _ = writeln!(out, " request_time={:.6}", e.total.as_secs_f64());
+                let _ = write!(out, " request_time={:.6}", e.total.as_secs_f64());
+                if let Some(tls) = &e.tls {
+                    let _ = write!(out, " tls={} cipher={} sni=", tls.version, tls.cipher);
+                    quoted_text(out, tls.sni.unwrap_or("").as_bytes(), b"-", false);
+                }
+                out.push(b'\n');
             }
             Format::Json => {
                 let mut parts = e.request.splitn(3, |&b| b == b' ');
@@ -169,7 +186,24 @@ impl Buffer {
                 }
                 out.extend_from_slice(b",\"upstream_time\":");
                 seconds(out, e.upstream, b"null");
-                let _ = writeln!(out, ",\"request_time\":{:.6}}}", e.total.as_secs_f64());
+                let _ = write!(out, ",\"request_time\":{:.6}", e.total.as_secs_f64());
+                if let Some(tls) = &e.tls {
+                    let _ = write!(
+                        out,
+                        ",\"tls\":{{\"version\":\"{}\",\"cipher\":\"{}\",\"sni\":",
+                        tls.version, tls.cipher
+                    );
+                    match tls.sni {
+                        Some(name) => {
+                            out.push(b'"');
+                            quoted_text(out, name.as_bytes(), b"", true);
+                            out.push(b'"');
+                        }
+                        None => out.extend_from_slice(b"null"),
+                    }
+                    out.push(b'}');
+                }
+                out.extend_from_slice(b"}\n");
             }
         }
     }
@@ -247,6 +281,7 @@ mod tests {
             backend: Some("127.0.0.1:9001"),
             upstream: Some(Duration::from_micros(1500)),
             total: Duration::from_micros(2000),
+            tls: None,
         }
     }
 
@@ -264,6 +299,32 @@ mod tests {
         let line = String::from_utf8(b.out).unwrap();
         assert!(
             line.ends_with("\"client\":\"10.0.0.1\",\"method\":\"GET\",\"path\":\"/a\\\"b\",\"status\":200,\"bytes\":5,\"backend\":\"127.0.0.1:9001\",\"upstream_time\":0.001500,\"request_time\":0.002000}\n"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_tls_client_s_lines_say_what_it_negotiated() {
+        let mut e = entry();
+        e.tls = Some(Tls {
+            version: "TLSv1.3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            sni: Some("a.test"),
+        });
+        let mut b = Buffer::default();
+        b.add(Format::Combined, &e);
+        let line = String::from_utf8(std::mem::take(&mut b.out)).unwrap();
+        assert!(
+            line.ends_with(
+                " request_time=0.002000 tls=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256 sni=a.test\n"
+            ),
+            "{line}"
+        );
+        e.tls.as_mut().unwrap().sni = None;
+        b.add(Format::Json, &e);
+        let line = String::from_utf8(b.out).unwrap();
+        assert!(
+            line.ends_with(",\"request_time\":0.002000,\"tls\":{\"version\":\"TLSv1.3\",\"cipher\":\"TLS13_AES_128_GCM_SHA256\",\"sni\":null}}\n"),
             "{line}"
         );
     }

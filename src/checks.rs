@@ -33,6 +33,7 @@ pub fn request_head(data: &[u8]) {
     let fwd = Forwarding {
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         host: None,
+        https: false,
     };
     let accepted = head::read_request(
         data,

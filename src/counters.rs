@@ -100,7 +100,32 @@ pub struct WorkerMetrics {
     pub upstream_open: AtomicU64,
     /// Responses relayed whole whose body went (in part) through a pipe.
     pub spliced: AtomicU64,
+    /// Client TLS handshakes completed, by version (`TLS_VERSIONS`).
+    pub tls_handshakes: [AtomicU64; 2],
+    /// Client TLS handshakes that failed, by reason (`TLS_FAILURES`).
+    pub tls_failures: [AtomicU64; 7],
 }
+
+/// TLS versions counted, as the metric labels them.
+pub const TLS_VERSIONS: [&str; 2] = ["1.2", "1.3"];
+
+/// Why a client's TLS handshake failed, as the metric labels it: what rustls
+/// refused (`io::stream::TlsFailure`), then `timeout` (not done within the
+/// header timeout) and `closed` (the client left in the middle).
+pub const TLS_FAILURES: [&str; 7] = [
+    "incompatible",
+    "malformed",
+    "alert",
+    "certificate",
+    "other",
+    "timeout",
+    "closed",
+];
+
+/// Index in `TLS_FAILURES` of a handshake not finished within the header timeout.
+pub const TLS_FAILED_TIMEOUT: usize = 5;
+/// Index in `TLS_FAILURES` of a client that closed in the middle of its handshake.
+pub const TLS_FAILED_CLOSED: usize = 6;
 
 pub fn get(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)

@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod runtime;
+pub mod tls;
 
 pub use config::{Backend, ProxyConfig};
 pub use origin::Origin;

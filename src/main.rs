@@ -232,7 +232,26 @@ fn upgrade(has_handover: bool) {
 /// nothing: the running configuration stays, and the log says why.
 fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloader) {
     let Some(path) = file else {
-        return nothing_to_reload("corelb");
+        // The command line stays, but certificate files are read again.
+        if !reloader.serves_tls() {
+            return nothing_to_reload("corelb");
+        }
+        return match reloader.reload_certificates() {
+            Ok(done) if done.certificates => {
+                log!(
+                    Level::Info,
+                    "corelb: reloaded the TLS certificates: changed"
+                )
+            }
+            Ok(_) => log!(
+                Level::Info,
+                "corelb: reloaded the TLS certificates: unchanged"
+            ),
+            Err(e) => log!(
+                Level::Error,
+                "corelb: reload: {e}; still serving the previous certificates"
+            ),
+        };
     };
     let built = match load(cli, Some(path)) {
         Ok(b) => b,
@@ -287,10 +306,15 @@ fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloade
                 };
                 log!(
                     Level::Info,
-                    "corelb: reloaded {}: backends added: {}; removed: {}",
+                    "corelb: reloaded {}: backends added: {}; removed: {}{}",
                     path.display(),
                     list(&done.added),
-                    list(&done.removed)
+                    list(&done.removed),
+                    if done.certificates {
+                        "; TLS certificates changed"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -509,17 +533,23 @@ fn check_config(args: CheckConfigCmd) -> ExitCode {
     match from_file.build() {
         Ok(built) => {
             let c = &built.config;
+            // The certificates are read and checked as a start would.
+            if c.serves_tls()
+                && let Err(e) = corelb::tls::ServerTls::load(&c.tls)
+            {
+                return usage_error(format!(
+                    "{}: {}: {e}",
+                    path.display(),
+                    built.spelled("tls_cert")
+                ));
+            }
             println!(
                 "{}: ok: {} backend{}, {}, listening on {}",
                 path.display(),
                 c.backends.len(),
                 if c.backends.len() == 1 { "" } else { "s" },
                 c.algorithm,
-                c.listen
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                config::values::Show::show(&c.listen)
             );
             ExitCode::SUCCESS
         }

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use crate::backends::AdminState;
-use crate::counters::{BUCKETS, CLASSES, Snapshot, WorkerMetrics, get};
+use crate::counters::{BUCKETS, CLASSES, Snapshot, TLS_FAILURES, TLS_VERSIONS, WorkerMetrics, get};
 
 /// What a scrape shows besides the worker metrics.
 pub struct View<'a> {
@@ -132,6 +132,36 @@ pub fn prometheus(v: &View<'_>) -> String {
         family(&mut out, name, kind, help);
         for (w, (m, counts)) in v.metrics.iter().zip(&v.workers).enumerate() {
             let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", value(m, counts));
+        }
+    }
+    family(
+        &mut out,
+        "corelb_tls_handshakes_total",
+        "counter",
+        "Client TLS handshakes completed, by worker and TLS version.",
+    );
+    for (w, m) in v.metrics.iter().enumerate() {
+        for (version, n) in TLS_VERSIONS.iter().zip(&m.tls_handshakes) {
+            let _ = writeln!(
+                out,
+                "corelb_tls_handshakes_total{{worker=\"{w}\",version=\"{version}\"}} {}",
+                get(n)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "corelb_tls_handshake_failures_total",
+        "counter",
+        "Client TLS handshakes that failed, by worker and reason: incompatible (no version, cipher or ALPN protocol in common), malformed (not TLS, or broken TLS), alert (the client refused us), certificate, other, timeout (not done within the header timeout), closed (the client left).",
+    );
+    for (w, m) in v.metrics.iter().enumerate() {
+        for (reason, n) in TLS_FAILURES.iter().zip(&m.tls_failures) {
+            let _ = writeln!(
+                out,
+                "corelb_tls_handshake_failures_total{{worker=\"{w}\",reason=\"{reason}\"}} {}",
+                get(n)
+            );
         }
     }
     family(
@@ -288,7 +318,7 @@ pub fn status_json(v: &View<'_>) -> String {
         v.reloads,
         v.last_backend_kept,
         (c.listen.iter())
-            .map(|a| json_string(&a.to_string()))
+            .map(|a| json_string(&crate::config::values::Show::show(a)))
             .collect::<Vec<_>>()
             .join(","),
         c.workers,

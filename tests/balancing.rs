@@ -228,7 +228,9 @@ fn every_listen_address_serves_including_ipv6() {
     let v6_backend =
         corelb::Origin::start("[::1]:0".parse().unwrap(), 1, None).expect("origin on ::1");
     let proxy = proxy_with(&[origins[0].local_addr(), v6_backend.local_addr()], |c| {
-        c.listen = vec![loopback(), loopback(), "[::1]:0".parse().unwrap()];
+        c.listen = [loopback(), loopback(), "[::1]:0".parse().unwrap()]
+            .map(corelb::config::Listen::plain)
+            .to_vec();
         c.workers = 2;
     });
     let addrs = proxy.local_addrs().to_vec();

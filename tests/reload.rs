@@ -213,7 +213,9 @@ fn restart_only_settings_are_reported_and_keep_their_values() {
     let same = config_for(&[o[0].local_addr()]);
     assert!(proxy.reload(same.clone()).unwrap().unchanged);
     let mut next = same;
-    next.listen = vec!["127.0.0.1:1".parse().unwrap()];
+    next.listen = vec![corelb::config::Listen::plain(
+        "127.0.0.1:1".parse().unwrap(),
+    )];
     next.max_header_bytes = 4096;
     next.workers = 2;
     let done = proxy.reload(next).unwrap();

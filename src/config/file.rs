@@ -3,7 +3,6 @@
 //! found in one pass, unknown keys included, each with its key and line.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -290,12 +289,12 @@ pub(super) fn switch(
 }
 
 /// `listen = "a:1"` or `listen = ["a:1", "b:2"]`.
-pub(super) fn list(
+pub(super) fn list<T>(
     walk: &mut Walk<'_>,
     v: &Value<'_>,
     key: &str,
-    check: fn(&str) -> Result<SocketAddr, String>,
-) -> Option<Vec<SocketAddr>> {
+    check: fn(&str) -> Result<T, String>,
+) -> Option<Vec<T>> {
     walk.listen(v, key, check)
 }
 
@@ -311,12 +310,12 @@ pub(super) fn backends(
 
 impl Walk<'_> {
     /// `listen = "a:1"` or `listen = ["a:1", "b:2"]`.
-    fn listen(
+    fn listen<T>(
         &mut self,
         v: &Value<'_>,
         key: &str,
-        address: fn(&str) -> Result<SocketAddr, String>,
-    ) -> Option<Vec<SocketAddr>> {
+        address: fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
         match v.get_ref() {
             DeValue::String(_) => self.string(v, key, address).map(|a| vec![a]),
             DeValue::Array(items) if !items.is_empty() => {
@@ -421,7 +420,7 @@ mod tests {
         }
         let built = ok(text).build().unwrap();
         let c = &built.config;
-        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.listen_addrs(), vec!["127.0.0.1:8080".parse().unwrap()]);
         assert_eq!(c.workers, 2);
         assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
         let backends: Vec<(String, u32)> = c

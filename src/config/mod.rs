@@ -190,12 +190,28 @@ impl Default for Passive {
     }
 }
 
+/// An address to listen on, and whether its clients speak TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl Listen {
+    pub fn plain(addr: SocketAddr) -> Listen {
+        Listen { addr, tls: false }
+    }
+}
+
 /// Everything a proxy needs to start.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProxyConfig {
     /// Addresses to listen on; every worker binds each of them (SO_REUSEPORT).
     /// Port 0 is allowed here (tests): the first bind picks the port, the rest share it.
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
+    /// The certificates of the TLS listeners (the first is the default; the
+    /// others are chosen by SNI). Read at start and on every reload.
+    pub tls: Vec<crate::tls::CertFiles>,
     pub backends: Vec<Backend>,
     pub workers: usize,
     pub max_header_bytes: usize,
@@ -236,7 +252,8 @@ impl ProxyConfig {
     /// A configuration with the table's defaults.
     pub fn new(listen: Vec<SocketAddr>, backends: Vec<Backend>) -> ProxyConfig {
         ProxyConfig {
-            listen,
+            listen: listen.into_iter().map(Listen::plain).collect(),
+            tls: Vec::new(),
             backends,
             workers: defaults::workers(),
             max_header_bytes: defaults::max_header_bytes(),
@@ -257,6 +274,18 @@ impl ProxyConfig {
             access_log: None,
             tune: Tunables::default(),
         }
+    }
+}
+
+impl ProxyConfig {
+    /// The listening addresses, in order.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen.iter().map(|l| l.addr).collect()
+    }
+
+    /// Some listener speaks TLS.
+    pub fn serves_tls(&self) -> bool {
+        self.listen.iter().any(|l| l.tls)
     }
 }
 
@@ -310,13 +339,39 @@ impl Settings {
             );
         }
         let mut built = Built {
-            config: ProxyConfig::new(defaults::listen(), Vec::new()),
+            config: ProxyConfig::new(Vec::new(), Vec::new()),
             log_level: defaults::log_level(),
             handover: None,
             given: self.given.clone(),
         };
+        let (certs, keys) = (
+            self.tls_cert.as_ref().map_or(0, Vec::len),
+            self.tls_key.as_ref().map_or(0, Vec::len),
+        );
+        if certs != keys {
+            return Err(format!(
+                "{} and {} go in pairs, one key per certificate: {certs} certificate(s), {keys} key(s)",
+                self.spelled("tls_cert"),
+                self.spelled("tls_key"),
+            ));
+        }
+        built.config.listen = defaults::listen();
         self.apply(&mut built);
         let cfg = &built.config;
+        if cfg.serves_tls() && cfg.tls.is_empty() {
+            return Err(format!(
+                "{}: a TLS listener needs a certificate: give {} and {}",
+                self.spelled("listen"),
+                setting("tls_cert").flag,
+                setting("tls_key").flag,
+            ));
+        }
+        if !cfg.tls.is_empty() && !cfg.serves_tls() {
+            return Err(format!(
+                "{}: no listener serves it; add ,tls to a listen address (--listen 0.0.0.0:443,tls)",
+                self.spelled("tls_cert"),
+            ));
+        }
         if let Some(name) = &cfg.hash_header
             && cfg.algorithm != Algorithm::Hash
         {

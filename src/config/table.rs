@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::file::{Value, Walk};
 use super::values::{self, Secret, Show};
-use super::{Algorithm, Backend, Built, CheckConfig, ProxyConfig, available_cores};
+use super::{Algorithm, Backend, Built, CheckConfig, Listen, ProxyConfig, available_cores};
 use crate::access;
 use crate::log::Level;
 
@@ -261,11 +261,29 @@ macro_rules! settings {
 
 settings! {
     mapped {
-        /// address to listen on, as host:port; repeatable
-        listen: Vec<SocketAddr> = list(values::address),
+        /// address to listen on, as host:port, followed by ,tls for HTTPS
+        /// (see --tls-cert); repeatable
+        listen: Vec<Listen> = list(values::listen),
             flag "--listen", key "listen",
-            default vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            default vec![Listen::plain(SocketAddr::from(([127, 0, 0, 1], 8080)))],
             into |b, v| b.config.listen = v, restart listen;
+        /// a PEM file with the certificate chain (leaf first) of the TLS
+        /// listeners; repeat it with --tls-key for more certificates, chosen by
+        /// the name the client asks for (SNI; the first is the default). Read
+        /// again on every reload
+        tls_cert: Vec<PathBuf> = list(values::file),
+            flag "--tls-cert", key "tls.cert",
+            into |b, v| b.config.tls = v.into_iter().map(|cert| crate::tls::CertFiles {
+                cert,
+                key: PathBuf::new(),
+            }).collect();
+        /// the PEM file with the private key of the --tls-cert given in the same
+        /// place (the first key for the first certificate, and so on)
+        tls_key: Vec<PathBuf> = list(values::file),
+            flag "--tls-key", key "tls.key",
+            into |b, v| for (files, key) in b.config.tls.iter_mut().zip(v) {
+                files.key = key;
+            };
         /// a backend, as host:port or http://host:port, optionally followed by
         /// ,weight=N (1 to 1000, for weighted-round-robin and hash); repeat for more
         backend: Vec<Backend> = backends(values::backend),
@@ -475,6 +493,8 @@ mod tests {
             "access_log" => "-".into(),
             "handover" => "/run/corelb.sock".into(),
             "health_path" => "/health".into(),
+            "tls_cert" => "/etc/corelb/cert.pem".into(),
+            "tls_key" => "/etc/corelb/key.pem".into(),
             _ => (s.default)().unwrap_or_else(|| panic!("{}: no sample", s.name)),
         }
     }

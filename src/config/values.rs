@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Algorithm, Backend, MAX_BUSY_POLL_MICROS, MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_RETRIES,
-    MAX_WEIGHT, MIN_HEADER_BYTES,
+    Algorithm, Backend, Listen, MAX_BUSY_POLL_MICROS, MAX_CONNECTIONS, MAX_HEADER_BYTES,
+    MAX_RETRIES, MAX_WEIGHT, MIN_HEADER_BYTES,
 };
 use crate::access;
 use crate::log::Level;
@@ -154,6 +154,27 @@ pub fn health_path(path: &str) -> Result<String, String> {
 pub fn handover(path: &str) -> Result<PathBuf, String> {
     if path.is_empty() {
         return Err("a path for a Unix socket".into());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// A listen address, `host:port`, optionally followed by `,tls`.
+pub fn listen(text: &str) -> Result<Listen, String> {
+    let (addr, tls) = match text.split_once(',') {
+        None => (text, false),
+        Some((addr, "tls")) => (addr, true),
+        Some(_) => return Err("the only option is tls (host:port,tls)".into()),
+    };
+    Ok(Listen {
+        addr: address(addr)?,
+        tls,
+    })
+}
+
+/// A file the proxy reads (a certificate, a key): checked when it is read.
+pub fn file(path: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        return Err("a file path".into());
     }
     Ok(PathBuf::from(path))
 }
@@ -313,6 +334,16 @@ impl Show for PathBuf {
 impl<T: Show> Show for Vec<T> {
     fn show(&self) -> String {
         self.iter().map(Show::show).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Show for Listen {
+    fn show(&self) -> String {
+        if self.tls {
+            format!("{},tls", self.addr)
+        } else {
+            self.addr.to_string()
+        }
     }
 }
 

@@ -74,6 +74,8 @@ pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
     /// Replace Host with this (`--rewrite-host`); `None` keeps the client's.
     pub host: Option<&'a str>,
+    /// The client spoke TLS to us: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// Write the request head sent to the backend. The request line keeps the client's
@@ -163,7 +165,11 @@ pub fn write_request_head(
     }
     put_ip(out, fwd.client_ip);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n\r\n");
+    out.extend_from_slice(if fwd.https {
+        b"X-Forwarded-Proto: https\r\n\r\n"
+    } else {
+        b"X-Forwarded-Proto: http\r\n\r\n"
+    });
 }
 
 /// With `--rewrite-host`, a request moved to another backend must name that one:
@@ -255,6 +261,7 @@ mod tests {
         let fwd = Forwarding {
             client_ip: "10.1.2.3".parse().unwrap(),
             host,
+            https: false,
         };
         write_request_head(&mut out, &req, &info, fwd);
         String::from_utf8(out).unwrap()

@@ -3,6 +3,7 @@
 
 pub mod buffer;
 pub mod splice;
+pub mod stream;
 
 use std::io::{self, IoSlice, Write};
 

@@ -37,7 +37,7 @@ impl Worker {
                 true
             }
             Fail::Reset => {
-                let sock = socket2::SockRef::from(&self.clients[ck].sock);
+                let sock = socket2::SockRef::from(self.clients[ck].io.tcp());
                 let _ = sock.set_linger(Some(Duration::ZERO));
                 self.close_client(ck);
                 false

@@ -20,6 +20,7 @@ use super::session::Fail;
 pub(super) fn parse_request_head(
     bufs: &mut Bufs,
     client_ip: IpAddr,
+    https: bool,
     shared: &Shared,
     plan: &Plan,
     now: Instant,
@@ -69,6 +70,7 @@ pub(super) fn parse_request_head(
         };
         let fwd = Forwarding {
             client_ip,
+            https,
             host: shared
                 .rewrite_host
                 .then(|| plan.health.member(backend).authority.as_str()),

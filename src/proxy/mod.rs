@@ -133,6 +133,16 @@ const SPLICE_STEP: usize = 256 * 1024;
 /// than any head the proxy writes, so it only ever trims a buffer something grew.
 const MAX_KEPT_HEAD: usize = 64 * 1024;
 
+/// The certificates of the TLS listeners, if there are any.
+pub(super) fn load_tls(config: &ProxyConfig) -> Result<Option<crate::tls::ServerTls>, StartError> {
+    if !config.serves_tls() {
+        return Ok(None);
+    }
+    crate::tls::ServerTls::load(&config.tls)
+        .map(Some)
+        .map_err(StartError::Tls)
+}
+
 /// A running proxy. Dropping it (or `shutdown`) stops every worker.
 pub struct Proxy {
     workers: Workers<Arc<Plan>>,
@@ -154,7 +164,7 @@ impl Proxy {
             return Err(StartError::NoBackends);
         }
         let workers = config.workers.max(1);
-        let (addrs, listeners) = runtime::bind_listeners(&config.listen, workers)?;
+        let (addrs, listeners) = runtime::bind_listeners(&config.listen_addrs(), workers)?;
         Proxy::start_bound(config, addrs, listeners, None)
     }
 
@@ -170,7 +180,8 @@ impl Proxy {
             return Err(StartError::NoBackends);
         }
         let workers = config.workers.max(1);
-        let (addrs, listeners, dropped) = runtime::adopt_listeners(&config.listen, workers, taken)?;
+        let (addrs, listeners, dropped) =
+            runtime::adopt_listeners(&config.listen_addrs(), workers, taken)?;
         // The admin endpoint's socket, if it is still at the configured address;
         // else it is closed here and the address bound afresh.
         let admin = taken_admin.filter(|l| {
@@ -205,7 +216,8 @@ impl Proxy {
             })?),
             None => None,
         };
-        let plan = Arc::new(Plan::build(0, config.clone(), workers, &[]));
+        let tls = load_tls(&config)?;
+        let plan = Arc::new(Plan::build(0, config.clone(), tls, workers, &[]));
         let checker = match &config.health_check {
             Some(check) => Some(
                 Checker::spawn(Arc::clone(&plan.health), check.clone())

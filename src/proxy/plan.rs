@@ -62,6 +62,9 @@ pub struct Plan {
     /// The weight each backend is balanced with (the configured one, or one set
     /// at run time).
     pub(super) weights: Vec<u32>,
+    /// The certificates and TLS settings of the TLS listeners, as read when this
+    /// plan was made (each connection keeps the one it began with).
+    pub(super) tls: Option<crate::tls::ServerTls>,
 }
 
 impl Plan {
@@ -70,6 +73,7 @@ impl Plan {
     pub(super) fn build(
         number: u64,
         config: ProxyConfig,
+        tls: Option<crate::tls::ServerTls>,
         workers: usize,
         members: &[Arc<Member>],
     ) -> Plan {
@@ -112,6 +116,7 @@ impl Plan {
             health,
             config,
             weights,
+            tls,
         }
     }
 }

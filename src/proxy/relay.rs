@@ -43,7 +43,7 @@ pub(super) fn take_request(c: &mut Client, max_body: u64) -> Step {
     }
     // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
-        progress |= read_client(&mut c.sock, &mut bufs.req, &mut c.ready, &mut c.eof)?;
+        progress |= read_client(&mut c.io, &mut bufs.req, &mut c.ready, &mut c.eof)?;
     }
     // Find where the body ends, in what is buffered after the bytes already known.
     let (body, known) = match &mut x.sending {
@@ -264,7 +264,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
     let pending = x.resp.pending();
     if !defer && c.ready.writable && (!head.is_empty() || pending > 0) {
         let body = &bufs.resp.filled()[..pending];
-        match write_two(&mut c.sock, head, body, &mut c.ready) {
+        match c.io.write_two(head, body, &mut c.ready) {
             Ok(n) => {
                 let from_head = n.min(head.len());
                 let from_body = n - from_head;
@@ -325,7 +325,7 @@ fn tunnel_step(
     let mut progress = false;
     // Client -> backend.
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
-        progress |= read_client(&mut c.sock, &mut bufs.req, &mut c.ready, &mut c.eof)?;
+        progress |= read_client(&mut c.io, &mut bufs.req, &mut c.ready, &mut c.eof)?;
     }
     if !bufs.req.is_empty() && u.ready.writable && !*backend_shut {
         let n = write_two(&mut u.sock, &[], bufs.req.filled(), &mut u.ready)
@@ -351,8 +351,9 @@ fn tunnel_step(
     }
     let head = &bufs.resp_head[bufs.resp_head_sent..];
     if c.ready.writable && (!head.is_empty() || !bufs.resp.is_empty()) && !*client_shut {
-        let n = write_two(&mut c.sock, head, bufs.resp.filled(), &mut c.ready)
-            .map_err(|_| Fail::Close)?;
+        let n =
+            c.io.write_two(head, bufs.resp.filled(), &mut c.ready)
+                .map_err(|_| Fail::Close)?;
         let from_head = n.min(head.len());
         bufs.resp_head_sent += from_head;
         bufs.resp.consume(n - from_head);
@@ -362,8 +363,14 @@ fn tunnel_step(
         bufs.resp_head.clear();
         bufs.resp_head_sent = 0;
     }
-    if u.eof && bufs.resp.is_empty() && bufs.resp_head.is_empty() && !*client_shut {
-        let _ = c.sock.shutdown(Shutdown::Write);
+    // Over TLS a close_notify goes first, and the TCP side is shut once it is
+    // out (else this comes back when the socket takes it).
+    if u.eof
+        && bufs.resp.is_empty()
+        && bufs.resp_head.is_empty()
+        && !*client_shut
+        && c.io.shutdown_write(&mut c.ready)
+    {
         *client_shut = true;
         progress = true;
     }
@@ -414,7 +421,7 @@ pub(super) fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
     // moves before the others get theirs (see `MAX_STEPS_PER_TURN`).
     let mut moved = false;
     if !pipe.is_empty() && c.ready.writable {
-        match pipe.drain(c.sock.as_raw_fd()) {
+        match pipe.drain(c.io.tcp().as_raw_fd()) {
             Ok(n) => {
                 moved |= n > 0;
                 bufs.resp_bytes += n as u64;

@@ -22,6 +22,8 @@ pub struct Reloaded {
     pub need_restart: Vec<&'static str>,
     /// Nothing that a reload applies changed.
     pub unchanged: bool,
+    /// The TLS certificates changed (new handshakes use the new ones).
+    pub certificates: bool,
     /// Every worker confirmed it serves new requests with the new configuration
     /// (a worker busy for longer than a second confirms later).
     pub confirmed: bool,
@@ -49,6 +51,18 @@ impl Reloader {
         self.apply(Some(config))
     }
 
+    /// Read the TLS certificates again and serve new handshakes with them; the
+    /// rest of the configuration stays (a SIGHUP when the configuration is the
+    /// command line). A bad file changes nothing.
+    pub fn reload_certificates(&self) -> Result<Reloaded, StartError> {
+        self.apply(None)
+    }
+
+    /// Some listener speaks TLS.
+    pub fn serves_tls(&self) -> bool {
+        self.shared.current().config.serves_tls()
+    }
+
     /// Build a new plan from `config` and hand it to every worker; `None`: from
     /// the configuration in force, read under the reload lock (a weight set at
     /// run time changes the plan, not the configuration, and must not undo a
@@ -74,7 +88,16 @@ impl Reloader {
             ..Reloaded::default()
         };
         config.log_health = old.log_health;
-        if config == *old && !rebuild {
+        // Certificates are read again on every reload, so a rotated file is
+        // picked up with nothing else changed; a bad one fails the reload whole.
+        let tls = super::load_tls(&config)?;
+        let same_tls = match (&tls, &current.tls) {
+            (Some(new), Some(old)) => new.same_certificates(old),
+            (None, None) => true,
+            _ => false,
+        };
+        result.certificates = !same_tls;
+        if config == *old && same_tls && !rebuild {
             result.unchanged = true;
             return Ok(result);
         }
@@ -93,6 +116,7 @@ impl Reloader {
         let plan = Arc::new(Plan::build(
             current.number + 1,
             config,
+            tls,
             self.controls.len(),
             current.health.members(),
         ));

@@ -3,16 +3,16 @@
 //! waits for), and the steps that move it from one request head to the next
 //! (`Worker::drive` and `Worker::pump`).
 
-use std::net::{IpAddr, Shutdown};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use mio::net::TcpStream;
-
+use crate::counters::TLS_FAILED_CLOSED;
 use crate::http::{BodyScanner, Framing, Reject, RequestInfo};
 use crate::io::buffer::Buf;
-use crate::io::{ReadOutcome, Ready, read_into, write_two};
+use crate::io::stream::{Stream, tls_failure};
+use crate::io::{ReadOutcome, Ready};
 
 use super::bufs::Bufs;
 use super::exchange::{Exchange, ReqState, RespState};
@@ -25,12 +25,12 @@ use super::{DRAIN_GRACE, MAX_DRAIN_BYTES, MAX_STEPS_PER_TURN};
 /// Read what the client sent into `buf`; an end of stream sets `eof`. Returns
 /// whether anything happened; a read error closes the session.
 pub(super) fn read_client(
-    sock: &mut TcpStream,
+    io: &mut Stream,
     buf: &mut Buf,
     ready: &mut Ready,
     eof: &mut bool,
 ) -> Result<bool, Fail> {
-    match read_into(sock, buf, ready) {
+    match io.read_into(buf, ready) {
         Ok(ReadOutcome::Data) => Ok(true),
         Ok(ReadOutcome::Eof) => {
             *eof = true;
@@ -136,7 +136,8 @@ pub(super) type Step = Result<bool, Fail>;
 
 /// One client connection.
 pub(super) struct Client {
-    pub(super) sock: TcpStream,
+    /// The connection: plain, or TLS (`io::stream`).
+    pub(super) io: Stream,
     pub(super) ip: IpAddr,
     pub(super) ready: Ready,
     pub(super) bufs: Option<Box<Bufs>>,
@@ -229,6 +230,9 @@ impl Client {
     /// Bytes wait to go out on either side of the exchange (checked after a step
     /// that held its writes back).
     pub(super) fn wants_flush(&self) -> bool {
+        if self.io.pending_out() {
+            return true;
+        }
         let Phase::Exchange(x) = &self.phase else {
             return false;
         };
@@ -320,6 +324,10 @@ impl Worker {
                 return Ok((true, moved));
             }
             c.steps += 1;
+            // TLS records the socket did not take yet go out first.
+            if c.io.pending_out() && c.ready.writable && !self.defer_writes {
+                c.io.flush(&mut c.ready).map_err(|_| Fail::Close)?;
+            }
             let progress = match c.phase {
                 Phase::Head => self.step_head(ck)?,
                 Phase::Exchange(_) => self.step_exchange(ck)?,
@@ -354,8 +362,14 @@ impl Worker {
         }
         let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
         if !bufs.req.is_empty()
-            && let Some((n, info, backend)) =
-                parse_request_head(bufs, c.ip, &self.shared, &self.plan, self.now)?
+            && let Some((n, info, backend)) = parse_request_head(
+                bufs,
+                c.ip,
+                c.io.is_tls(),
+                &self.shared,
+                &self.plan,
+                self.now,
+            )?
         {
             bufs.req.consume(n);
             self.start_exchange(ck, info, self.map[backend])?;
@@ -366,17 +380,26 @@ impl Worker {
             return Err(Fail::Close);
         }
         if c.ready.readable {
-            if bufs.req.is_empty() {
+            // The header timeout runs from a request's first byte (over TLS, the
+            // first byte of the handshake or record that brings it), however many
+            // reads the head takes.
+            if bufs.req.is_empty() && c.timer.wait != Wait::Head {
                 c.timer = Timer::new(self.now + self.timeouts.header, Wait::Head);
             }
-            return match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
+            let handshaking = c.io.handshaking();
+            let read = c.io.read_into(&mut bufs.req, &mut c.ready);
+            if handshaking {
+                self.handshake_step(ck, &read);
+            }
+            let c = &mut self.clients[ck];
+            return match read {
                 Ok(ReadOutcome::Data) => Ok(true),
                 Ok(ReadOutcome::Eof) => {
                     c.eof = true;
                     Ok(true)
                 }
                 Ok(ReadOutcome::Blocked) => {
-                    if bufs.req.is_empty() {
+                    if c.bufs.as_ref().is_some_and(|b| b.req.is_empty()) && !c.io.begun() {
                         c.timer = Timer::new(self.now + self.timeouts.idle, Wait::Idle);
                     }
                     Ok(false)
@@ -393,6 +416,37 @@ impl Worker {
         Ok(false)
     }
 
+    /// Count what a read in the middle of a client's TLS handshake did: the
+    /// handshake finished, or failed (and why).
+    #[cold]
+    fn handshake_step(&mut self, ck: usize, read: &std::io::Result<ReadOutcome>) {
+        let io = &mut self.clients[ck].io;
+        let failed = match read {
+            Err(e) => Some(tls_failure(e).map_or(TLS_FAILED_CLOSED, |t| t.failure.index())),
+            Ok(ReadOutcome::Eof) if io.handshaking() => Some(TLS_FAILED_CLOSED),
+            Ok(_) => None,
+        };
+        let version = if io.take_established() {
+            io.tls_version()
+        } else {
+            None
+        };
+        let metrics = self.metrics();
+        if let Some(v) = version {
+            metrics.tls_handshakes[v].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(reason) = failed {
+            metrics.tls_failures[reason].fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = read {
+                crate::log!(
+                    crate::log::Level::Debug,
+                    "corelb: TLS handshake with {} failed: {e}",
+                    self.clients[ck].ip
+                );
+            }
+        }
+    }
+
     pub(super) fn start_exchange(
         &mut self,
         ck: usize,
@@ -407,7 +461,8 @@ impl Worker {
         bufs.resp.clear();
         bufs.resp_bytes = 0;
         bufs.head_at = None;
-        bufs.splice = self.plan.config.tune.splice;
+        // A pipe moves bytes between sockets; over TLS they must pass through rustls.
+        bufs.splice = self.plan.config.tune.splice && !c.io.is_tls();
         bufs.spliced = false;
         let mut x = Exchange::new(info, backend, self.now);
         x.close_after |= self.shutdown_deadline.is_some();
@@ -645,7 +700,9 @@ impl Worker {
             if !c.ready.writable {
                 return Ok(false);
             }
-            let n = write_two(&mut c.sock, head, &[], &mut c.ready).map_err(|_| Fail::Close)?;
+            let n =
+                c.io.write_two(head, &[], &mut c.ready)
+                    .map_err(|_| Fail::Close)?;
             bufs.resp_head_sent += n;
             if bufs.resp_head_sent < bufs.resp_head.len() {
                 return Ok(n > 0);
@@ -653,6 +710,13 @@ impl Worker {
         }
         bufs.resp_head.clear();
         bufs.resp_head_sent = 0;
+        // Over TLS, a close_notify says the end is meant, and every record must be
+        // out before the socket closes.
+        match c.io.close_notify(&mut c.ready) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(_) => return Err(Fail::Close),
+        }
         // Closing with unread input sends a reset, which can destroy the response
         // still in flight to the client. With no input pending (the last read drained
         // the socket, nothing is buffered) and none expected, a plain close sends a
@@ -662,7 +726,7 @@ impl Worker {
         if c.eof || (!c.linger && !input_pending) {
             return Err(Fail::Close);
         }
-        let _ = c.sock.shutdown(Shutdown::Write);
+        let _ = c.io.shutdown_write(&mut c.ready);
         c.phase = Phase::Draining;
         c.drained = 0;
         Ok(true)
@@ -675,7 +739,7 @@ impl Worker {
             return Ok(false);
         }
         bufs.req.clear();
-        match read_into(&mut c.sock, &mut bufs.req, &mut c.ready) {
+        match c.io.read_into(&mut bufs.req, &mut c.ready) {
             Ok(ReadOutcome::Data) => {
                 c.drained += bufs.req.len() as u32;
                 bufs.req.clear();
@@ -694,15 +758,17 @@ impl Worker {
 /// to send on it, nor any byte unacknowledged (SIOCOUTQ).
 #[cold]
 pub(super) fn step_aborting(c: &Client) -> Step {
-    if !matches!(c.sock.take_error(), Ok(None)) {
+    if !matches!(c.io.tcp().take_error(), Ok(None)) {
         // The client reset (or the socket failed): nothing more can be delivered.
         return Err(Fail::Reset);
     }
     let mut queued: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int through the
     // pointer, which points at a live local.
-    let r = unsafe { libc::ioctl(c.sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-    if r != 0 || queued == 0 {
+    let r = unsafe { libc::ioctl(c.io.tcp().as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    // Over TLS, records rustls holds are still to go (the session flushes
+    // them as the socket takes them).
+    if r != 0 || (queued == 0 && !c.io.pending_out()) {
         return Err(Fail::Reset);
     }
     Ok(false)

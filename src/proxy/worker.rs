@@ -11,10 +11,12 @@ use slab::Slab;
 
 use crate::access;
 use crate::config::Timeouts;
+use crate::counters::TLS_FAILED_TIMEOUT;
 use crate::counters::WorkerMetrics;
 use crate::http::Reject;
 use crate::io::Ready;
 use crate::io::buffer::{self, Pool};
+use crate::io::stream::{Stream, Tls};
 use crate::runtime::{self, Control, WorkerContext};
 
 use super::bufs::Bufs;
@@ -74,6 +76,9 @@ pub(super) struct Worker {
     pub(super) quiet_surplus_until: Instant,
     /// When the sweep next gives back memory a burst left (`trim_memory`).
     pub(super) next_trim: Instant,
+    /// Which of `ctx.listeners` speak TLS (in the order of the configuration's
+    /// listen addresses, which a reload does not change).
+    listener_tls: Vec<bool>,
 }
 
 impl Worker {
@@ -108,6 +113,7 @@ impl Worker {
             turn: 0,
             quiet_surplus_until: Instant::now(),
             next_trim: Instant::now() + TRIM_INTERVAL,
+            listener_tls: plan.config.listen.iter().map(|l| l.tls).collect(),
         };
         w.adopt(plan);
         let mut events = Events::with_capacity(1024);
@@ -194,7 +200,7 @@ impl Worker {
                     c.phase.is_aborting() || c.exchange().is_some_and(|x| x.resp.is_body())
                 };
                 for (_, c) in w.clients.iter().filter(|(_, c)| cut_short(c)) {
-                    let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
+                    let _ = socket2::SockRef::from(c.io.tcp()).set_linger(Some(Duration::ZERO));
                 }
                 w.flush_access_log();
                 return Ok(());
@@ -300,6 +306,14 @@ impl Worker {
                 .zip(started)
                 .map(|(head, started)| head.saturating_duration_since(started)),
             total: started.map_or(Duration::ZERO, |s| self.now.saturating_duration_since(s)),
+            tls: c
+                .io
+                .tls_session()
+                .map(|(version, cipher, sni)| access::Tls {
+                    version,
+                    cipher,
+                    sni,
+                }),
         };
         self.access.add(sink.format, &entry);
         if self.access.out.len() >= access::FLUSH_AT {
@@ -402,15 +416,27 @@ impl Worker {
             };
             self.accept_paused = false;
             self.nodelay.apply(&sock);
+            let mut io = if self.listener_tls.get(i).copied().unwrap_or(false) {
+                // The handshake runs in this loop, as the client's bytes come.
+                let conn =
+                    self.plan.tls.as_ref().and_then(|tls| {
+                        rustls::ServerConnection::new(Arc::clone(&tls.config)).ok()
+                    });
+                let Some(conn) = conn else {
+                    continue;
+                };
+                Stream::Tls(Tls::new(sock, rustls::Connection::Server(conn)))
+            } else {
+                Stream::Plain(sock)
+            };
             let entry = self.clients.vacant_entry();
             let key = entry.key();
-            let mut sock = sock;
             if self
                 .ctx
                 .poll
                 .registry()
                 .register(
-                    &mut sock,
+                    io.tcp_mut(),
                     client_token(key),
                     Interest::READABLE | Interest::WRITABLE,
                 )
@@ -419,7 +445,7 @@ impl Worker {
                 continue;
             }
             entry.insert(Client {
-                sock,
+                io,
                 ip: peer.ip(),
                 ready: Ready::default(),
                 bufs: None,
@@ -499,7 +525,7 @@ impl Worker {
             return false;
         };
         let backend = x.upstream.and_then(|uk| self.upstreams.get(uk));
-        let queued = crate::io::unsent(&c.sock).unwrap_or(0).saturating_add(
+        let queued = crate::io::unsent(c.io.tcp()).unwrap_or(0).saturating_add(
             backend
                 .and_then(|u| crate::io::unsent(&u.sock))
                 .unwrap_or(0),
@@ -544,6 +570,12 @@ impl Worker {
             let c = &self.clients[ck];
             // What the timer waited for says what its expiry means.
             let fail = match c.timer.wait {
+                // A TLS handshake not finished within the header timeout: no
+                // 408 can be sent over it.
+                Wait::Head if c.io.handshaking() => {
+                    self.metrics().tls_failures[TLS_FAILED_TIMEOUT].fetch_add(1, Ordering::Relaxed);
+                    Fail::Close
+                }
                 Wait::Idle | Wait::Tunnel | Wait::ClientReading => Fail::Close,
                 Wait::Head | Wait::ClientBody => Fail::Reject(Reject::Timeout),
                 // Connect timeout: another backend, or 502.

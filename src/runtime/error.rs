@@ -26,6 +26,8 @@ pub enum StartError {
     Admin { addr: SocketAddr, source: io::Error },
     /// The access log could not be opened.
     AccessLog { path: String, source: io::Error },
+    /// A TLS certificate or key could not be read, or they do not match.
+    Tls(String),
 }
 
 impl StartError {
@@ -37,6 +39,7 @@ impl StartError {
             StartError::NoBackends => Some("backend"),
             StartError::Admin { .. } => Some("admin"),
             StartError::AccessLog { .. } => Some("access_log"),
+            StartError::Tls(_) => Some("tls_cert"),
             StartError::Poll(_) | StartError::Spawn(_) => None,
         }
     }
@@ -54,6 +57,7 @@ impl StartError {
             StartError::NoBackends => "at least one is required".into(),
             StartError::Admin { addr, source } => format!("{addr}: {source}"),
             StartError::AccessLog { path, source } => format!("{path}: {source}"),
+            StartError::Tls(problem) => problem.clone(),
         }
     }
 }

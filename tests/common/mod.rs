@@ -2,6 +2,7 @@
 //! over std sockets with timeouts, and run scripted backends that misbehave on purpose.
 #![allow(dead_code)]
 
+pub mod tls;
 pub mod wire;
 
 use std::io::{ErrorKind, Read, Write};
@@ -100,14 +101,15 @@ impl Response {
     }
 }
 
-/// Reads responses from a stream, keeping bytes that arrive beyond one response.
-pub struct Reader {
-    pub stream: TcpStream,
+/// Reads responses from a stream (a socket, or TLS over one), keeping bytes
+/// that arrive beyond one response.
+pub struct Reader<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
-impl Reader {
-    pub fn new(stream: TcpStream) -> Reader {
+impl<S: Read> Reader<S> {
+    pub fn new(stream: S) -> Reader<S> {
         Reader {
             stream,
             buf: Vec::new(),
@@ -129,7 +131,16 @@ impl Reader {
                 self.buf.extend_from_slice(&chunk[..n]);
                 n
             }
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => 0,
+            // A TLS peer that ends without a close_notify is, to HTTP, an end
+            // of stream like any other (its framing says whether it was whole).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof
+                ) =>
+            {
+                0
+            }
             Err(e) => panic!("read failed (timeout means the proxy hung): {e}"),
         }
     }
