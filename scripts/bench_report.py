@@ -327,14 +327,26 @@ def charts(med, order, all_med, lat_order, outdir):
         print("(gnuplot not installed: no charts; apt-get install -y gnuplot-nox)")
         return
     present = [t for t in TARGETS[1:] if any((w, s, t) in med for w, s in order)]
+    # Each scenario's figures over the best peer's in it, so that a 16-byte request
+    # and a 1 MiB one read on one scale (the tables give the microseconds); without
+    # a peer in the run, the microseconds themselves.
+    relative = all(best_peer(med, w, s, "cpu") for w, s in order)
     data = outdir + "/cpu.dat"
     with open(data, "w") as f:
         f.write("group " + " ".join(present) + "\n")
         for workers, scenario in order:
-            vals = [med.get((workers, scenario, t), {}).get("cpu", float("nan")) for t in present]
-            f.write("%s/w%d %s\n" % (scenario, workers, " ".join("%.2f" % v if v == v else "NaN" for v in vals)))
-    gnuplot(outdir, "cpu", bars(data, len(present), "proxy CPU time per request (user + system), median of rounds; lower is better",
-                                "µs per request", "set yrange [0:*]"))
+            base = min(best_peer(med, workers, scenario, "cpu")) if relative else 1.0
+            vals = [med.get((workers, scenario, t), {}).get("cpu", float("nan")) / base for t in present]
+            f.write("%s/w%d %s\n" % (scenario, workers, " ".join("%.3f" % v if v == v else "NaN" for v in vals)))
+    if relative:
+        gnuplot(outdir, "cpu", bars(data, len(present),
+                                    "proxy CPU time per request over the best peer (nginx, HAProxy) in each scenario; lower is better",
+                                    "x the best peer (median of rounds)",
+                                    "set yrange [0:*]\nset arrow from graph 0, first 1 to graph 1, first 1 nohead lw 2 dt 2\n"
+                                    "set arrow from graph 0, first 0.8 to graph 1, first 0.8 nohead lw 1 dt 3\n"))
+    else:
+        gnuplot(outdir, "cpu", bars(data, len(present), "proxy CPU time per request (user + system), median of rounds; lower is better",
+                                    "µs per request", "set yrange [0:*]"))
     charts_made = ["cpu"]
     if lat_order:
         lpresent = [t for t in TARGETS if any((w, s, t) in all_med for w, s in lat_order)]

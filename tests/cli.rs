@@ -1241,3 +1241,191 @@ fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
     stop(origin_b, "-TERM");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// One request on a new TLS connection, `Connection: close`; true if it got a
+/// complete 200.
+fn tls_request_ok(addr: SocketAddr, client: &std::sync::Arc<rustls::ClientConfig>) -> bool {
+    let Ok(stream) = common::tls::tls_connect(addr, "localhost", client) else {
+        return false;
+    };
+    let mut r = Reader::new(stream);
+    if r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    r.response_opts(false, false)
+        .is_some_and(|(resp, _)| resp.status == 200)
+}
+
+/// A TLS listener passes through `--handover` like a plain one: the successor
+/// serves it with the certificate of its own arguments, and clients making a new
+/// TLS connection per request all along see no failure.
+#[test]
+fn restart_with_handover_keeps_a_tls_listener_and_loses_no_request() {
+    use common::tls::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (origin, origin_addr) = start_origin(&[]);
+    let dir = TempDir::new("tls-handover");
+    let ca = Ca::new("handover CA");
+    let leaf = ca.leaf(&["localhost"]);
+    let files = write_pair(&dir, "site", &leaf);
+    let client = client_config(&ca.pem);
+    let addr = free_port();
+    let (listen, backend, sock) = (
+        format!("{addr},tls"),
+        origin_addr.to_string(),
+        dir.0.join("handover.sock"),
+    );
+    let (cert, key, sock) = (arg(&files.cert), arg(&files.key), arg(&sock));
+    let args = [
+        "serve",
+        "--backend",
+        &backend,
+        "--listen",
+        &listen,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--workers",
+        "2",
+        "--handover",
+        &sock,
+    ];
+    let mut old = start(&args, addr);
+    assert!(tls_request_ok(addr, &client));
+    let running = Arc::new(AtomicBool::new(true));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (running, ok, failed, client) = (
+                Arc::clone(&running),
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+                Arc::clone(&client),
+            );
+            std::thread::spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    let counter = if tls_request_ok(addr, &client) {
+                        &ok
+                    } else {
+                        &failed
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    wait_until(
+        || ok.load(Ordering::Relaxed) >= 20,
+        "the old process serves TLS",
+    );
+    let new = spawn(BIN, &args);
+    let status = exited(&mut old).expect("the old corelb did not exit after the handover");
+    assert_eq!(status.code(), Some(0));
+    let before = ok.load(Ordering::Relaxed);
+    wait_until(
+        || ok.load(Ordering::Relaxed) >= before + 20,
+        "the successor serves TLS",
+    );
+    running.store(false, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let served = served_leaf(&tls_connect(addr, "localhost", &client).unwrap());
+    assert_eq!(served, leaf_der(&leaf.0));
+    stop(new, "-TERM");
+    stop(origin, "-TERM");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "TLS requests failed during the handover ({} succeeded)",
+        ok.load(Ordering::Relaxed)
+    );
+}
+
+/// SIGHUP with the configuration on the command line still reads the
+/// certificate files again: a new client sees the new certificate, and the log
+/// says so.
+#[test]
+fn sighup_without_a_config_file_rotates_the_tls_certificate() {
+    use common::tls::*;
+    let (origin, origin_addr) = start_origin(&[]);
+    let dir = TempDir::new("tls-sighup");
+    let ca = Ca::new("sighup CA");
+    let first = ca.leaf(&["localhost"]);
+    let files = write_pair(&dir, "site", &first);
+    let client = client_config(&ca.pem);
+    let addr = free_port();
+    let (listen, backend) = (format!("{addr},tls"), origin_addr.to_string());
+    let (cert, key) = (arg(&files.cert), arg(&files.key));
+    let args = [
+        "serve",
+        "--backend",
+        &backend,
+        "--listen",
+        &listen,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--workers",
+        "1",
+    ];
+    let proxy = start(&args, addr);
+    let served = || served_leaf(&tls_connect(addr, "localhost", &client).unwrap());
+    assert_eq!(served(), leaf_der(&first.0));
+    let second = ca.leaf(&["localhost"]);
+    write_pair(&dir, "site", &second);
+    signal(&proxy.id().to_string(), "-HUP");
+    wait_until(
+        || served() == leaf_der(&second.0),
+        "the new certificate is served",
+    );
+    // A key that does not belong keeps the certificate in force.
+    dir.write("site.key", &ca.leaf(&["localhost"]).1);
+    signal(&proxy.id().to_string(), "-HUP");
+    let out = stop(proxy, "-TERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reloaded the TLS certificates: changed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("does not belong to the certificate")
+            && err.contains("still serving the previous certificates"),
+        "{err}"
+    );
+    stop(origin, "-TERM");
+}
+
+#[test]
+fn check_config_reads_the_tls_files() {
+    use common::tls::*;
+    let dir = TempDir::new("tls-check");
+    let ca = Ca::new("check CA");
+    let files = write_pair(&dir, "site", &ca.leaf(&["localhost"]));
+    let config = |cert: &str, key: &str| {
+        let path = dir.write(
+            "corelb.toml",
+            &format!(
+                "listen = [\"127.0.0.1:8443,tls\"]\n[[backend]]\naddress = \"127.0.0.1:9001\"\n[tls]\ncert = [{cert:?}]\nkey = [{key:?}]\n"
+            ),
+        );
+        run(&["check-config", &arg(&path)])
+    };
+    let (code, out, err) = config(&arg(&files.cert), &arg(&files.key));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listening on 127.0.0.1:8443,tls"), "{out}");
+    let other = dir.write("other.key", &ca.leaf(&["localhost"]).1);
+    let (code, _, err) = config(&arg(&files.cert), &arg(&other));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("tls.cert") && err.contains("does not belong"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
