@@ -1261,7 +1261,9 @@ fn tls_request_ok(addr: SocketAddr, client: &std::sync::Arc<rustls::ClientConfig
 
 /// A TLS listener passes through `--handover` like a plain one: the successor
 /// serves it with the certificate of its own arguments, and clients making a new
-/// TLS connection per request all along see no failure.
+/// TLS connection per request all along see no failure. The successor runs
+/// fewer workers, so one of its workers takes several sockets of one address:
+/// each must still speak what its address speaks.
 #[test]
 fn restart_with_handover_keeps_a_tls_listener_and_loses_no_request() {
     use common::tls::*;
@@ -1273,29 +1275,34 @@ fn restart_with_handover_keeps_a_tls_listener_and_loses_no_request() {
     let leaf = ca.leaf(&["localhost"]);
     let files = write_pair(&dir, "site", &leaf);
     let client = client_config(&ca.pem);
-    let addr = free_port();
-    let (listen, backend, sock) = (
+    let (addr, plain) = (free_port(), free_port());
+    let (listen, plain_listen, backend, sock) = (
         format!("{addr},tls"),
+        plain.to_string(),
         origin_addr.to_string(),
         dir.0.join("handover.sock"),
     );
     let (cert, key, sock) = (arg(&files.cert), arg(&files.key), arg(&sock));
-    let args = [
-        "serve",
-        "--backend",
-        &backend,
-        "--listen",
-        &listen,
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--workers",
-        "2",
-        "--handover",
-        &sock,
-    ];
-    let mut old = start(&args, addr);
+    let args = |workers| {
+        [
+            "serve",
+            "--backend",
+            &backend,
+            "--listen",
+            &plain_listen,
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--workers",
+            workers,
+            "--handover",
+            &sock,
+        ]
+    };
+    let mut old = start(&args("3"), addr);
     assert!(tls_request_ok(addr, &client));
     let running = Arc::new(AtomicBool::new(true));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -1323,7 +1330,7 @@ fn restart_with_handover_keeps_a_tls_listener_and_loses_no_request() {
         || ok.load(Ordering::Relaxed) >= 20,
         "the old process serves TLS",
     );
-    let new = spawn(BIN, &args);
+    let new = spawn(BIN, &args("1"));
     let status = exited(&mut old).expect("the old corelb did not exit after the handover");
     assert_eq!(status.code(), Some(0));
     let before = ok.load(Ordering::Relaxed);
@@ -1337,6 +1344,20 @@ fn restart_with_handover_keeps_a_tls_listener_and_loses_no_request() {
     }
     let served = served_leaf(&tls_connect(addr, "localhost", &client).unwrap());
     assert_eq!(served, leaf_der(&leaf.0));
+    // Every socket speaks what its address does: many tries, as the kernel
+    // spreads connections over the sockets of an address.
+    for _ in 0..20 {
+        assert_eq!(get(plain, "/").status, 200, "the plain listener");
+        let mut c = connect(addr);
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (got, _) = read_until_end(&mut c);
+        assert!(
+            !got.starts_with(b"HTTP/"),
+            "plain HTTP answered on the TLS port: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
     stop(new, "-TERM");
     stop(origin, "-TERM");
     assert_eq!(

@@ -253,7 +253,8 @@ fn a_handshake_that_stalls_is_closed_at_the_header_timeout() {
     c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
     let (got, _) = read_until_end(&mut c);
     let took = start.elapsed();
-    assert!(got.is_empty(), "{got:?}");
+    // At most a TLS alert (a record of type 21), never an HTTP answer.
+    assert!(got.is_empty() || got[0] == 21, "{got:?}");
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_secs(5),
         "closed after {took:?}"
@@ -410,4 +411,68 @@ fn python_ssl_and_curl_get_answers_from_a_tls_listener() {
         Err(e) => eprintln!("skipped curl ({e})"),
     }
     eprintln!("{ran} of 2 real clients ran");
+}
+
+/// A client that half-closes after its request and reads only later: the end
+/// of its response may still sit in rustls, encrypted, when the proxy sees the
+/// end of its stream. That end must still reach it, followed by a close_notify.
+/// (Whether anything is left in rustls at that moment depends on the kernel's
+/// buffers; a hostile review lost the last 13 KB in 4 of 6 tries with an origin
+/// it paced to fill them. This test checks the close_notify every time.)
+#[test]
+fn the_end_of_a_response_waiting_in_rustls_reaches_a_client_that_half_closed() {
+    let s = setup("halfclose");
+    let origin = Origin::start(loopback(), 1, None).unwrap();
+    let files = write_pair(&s.dir, "default", &s.default);
+    let proxy = tls_proxy(vec![files], &[origin.local_addr()], |_| {});
+    let addr = proxy.local_addrs()[0];
+    for round in 1..=3 {
+        // A small window: the kernel takes little of the response, rustls the rest.
+        let sock = connect_small_window(addr);
+        let stream = tls_over(sock, "localhost", &s.client).unwrap();
+        let mut r = Reader::new(stream);
+        r.stream
+            .write_all(b"GET /size/60000 HTTP/1.1\r\nHost: l\r\n\r\n")
+            .unwrap();
+        r.stream.flush().unwrap();
+        r.stream.sock.shutdown(std::net::Shutdown::Write).unwrap();
+        // The proxy has taken the whole response from the backend (and so has
+        // seen the end of the client's stream next) before the client reads.
+        wait_until(
+            || proxy.counts()[0].requests == round,
+            "the exchange is done at the proxy",
+        );
+        let resp = r.response();
+        assert_eq!(resp.body.len(), 60_000, "round {round}");
+        let mut rest = Vec::new();
+        assert_eq!(
+            r.stream
+                .read_to_end(&mut rest)
+                .expect("a close_notify at the end"),
+            0
+        );
+    }
+    origin.shutdown();
+}
+
+/// A client that completes its handshake and says nothing is an idle
+/// connection (closed silently at the idle timeout), not a request head begun
+/// (a 408 at the header timeout).
+#[test]
+fn a_silent_client_after_its_handshake_waits_as_an_idle_one() {
+    let s = setup("idle");
+    let backend = proto_echo();
+    let files = write_pair(&s.dir, "default", &s.default);
+    let proxy = tls_proxy(vec![files], &[backend.addr], |c| {
+        c.timeouts.header = Duration::from_millis(200);
+        c.timeouts.idle = Duration::from_millis(800);
+    });
+    let stream = tls_connect(proxy.local_addrs()[0], "localhost", &s.client).unwrap();
+    let start = Instant::now();
+    let mut r = Reader::new(stream);
+    let mut rest = Vec::new();
+    let n = r.stream.read_to_end(&mut rest).expect("a clean end");
+    let took = start.elapsed();
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
+    assert!(took >= Duration::from_millis(700), "closed after {took:?}");
 }

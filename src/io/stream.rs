@@ -46,6 +46,10 @@ pub(crate) struct Tls {
     begun: bool,
     /// The handshake has finished (noticed once, see `take_established`).
     established: bool,
+    /// Writing to the socket failed: nothing more can be sent on it.
+    broken: bool,
+    /// Our close_notify is queued (it may still wait for the socket).
+    notified: bool,
 }
 
 /// Why a TLS connection failed, for the metrics and the log.
@@ -127,6 +131,8 @@ impl Tls {
             conn,
             begun: false,
             established: false,
+            broken: false,
+            notified: false,
         })
     }
 
@@ -167,6 +173,7 @@ impl Tls {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let handshaking = self.conn.is_handshaking();
             if let Err(error) = self.conn.process_new_packets() {
                 // rustls queued an alert that says why: it goes if the socket takes it.
                 let _ = self.conn.write_tls(&mut self.sock);
@@ -175,6 +182,12 @@ impl Tls {
                     io::ErrorKind::InvalidData,
                     TlsError { failure, error },
                 ));
+            }
+            // A finished handshake is not the beginning of a request: what the
+            // client sends next is (a connection that says nothing more waits
+            // as an idle one, not as one in the middle of a head).
+            if handshaking && !self.conn.is_handshaking() {
+                self.begun = false;
             }
             // A handshake flight (or a ticket, a key update) goes out at once.
             if self.conn.wants_write() && ready.writable {
@@ -222,7 +235,10 @@ impl Tls {
                     return Ok(false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
             }
         }
         Ok(true)
@@ -308,6 +324,7 @@ impl Stream {
             Stream::Plain(_) => Ok(true),
             Stream::Tls(t) => {
                 t.conn.send_close_notify();
+                t.notified = true;
                 t.flush(ready)
             }
         }
@@ -352,6 +369,16 @@ impl Stream {
             rustls::Connection::Client(_) => None,
         };
         Some((version, cipher, sni))
+    }
+
+    /// A TLS session that can still say goodbye: its socket has not failed,
+    /// and it has not sent its close_notify, or still holds records (that one
+    /// among them) for the socket.
+    pub(crate) fn may_close_notify(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(t) => !t.broken && (!t.notified || t.conn.wants_write()),
+        }
     }
 
     /// A TLS handshake is under way (not finished, not failed).

@@ -19,6 +19,10 @@ impl Worker {
     pub(super) fn fail(&mut self, ck: usize, fail: Fail) -> bool {
         match fail {
             Fail::Close => {
+                if self.clients[ck].owes_close_notify() {
+                    self.close_gracefully(ck);
+                    return true;
+                }
                 self.close_client(ck);
                 false
             }

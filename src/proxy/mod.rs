@@ -44,6 +44,7 @@ use crate::counters::Padded;
 use crate::runtime::{self, StartError, Workers};
 
 mod bufs;
+mod closing;
 mod control;
 mod exchange;
 mod fail;
@@ -232,6 +233,10 @@ impl Proxy {
             max_header_bytes: config.max_header_bytes,
             rewrite_host: config.rewrite_host,
             busy_poll: config.busy_poll,
+            tls_addrs: (config.listen.iter().zip(&addrs))
+                .filter(|(l, _)| l.tls)
+                .map(|(_, &a)| a)
+                .collect(),
             current: Mutex::new(plan),
         });
         let for_workers = Arc::clone(&shared);

@@ -4,7 +4,6 @@
 //! (`Worker::drive` and `Worker::pump`).
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -15,12 +14,13 @@ use crate::io::stream::{Stream, tls_failure};
 use crate::io::{ReadOutcome, Ready};
 
 use super::bufs::Bufs;
+use super::closing::step_aborting;
 use super::exchange::{Exchange, ReqState, RespState};
 use super::head::parse_request_head;
 use super::relay::{relay_request, relay_response, relay_tunnel, take_request};
 use super::upstream::{Leftover, Role, check_connected, leftover_seen};
 use super::worker::Worker;
-use super::{DRAIN_GRACE, MAX_DRAIN_BYTES, MAX_STEPS_PER_TURN};
+use super::{DRAIN_GRACE, MAX_STEPS_PER_TURN};
 
 /// Read what the client sent into `buf`; an end of stream sets `eof`. Returns
 /// whether anything happened; a read error closes the session.
@@ -690,88 +690,6 @@ impl Worker {
         }
         Ok(())
     }
-
-    /// Flush what is queued for the client, then shut down our sending side.
-    pub(super) fn step_closing(&mut self, ck: usize) -> Step {
-        let c = &mut self.clients[ck];
-        let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
-        let head = &bufs.resp_head[bufs.resp_head_sent..];
-        if !head.is_empty() {
-            if !c.ready.writable {
-                return Ok(false);
-            }
-            let n =
-                c.io.write_two(head, &[], &mut c.ready)
-                    .map_err(|_| Fail::Close)?;
-            bufs.resp_head_sent += n;
-            if bufs.resp_head_sent < bufs.resp_head.len() {
-                return Ok(n > 0);
-            }
-        }
-        bufs.resp_head.clear();
-        bufs.resp_head_sent = 0;
-        // Over TLS, a close_notify says the end is meant, and every record must be
-        // out before the socket closes.
-        match c.io.close_notify(&mut c.ready) {
-            Ok(true) => {}
-            Ok(false) => return Ok(false),
-            Err(_) => return Err(Fail::Close),
-        }
-        // Closing with unread input sends a reset, which can destroy the response
-        // still in flight to the client. With no input pending (the last read drained
-        // the socket, nothing is buffered) and none expected, a plain close sends a
-        // FIN after the data; otherwise shut down our side and read until the client
-        // closes (nginx's "lingering close", with the same heuristic).
-        let input_pending = c.ready.readable || !bufs.req.is_empty();
-        if c.eof || (!c.linger && !input_pending) {
-            return Err(Fail::Close);
-        }
-        let _ = c.io.shutdown_write(&mut c.ready);
-        c.phase = Phase::Draining;
-        c.drained = 0;
-        Ok(true)
-    }
-
-    pub(super) fn step_draining(&mut self, ck: usize) -> Step {
-        let c = &mut self.clients[ck];
-        let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
-        if !c.ready.readable {
-            return Ok(false);
-        }
-        bufs.req.clear();
-        match c.io.read_into(&mut bufs.req, &mut c.ready) {
-            Ok(ReadOutcome::Data) => {
-                c.drained += bufs.req.len() as u32;
-                bufs.req.clear();
-                if c.drained > MAX_DRAIN_BYTES {
-                    return Err(Fail::Close);
-                }
-                Ok(true)
-            }
-            Ok(ReadOutcome::Blocked) => Ok(false),
-            Ok(ReadOutcome::Eof) | Err(_) => Err(Fail::Close),
-        }
-    }
-}
-
-/// An aborting session resets its connection once the kernel has nothing left
-/// to send on it, nor any byte unacknowledged (SIOCOUTQ).
-#[cold]
-pub(super) fn step_aborting(c: &Client) -> Step {
-    if !matches!(c.io.tcp().take_error(), Ok(None)) {
-        // The client reset (or the socket failed): nothing more can be delivered.
-        return Err(Fail::Reset);
-    }
-    let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int through the
-    // pointer, which points at a live local.
-    let r = unsafe { libc::ioctl(c.io.tcp().as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-    // Over TLS, records rustls holds are still to go (the session flushes
-    // them as the socket takes them).
-    if r != 0 || (queued == 0 && !c.io.pending_out()) {
-        return Err(Fail::Reset);
-    }
-    Ok(false)
 }
 
 #[cfg(test)]

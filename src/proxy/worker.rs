@@ -76,8 +76,7 @@ pub(super) struct Worker {
     pub(super) quiet_surplus_until: Instant,
     /// When the sweep next gives back memory a burst left (`trim_memory`).
     pub(super) next_trim: Instant,
-    /// Which of `ctx.listeners` speak TLS (in the order of the configuration's
-    /// listen addresses, which a reload does not change).
+    /// Which of `ctx.listeners` speak TLS (by the address each is bound to).
     listener_tls: Vec<bool>,
 }
 
@@ -113,8 +112,14 @@ impl Worker {
             turn: 0,
             quiet_surplus_until: Instant::now(),
             next_trim: Instant::now() + TRIM_INTERVAL,
-            listener_tls: plan.config.listen.iter().map(|l| l.tls).collect(),
+            listener_tls: Vec::new(),
         };
+        w.listener_tls = (w.ctx.listeners.iter())
+            .map(|l| {
+                l.local_addr()
+                    .is_ok_and(|a| w.shared.tls_addrs.contains(&a))
+            })
+            .collect();
         w.adopt(plan);
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = w.now + w.sweep_interval;
@@ -515,16 +520,19 @@ impl Worker {
     /// shorter than that cannot tell from a stall.)
     fn still_sending(&mut self, ck: usize) -> bool {
         let c = &self.clients[ck];
-        if !matches!(
+        // A TLS session closing with records still to go: over plain TCP the
+        // kernel would go on sending what was written after the close, but
+        // records rustls holds would be lost, so the close waits while they move.
+        let closing_tls =
+            c.timer.wait == Wait::Linger && matches!(c.phase, Phase::Closing) && c.io.pending_out();
+        let waits = matches!(
             c.timer.wait,
             Wait::Body | Wait::Tunnel | Wait::ClientReading
-        ) {
+        ) && matches!(c.phase, Phase::Exchange(_));
+        if !closing_tls && !waits {
             return false;
         }
-        let Phase::Exchange(x) = &c.phase else {
-            return false;
-        };
-        let backend = x.upstream.and_then(|uk| self.upstreams.get(uk));
+        let backend = c.upstream().and_then(|uk| self.upstreams.get(uk));
         let queued = crate::io::unsent(c.io.tcp()).unwrap_or(0).saturating_add(
             backend
                 .and_then(|u| crate::io::unsent(&u.sock))
@@ -534,9 +542,14 @@ impl Worker {
         if queued == 0 || (queued >= before && before != u32::MAX) {
             return false;
         }
+        let again = if closing_tls {
+            self.timeouts.linger
+        } else {
+            self.timeouts.body
+        };
         let c = &mut self.clients[ck];
         c.timer = Timer {
-            at: self.now + self.timeouts.body,
+            at: self.now + again,
             wait: c.timer.wait,
             unsent: queued,
         };

@@ -129,7 +129,15 @@ pub fn tls_connect(
     name: &str,
     config: &Arc<rustls::ClientConfig>,
 ) -> Result<TlsStream, std::io::Error> {
-    let sock = TcpStream::connect(addr)?;
+    tls_over(TcpStream::connect(addr)?, name, config)
+}
+
+/// `tls_connect` over a socket already connected.
+pub fn tls_over(
+    sock: TcpStream,
+    name: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<TlsStream, std::io::Error> {
     sock.set_read_timeout(Some(IO_TIMEOUT))?;
     sock.set_write_timeout(Some(IO_TIMEOUT))?;
     let server = ServerName::try_from(name.to_string()).unwrap();
