@@ -104,6 +104,9 @@ pub struct WorkerMetrics {
     pub tls_handshakes: [AtomicU64; 2],
     /// Client TLS handshakes that failed, by reason (`TLS_FAILURES`).
     pub tls_failures: [AtomicU64; 7],
+    /// TLS to `https://` backends that failed, by reason (the first five of
+    /// `TLS_FAILURES`).
+    pub upstream_tls_failures: [AtomicU64; 5],
 }
 
 /// TLS versions counted, as the metric labels them.

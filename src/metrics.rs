@@ -166,6 +166,21 @@ pub fn prometheus(v: &View<'_>) -> String {
     }
     family(
         &mut out,
+        "corelb_upstream_tls_failures_total",
+        "counter",
+        "TLS to https:// backends that failed (an exchange got 502 or went to another backend), by worker and reason: certificate (it did not verify: expired, another host, an unknown issuer), incompatible, malformed, alert, other.",
+    );
+    for (w, m) in v.metrics.iter().enumerate() {
+        for (reason, n) in TLS_FAILURES.iter().zip(&m.upstream_tls_failures) {
+            let _ = writeln!(
+                out,
+                "corelb_upstream_tls_failures_total{{worker=\"{w}\",reason=\"{reason}\"}} {}",
+                get(n)
+            );
+        }
+    }
+    family(
+        &mut out,
         "corelb_config_reloads_total",
         "counter",
         "Configuration reloads applied (SIGHUP with --config).",

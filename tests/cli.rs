@@ -129,10 +129,7 @@ fn assert_usage_error(args: &[&str], mentions: &str) {
 fn bad_input_is_one_line_and_exit_code_2() {
     assert_usage_error(&["serve"], "--backend");
     assert_usage_error(&["serve", "--backend", "nonsense"], "--backend");
-    assert_usage_error(
-        &["serve", "--backend", "https://127.0.0.1:9000"],
-        "--backend",
-    );
+    assert_usage_error(&["serve", "--backend", "ftp://127.0.0.1:9000"], "--backend");
     assert_usage_error(&["serve", "--backend", "127.0.0.1:0"], "--backend");
     assert_usage_error(&["serve", "--backend", "127.0.0.1:99999"], "--backend");
     assert_usage_error(

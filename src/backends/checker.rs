@@ -7,7 +7,7 @@
 //! over many dead or silent backends takes about one `--health-timeout`, not one
 //! per backend, and a live backend's pass is not held up by the dead ones.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,6 +18,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::health::{AdminState, Health};
 use crate::config::CheckConfig;
+use crate::io::buffer::Buf;
+use crate::io::stream::{Stream, Tls};
+use crate::io::{ReadOutcome, Ready};
 use crate::log::Level;
 
 /// Checks in progress at once (each holds a socket). A round over more failing
@@ -36,12 +39,18 @@ pub struct Checker {
 impl Checker {
     /// Start checking the backends of `health` off the workers' path, on one
     /// thread. A backend starts from its last verdict.
-    pub fn spawn(health: Arc<Health>, config: CheckConfig) -> std::io::Result<Checker> {
+    /// `https://` backends are checked over TLS with `tls` (their certificate
+    /// verified as for requests).
+    pub fn spawn(
+        health: Arc<Health>,
+        config: CheckConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> std::io::Result<Checker> {
         let poll = Poll::new()?;
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("corelb-health".into())
-            .spawn(move || run_checks(&health, &config, poll, &stopped))?;
+            .spawn(move || run_checks(&health, &config, tls, poll, &stopped))?;
         Ok(Checker {
             stop: Some(stop),
             thread: Some(thread),
@@ -59,12 +68,19 @@ impl Drop for Checker {
     }
 }
 
-fn run_checks(health: &Health, config: &CheckConfig, mut poll: Poll, stopped: &Receiver<()>) {
+fn run_checks(
+    health: &Health,
+    config: &CheckConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    mut poll: Poll,
+    stopped: &Receiver<()>,
+) {
     let mut round = Round {
         poll: &mut poll,
         events: Events::with_capacity(256),
         probes: Vec::new(),
         free: Vec::new(),
+        tls,
     };
     loop {
         if round.run(health, config, stopped).is_err() {
@@ -83,7 +99,11 @@ struct Stopped;
 /// One check in progress.
 struct Probe {
     backend: usize,
-    sock: TcpStream,
+    /// Plain, or TLS for an `https://` backend.
+    io: Stream,
+    ready: Ready,
+    /// Where the answer's bytes are read (its status line is copied to `line`).
+    buf: Buf,
     deadline: Instant,
     stage: Stage,
     request: Vec<u8>,
@@ -115,6 +135,7 @@ struct Round<'p> {
     /// Checks in progress, by slot (the slot is the mio token).
     probes: Vec<Option<Probe>>,
     free: Vec<usize>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Round<'_> {
@@ -172,6 +193,12 @@ impl Round<'_> {
             }
             let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
             for slot in ready {
+                if let Some(p) = self.probes[slot].as_mut() {
+                    // Whatever the event, both ways are worth a try: an
+                    // operation that cannot go on says so and clears its flag.
+                    p.ready.readable = true;
+                    p.ready.writable = true;
+                }
                 if let Some(verdict) = self.probes[slot].as_mut().and_then(advance) {
                     open -= 1;
                     self.finish(slot, health, config, verdict);
@@ -200,16 +227,24 @@ impl Round<'_> {
         b: usize,
     ) -> Result<(), Option<String>> {
         let m = health.member(b);
-        let mut sock = TcpStream::connect(m.addr).map_err(|e| match e.raw_os_error() {
+        let sock = TcpStream::connect(m.addr).map_err(|e| match e.raw_os_error() {
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => None,
             _ => Some(format!("health check: connect: {e}")),
         })?;
+        let mut io = match (&m.tls, &self.tls) {
+            (Some(name), Some(config)) => {
+                let conn = rustls::ClientConnection::new(Arc::clone(config), name.clone())
+                    .map_err(|e| Some(format!("health check: TLS: {e}")))?;
+                Stream::Tls(Tls::new(sock, rustls::Connection::Client(conn)))
+            }
+            _ => Stream::Plain(sock),
+        };
         let slot = self.free.pop().unwrap_or_else(|| {
             self.probes.push(None);
             self.probes.len() - 1
         });
         if let Err(e) = self.poll.registry().register(
-            &mut sock,
+            io.tcp_mut(),
             Token(slot),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -222,7 +257,9 @@ impl Round<'_> {
         }
         self.probes[slot] = Some(Probe {
             backend: b,
-            sock,
+            io,
+            ready: Ready::default(),
+            buf: Buf::with_capacity(1024),
             deadline: Instant::now() + config.timeout,
             stage: Stage::Connect,
             request: request(&m.authority, &config.path),
@@ -243,7 +280,7 @@ impl Round<'_> {
         let Some(mut p) = self.probes[slot].take() else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut p.sock);
+        let _ = self.poll.registry().deregister(p.io.tcp_mut());
         self.free.push(slot);
         let why = match &verdict {
             Ok(status) => format!("health check: {status}"),
@@ -255,7 +292,7 @@ impl Round<'_> {
     fn close_all(&mut self) {
         for slot in 0..self.probes.len() {
             if let Some(mut p) = self.probes[slot].take() {
-                let _ = self.poll.registry().deregister(&mut p.sock);
+                let _ = self.poll.registry().deregister(p.io.tcp_mut());
                 self.free.push(slot);
             }
         }
@@ -275,30 +312,34 @@ fn request(host: &str, path: &str) -> Vec<u8> {
 fn advance(p: &mut Probe) -> Option<Result<u16, String>> {
     let failed = |stage: Stage, e: io::Error| Some(Err(format!("{}: {e}", stage.name())));
     if p.stage == Stage::Connect {
-        match p.sock.take_error() {
+        match p.io.tcp().take_error() {
             Ok(Some(e)) | Err(e) => return failed(Stage::Connect, e),
             Ok(None) => {}
         }
-        match p.sock.peer_addr() {
+        match p.io.tcp().peer_addr() {
             Ok(_) => p.stage = Stage::Send,
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
             Err(e) => return failed(Stage::Connect, e),
         }
     }
     while p.stage == Stage::Send {
-        match p.sock.write(&p.request[p.sent..]) {
+        match p.io.write_two(&p.request[p.sent..], &[], &mut p.ready) {
             Ok(n) => {
                 p.sent += n;
                 if p.sent == p.request.len() {
                     p.stage = Stage::Read;
+                } else if n == 0 {
+                    return None;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return failed(Stage::Send, e),
         }
     }
-    let mut buf = [0u8; 256];
+    // Over TLS, the records (the handshake, then the request) go out as the
+    // socket takes them; reading drives the handshake on.
+    if let Err(e) = p.io.flush(&mut p.ready) {
+        return failed(Stage::Send, e);
+    }
     loop {
         if p.line.contains(&b'\n') {
             return Some(status_of(&p.line));
@@ -306,11 +347,13 @@ fn advance(p: &mut Probe) -> Option<Result<u16, String>> {
         if p.line.len() > 1024 {
             return Some(Err("status line too long".into()));
         }
-        match p.sock.read(&mut buf) {
-            Ok(0) => return Some(Err("closed before answering".into())),
-            Ok(n) => p.line.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        match p.io.read_into(&mut p.buf, &mut p.ready) {
+            Ok(ReadOutcome::Eof) => return Some(Err("closed before answering".into())),
+            Ok(ReadOutcome::Data) => {
+                p.line.extend_from_slice(p.buf.filled());
+                p.buf.clear();
+            }
+            Ok(ReadOutcome::Blocked) => return None,
             Err(e) => return failed(Stage::Read, e),
         }
     }

@@ -92,6 +92,9 @@ pub struct Member {
     pub addr: SocketAddr,
     /// `host:port` as the operator wrote it (log lines, metrics, `--rewrite-host`).
     pub authority: String,
+    /// For an `https://` backend: the name its certificate must be valid for
+    /// (sent as SNI).
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
     state: Padded<State>,
     inflight: Padded<AtomicUsize>,
     /// Responses and their latency, by worker (each on its own cache lines).
@@ -104,9 +107,20 @@ pub struct Member {
 impl Member {
     /// A backend, up, with nothing counted, for `workers` workers.
     pub fn new(addr: SocketAddr, authority: String, workers: usize) -> Arc<Member> {
+        Member::reached_by(addr, authority, None, workers)
+    }
+
+    /// `new`, for a backend reached over TLS when `tls` names it.
+    pub fn reached_by(
+        addr: SocketAddr,
+        authority: String,
+        tls: Option<rustls::pki_types::ServerName<'static>>,
+        workers: usize,
+    ) -> Arc<Member> {
         Arc::new(Member {
             addr,
             authority,
+            tls,
             state: Padded(State {
                 checked_up: AtomicBool::new(true),
                 reported_up: AtomicBool::new(true),

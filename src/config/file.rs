@@ -606,8 +606,8 @@ mod tests {
                 "line 1: listen[0]: \"127.0.0.1:0\": port 0",
             ),
             (
-                "[[backend]]\naddress = \"https://a:1\"",
-                "line 2: backend[0].address: \"https://a:1\": scheme https://",
+                "[[backend]]\naddress = \"ftp://a:1\"",
+                "line 2: backend[0].address: \"ftp://a:1\": scheme ftp://",
             ),
             (
                 "[[backend]]\naddress = \"127.0.0.1:1/x\"",

@@ -46,6 +46,9 @@ pub struct Backend {
     pub authority: String,
     /// Relative share for weighted-round-robin and hash (1 to 1000; default 1).
     pub weight: u32,
+    /// `https://`: TLS to this backend, its certificate verified for the host of
+    /// `authority` (against `--backend-ca`, or the system's roots).
+    pub tls: bool,
 }
 
 /// How long the proxy waits before giving up on a peer. The defaults (in the
@@ -212,6 +215,9 @@ pub struct ProxyConfig {
     /// The certificates of the TLS listeners (the first is the default; the
     /// others are chosen by SNI). Read at start and on every reload.
     pub tls: Vec<crate::tls::CertFiles>,
+    /// The certificate authorities `https://` backends must chain to (a PEM
+    /// file); the system's roots when `None`. Read at start and on every reload.
+    pub backend_ca: Option<PathBuf>,
     pub backends: Vec<Backend>,
     pub workers: usize,
     pub max_header_bytes: usize,
@@ -254,6 +260,7 @@ impl ProxyConfig {
         ProxyConfig {
             listen: listen.into_iter().map(Listen::plain).collect(),
             tls: Vec::new(),
+            backend_ca: None,
             backends,
             workers: defaults::workers(),
             max_header_bytes: defaults::max_header_bytes(),
@@ -286,6 +293,11 @@ impl ProxyConfig {
     /// Some listener speaks TLS.
     pub fn serves_tls(&self) -> bool {
         self.listen.iter().any(|l| l.tls)
+    }
+
+    /// Some backend is reached over TLS.
+    pub fn reaches_tls(&self) -> bool {
+        self.backends.iter().any(|b| b.tls)
     }
 }
 

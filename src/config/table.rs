@@ -284,11 +284,18 @@ settings! {
             into |b, v| for (files, key) in b.config.tls.iter_mut().zip(v) {
                 files.key = key;
             };
-        /// a backend, as host:port or http://host:port, optionally followed by
-        /// ,weight=N (1 to 1000, for weighted-round-robin and hash); repeat for more
+        /// a backend, as host:port, http://host:port or https://host:port (TLS,
+        /// its certificate verified for host), optionally followed by ,weight=N
+        /// (1 to 1000, for weighted-round-robin and hash); repeat for more
         backend: Vec<Backend> = backends(values::backend),
             flag "--backend", key "backend",
             into |b, v| b.config.backends = v;
+        /// a PEM file of the certificate authorities whose certificates
+        /// https:// backends must chain to (default: the system's roots); read
+        /// again on every reload
+        backend_ca: PathBuf = text(values::file),
+            flag "--backend-ca", key "backend_ca",
+            into |b, v| b.config.backend_ca = Some(v);
         /// worker threads, one event loop and one listening socket each; the
         /// default is one per CPU core, counted at start
         workers: usize = int(values::workers),
@@ -494,6 +501,7 @@ mod tests {
             "handover" => "/run/corelb.sock".into(),
             "health_path" => "/health".into(),
             "tls_cert" => "/etc/corelb/cert.pem".into(),
+            "backend_ca" => "/etc/corelb/backend-ca.pem".into(),
             "tls_key" => "/etc/corelb/key.pem".into(),
             _ => (s.default)().unwrap_or_else(|| panic!("{}: no sample", s.name)),
         }

@@ -223,21 +223,28 @@ pub fn backend(full: &str) -> Result<Backend, String> {
             (text, weight)
         }
     };
-    let rest = match text.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+    let (rest, tls) = match text.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (rest, false),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (rest, true),
         Some((scheme, _)) => {
-            return Err(format!("scheme {scheme}:// is not supported, only http://"));
+            return Err(format!(
+                "scheme {scheme}:// is not supported, only http:// and https://"
+            ));
         }
-        None => text,
+        None => (text, false),
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains('/') {
         return Err("a backend is host:port, without a path".into());
     }
+    if tls {
+        crate::tls::server_name(authority)?;
+    }
     Ok(Backend {
         addr: address(authority)?,
         authority: authority.to_string(),
         weight,
+        tls,
     })
 }
 
@@ -369,6 +376,9 @@ mod tests {
             "127.0.0.1:9000"
         );
         assert_eq!(backend("127.0.0.1:9000,weight=7").unwrap().weight, 7);
+        let https = backend("https://localhost:8443,weight=2").unwrap();
+        assert!(https.tls && https.weight == 2 && https.authority == "localhost:8443");
+        assert!(!backend("http://127.0.0.1:9000").unwrap().tls);
         assert_eq!(
             backend("[::1]:80").unwrap().addr,
             "[::1]:80".parse().unwrap()
@@ -377,7 +387,7 @@ mod tests {
             "127.0.0.1",
             "127.0.0.1:0",
             "127.0.0.1:99999",
-            "https://127.0.0.1:1",
+            "ftp://127.0.0.1:1",
             "127.0.0.1:1/path",
             "127.0.0.1:1,weight=0",
             "127.0.0.1:1,weight=1001",

@@ -300,6 +300,34 @@ impl Stream {
         }
     }
 
+    /// Read what arrived into `scratch` (over TLS, the plaintext of whole
+    /// records; a record that carries none, a session ticket say, is taken in
+    /// and counts as nothing): `Ok(0)` at the end of the stream, `WouldBlock`
+    /// when nothing came. A look at a connection that owes no bytes
+    /// (`proxy::upstream::leftover`), not a relay.
+    pub(crate) fn read_some(&mut self, scratch: &mut [u8]) -> io::Result<usize> {
+        let t = match self {
+            Stream::Plain(s) => return io::Read::read(s, scratch),
+            Stream::Tls(t) => t,
+        };
+        loop {
+            match io::Read::read(&mut t.conn.reader(), scratch) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            t.conn.read_tls(&mut t.sock)?;
+            if let Err(error) = t.conn.process_new_packets() {
+                let failure = TlsFailure::of(&error);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    TlsError { failure, error },
+                ));
+            }
+        }
+    }
+
     /// TLS records wait for the socket (never for a plain one).
     #[inline]
     pub(crate) fn pending_out(&self) -> bool {

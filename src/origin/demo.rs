@@ -26,6 +26,7 @@ impl Demo {
             .iter()
             .map(|o| Backend {
                 weight: 1,
+                tls: false,
                 addr: o.local_addr(),
                 authority: o.local_addr().to_string(),
             })

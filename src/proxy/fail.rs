@@ -101,7 +101,13 @@ impl Worker {
                 let Some(x) = self.clients[ck].exchange() else {
                     return self.fail(ck, Fail::Close);
                 };
-                let (failed, attempts) = (x.backend, x.attempts);
+                let (failed, attempts, upstream) = (x.backend, x.attempts, x.upstream);
+                if let Some(uk) = upstream {
+                    self.backend_tls_failed(uk);
+                }
+                let Some(x) = self.clients[ck].exchange() else {
+                    return self.fail(ck, Fail::Close);
+                };
                 if !x.charged {
                     self.plan.health.record_failure(&self.locals[failed].member);
                 }
@@ -146,6 +152,26 @@ impl Worker {
                 let backend = x.backend;
                 self.resend(ck, backend, false)
             }
+        }
+    }
+
+    /// Log and count why TLS to a backend failed, if it did (at most one line
+    /// per second per worker).
+    #[cold]
+    fn backend_tls_failed(&mut self, uk: usize) {
+        let Some((failure, why)) = self.upstreams.get_mut(uk).and_then(|u| u.tls_failed.take())
+        else {
+            return;
+        };
+        self.metrics().upstream_tls_failures[failure.index()].fetch_add(1, Ordering::Relaxed);
+        if self.now >= self.quiet_tls_until {
+            self.quiet_tls_until = self.now + Duration::from_secs(1);
+            let backend = self.upstreams[uk].backend;
+            crate::log!(
+                crate::log::Level::Warn,
+                "corelb: backend {}: {why} (at most one such line per second per worker)",
+                self.locals[backend].member.authority
+            );
         }
     }
 

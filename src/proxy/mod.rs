@@ -134,14 +134,23 @@ const SPLICE_STEP: usize = 256 * 1024;
 /// than any head the proxy writes, so it only ever trims a buffer something grew.
 const MAX_KEPT_HEAD: usize = 64 * 1024;
 
-/// The certificates of the TLS listeners, if there are any.
-pub(super) fn load_tls(config: &ProxyConfig) -> Result<Option<crate::tls::ServerTls>, StartError> {
-    if !config.serves_tls() {
-        return Ok(None);
-    }
-    crate::tls::ServerTls::load(&config.tls)
-        .map(Some)
-        .map_err(StartError::Tls)
+/// The certificates of the TLS listeners and the roots of `https://`
+/// backends, each if something uses it.
+pub(super) fn load_tls(config: &ProxyConfig) -> Result<plan::Loaded, StartError> {
+    let server = if config.serves_tls() {
+        Some(crate::tls::ServerTls::load(&config.tls).map_err(StartError::Tls)?)
+    } else {
+        None
+    };
+    let client = if config.reaches_tls() {
+        Some(
+            crate::tls::client_config(config.backend_ca.as_deref())
+                .map_err(StartError::BackendTls)?,
+        )
+    } else {
+        None
+    };
+    Ok((server, client))
 }
 
 /// A running proxy. Dropping it (or `shutdown`) stops every worker.
@@ -221,8 +230,12 @@ impl Proxy {
         let plan = Arc::new(Plan::build(0, config.clone(), tls, workers, &[]));
         let checker = match &config.health_check {
             Some(check) => Some(
-                Checker::spawn(Arc::clone(&plan.health), check.clone())
-                    .map_err(StartError::Spawn)?,
+                Checker::spawn(
+                    Arc::clone(&plan.health),
+                    check.clone(),
+                    plan.backend_tls.clone(),
+                )
+                .map_err(StartError::Spawn)?,
             ),
             None => None,
         };

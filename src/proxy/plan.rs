@@ -14,6 +14,13 @@ use crate::counters::Padded;
 use crate::counters::WorkerMetrics;
 use crate::metrics;
 
+/// What a plan reads from files: the listeners' certificates and the roots
+/// `https://` backends are checked against.
+pub(super) type Loaded = (
+    Option<crate::tls::ServerTls>,
+    Option<Arc<rustls::ClientConfig>>,
+);
+
 /// Per-worker counters, written by their worker only and read by anyone.
 #[derive(Default)]
 pub struct WorkerStats {
@@ -69,6 +76,8 @@ pub struct Plan {
     /// The certificates and TLS settings of the TLS listeners, as read when this
     /// plan was made (each connection keeps the one it began with).
     pub(super) tls: Option<crate::tls::ServerTls>,
+    /// The TLS settings for `https://` backends (their trusted roots), if any.
+    pub(super) backend_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Plan {
@@ -77,7 +86,7 @@ impl Plan {
     pub(super) fn build(
         number: u64,
         config: ProxyConfig,
-        tls: Option<crate::tls::ServerTls>,
+        (tls, backend_tls): Loaded,
         workers: usize,
         members: &[Arc<Member>],
     ) -> Plan {
@@ -87,10 +96,17 @@ impl Plan {
             .map(|b| {
                 members
                     .iter()
-                    .find(|m| m.addr == b.addr && m.authority == b.authority)
+                    .find(|m| {
+                        m.addr == b.addr && m.authority == b.authority && m.tls.is_some() == b.tls
+                    })
                     .cloned()
                     .unwrap_or_else(|| {
-                        let m = Member::new(b.addr, b.authority.clone(), workers);
+                        // A name that does not parse was refused with the config.
+                        let tls = b
+                            .tls
+                            .then(|| crate::tls::server_name(&b.authority).ok())
+                            .flatten();
+                        let m = Member::reached_by(b.addr, b.authority.clone(), tls, workers);
                         if number > 0 {
                             // Added by a reload: it starts slowly.
                             m.joined();
@@ -121,6 +137,7 @@ impl Plan {
             config,
             weights,
             tls,
+            backend_tls,
         }
     }
 }

@@ -2,13 +2,13 @@
 //! the client (copied, or spliced for large bodies), and tunnels after a 101.
 
 use std::io;
-use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 
 use crate::http::{BodyScanner, Reject};
+use crate::io::ReadOutcome;
 use crate::io::buffer::Buf;
 use crate::io::splice::Pipe;
-use crate::io::{ReadOutcome, read_into, write_two};
+use crate::io::stream::tls_failure;
 
 use super::bufs::Bufs;
 use super::exchange::{Exchange, Kept, ReqState, RespState};
@@ -109,12 +109,10 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
     let head = &bufs.req_head[bufs.req_head_sent..];
     if !defer && u.ready.writable && (!head.is_empty() || pending > 0) {
         let at = kept.len();
-        match write_two(
-            &mut u.sock,
-            head,
-            &bufs.req.filled()[at..at + pending],
-            &mut u.ready,
-        ) {
+        match u
+            .io
+            .write_two(head, &bufs.req.filled()[at..at + pending], &mut u.ready)
+        {
             Ok(n) => {
                 let from_head = n.min(head.len());
                 let from_body = n - from_head;
@@ -139,8 +137,7 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
                 // reset) leaves the answer waiting behind the failed write.
                 if !u.received
                     && !bufs.resp.is_full()
-                    && let Ok(ReadOutcome::Data) =
-                        read_into(&mut u.sock, &mut bufs.resp, &mut u.ready)
+                    && let Ok(ReadOutcome::Data) = u.io.read_into(&mut bufs.resp, &mut u.ready)
                 {
                     answer_began(x, &mut bufs.req, u);
                 }
@@ -176,13 +173,14 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
     let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_mut()) else {
         return Err(Fail::Close);
     };
-    if splicing(bufs, x) {
+    // A pipe moves bytes between two sockets: not out of a TLS backend's.
+    if !u.io.is_tls() && splicing(bufs, x) {
         return splice_body(c, u);
     }
     let mut progress = false;
     // Backend -> buffer.
     if u.connected() && u.ready.readable && !u.eof && !bufs.resp.is_full() {
-        match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
+        match u.io.read_into(&mut bufs.resp, &mut u.ready) {
             Ok(ReadOutcome::Data) => {
                 answer_began(x, &mut bufs.req, u);
                 progress = true;
@@ -192,8 +190,13 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
                 progress = true;
             }
             Ok(ReadOutcome::Blocked) => {}
-            Err(_) => {
-                // Reset: the end of the stream, but not a clean one.
+            Err(e) => {
+                // Reset: the end of the stream, but not a clean one. A TLS
+                // backend that failed its handshake (a certificate that does not
+                // verify, say) is the same to the exchange, and says why.
+                if let Some(tls) = tls_failure(&e) {
+                    u.tls_failed = Some((tls.failure, tls.error.to_string()));
+                }
                 u.eof = true;
                 u.reset = true;
                 progress = true;
@@ -327,20 +330,23 @@ fn tunnel_step(
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
         progress |= read_client(&mut c.io, &mut bufs.req, &mut c.ready, &mut c.eof)?;
     }
+    if u.io.pending_out() && u.ready.writable {
+        u.io.flush(&mut u.ready).map_err(|_| Fail::Close)?;
+    }
     if !bufs.req.is_empty() && u.ready.writable && !*backend_shut {
-        let n = write_two(&mut u.sock, &[], bufs.req.filled(), &mut u.ready)
-            .map_err(|_| Fail::Close)?;
+        let n =
+            u.io.write_two(&[], bufs.req.filled(), &mut u.ready)
+                .map_err(|_| Fail::Close)?;
         bufs.req.consume(n);
         progress |= n > 0;
     }
-    if c.eof && bufs.req.is_empty() && !*backend_shut {
-        let _ = u.sock.shutdown(Shutdown::Write);
+    if c.eof && bufs.req.is_empty() && !*backend_shut && u.io.shutdown_write(&mut u.ready) {
         *backend_shut = true;
         progress = true;
     }
     // Backend -> client.
     if u.ready.readable && !u.eof && !bufs.resp.is_full() {
-        match read_into(&mut u.sock, &mut bufs.resp, &mut u.ready) {
+        match u.io.read_into(&mut bufs.resp, &mut u.ready) {
             Ok(ReadOutcome::Data) => progress = true,
             Ok(ReadOutcome::Eof) | Err(_) => {
                 u.eof = true;
@@ -433,7 +439,7 @@ pub(super) fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
     }
     if *remaining > 0 && pipe.room() > 0 && u.ready.readable && !u.eof {
         let max = usize::try_from(*remaining).map_or(SPLICE_STEP, |r| r.min(SPLICE_STEP));
-        match pipe.fill(u.sock.as_raw_fd(), max) {
+        match pipe.fill(u.io.tcp().as_raw_fd(), max) {
             Ok(0) => u.eof = true,
             Ok(n) => {
                 *remaining -= n as u64;

@@ -90,20 +90,22 @@ impl Reloader {
         config.log_health = old.log_health;
         // Certificates are read again on every reload, so a rotated file is
         // picked up with nothing else changed; a bad one fails the reload whole.
-        let tls = super::load_tls(&config)?;
+        let (tls, backend_tls) = super::load_tls(&config)?;
         let same_tls = match (&tls, &current.tls) {
             (Some(new), Some(old)) => new.same_certificates(old),
             (None, None) => true,
             _ => false,
         };
         result.certificates = !same_tls;
+        // The backends' roots are read again too, but only a change of the
+        // certificates served tells a reload apart from nothing to do.
         if config == *old && same_tls && !rebuild {
             result.unchanged = true;
             return Ok(result);
         }
         let has = |list: &[crate::config::Backend], b: &crate::config::Backend| {
             list.iter()
-                .any(|o| o.addr == b.addr && o.authority == b.authority)
+                .any(|o| o.addr == b.addr && o.authority == b.authority && o.tls == b.tls)
         };
         result.added = (config.backends.iter())
             .filter(|b| !has(&old.backends, b))
@@ -116,7 +118,7 @@ impl Reloader {
         let plan = Arc::new(Plan::build(
             current.number + 1,
             config,
-            tls,
+            (tls, backend_tls),
             self.controls.len(),
             current.health.members(),
         ));
@@ -133,8 +135,12 @@ impl Reloader {
         }
         if let Some(check) = &plan.config.health_check {
             *checker = Some(
-                Checker::spawn(Arc::clone(&plan.health), check.clone())
-                    .map_err(StartError::Spawn)?,
+                Checker::spawn(
+                    Arc::clone(&plan.health),
+                    check.clone(),
+                    plan.backend_tls.clone(),
+                )
+                .map_err(StartError::Spawn)?,
             );
         }
         let number = plan.number;

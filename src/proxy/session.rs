@@ -274,7 +274,13 @@ impl Worker {
             c.yielded = true;
             self.yielded.push(ck);
         }
-        if self.defer_writes && c.wants_flush() && !c.queued {
+        if self.defer_writes
+            && !c.queued
+            && (c.wants_flush()
+                || c.upstream()
+                    .and_then(|uk| self.upstreams.get(uk))
+                    .is_some_and(|u| u.io.pending_out()))
+        {
             c.queued = true;
             self.flush_queue.push(ck);
         }
@@ -500,6 +506,14 @@ impl Worker {
         }
         let defer = self.defer_writes;
         let max_body = self.plan.config.max_body_bytes;
+        // To an `https://` backend: records rustls made (the handshake, the
+        // request it held until then) go out as the socket takes them.
+        if !defer && u.io.pending_out() && u.ready.writable && u.io.flush(&mut u.ready).is_err() {
+            return Err(Fail::Backend {
+                reject: Reject::BadGateway,
+                may_retry: !u.received,
+            });
+        }
         let progress = check_connected(u)?
             | relay_request(c, u, defer, max_body)?
             | relay_response(c, u, defer)?;
@@ -658,7 +672,7 @@ impl Worker {
                 // while the connection is idle, where they are caught, not be held
                 // back (Nagle) until the next request carries our ACK and then be
                 // read as its answer, and the next, and the next.
-                crate::io::ack_now(&u.sock);
+                crate::io::ack_now(u.io.tcp());
                 local.idle.push(uk);
             } else {
                 self.discard_upstream(uk, found);

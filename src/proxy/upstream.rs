@@ -3,7 +3,7 @@
 //! connection may hold (`Leftover`): only a connection at a message boundary is
 //! ever handed to another exchange.
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use mio::net::TcpStream;
 use crate::backends::Member;
 use crate::http::Reject;
 use crate::io::Ready;
+use crate::io::stream::{Stream, Tls, TlsFailure};
 
 use super::session::{Fail, Step, Timer, Wait};
 use super::worker::{Worker, upstream_token};
@@ -21,7 +22,8 @@ use super::{DISTRUST, NON_IDEMPOTENT_MAX_IDLE};
 
 /// One connection to a backend, either serving a client or idle in the pool.
 pub(super) struct Upstream {
-    pub(super) sock: TcpStream,
+    /// The connection: plain, or TLS for an `https://` backend.
+    pub(super) io: Stream,
     pub(super) backend: usize,
     pub(super) ready: Ready,
     pub(super) role: Role,
@@ -30,6 +32,9 @@ pub(super) struct Upstream {
     pub(super) eof: bool,
     /// The stream ended with a reset (or another read error), not a FIN.
     pub(super) reset: bool,
+    /// TLS to the backend failed (its handshake, a record), and why: logged and
+    /// counted when the exchange fails with it.
+    pub(super) tls_failed: Option<(TlsFailure, String)>,
 }
 
 /// What a backend connection is doing, with what that needs.
@@ -255,31 +260,42 @@ impl Worker {
                 uk
             }
             None => {
-                let addr = self.locals[backend].member.addr;
-                let mut sock = TcpStream::connect(addr).map_err(|_| Fail::Backend {
+                let member = &self.locals[backend].member;
+                let sock = TcpStream::connect(member.addr).map_err(|_| Fail::Backend {
                     reject: Reject::BadGateway,
                     may_retry: true,
                 })?;
                 let _ = sock.set_nodelay(true);
+                // An `https://` backend: the handshake starts with the request's
+                // first write (rustls holds the request until it is done).
+                let mut io = match (&member.tls, &self.plan.backend_tls) {
+                    (Some(name), Some(config)) => {
+                        let conn = rustls::ClientConnection::new(Arc::clone(config), name.clone())
+                            .map_err(|_| Fail::Reject(Reject::BadGateway))?;
+                        Stream::Tls(Tls::new(sock, rustls::Connection::Client(conn)))
+                    }
+                    _ => Stream::Plain(sock),
+                };
                 let entry = self.upstreams.vacant_entry();
                 let uk = entry.key();
                 self.ctx
                     .poll
                     .registry()
                     .register(
-                        &mut sock,
+                        io.tcp_mut(),
                         upstream_token(uk),
                         Interest::READABLE | Interest::WRITABLE,
                     )
                     .map_err(|_| Fail::Reject(Reject::BadGateway))?;
                 entry.insert(Upstream {
-                    sock,
+                    io,
                     backend,
                     ready: Ready::default(),
                     role: Role::Connecting { client: ck },
                     received: false,
                     eof: false,
                     reset: false,
+                    tls_failed: None,
                 });
                 self.clients[ck].timer =
                     Timer::new(self.now + self.timeouts.connect, Wait::Connect);
@@ -316,7 +332,7 @@ pub(super) fn leftover(u: &mut Upstream) -> Leftover {
     }
     let mut scratch = [0u8; 64];
     loop {
-        return match u.sock.read(&mut scratch) {
+        return match u.io.read_some(&mut scratch) {
             Ok(0) => Leftover::Closed,
             Ok(_) => Leftover::Bytes,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -350,11 +366,11 @@ pub(super) fn check_connected(u: &mut Upstream) -> Step {
     if let Role::Connecting { client } = u.role
         && (u.ready.writable || u.ready.readable)
     {
-        match u.sock.take_error() {
+        match u.io.tcp().take_error() {
             Ok(None) => {}
             _ => return Err(REFUSED),
         }
-        match u.sock.peer_addr() {
+        match u.io.tcp().peer_addr() {
             Ok(_) => {
                 u.role = Role::Busy {
                     client,

@@ -74,6 +74,8 @@ pub(super) struct Worker {
     pub(super) turn: u16,
     /// No line about backend surplus bytes is logged before this (one per second).
     pub(super) quiet_surplus_until: Instant,
+    /// No line about a backend's TLS failing is logged before this (one per second).
+    pub(super) quiet_tls_until: Instant,
     /// When the sweep next gives back memory a burst left (`trim_memory`).
     pub(super) next_trim: Instant,
     /// Which of `ctx.listeners` speak TLS (by the address each is bound to).
@@ -111,6 +113,7 @@ impl Worker {
             yielded: Vec::with_capacity(64),
             turn: 0,
             quiet_surplus_until: Instant::now(),
+            quiet_tls_until: Instant::now(),
             next_trim: Instant::now() + TRIM_INTERVAL,
             listener_tls: Vec::new(),
         };
@@ -535,7 +538,7 @@ impl Worker {
         let backend = c.upstream().and_then(|uk| self.upstreams.get(uk));
         let queued = crate::io::unsent(c.io.tcp()).unwrap_or(0).saturating_add(
             backend
-                .and_then(|u| crate::io::unsent(&u.sock))
+                .and_then(|u| crate::io::unsent(u.io.tcp()))
                 .unwrap_or(0),
         );
         let before = c.timer.unsent;

@@ -28,6 +28,8 @@ pub enum StartError {
     AccessLog { path: String, source: io::Error },
     /// A TLS certificate or key could not be read, or they do not match.
     Tls(String),
+    /// The certificate authorities for `https://` backends could not be read.
+    BackendTls(String),
 }
 
 impl StartError {
@@ -40,6 +42,7 @@ impl StartError {
             StartError::Admin { .. } => Some("admin"),
             StartError::AccessLog { .. } => Some("access_log"),
             StartError::Tls(_) => Some("tls_cert"),
+            StartError::BackendTls(_) => Some("backend_ca"),
             StartError::Poll(_) | StartError::Spawn(_) => None,
         }
     }
@@ -57,7 +60,7 @@ impl StartError {
             StartError::NoBackends => "at least one is required".into(),
             StartError::Admin { addr, source } => format!("{addr}: {source}"),
             StartError::AccessLog { path, source } => format!("{path}: {source}"),
-            StartError::Tls(problem) => problem.clone(),
+            StartError::Tls(problem) | StartError::BackendTls(problem) => problem.clone(),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! ciphers only.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -182,4 +182,58 @@ impl ServerTls {
     pub fn same_certificates(&self, other: &ServerTls) -> bool {
         self.certs.fingerprint() == other.certs.fingerprint()
     }
+}
+
+/// The name a backend's certificate must be valid for: the host of its
+/// `host:port` (an IP address, or a DNS name).
+pub fn server_name(authority: &str) -> Result<ServerName<'static>, String> {
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    ServerName::try_from(host.to_string())
+        .map_err(|_| format!("{host} is not a host name a certificate can be checked for"))
+}
+
+/// The rustls configuration for `https://` backends: a backend's certificate
+/// must chain to a certificate authority of `ca` (a PEM file) or, without it,
+/// to one the system trusts (its CA bundle, as rustls-native-certs finds it).
+/// It offers HTTP/1.1 by ALPN and sends the backend's name (SNI).
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {}", path.display(), pem_error(&e)))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: {}", path.display(), pem_error(&e)))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!(
+                    "{}: no certificate authority (a PEM \"BEGIN CERTIFICATE\" block) in it",
+                    path.display()
+                ));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(
+                    "no system certificate authorities to check https:// backends against (install ca-certificates, or give --backend-ca)"
+                        .into(),
+                );
+            }
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }

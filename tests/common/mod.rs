@@ -55,6 +55,7 @@ pub fn backend_of(addr: SocketAddr) -> Backend {
         weight: 1,
         addr,
         authority: addr.to_string(),
+        tls: false,
     }
 }
 

@@ -166,3 +166,112 @@ pub fn leaf_der(chain_pem: &str) -> Vec<u8> {
 pub fn arg(path: &Path) -> String {
     path.display().to_string()
 }
+
+/// An `https://` backend: each connection in a thread of its own, TLS with
+/// `chain`/`key` (rustls' server side, blocking), answering every request head
+/// with `200` and a body naming the path, the name the client asked for (SNI)
+/// and the connection's number. Counts connections; stops when dropped.
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsBackend {
+    pub fn start(pair: &(String, String)) -> TlsBackend {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pair.0.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pair.1.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind(loopback()).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopping) = (Arc::clone(&connections), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((sock, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    continue;
+                };
+                sock.set_nonblocking(false).unwrap();
+                sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                // As servers do: with Nagle on, an answer written after a session
+                // ticket would wait for the ticket's ACK (40 ms, delayed).
+                sock.set_nodelay(true).unwrap();
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let config = Arc::clone(&config);
+                std::thread::spawn(move || serve_tls(sock, config, n));
+            }
+        });
+        TlsBackend {
+            addr,
+            connections,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// How corelb is told of it: `https://localhost:PORT`, at 127.0.0.1.
+    pub fn backend(&self) -> corelb::Backend {
+        corelb::Backend {
+            addr: self.addr,
+            authority: format!("localhost:{}", self.addr.port()),
+            weight: 1,
+            tls: true,
+        }
+    }
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_tls(sock: TcpStream, config: Arc<rustls::ServerConfig>, n: usize) {
+    use std::io::Read;
+    let conn = rustls::ServerConnection::new(config).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        // One head at a time, byte by byte (these requests have no body).
+        while !buf.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => buf.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&buf).to_string();
+        buf.clear();
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        let sni = s.conn.server_name().unwrap_or("-").to_string();
+        let body = format!("{path} sni={sni} conn={n}");
+        let out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(out.as_bytes())
+            .and_then(|()| s.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
