@@ -100,8 +100,9 @@ pub struct WorkerMetrics {
     pub upstream_open: AtomicU64,
     /// Responses relayed whole whose body went (in part) through a pipe.
     pub spliced: AtomicU64,
-    /// Client TLS handshakes completed, by version (`TLS_VERSIONS`).
-    pub tls_handshakes: [AtomicU64; 2],
+    /// Client TLS handshakes completed, by version (`TLS_VERSIONS`), full and
+    /// resumed (a session remembered from an earlier connection).
+    pub tls_handshakes: [[AtomicU64; 2]; 2],
     /// Client TLS handshakes that failed, by reason (`TLS_FAILURES`).
     pub tls_failures: [AtomicU64; 7],
     /// TLS to `https://` backends that failed, by reason (the first five of

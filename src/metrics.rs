@@ -138,15 +138,17 @@ pub fn prometheus(v: &View<'_>) -> String {
         &mut out,
         "corelb_tls_handshakes_total",
         "counter",
-        "Client TLS handshakes completed, by worker and TLS version.",
+        "Client TLS handshakes completed, by worker, TLS version, and whether they resumed an earlier session.",
     );
     for (w, m) in v.metrics.iter().enumerate() {
-        for (version, n) in TLS_VERSIONS.iter().zip(&m.tls_handshakes) {
-            let _ = writeln!(
-                out,
-                "corelb_tls_handshakes_total{{worker=\"{w}\",version=\"{version}\"}} {}",
-                get(n)
-            );
+        for (version, kinds) in TLS_VERSIONS.iter().zip(&m.tls_handshakes) {
+            for (resumed, n) in ["false", "true"].iter().zip(kinds) {
+                let _ = writeln!(
+                    out,
+                    "corelb_tls_handshakes_total{{worker=\"{w}\",version=\"{version}\",resumed=\"{resumed}\"}} {}",
+                    get(n)
+                );
+            }
         }
     }
     family(

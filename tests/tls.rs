@@ -1,7 +1,7 @@
 //! TLS on the listeners: handshakes in the workers' loops, certificates chosen
 //! by SNI and rotated by a reload, ALPN, and what a bad or slow handshake gets.
 //! Certificates are made by the tests (rcgen); the clients are rustls' client
-//! side, Python's ssl module (OpenSSL) and curl.
+//! side, Python's ssl module, curl and openssl s_client (OpenSSL).
 
 mod common;
 
@@ -117,7 +117,7 @@ fn requests_over_tls_reach_the_backend_as_https_on_one_keep_alive_connection() {
     wait_until(|| proxy.counts()[0].requests == 8, "8 requests counted");
     let m = proxy.stats().prometheus();
     assert!(
-        m.contains("corelb_tls_handshakes_total{worker=\"0\",version=\"1.3\"} 1"),
+        m.contains("corelb_tls_handshakes_total{worker=\"0\",version=\"1.3\",resumed=\"false\"} 1"),
         "{m}"
     );
 }
@@ -350,7 +350,7 @@ fn a_missing_or_mismatched_certificate_stops_the_start_with_one_clear_error() {
 }
 
 #[test]
-fn python_ssl_and_curl_get_answers_from_a_tls_listener() {
+fn python_ssl_curl_and_openssl_get_answers_from_a_tls_listener() {
     let s = setup("interop");
     let backend = proto_echo();
     let files = write_pair(&s.dir, "site", &s.default);
@@ -410,7 +410,43 @@ fn python_ssl_and_curl_get_answers_from_a_tls_listener() {
         }
         Err(e) => eprintln!("skipped curl ({e})"),
     }
-    eprintln!("{ran} of 2 real clients ran");
+    // OpenSSL's own client, TLS 1.2 this time, with SNI and ALPN.
+    let s_client = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-tls1_2",
+            "-alpn",
+            "http/1.1",
+            "-servername",
+            "localhost",
+        ])
+        .args(["-CAfile", &arg(&ca), "-verify_return_error", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    match s_client {
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("https 0"),
+                "{text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ran += 1;
+        }
+        Err(e) => eprintln!("skipped openssl s_client ({e})"),
+    }
+    eprintln!("{ran} of 3 real clients ran");
 }
 
 /// A client that half-closes after its request and reads only later: the end
@@ -475,4 +511,35 @@ fn a_silent_client_after_its_handshake_waits_as_an_idle_one() {
     let took = start.elapsed();
     assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
     assert!(took >= Duration::from_millis(700), "closed after {took:?}");
+}
+
+/// A client that comes back resumes its session (TLS 1.3 tickets from the
+/// session cache): no certificate, no signature; the metric tells them apart.
+#[test]
+fn a_returning_client_resumes_its_session() {
+    let s = setup("resume");
+    let backend = proto_echo();
+    let files = write_pair(&s.dir, "default", &s.default);
+    let proxy = tls_proxy(vec![files], &[backend.addr], |_| {});
+    let addr = proxy.local_addrs()[0];
+    for round in 0..3 {
+        let stream = tls_connect(addr, "localhost", &s.client).unwrap();
+        let kind = stream.conn.handshake_kind();
+        // The ticket comes after the handshake: reading an answer takes it in.
+        let (resp, _) = get_over(stream, "/");
+        assert_eq!(resp.status, 200);
+        let want = if round == 0 {
+            rustls::HandshakeKind::Full
+        } else {
+            rustls::HandshakeKind::Resumed
+        };
+        assert_eq!(kind, Some(want), "connection {round}");
+    }
+    let m = proxy.stats().prometheus();
+    for (resumed, n) in [("false", 1), ("true", 2)] {
+        let line = format!(
+            "corelb_tls_handshakes_total{{worker=\"0\",version=\"1.3\",resumed=\"{resumed}\"}} {n}"
+        );
+        assert!(m.contains(&line), "{line} in {m}");
+    }
 }

@@ -409,6 +409,13 @@ impl Stream {
         }
     }
 
+    /// The TLS handshake resumed an earlier session (no certificate, no
+    /// signature).
+    pub(crate) fn tls_resumed(&self) -> bool {
+        self.tls()
+            .is_some_and(|t| t.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+    }
+
     /// A TLS handshake is under way (not finished, not failed).
     pub(crate) fn handshaking(&self) -> bool {
         match self {

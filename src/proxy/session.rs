@@ -433,13 +433,13 @@ impl Worker {
             Ok(_) => None,
         };
         let version = if io.take_established() {
-            io.tls_version()
+            io.tls_version().map(|v| (v, usize::from(io.tls_resumed())))
         } else {
             None
         };
         let metrics = self.metrics();
-        if let Some(v) = version {
-            metrics.tls_handshakes[v].fetch_add(1, Ordering::Relaxed);
+        if let Some((v, resumed)) = version {
+            metrics.tls_handshakes[v][resumed].fetch_add(1, Ordering::Relaxed);
         }
         if let Some(reason) = failed {
             metrics.tls_failures[reason].fetch_add(1, Ordering::Relaxed);
