@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,7 +42,7 @@ fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Read one unmasked server frame: (first byte, payload).
-fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+fn read_frame(s: &mut impl Read) -> (u8, Vec<u8>) {
     let mut head = [0u8; 2];
     s.read_exact(&mut head).unwrap();
     assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
@@ -66,7 +65,7 @@ fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
 }
 
 /// Read a response head byte by byte, so no tunnel byte after it is consumed.
-fn read_response_head(s: &mut TcpStream) -> String {
+fn read_response_head(s: &mut impl Read) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -288,4 +287,44 @@ fn the_backends_ws_route_wants_a_handshake() {
     let bad = handshake("/ws").replace("Version: 13", "Version: 8");
     let (resp, _) = roundtrip(proxy.local_addrs()[0], bad.as_bytes());
     assert_eq!(resp.status, 426);
+}
+
+/// The same tunnel with TLS on the client's side: frames both ways, a large one
+/// among them, then the close; the end of the tunnel is a TLS close_notify.
+#[test]
+fn websocket_frames_are_echoed_through_a_tunnel_over_tls() {
+    use common::tls::*;
+    let origins = origins(1);
+    let ca = Ca::new("ws CA");
+    let dir = TempDir::new("ws-tls");
+    let files = write_pair(&dir, "site", &ca.leaf(&["localhost"]));
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| {
+        c.listen = vec![tls_listen()];
+        c.tls = vec![files];
+    });
+    let mut s = tls_connect(proxy.local_addrs()[0], "localhost", &client_config(&ca.pem)).unwrap();
+    s.write_all(handshake("/ws").as_bytes()).unwrap();
+    let head = read_response_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // Three frames near the origin's largest (64 KiB less a header) in one
+    // write: many TLS records each way, split across reads.
+    let bigs: Vec<Vec<u8>> = (0..3u32)
+        .map(|k| (0..60_000u32).map(|i| ((i + k) % 251) as u8).collect())
+        .collect();
+    let mut burst = frame(0x81, b"hello");
+    for big in &bigs {
+        burst.extend(frame(0x82, big));
+    }
+    s.write_all(&burst).unwrap();
+    assert_eq!(read_frame(&mut s), (0x81, b"hello".to_vec()));
+    for big in bigs {
+        assert_eq!(read_frame(&mut s), (0x82, big));
+    }
+    s.write_all(&frame(0x88, &1000u16.to_be_bytes())).unwrap();
+    assert_eq!(read_frame(&mut s), (0x88, 1000u16.to_be_bytes().to_vec()));
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("a clean close_notify");
+    assert!(rest.is_empty(), "bytes after the close: {rest:?}");
+    drop(s);
+    assert_no_open_connections(&proxy);
 }
