@@ -8,7 +8,11 @@
 # by its duration.
 #
 # Three parts:
-#   closed loop  wrk -t1 at fixed concurrency: req/s, p50/p99, CPU per request
+#   closed loop  wrk -t1 at fixed concurrency: req/s, p50/p99, CPU per request; over
+#                TLS too (corelb, nginx and HAProxy terminating TLS with one
+#                certificate in front of the same plain origins): keep-alive requests,
+#                and new connections per request with full handshakes (wrk) and with
+#                resumed ones (oha, whose client resumes TLS 1.3 sessions)
 #   open loop    oha at fixed offered rates (--rates, percent of the slowest proxy's
 #                s16_c50 capacity measured in the same run), corrected for
 #                coordinated omission: p50, p99, p99.9, max, latency added over direct
@@ -22,6 +26,7 @@
 #   --duration   seconds per run (default 5)
 #   --workers    comma-separated worker counts (default 1)
 #   --scenarios  comma-separated subset of: s16_c50 s16_c1000 s16k_c50 s1m_c16 close_c50
+#                tls_c50 tls_close_c50 tls_resume_c50
 #   --targets    comma-separated subset of: direct corelb corelb-poll corelb-splice nginx haproxy
 #                haproxy-busypoll (default all; corelb-base comes with --baseline)
 #   --rates      offered rates in percent for the open loop (default 25,50,75; none: skip)
@@ -32,7 +37,7 @@
 #   --smoke      1 round of 1 s, 1 worker, rate 25 only, memory part with 5 s wait:
 #                checks the script works, measures nothing
 #
-# Needs wrk and curl (apt-get install -y wrk curl) and python3; nginx, haproxy and gnuplot are used
+# Needs wrk, curl and openssl (apt-get install -y wrk curl openssl) and python3; nginx, haproxy and gnuplot are used
 # when installed (apt-get install -y nginx-light haproxy gnuplot-nox). oha (the open-loop
 # generator) is built from crates.io into target/bench-tools on first use (cargo install).
 # Writes results/<date>/: bench.csv, latency.csv, memory.csv (every run), bench.md (the
@@ -45,7 +50,7 @@ args="$*"
 origin=corelb rounds=5 duration=5 smoke=0 baseline="" base_bin="" base_dir=""
 cores=$(nproc)
 workers_list=1
-scenarios="s16_c50,s16_c1000,s16k_c50,s1m_c16,close_c50"
+scenarios="s16_c50,s16_c1000,s16k_c50,s1m_c16,close_c50,tls_c50,tls_close_c50,tls_resume_c50"
 target_list="direct,corelb,corelb-poll,corelb-splice,nginx,haproxy,haproxy-busypoll"
 rates=25,50,75 memory=1 after_wait=60
 while [ $# -gt 0 ]; do
@@ -109,7 +114,8 @@ fi
 # toolchain that builds corelb (its default TLS features included: it does not build without).
 oha_version=1.14.0
 oha="$root/target/bench-tools/bin/oha"
-if [ ${#rlist[@]} -gt 0 ] && ! "$oha" --version 2>/dev/null | grep -q "$oha_version"; then
+if { [ ${#rlist[@]} -gt 0 ] || [[ ",$scenarios," == *",tls_resume_c50,"* ]]; } \
+  && ! "$oha" --version 2>/dev/null | grep -q "$oha_version"; then
   echo "building oha $oha_version into target/bench-tools (once) ..."
   cargo install --quiet --locked --version "$oha_version" --root "$root/target/bench-tools" oha
 fi
@@ -128,6 +134,22 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# One certificate for every TLS listener: a leaf for localhost and 127.0.0.1
+# (ECDSA P-256) signed by a CA made for the run; HAProxy wants chain and key in
+# one file.
+if [[ ",$scenarios," == *",tls_"* ]]; then
+  command -v openssl >/dev/null || { echo "bench.sh: the TLS scenarios need openssl: apt-get install -y openssl" >&2; exit 2; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$work/site.key" -out "$work/site.csr" 2>/dev/null
+  printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n" > "$work/ext.cnf"
+  openssl x509 -req -in "$work/site.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/ext.cnf" -out "$work/site.pem" 2>/dev/null
+  cat "$work/site.pem" "$work/site.key" > "$work/site-haproxy.pem"
+  chmod a+r "$work"/site*
+fi
 
 if [ -n "$baseline" ]; then
   if ! git -C "$root" rev-parse --verify --quiet "$baseline^{commit}" >/dev/null; then
@@ -195,6 +217,9 @@ CONF
 # 19102, corelb-base 19103, corelb-poll 19104, haproxy-busypoll 19105, corelb-splice 19106.
 declare -A port=([corelb]=19100 [nginx]=19101 [haproxy]=19102 [corelb-base]=19103
                  [corelb-poll]=19104 [haproxy-busypoll]=19105 [corelb-splice]=19106)
+# The TLS listener of each target that has one: its port + 100 (corelb as it
+# ships, nginx and HAProxy only).
+declare -A tls_port=([corelb]=19200 [nginx]=19201 [haproxy]=19202 [haproxy-busypoll]=19205)
 # The processes whose CPU and memory count for each target (descendants included).
 declare -A tpids=()
 
@@ -230,6 +255,10 @@ defaults
 frontend f
   bind 127.0.0.1:${port[$name]}
   default_backend origins
+$(if [ -f "$work/site-haproxy.pem" ] && [ -n "${tls_port[$name]:-}" ]; then
+  printf 'frontend f_tls\n  bind 127.0.0.1:%s ssl crt %s alpn http/1.1\n  default_backend origins\n' \
+    "${tls_port[$name]}" "$work/site-haproxy.pem"
+fi)
 backend origins
   balance roundrobin
   server o1 $o1
@@ -246,7 +275,12 @@ CONF
 
 start_proxies() {
   local w=$1
-  want corelb && start_corelb corelb "$bin" "$w"
+  if [ -f "$work/site.pem" ]; then
+    want corelb && start_corelb corelb "$bin" "$w" --listen "127.0.0.1:${tls_port[corelb]},tls" \
+      --tls-cert "$work/site.pem" --tls-key "$work/site.key"
+  else
+    want corelb && start_corelb corelb "$bin" "$w"
+  fi
   want corelb-poll && start_corelb corelb-poll "$bin" "$w" --busy-poll 50
   want corelb-splice && start_corelb corelb-splice "$bin" "$w" --splice
   [ -n "$base_bin" ] && start_corelb corelb-base "$base_bin" "$w"
@@ -264,6 +298,12 @@ events { worker_connections 18000; }
 http {
   access_log off;
   upstream origins { server $o1; server $o2; keepalive 2048; keepalive_requests 1000000; }
+$(if [ -f "$work/site.pem" ]; then
+  # TLS as nginx's documentation sets it up for performance: a shared session
+  # cache (TLS 1.2 ids) beside its default TLS 1.3 tickets.
+  printf '  server {\n    listen 127.0.0.1:%s ssl reuseport;\n    ssl_certificate %s;\n    ssl_certificate_key %s;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;\n    keepalive_requests 1000000;\n    location / {\n      proxy_pass http://origins;\n      proxy_http_version 1.1;\n      proxy_set_header Connection "";\n      proxy_buffer_size 16k;\n      proxy_buffers 8 16k;\n      proxy_max_temp_file_size 0;\n    }\n  }\n' \
+    "${tls_port[nginx]}" "$work/site.pem" "$work/site.key"
+fi)
   server {
     listen 127.0.0.1:${port[nginx]} reuseport;
     keepalive_requests 1000000;
@@ -332,6 +372,15 @@ only() {
   done
 }
 
+# "name address" of every running target with a TLS listener.
+tls_targets() {
+  [ -f "$work/site.pem" ] || return 0
+  for name in corelb nginx haproxy haproxy-busypoll; do
+    [ -n "${tpids[$name]:-}" ] && echo "$name 127.0.0.1:${tls_port[$name]}"
+  done
+  true
+}
+
 scenario_args() {
   case "$1" in
     s16_c50) echo "50 /size/16" ;;
@@ -339,6 +388,9 @@ scenario_args() {
     s16k_c50) echo "50 /size/16384" ;;
     s1m_c16) echo "16 /size/1048576" ;;
     close_c50) echo "50 /size/16 close" ;;
+    tls_c50) echo "50 /size/16 tls" ;;
+    tls_close_c50) echo "50 /size/16 tls-close" ;;
+    tls_resume_c50) echo "50 /size/16 tls-resume" ;;
     *) echo "bench.sh: unknown scenario $1" >&2; exit 2 ;;
   esac
 }
@@ -385,17 +437,30 @@ for w in "${wlist[@]}"; do
   for round in $(seq "$rounds"); do
     for s in "${slist[@]}"; do
       read -r conns path close <<< "$(scenario_args "$s")"
-      mapfile -t tl < <(targets)
+      if [[ "${close:-}" == tls* ]]; then mapfile -t tl < <(tls_targets); else mapfile -t tl < <(targets); fi
       n=${#tl[@]}
       for i in $(seq 0 $((n - 1))); do
         read -r name addr <<< "${tl[$(((i + round) % n))]}"
-        extra=()
-        [ "${close:-}" = close ] && extra=(-H "Connection: close")
+        extra=() scheme=http
+        case "${close:-}" in
+          close) extra=(-H "Connection: close") ;;
+          tls) scheme=https ;;
+          tls-close|tls-resume) scheme=https extra=(-H "Connection: close") ;;
+        esac
         only "$name"
         before=$(snap "$name")
-        out_wrk=$(wrk -t1 -c"$conns" -d"${duration}s" --latency "${extra[@]}" "http://$addr$path" 2>&1 || true)
-        cpu=$(used "$before" "$(snap "$name")")
-        IFS=, read -r rps p50 p99 errors requests <<< "$(report parse-wrk <<< "$out_wrk")"
+        if [ "${close:-}" = tls-resume ]; then
+          # oha's TLS client (rustls) keeps sessions and resumes them: a new
+          # connection per request, each a resumed handshake.
+          out_oha=$("$oha" --no-tui --output-format json -z "${duration}s" -c "$conns" --disable-keepalive --wait-ongoing-requests-after-deadline \
+                    --insecure --disable-compression "$scheme://$addr$path" 2>/dev/null || true)
+          cpu=$(used "$before" "$(snap "$name")")
+          IFS=, read -r rps p50 p99 _ _ errors requests <<< "$(report parse-oha 0 <<< "$out_oha")"
+        else
+          out_wrk=$(wrk -t1 -c"$conns" -d"${duration}s" --latency "${extra[@]}" "$scheme://$addr$path" 2>&1 || true)
+          cpu=$(used "$before" "$(snap "$name")")
+          IFS=, read -r rps p50 p99 errors requests <<< "$(report parse-wrk <<< "$out_wrk")"
+        fi
         echo "$w,$s,$name,$round,,$rps,$p50,$p99,,,$errors,$requests,$cpu" >> "$csv"
         echo "workers=$w round=$round $s $name: $rps req/s, p99 $p99 ms, errors $errors, cpu ticks $cpu"
       done
