@@ -171,6 +171,23 @@ fn unreachable_backend_is_502_quickly() {
     );
 }
 
+/// A refusal of a request read to its end has nothing to wait for: the session
+/// ends at once, even while the client keeps its socket open (a lingering close
+/// would hold it, and a shutdown, for the whole linger time).
+#[test]
+fn a_refused_whole_request_does_not_linger() {
+    let dead = ClosedPort::new();
+    let proxy = proxy_with(&[dead.addr], |c| {
+        c.timeouts.linger = Duration::from_secs(60)
+    });
+    let (resp, mut r) = roundtrip(proxy.local_addrs()[0], b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.status, 502);
+    r.expect_closed();
+    // `r` still holds the client's socket.
+    assert_no_open_connections(&proxy);
+    drop(r);
+}
+
 #[test]
 fn backend_reset_before_any_byte_is_502() {
     let backend = Scripted::start(|mut s, _| {

@@ -28,6 +28,16 @@ pub(super) enum ReqState {
     Dropping { body: BodyScanner },
 }
 
+impl ReqState {
+    /// Every byte of the request has come from the client (sent on or not).
+    pub(super) fn read_whole(&self) -> bool {
+        match self {
+            ReqState::Sending { body, .. } | ReqState::Dropping { body } => body.is_done(),
+            ReqState::Sent { .. } => true,
+        }
+    }
+}
+
 /// Body bytes sent to a backend that may yet turn out not to have read them (a
 /// pooled connection that went stale as the request went out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -73,6 +73,10 @@ impl Worker {
                     self.upstreams.remove(uk);
                 }
                 let exchange = c.exchange().map(|x| (x.req.is_head, x.started));
+                // A request read to its end leaves the client nothing to send
+                // that the refusal cuts off: the close need not linger unless
+                // more input is pending (see `step_closing`), as nginx decides.
+                let read_whole = c.exchange().is_some_and(|x| x.sending.read_whole());
                 self.unhold(ck);
                 let c = &mut self.clients[ck];
                 let bufs = c.bufs.get_or_insert_with(|| self.bufs.take());
@@ -87,7 +91,7 @@ impl Worker {
                     .extend_from_slice(reject.response_to(head_request));
                 self.shared.metrics[self.id].0.local.count(reject.status());
                 bufs.resp_head_sent = 0;
-                c.linger = true;
+                c.linger = !read_whole;
                 c.phase = Phase::Closing;
                 c.timer = Timer::new(now + self.timeouts.linger, Wait::Linger);
                 if self.shared.access.is_some() {
