@@ -1447,3 +1447,47 @@ fn check_config_reads_the_tls_files() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// The whole TLS path from a configuration file: a TLS listener in front of an
+/// `https://` backend whose certificate names another host. The client gets a
+/// 502 over its own TLS connection, and stderr names the backend and why.
+#[test]
+fn a_config_file_serves_tls_and_an_https_backend_that_fails_verification_is_logged() {
+    use common::tls::*;
+    let dir = TempDir::new("tls-config-file");
+    let ca = Ca::new("config CA");
+    let files = write_pair(&dir, "site", &ca.leaf(&["localhost"]));
+    let backend = TlsBackend::start(&ca.leaf(&["other.test"]));
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let addr = free_port();
+    let path = dir.write(
+        "corelb.toml",
+        &format!(
+            "listen = [\"{addr},tls\"]\nworkers = 1\nbackend_ca = {:?}\n[[backend]]\naddress = \"https://localhost:{}\"\n[tls]\ncert = [{:?}]\nkey = [{:?}]\n",
+            arg(&ca_file),
+            backend.addr.port(),
+            arg(&files.cert),
+            arg(&files.key)
+        ),
+    );
+    let proxy = start(&["serve", "--config", &arg(&path)], addr);
+    let client = client_config(&ca.pem);
+    let mut r = Reader::new(tls_connect(addr, "localhost", &client).unwrap());
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (resp, _) = r.response_opts(false, false).expect("a response");
+    assert_eq!(resp.status, 502);
+    let out = stop(proxy, "-TERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| {
+            l.contains(&format!(
+                "corelb: backend localhost:{}: ",
+                backend.addr.port()
+            ))
+        })
+        .unwrap_or_else(|| panic!("no line about the backend: {err}"));
+    assert!(line.contains("certificate"), "{line}");
+}
