@@ -10,10 +10,13 @@ microseconds per request, and the ratio new / baseline. Loopback only; every run
 is bounded by its duration.
 
 Scenarios (wrk -t1): s16_c50 (16-byte body, 50 connections), s16k_c50 (16 KiB),
-s1m_c16 (1 MiB, spliced), close_c50 (16 bytes, Connection: close).
+s1m_c16 (1 MiB), close_c50 (16 bytes, Connection: close).
 
 Usage: scripts/cpu_per_request.py [--baseline PATH] [--rounds N] [--seconds S]
                                   [--scenarios s16_c50,...]
+                                  [--args="--splice"] [--baseline-args="..."]
+       (--baseline-args without --baseline runs the same binary twice, to
+       compare two settings)
        (run `cargo build --release` first; wrk from Debian's packages)
 """
 import argparse
@@ -64,6 +67,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--args", default="", help="extra arguments for corelb serve")
+    ap.add_argument("--baseline-args", default=None, help="extra arguments for the baseline")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("cpu_per_request: wrk is missing: apt-get install -y wrk")
@@ -72,17 +77,17 @@ def main():
     backends = []
     for addr in ORIGINS:
         backends += ["--backend", "%s:%d" % addr]
-    builds = [("corelb", BIN, 19710)]
-    if args.baseline:
-        builds.append(("baseline", args.baseline, 19711))
+    builds = [("corelb", BIN, 19710, args.args.split())]
+    if args.baseline or args.baseline_args is not None:
+        builds.append(("baseline", args.baseline or BIN, 19711, (args.baseline_args or "").split()))
     procs = []
     try:
         for addr in ORIGINS:
             procs.append(subprocess.Popen([BIN, "backend", "--listen", "%s:%d" % addr], stderr=subprocess.DEVNULL))
             wait_port(addr, "cpu_per_request")
         pids = {}
-        for name, path, port in builds:
-            p = subprocess.Popen([path, "serve", "--listen", "127.0.0.1:%d" % port, "--workers", "1"] + backends,
+        for name, path, port, extra in builds:
+            p = subprocess.Popen([path, "serve", "--listen", "127.0.0.1:%d" % port, "--workers", "1"] + backends + extra,
                                  stderr=subprocess.DEVNULL)
             procs.append(p)
             wait_port(("127.0.0.1", port), "cpu_per_request")
@@ -94,7 +99,7 @@ def main():
                 # Alternate which build goes first, so neither always meets the
                 # machine as the other left it.
                 order = builds if r % 2 == 0 else list(reversed(builds))
-                for name, _, _ in order:
+                for name, _, _, _ in order:
                     pid, port = pids[name]
                     before = cpu_seconds(pid)
                     n, errors = wrk(port, path, conns, extra, args.seconds)
@@ -106,7 +111,7 @@ def main():
         print("%-9s %-8s %s" % ("scenario", "build", "median us CPU/request (all rounds)"))
         for scenario in args.scenarios.split(","):
             line = []
-            for name, _, _ in builds:
+            for name, _, _, _ in builds:
                 v = results[(scenario, name)]
                 line.append(statistics.median(v))
                 print("%-9s %-8s %6.2f  (%s)" % (scenario, name, statistics.median(v), ", ".join("%.2f" % x for x in v)))
