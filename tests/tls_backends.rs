@@ -113,3 +113,197 @@ fn health_checks_reach_https_backends_over_tls() {
         assert_eq!(get(proxy.local_addrs()[0], "/").status, 200);
     }
 }
+
+/// TLS records for `plain`, as the connection would send them next.
+fn records(s: &mut ServerStream, plain: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    s.conn.writer().write_all(plain).unwrap();
+    let mut out = Vec::new();
+    while s.conn.wants_write() {
+        s.conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// A backend that answers its first request and then sends the first `split`
+/// bytes of a record holding a forged response (with the answer, or a moment
+/// later while the connection is idle); the rest of that record goes out when
+/// the next request comes on the connection, ahead of that request's true
+/// answer. Whatever rustls holds of a record shows in no read: a connection
+/// left so must not be pooled, or the forged response is the next client's.
+fn half_record_backend(pair: &(String, String), split: usize, idle_first: bool) -> TlsBackend {
+    use std::io::Write;
+    TlsBackend::scripted(pair, move |mut s, n| {
+        let mut first = true;
+        let mut rest = Vec::new();
+        while let Some(head) = read_tls_head(&mut s) {
+            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+            let body = format!("{path} conn={n}");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut out = std::mem::take(&mut rest);
+            out.extend(records(&mut s, answer.as_bytes()));
+            if first {
+                first = false;
+                let forged = records(
+                    &mut s,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Forged: yes\r\n\r\nFORGED",
+                );
+                rest = forged[split..].to_vec();
+                if idle_first {
+                    s.sock.write_all(&out).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    out.clear();
+                }
+                out.extend_from_slice(&forged[..split]);
+            }
+            if s.sock.write_all(&out).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_backend_connection_with_half_a_record_held_is_never_reused() {
+    let dir = TempDir::new("https-half");
+    let ca = Ca::new("backend CA");
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let pair = ca.leaf(&["localhost"]);
+    for (split, idle_first) in [(1, false), (3, false), (5, false), (40, false), (3, true)] {
+        let backend = half_record_backend(&pair, split, idle_first);
+        let proxy = proxy_to(backend.backend(), Some(ca_file.clone()));
+        let addr = proxy.local_addrs()[0];
+        let first = get(addr, "/a");
+        assert_eq!(first.text(), "/a conn=0");
+        if idle_first {
+            // The half record arrives while the connection is idle: wait until
+            // corelb has looked at it (it closes the connection).
+            wait_until(
+                || metric(&proxy, "corelb_upstream_connections{", "") == 0,
+                "the idle connection with half a record is closed",
+            );
+        }
+        let second = get(addr, "/b");
+        assert_eq!(
+            (second.status, second.text().as_str()),
+            (200, "/b conn=1"),
+            "split {split}, idle {idle_first}: {}",
+            second.head
+        );
+        assert!(second.header("x-forged").is_none());
+    }
+}
+
+/// A backend that takes the TCP connection and never answers the TLS hello:
+/// the connect timeout covers the handshake, and the request (a POST, which
+/// is never sent twice once it may have reached a backend) goes to the other
+/// backend, as no byte of it can have left rustls before the handshake ended.
+#[test]
+fn a_backend_that_stalls_the_handshake_times_out_as_a_connect_and_is_passed_over() {
+    let dir = TempDir::new("https-stall");
+    let ca = Ca::new("backend CA");
+    let good = TlsBackend::start(&ca.leaf(&["localhost"]));
+    let silent = std::net::TcpListener::bind(loopback()).unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = std::sync::Arc::clone(&held);
+    std::thread::spawn(move || {
+        for s in silent.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let mut stalled = good.backend();
+    stalled.addr.set_port(silent_port);
+    stalled.authority = format!("localhost:{silent_port}");
+    let mut c = ProxyConfig::new(vec![loopback()], vec![stalled, good.backend()]);
+    c.workers = 1;
+    c.backend_ca = Some(dir.write("ca.pem", &ca.pem));
+    c.timeouts.connect = std::time::Duration::from_millis(200);
+    c.timeouts.response = std::time::Duration::from_secs(30);
+    let proxy = Proxy::start(c).unwrap();
+    for i in 0..4 {
+        let started = std::time::Instant::now();
+        let (resp, _) = roundtrip(
+            proxy.local_addrs()[0],
+            format!("POST /p{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.head);
+        assert!(
+            resp.text().starts_with(&format!("/p{i} ")),
+            "{}",
+            resp.text()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the stalled backend was tried"
+    );
+}
+
+/// A handshake that fails (a certificate that does not verify) sent no byte of
+/// the request either: a POST goes on to the other backend.
+#[test]
+fn a_post_passes_over_a_backend_whose_certificate_fails() {
+    let dir = TempDir::new("https-post-retry");
+    let ca = Ca::new("backend CA");
+    let good = TlsBackend::start(&ca.leaf(&["localhost"]));
+    let bad = TlsBackend::start(&ca.leaf(&["other.test"]));
+    let mut c = ProxyConfig::new(vec![loopback()], vec![bad.backend(), good.backend()]);
+    c.workers = 1;
+    c.backend_ca = Some(dir.write("ca.pem", &ca.pem));
+    let proxy = Proxy::start(c).unwrap();
+    for i in 0..4 {
+        let (resp, _) = roundtrip(
+            proxy.local_addrs()[0],
+            format!("POST /p{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.head);
+    }
+    assert!(bad.connections.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+/// A record that does not decrypt in the middle of a body: the client's
+/// response is cut short, and the failure is counted like one before the
+/// response.
+#[test]
+fn a_broken_record_mid_body_is_counted() {
+    use std::io::Write;
+    let dir = TempDir::new("https-mid-body");
+    let ca = Ca::new("backend CA");
+    let backend = TlsBackend::scripted(&ca.leaf(&["localhost"]), |mut s, _| {
+        if read_tls_head(&mut s).is_some() {
+            let out = records(
+                &mut s,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf",
+            );
+            let _ = s.sock.write_all(&out);
+            // The broken record comes after the part the client gets.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut out = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+            out.extend_from_slice(&[0x55; 0x20]);
+            let _ = s.sock.write_all(&out);
+            let _ = read_tls_head(&mut s);
+        }
+    });
+    let proxy = proxy_to(backend.backend(), Some(dir.write("ca.pem", &ca.pem)));
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (got, _) = read_until_end(&mut s);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK") && text.ends_with("half"),
+        "{text}"
+    );
+    wait_until(
+        || metric(&proxy, "corelb_upstream_tls_failures_total{", "") >= 1,
+        "the broken record is counted",
+    );
+}

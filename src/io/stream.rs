@@ -50,6 +50,63 @@ pub(crate) struct Tls {
     broken: bool,
     /// Our close_notify is queued (it may still wait for the socket).
     notified: bool,
+    /// Where the peer's record stream stands in the bytes given to rustls.
+    framing: RecordFraming,
+}
+
+/// The peer's TLS record framing, followed over the bytes handed to rustls: a
+/// record begun and not whole is held inside rustls, where no read of the
+/// socket or of the plaintext shows it. A backend connection must not be
+/// pooled then: the rest of the record would arrive after the next request
+/// went out and be read as its answer.
+#[derive(Clone, Copy, Debug, Default)]
+struct RecordFraming {
+    /// Bytes of the next record's 5-byte header seen so far.
+    header: [u8; 5],
+    have: u8,
+    /// Bytes of the current record's body still to come.
+    remaining: usize,
+}
+
+impl RecordFraming {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(bytes.len());
+                self.remaining -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let have = usize::from(self.have);
+            let n = (5 - have).min(bytes.len());
+            self.header[have..have + n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if have + n == 5 {
+                self.remaining = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.have = 0;
+            } else {
+                self.have = (have + n) as u8;
+            }
+        }
+    }
+
+    fn mid_record(&self) -> bool {
+        self.have > 0 || self.remaining > 0
+    }
+}
+
+/// The socket as rustls reads it, with the bytes it takes followed by `framing`.
+struct Framed<'a> {
+    sock: &'a mut TcpStream,
+    framing: &'a mut RecordFraming,
+}
+
+impl io::Read for Framed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = io::Read::read(self.sock, buf)?;
+        self.framing.feed(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Why a TLS connection failed, for the metrics and the log.
@@ -133,6 +190,7 @@ impl Tls {
             established: false,
             broken: false,
             notified: false,
+            framing: RecordFraming::default(),
         })
     }
 
@@ -162,7 +220,11 @@ impl Tls {
             if !ready.readable {
                 return Ok(ReadOutcome::Blocked);
             }
-            match self.conn.read_tls(&mut self.sock) {
+            let mut framed = Framed {
+                sock: &mut self.sock,
+                framing: &mut self.framing,
+            };
+            match self.conn.read_tls(&mut framed) {
                 // The end of the stream: the reader says so on the next pass.
                 Ok(0) => {}
                 Ok(_) => self.begun = true,
@@ -317,7 +379,11 @@ impl Stream {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
-            t.conn.read_tls(&mut t.sock)?;
+            let mut framed = Framed {
+                sock: &mut t.sock,
+                framing: &mut t.framing,
+            };
+            t.conn.read_tls(&mut framed)?;
             if let Err(error) = t.conn.process_new_packets() {
                 let failure = TlsFailure::of(&error);
                 return Err(io::Error::new(
@@ -325,6 +391,16 @@ impl Stream {
                     TlsError { failure, error },
                 ));
             }
+        }
+    }
+
+    /// Over TLS, the peer's bytes given to rustls end inside a record: what it
+    /// holds of it shows nowhere until the rest comes (never for plain TCP).
+    #[inline]
+    pub(crate) fn mid_record(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(t) => t.framing.mid_record(),
         }
     }
 

@@ -28,6 +28,10 @@ impl Worker {
             }
             Fail::Abort => {
                 self.unhold(ck);
+                // A TLS backend that failed mid-body is counted and logged too.
+                if let Some(uk) = self.clients[ck].upstream() {
+                    self.backend_tls_failed(uk);
+                }
                 let now = self.now;
                 let c = &mut self.clients[ck];
                 if let Some(uk) = c.take_upstream() {
@@ -236,7 +240,9 @@ impl Worker {
 /// connection's failure is the backend's, and the request may go to another one
 /// under the same rule.
 pub(super) fn retry_or(x: &Exchange, bufs: &Bufs, u: &Upstream, reject: Reject) -> Fail {
-    let nothing_sent = bufs.req_head_sent == 0;
+    // Over TLS, what went into a handshake that never finished reached no
+    // backend: rustls sends no application data before the end of it.
+    let nothing_sent = bufs.req_head_sent == 0 || u.io.handshaking();
     let kept_all = matches!(x.kept(), Kept::All(_));
     let replayable = kept_all && (nothing_sent || x.req.idempotent);
     if u.reused() && !u.received {

@@ -291,9 +291,9 @@ impl Worker {
             let wait = match x.resp {
                 RespState::Body { .. } => Some(Wait::Body),
                 RespState::Tunnel { .. } => Some(Wait::Tunnel),
-                // A connect in progress keeps its connect timer.
+                // A connect (or TLS handshake) in progress keeps its connect timer.
                 RespState::Waiting { .. }
-                    if x.upstream.is_some_and(|uk| !self.upstreams[uk].connected()) =>
+                    if x.upstream.is_some_and(|uk| self.upstreams[uk].setting_up()) =>
                 {
                     None
                 }

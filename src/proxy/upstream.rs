@@ -62,6 +62,14 @@ impl Upstream {
         !matches!(self.role, Role::Connecting { .. })
     }
 
+    /// Its TCP connect, or over TLS its handshake, is not done: the connect
+    /// timeout still applies, and a failure then is one no request byte
+    /// reached the backend through (rustls sends none before the handshake
+    /// ends), so the request may go to another backend.
+    pub(super) fn setting_up(&self) -> bool {
+        !self.connected() || self.io.handshaking()
+    }
+
     /// It carried an earlier exchange (idle ones all have).
     pub(super) fn reused(&self) -> bool {
         matches!(
@@ -321,6 +329,10 @@ pub(super) enum Leftover {
     Bytes,
     /// An end of stream (or an error).
     Closed,
+    /// Over TLS, part of a record: it may be a late session ticket cut by the
+    /// network as well as bytes of no response, so the connection is closed
+    /// without distrusting the backend.
+    Unfinished,
 }
 
 /// Look for bytes or an end of stream waiting on a backend connection that owes
@@ -337,7 +349,11 @@ pub(super) fn leftover(u: &mut Upstream) -> Leftover {
             Ok(_) => Leftover::Bytes,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 u.ready.readable = false;
-                Leftover::Nothing
+                if u.io.mid_record() {
+                    Leftover::Unfinished
+                } else {
+                    Leftover::Nothing
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => Leftover::Closed,
@@ -349,7 +365,7 @@ pub(super) fn leftover(u: &mut Upstream) -> Leftover {
 /// (an end of stream, or readiness not yet cleared by a read that found nothing):
 /// a socket drained by a short read raises a new edge for anything that arrives.
 pub(super) fn leftover_seen(u: &mut Upstream) -> Leftover {
-    if u.eof || u.ready.readable || u.ready.read_closed {
+    if u.eof || u.ready.readable || u.ready.read_closed || u.io.mid_record() {
         leftover(u)
     } else {
         Leftover::Nothing

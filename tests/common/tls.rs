@@ -99,8 +99,8 @@ pub fn write_pair(dir: &TempDir, stem: &str, pair: &(String, String)) -> CertFil
 /// A TLS listener on an ephemeral loopback port.
 pub fn tls_listen() -> Listen {
     Listen {
-        addr: loopback(),
         tls: true,
+        ..Listen::plain(loopback())
     }
 }
 
@@ -178,8 +178,20 @@ pub struct TlsBackend {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The server side of one backend connection, as a script gets it.
+pub type ServerStream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
 impl TlsBackend {
     pub fn start(pair: &(String, String)) -> TlsBackend {
+        TlsBackend::scripted(pair, serve_tls)
+    }
+
+    /// A backend whose connections each run `script` (with the connection's
+    /// number), the handshake done by its first read.
+    pub fn scripted(
+        pair: &(String, String),
+        script: impl Fn(ServerStream, usize) + Send + Sync + 'static,
+    ) -> TlsBackend {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pair.0.as_bytes())
             .map(|c| c.unwrap())
@@ -200,6 +212,7 @@ impl TlsBackend {
         let connections = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (count, stopping) = (Arc::clone(&connections), Arc::clone(&stop));
+        let script = Arc::new(script);
         let thread = std::thread::spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 let Ok((sock, _)) = listener.accept() else {
@@ -212,8 +225,9 @@ impl TlsBackend {
                 // ticket would wait for the ticket's ACK (40 ms, delayed).
                 sock.set_nodelay(true).unwrap();
                 let n = count.fetch_add(1, Ordering::SeqCst);
-                let config = Arc::clone(&config);
-                std::thread::spawn(move || serve_tls(sock, config, n));
+                let conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+                let script = Arc::clone(&script);
+                std::thread::spawn(move || script(rustls::StreamOwned::new(conn, sock), n));
             }
         });
         TlsBackend {
@@ -244,22 +258,23 @@ impl Drop for TlsBackend {
     }
 }
 
-fn serve_tls(sock: TcpStream, config: Arc<rustls::ServerConfig>, n: usize) {
+/// One request head read over TLS, byte by byte (these requests have no body);
+/// `None` at the end of the stream.
+pub fn read_tls_head(s: &mut ServerStream) -> Option<String> {
     use std::io::Read;
-    let conn = rustls::ServerConnection::new(config).unwrap();
-    let mut s = rustls::StreamOwned::new(conn, sock);
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
-    loop {
-        // One head at a time, byte by byte (these requests have no body).
-        while !buf.ends_with(b"\r\n\r\n") {
-            match s.read(&mut byte) {
-                Ok(1) => buf.push(byte[0]),
-                _ => return,
-            }
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
         }
-        let head = String::from_utf8_lossy(&buf).to_string();
-        buf.clear();
+    }
+    Some(String::from_utf8_lossy(&buf).to_string())
+}
+
+fn serve_tls(mut s: ServerStream, n: usize) {
+    while let Some(head) = read_tls_head(&mut s) {
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
         let sni = s.conn.server_name().unwrap_or("-").to_string();
         let body = format!("{path} sni={sni} conn={n}");
