@@ -6,7 +6,7 @@
 # To refresh the kept corpus after a long run: cargo +nightly fuzz cmin TARGET
 # fuzz/corpus/TARGET, then copy fuzz/corpus/TARGET/* into tests/fuzz_regressions/TARGET/.
 #
-# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   targets: request_head response_head chunked
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   targets: request_head response_head chunked proxy_header
 #
 # Needs a nightly toolchain (rustup toolchain install nightly) and cargo-fuzz
 # (installed here with `cargo install cargo-fuzz --locked` if missing).
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(request_head response_head chunked)
+[ ${#targets[@]} -gt 0 ] || targets=(request_head response_head chunked proxy_header)
 case "$seconds" in ''|*[!0-9]*) echo "fuzz.sh: SECONDS must be a whole number, not '$seconds'" >&2; exit 2 ;; esac
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   echo "fuzz.sh: cargo fuzz needs a nightly toolchain: rustup toolchain install nightly" >&2

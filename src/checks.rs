@@ -173,3 +173,27 @@ mod tests {
         assert_eq!(decode(b"z\r\n", 1), (false, 0, false));
     }
 }
+
+/// A PROXY protocol header: whatever the bytes, reading one never panics, a
+/// header read whole lies inside the bytes and reads the same from exactly its
+/// own bytes, more bytes are asked for only while fewer than the longest header
+/// came, and a prefix of a header read whole is never refused (a header that
+/// arrives in pieces is read like one that arrives at once).
+pub fn proxy_header(data: &[u8]) {
+    use crate::proxy_protocol::{MAX_HEADER, parse};
+    match parse(data) {
+        Ok(Some(h)) => {
+            assert!(h.len <= data.len() && h.len <= MAX_HEADER, "{h:?}");
+            assert_eq!(parse(&data[..h.len]), Ok(Some(h)), "its own bytes");
+            for n in 1..h.len {
+                assert_eq!(parse(&data[..n]), Ok(None), "a prefix of {n} bytes");
+            }
+        }
+        Ok(None) => assert!(
+            data.len() < MAX_HEADER,
+            "asked for more after {}",
+            data.len()
+        ),
+        Err(_) => {}
+    }
+}

@@ -108,6 +108,11 @@ pub struct WorkerMetrics {
     /// TLS to `https://` backends that failed, by reason (the first five of
     /// `TLS_FAILURES`).
     pub upstream_tls_failures: [AtomicU64; 5],
+    /// PROXY protocol headers read on `proxy-protocol` listeners, by version.
+    pub proxy_headers: [AtomicU64; 2],
+    /// Connections on `proxy-protocol` listeners closed without one read, by
+    /// reason (`PROXY_FAILURES`).
+    pub proxy_failures: [AtomicU64; 5],
 }
 
 /// TLS versions counted, as the metric labels them.
@@ -130,6 +135,25 @@ pub const TLS_FAILURES: [&str; 7] = [
 pub const TLS_FAILED_TIMEOUT: usize = 5;
 /// Index in `TLS_FAILURES` of a client that closed in the middle of its handshake.
 pub const TLS_FAILED_CLOSED: usize = 6;
+
+/// Why a connection on a `proxy-protocol` listener was closed before its PROXY
+/// header was read, as the metric labels it.
+pub const PROXY_FAILURES: [&str; 5] = ["untrusted", "missing", "malformed", "timeout", "closed"];
+
+/// Why a connection on a `proxy-protocol` listener was closed before its
+/// header was read (an index in `PROXY_FAILURES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyFailure {
+    /// Its peer is not in `--proxy-protocol-from`.
+    Untrusted = 0,
+    /// It did not begin with a PROXY header.
+    Missing = 1,
+    Malformed = 2,
+    /// No whole header within the header timeout.
+    Timeout = 3,
+    /// The peer closed before a whole header.
+    Closed = 4,
+}
 
 pub fn get(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)

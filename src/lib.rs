@@ -43,6 +43,7 @@ pub mod log;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod runtime;
 pub mod tls;
 

@@ -5,7 +5,9 @@
 use std::fmt::Write;
 
 use crate::backends::AdminState;
-use crate::counters::{BUCKETS, CLASSES, Snapshot, TLS_FAILURES, TLS_VERSIONS, WorkerMetrics, get};
+use crate::counters::{
+    BUCKETS, CLASSES, PROXY_FAILURES, Snapshot, TLS_FAILURES, TLS_VERSIONS, WorkerMetrics, get,
+};
 
 /// What a scrape shows besides the worker metrics.
 pub struct View<'a> {
@@ -177,6 +179,36 @@ pub fn prometheus(v: &View<'_>) -> String {
             let _ = writeln!(
                 out,
                 "corelb_upstream_tls_failures_total{{worker=\"{w}\",reason=\"{reason}\"}} {}",
+                get(n)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "corelb_proxy_headers_total",
+        "counter",
+        "PROXY protocol headers read on proxy-protocol listeners, by worker and version (1: text, 2: binary).",
+    );
+    for (w, m) in v.metrics.iter().enumerate() {
+        for (version, n) in ["1", "2"].iter().zip(&m.proxy_headers) {
+            let _ = writeln!(
+                out,
+                "corelb_proxy_headers_total{{worker=\"{w}\",version=\"{version}\"}} {}",
+                get(n)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "corelb_proxy_header_failures_total",
+        "counter",
+        "Connections on proxy-protocol listeners closed before a PROXY header was read, by worker and reason: untrusted (the peer is not in --proxy-protocol-from), missing (the connection did not begin with one), malformed, timeout (none whole within the header timeout), closed (the peer left).",
+    );
+    for (w, m) in v.metrics.iter().enumerate() {
+        for (reason, n) in PROXY_FAILURES.iter().zip(&m.proxy_failures) {
+            let _ = writeln!(
+                out,
+                "corelb_proxy_header_failures_total{{worker=\"{w}\",reason=\"{reason}\"}} {}",
                 get(n)
             );
         }

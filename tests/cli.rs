@@ -131,6 +131,29 @@ fn bad_input_is_one_line_and_exit_code_2() {
     assert_usage_error(&["serve", "--backend", "nonsense"], "--backend");
     assert_usage_error(&["serve", "--backend", "ftp://127.0.0.1:9000"], "--backend");
     assert_usage_error(&["serve", "--backend", "127.0.0.1:0"], "--backend");
+    let proxied = [
+        "serve",
+        "--backend",
+        "127.0.0.1:9000",
+        "--listen",
+        "127.0.0.1:18080,proxy-protocol",
+    ];
+    assert_usage_error(&proxied, "--proxy-protocol-from");
+    for bad in ["10.0.0.1/8", "10.0.0.0/33", "ten"] {
+        let mut args = proxied.to_vec();
+        args.extend(["--proxy-protocol-from", bad]);
+        assert_usage_error(&args, "--proxy-protocol-from");
+    }
+    assert_usage_error(
+        &[
+            "serve",
+            "--backend",
+            "127.0.0.1:9000",
+            "--listen",
+            "127.0.0.1:18080,proxy",
+        ],
+        "--listen",
+    );
     assert_usage_error(&["serve", "--backend", "127.0.0.1:99999"], "--backend");
     assert_usage_error(
         &[

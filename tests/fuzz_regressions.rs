@@ -35,3 +35,8 @@ fn response_head_inputs() {
 fn chunked_inputs() {
     replay("chunked", corelb::checks::chunked);
 }
+
+#[test]
+fn proxy_header_inputs() {
+    replay("proxy_header", corelb::checks::proxy_header);
+}

@@ -193,16 +193,22 @@ impl Default for Passive {
     }
 }
 
-/// An address to listen on, and whether its clients speak TLS.
+/// An address to listen on, whether its clients speak TLS, and whether each
+/// connection opens with a PROXY protocol header (from a balancer in front).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Listen {
     pub addr: SocketAddr,
     pub tls: bool,
+    pub proxy_protocol: bool,
 }
 
 impl Listen {
     pub fn plain(addr: SocketAddr) -> Listen {
-        Listen { addr, tls: false }
+        Listen {
+            addr,
+            tls: false,
+            proxy_protocol: false,
+        }
     }
 }
 
@@ -212,6 +218,9 @@ pub struct ProxyConfig {
     /// Addresses to listen on; every worker binds each of them (SO_REUSEPORT).
     /// Port 0 is allowed here (tests): the first bind picks the port, the rest share it.
     pub listen: Vec<Listen>,
+    /// The peers a `proxy_protocol` listener accepts (their PROXY headers are
+    /// believed); anyone else is closed at once.
+    pub proxy_protocol_from: Vec<crate::proxy_protocol::Cidr>,
     /// The certificates of the TLS listeners (the first is the default; the
     /// others are chosen by SNI). Read at start and on every reload.
     pub tls: Vec<crate::tls::CertFiles>,
@@ -259,6 +268,7 @@ impl ProxyConfig {
     pub fn new(listen: Vec<SocketAddr>, backends: Vec<Backend>) -> ProxyConfig {
         ProxyConfig {
             listen: listen.into_iter().map(Listen::plain).collect(),
+            proxy_protocol_from: Vec::new(),
             tls: Vec::new(),
             backend_ca: None,
             backends,
@@ -376,6 +386,13 @@ impl Settings {
                 self.spelled("listen"),
                 setting("tls_cert").flag,
                 setting("tls_key").flag,
+            ));
+        }
+        if cfg.listen.iter().any(|l| l.proxy_protocol) && cfg.proxy_protocol_from.is_empty() {
+            return Err(format!(
+                "{}: a ,proxy-protocol listener needs {} with the balancers allowed to send the header (its addresses replace the clients'; from anyone else they would be forged)",
+                self.spelled("listen"),
+                setting("proxy_protocol_from").flag,
             ));
         }
         if !cfg.tls.is_empty() && !cfg.serves_tls() {

@@ -24,6 +24,7 @@ use super::values::{self, Secret, Show};
 use super::{Algorithm, Backend, Built, CheckConfig, Listen, ProxyConfig, available_cores};
 use crate::access;
 use crate::log::Level;
+use crate::proxy_protocol::Cidr;
 
 /// One setting, as the table describes it.
 #[derive(Debug)]
@@ -262,11 +263,19 @@ macro_rules! settings {
 settings! {
     mapped {
         /// address to listen on, as host:port, followed by ,tls for HTTPS
-        /// (see --tls-cert); repeatable
+        /// (see --tls-cert) and/or ,proxy-protocol for clients that come
+        /// through a balancer sending a PROXY protocol header (v1 or v2, see
+        /// --proxy-protocol-from); repeatable
         listen: Vec<Listen> = list(values::listen),
             flag "--listen", key "listen",
             default vec![Listen::plain(SocketAddr::from(([127, 0, 0, 1], 8080)))],
             into |b, v| b.config.listen = v, restart listen;
+        /// the peers allowed to connect to a ,proxy-protocol listener, as
+        /// CIDR[,CIDR...] (10.0.0.0/8,2001:db8::/32, or an address): the
+        /// balancers whose PROXY headers are believed; anyone else is closed
+        proxy_protocol_from: Vec<Vec<Cidr>> = list(values::networks),
+            flag "--proxy-protocol-from", key "proxy_protocol_from",
+            into |b, v| b.config.proxy_protocol_from = v.into_iter().flatten().collect();
         /// a PEM file with the certificate chain (leaf first) of the TLS
         /// listeners; repeat it with --tls-key for more certificates, chosen by
         /// the name the client asks for (SNI; the first is the default). Read
@@ -502,6 +511,7 @@ mod tests {
             "health_path" => "/health".into(),
             "tls_cert" => "/etc/corelb/cert.pem".into(),
             "backend_ca" => "/etc/corelb/backend-ca.pem".into(),
+            "proxy_protocol_from" => "10.0.0.0/8".into(),
             "tls_key" => "/etc/corelb/key.pem".into(),
             _ => (s.default)().unwrap_or_else(|| panic!("{}: no sample", s.name)),
         }

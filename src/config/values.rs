@@ -12,6 +12,7 @@ use super::{
 };
 use crate::access;
 use crate::log::Level;
+use crate::proxy_protocol::Cidr;
 
 /// A credential read from a file: compared in constant time, never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -158,17 +159,32 @@ pub fn handover(path: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(path))
 }
 
-/// A listen address, `host:port`, optionally followed by `,tls`.
+/// A listen address, `host:port`, optionally followed by `,tls` and/or
+/// `,proxy-protocol`.
 pub fn listen(text: &str) -> Result<Listen, String> {
-    let (addr, tls) = match text.split_once(',') {
-        None => (text, false),
-        Some((addr, "tls")) => (addr, true),
-        Some(_) => return Err("the only option is tls (host:port,tls)".into()),
-    };
-    Ok(Listen {
-        addr: address(addr)?,
-        tls,
-    })
+    let mut parts = text.split(',');
+    let addr = address(parts.next().unwrap_or_default())?;
+    let mut listen = Listen::plain(addr);
+    for option in parts {
+        let flag = match option {
+            "tls" => &mut listen.tls,
+            "proxy-protocol" => &mut listen.proxy_protocol,
+            _ => {
+                return Err(format!(
+                    "unknown option {option:?}: the options are tls and proxy-protocol (host:port,tls,proxy-protocol)"
+                ));
+            }
+        };
+        if std::mem::replace(flag, true) {
+            return Err(format!("{option} is given twice"));
+        }
+    }
+    Ok(listen)
+}
+
+/// Networks, `CIDR[,CIDR...]`.
+pub fn networks(text: &str) -> Result<Vec<Cidr>, String> {
+    text.split(',').map(Cidr::parse).collect()
 }
 
 /// A file the proxy reads (a certificate, a key): checked when it is read.
@@ -346,11 +362,20 @@ impl<T: Show> Show for Vec<T> {
 
 impl Show for Listen {
     fn show(&self) -> String {
+        let mut out = self.addr.to_string();
         if self.tls {
-            format!("{},tls", self.addr)
-        } else {
-            self.addr.to_string()
+            out.push_str(",tls");
         }
+        if self.proxy_protocol {
+            out.push_str(",proxy-protocol");
+        }
+        out
+    }
+}
+
+impl Show for Cidr {
+    fn show(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -397,6 +422,26 @@ mod tests {
         ] {
             assert!(backend(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn listeners() {
+        let l = listen("127.0.0.1:443,tls,proxy-protocol").unwrap();
+        assert!(l.tls && l.proxy_protocol && l.addr.port() == 443);
+        assert_eq!(l.show(), "127.0.0.1:443,tls,proxy-protocol");
+        let l = listen("[::1]:80,proxy-protocol").unwrap();
+        assert!(!l.tls && l.proxy_protocol);
+        assert_eq!(listen("127.0.0.1:80").unwrap().show(), "127.0.0.1:80");
+        for bad in [
+            "127.0.0.1:80,",
+            "127.0.0.1:80,tls,tls",
+            "127.0.0.1:80,proxy",
+            "127.0.0.1:80,TLS",
+        ] {
+            assert!(listen(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(networks("10.0.0.0/8,::1").unwrap().len(), 2);
+        assert!(networks("10.0.0.0/8,").is_err());
     }
 
     #[test]

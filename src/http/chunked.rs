@@ -70,9 +70,12 @@ pub struct ChunkedDecoder {
     state: State,
     /// Chunk size being parsed, then data bytes left in the current chunk.
     remaining: u64,
-    trailer_bytes: u32,
+    /// (At most `MAX_TRAILER_BYTES` + 1, as `line_bytes` is at most
+    /// `MAX_CHUNK_LINE` + 1: `u16` keeps a body's state, and so every session,
+    /// 16 bytes smaller.)
+    trailer_bytes: u16,
     /// Bytes of the current chunk-size line so far.
-    line_bytes: u32,
+    line_bytes: u16,
     /// Chunk data bytes seen so far (framing excluded).
     data: u64,
 }
@@ -159,14 +162,14 @@ impl ChunkedDecoder {
                 | ExtAfterQuoted
         ) && b != b'\r'
         {
-            self.line_bytes += 1;
-            if self.line_bytes > MAX_CHUNK_LINE {
+            self.line_bytes = self.line_bytes.saturating_add(1);
+            if u32::from(self.line_bytes) > MAX_CHUNK_LINE {
                 return Err(ChunkError::LineTooLong);
             }
         }
         self.state = match self.state {
             SizeStart | Size => match hex_value(b) {
-                Some(_) if self.line_bytes > MAX_SIZE_DIGITS => {
+                Some(_) if u32::from(self.line_bytes) > MAX_SIZE_DIGITS => {
                     return Err(ChunkError::SizeOverflow);
                 }
                 Some(d) => {
@@ -222,8 +225,8 @@ impl ChunkedDecoder {
             DataLf if b == b'\n' => SizeStart,
             TrailerStart if b == b'\r' => FinalLf,
             TrailerStart | TrailerName | TrailerValue => {
-                self.trailer_bytes += 1;
-                if self.trailer_bytes > MAX_TRAILER_BYTES {
+                self.trailer_bytes = self.trailer_bytes.saturating_add(1);
+                if u32::from(self.trailer_bytes) > MAX_TRAILER_BYTES {
                     return Err(ChunkError::TrailerTooLarge);
                 }
                 // field-name ":" OWS field-value OWS (RFC 9112 §7.1.2, RFC 9110 §5).
@@ -237,8 +240,8 @@ impl ChunkedDecoder {
             }
             TrailerLf if b == b'\n' => {
                 // The line's LF belongs to the section too.
-                self.trailer_bytes += 1;
-                if self.trailer_bytes > MAX_TRAILER_BYTES {
+                self.trailer_bytes = self.trailer_bytes.saturating_add(1);
+                if u32::from(self.trailer_bytes) > MAX_TRAILER_BYTES {
                     return Err(ChunkError::TrailerTooLarge);
                 }
                 TrailerStart

@@ -21,6 +21,8 @@ impl Client {
     /// is what tells the client so.
     pub(super) fn owes_close_notify(&self) -> bool {
         let between = match &self.phase {
+            // Before the PROXY header, TLS has not begun.
+            Phase::Preamble => false,
             Phase::Head => true,
             Phase::Exchange(x) => {
                 x.resp == RespState::WAITING

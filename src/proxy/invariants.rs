@@ -98,6 +98,12 @@ impl Worker {
             )?;
         }
         match &c.phase {
+            Phase::Preamble => {
+                ensure(
+                    c.bufs.is_none(),
+                    "before its PROXY header, it holds buffers",
+                )?;
+            }
             Phase::Head => {
                 if let Some(b) = &c.bufs {
                     ensure(

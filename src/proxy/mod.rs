@@ -39,7 +39,7 @@ use std::time::Duration;
 use crate::access;
 use crate::admin::Admin;
 use crate::backends::Checker;
-use crate::config::ProxyConfig;
+use crate::config::{Listen, ProxyConfig};
 use crate::counters::Padded;
 use crate::runtime::{self, StartError, Workers};
 
@@ -52,6 +52,7 @@ mod head;
 #[cfg(debug_assertions)]
 mod invariants;
 mod plan;
+mod preamble;
 mod relay;
 mod reload;
 mod session;
@@ -246,9 +247,8 @@ impl Proxy {
             max_header_bytes: config.max_header_bytes,
             rewrite_host: config.rewrite_host,
             busy_poll: config.busy_poll,
-            tls_addrs: (config.listen.iter().zip(&addrs))
-                .filter(|(l, _)| l.tls)
-                .map(|(_, &a)| a)
+            listens: (config.listen.iter().zip(&addrs))
+                .map(|(l, &addr)| Listen { addr, ..*l })
                 .collect(),
             current: Mutex::new(plan),
         });

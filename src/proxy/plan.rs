@@ -41,10 +41,11 @@ pub(super) struct Shared {
     pub(super) max_header_bytes: usize,
     pub(super) rewrite_host: bool,
     pub(super) busy_poll: Duration,
-    /// The bound addresses (ports resolved) whose clients speak TLS. A worker
-    /// tells its listeners apart by address: after a handover from a process
-    /// with more workers, one worker may hold several sockets of one address.
-    pub(super) tls_addrs: Vec<std::net::SocketAddr>,
+    /// The listeners with their bound addresses (ports resolved): what each
+    /// one's clients speak (TLS, a PROXY header first). A worker tells its
+    /// sockets apart by address: after a handover from a process with more
+    /// workers, one worker may hold several sockets of one address.
+    pub(super) listens: Vec<crate::config::Listen>,
     /// The configuration in force: what the admin endpoint shows, and what the
     /// next reload starts from. Workers hold their own `Arc` of it.
     pub(super) current: Mutex<Arc<Plan>>,

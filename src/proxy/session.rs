@@ -3,7 +3,7 @@
 //! waits for), and the steps that move it from one request head to the next
 //! (`Worker::drive` and `Worker::pump`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -43,6 +43,9 @@ pub(super) fn read_client(
 
 /// Where a session is in its life; only an exchange carries one.
 pub(super) enum Phase {
+    /// On a `proxy-protocol` listener, waiting for (the rest of) the PROXY
+    /// header that comes before anything of the client's.
+    Preamble,
     /// Waiting for (the rest of) a request head.
     Head,
     /// A request is being relayed to a backend and its response back.
@@ -69,6 +72,8 @@ impl Phase {
 /// `Worker::sweep`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Wait {
+    /// A PROXY header (the header timeout, from the accept): close.
+    Preamble,
     /// The next request, between requests or before the first: close silently.
     Idle,
     /// The rest of a request head: 408.
@@ -138,7 +143,11 @@ pub(super) type Step = Result<bool, Fail>;
 pub(super) struct Client {
     /// The connection: plain, or TLS (`io::stream`).
     pub(super) io: Stream,
+    /// The client's address: the peer's, or the one its PROXY header gave.
     pub(super) ip: IpAddr,
+    /// The client's and the destination's addresses from a PROXY header (for a
+    /// `send-proxy` backend); boxed, as most connections have none.
+    pub(super) proxied: Option<Box<(SocketAddr, SocketAddr)>>,
     pub(super) ready: Ready,
     pub(super) bufs: Option<Box<Bufs>>,
     pub(super) phase: Phase,
@@ -335,6 +344,7 @@ impl Worker {
                 c.io.flush(&mut c.ready).map_err(|_| Fail::Close)?;
             }
             let progress = match c.phase {
+                Phase::Preamble => self.step_preamble(ck)?,
                 Phase::Head => self.step_head(ck)?,
                 Phase::Exchange(_) => self.step_exchange(ck)?,
                 Phase::Closing => self.step_closing(ck)?,

@@ -11,8 +11,8 @@ use slab::Slab;
 
 use crate::access;
 use crate::config::Timeouts;
-use crate::counters::TLS_FAILED_TIMEOUT;
 use crate::counters::WorkerMetrics;
+use crate::counters::{ProxyFailure, TLS_FAILED_TIMEOUT};
 use crate::http::Reject;
 use crate::io::Ready;
 use crate::io::buffer::{self, Pool};
@@ -78,8 +78,9 @@ pub(super) struct Worker {
     pub(super) quiet_tls_until: Instant,
     /// When the sweep next gives back memory a burst left (`trim_memory`).
     pub(super) next_trim: Instant,
-    /// Which of `ctx.listeners` speak TLS (by the address each is bound to).
-    listener_tls: Vec<bool>,
+    /// Which of `ctx.listeners` speak TLS, and which expect a PROXY header
+    /// first (by the address each is bound to).
+    listener_kinds: Vec<(bool, bool)>,
 }
 
 impl Worker {
@@ -115,12 +116,13 @@ impl Worker {
             quiet_surplus_until: Instant::now(),
             quiet_tls_until: Instant::now(),
             next_trim: Instant::now() + TRIM_INTERVAL,
-            listener_tls: Vec::new(),
+            listener_kinds: Vec::new(),
         };
-        w.listener_tls = (w.ctx.listeners.iter())
+        w.listener_kinds = (w.ctx.listeners.iter())
             .map(|l| {
-                l.local_addr()
-                    .is_ok_and(|a| w.shared.tls_addrs.contains(&a))
+                let addr = l.local_addr().ok();
+                let kind = w.shared.listens.iter().find(|k| Some(k.addr) == addr);
+                kind.map_or((false, false), |k| (k.tls, k.proxy_protocol))
             })
             .collect();
         w.adopt(plan);
@@ -367,7 +369,9 @@ impl Worker {
                 // (a client that sends just as we close would see its request fail).
                 // It gets a moment to arrive and is answered with `Connection: close`
                 // (see `start_exchange`); a connection still silent then is closed.
-                Phase::Head => c.timer.at = c.timer.at.min(self.now + DRAIN_GRACE),
+                Phase::Preamble | Phase::Head => {
+                    c.timer.at = c.timer.at.min(self.now + DRAIN_GRACE)
+                }
                 // The response will say `Connection: close`, unless its head is out
                 // already: then the client may send one more request, which is
                 // answered that way (the connection drains like an idle one).
@@ -423,8 +427,14 @@ impl Worker {
                 }
             };
             self.accept_paused = false;
+            let (tls, proxy_protocol) = self.listener_kinds.get(i).copied().unwrap_or_default();
+            if proxy_protocol && !self.proxy_header_allowed(peer.ip()) {
+                // Its header would be a forged client address: closed unread.
+                self.proxy_header_failed(ProxyFailure::Untrusted, peer.ip());
+                continue;
+            }
             self.nodelay.apply(&sock);
-            let mut io = if self.listener_tls.get(i).copied().unwrap_or(false) {
+            let mut io = if tls {
                 // The handshake runs in this loop, as the client's bytes come.
                 let conn =
                     self.plan.tls.as_ref().and_then(|tls| {
@@ -455,10 +465,21 @@ impl Worker {
             entry.insert(Client {
                 io,
                 ip: peer.ip(),
+                proxied: None,
                 ready: Ready::default(),
                 bufs: None,
-                phase: Phase::Head,
-                timer: Timer::new(self.now + self.timeouts.idle, Wait::Idle),
+                // A PROXY header comes at once, ahead of everything: the header
+                // timeout runs from the accept.
+                phase: if proxy_protocol {
+                    Phase::Preamble
+                } else {
+                    Phase::Head
+                },
+                timer: if proxy_protocol {
+                    Timer::new(self.now + self.timeouts.header, Wait::Preamble)
+                } else {
+                    Timer::new(self.now + self.timeouts.idle, Wait::Idle)
+                },
                 eof: false,
                 drained: 0,
                 linger: false,
@@ -590,6 +611,11 @@ impl Worker {
                 // 408 can be sent over it.
                 Wait::Head if c.io.handshaking() => {
                     self.metrics().tls_failures[TLS_FAILED_TIMEOUT].fetch_add(1, Ordering::Relaxed);
+                    Fail::Close
+                }
+                Wait::Preamble => {
+                    let ip = c.ip;
+                    self.proxy_header_failed(ProxyFailure::Timeout, ip);
                     Fail::Close
                 }
                 Wait::Idle | Wait::Tunnel | Wait::ClientReading => Fail::Close,

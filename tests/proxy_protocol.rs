@@ -1,0 +1,361 @@
+//! PROXY protocol on the listeners: a balancer in front sends a header (v1 text
+//! or v2 binary) before the client's bytes, and the client address it gives is
+//! the one the backend is told. Connections from peers not allowed to send one,
+//! and connections whose header is missing, broken or late, are closed and
+//! counted, and nothing of theirs reaches a backend. The headers here are
+//! written out by hand from the specification, not by corelb's code.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use corelb::Proxy;
+use corelb::config::Listen;
+use corelb::proxy_protocol::Cidr;
+
+/// A backend that answers every request with the X-Forwarded-For it was sent,
+/// and counts the requests it saw.
+fn xff_echo() -> (Scripted, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&seen);
+    let backend = Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            count.fetch_add(1, Ordering::SeqCst);
+            let body = req.head.get("x-forwarded-for").unwrap_or("-").to_string();
+            let out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    (backend, seen)
+}
+
+fn pp_listen() -> Listen {
+    Listen {
+        proxy_protocol: true,
+        ..Listen::plain(loopback())
+    }
+}
+
+/// A proxy whose first listener takes PROXY headers from loopback and whose
+/// second is plain.
+fn pp_proxy(backend: SocketAddr, from: &str) -> Proxy {
+    proxy_with(&[backend], |c| {
+        c.listen = vec![pp_listen(), Listen::plain(loopback())];
+        c.proxy_protocol_from = from.split(',').map(|n| Cidr::parse(n).unwrap()).collect();
+        c.timeouts.header = Duration::from_millis(300);
+    })
+}
+
+/// A v2 PROXY header (PROXY command, TCP over IPv4) for 192.0.2.7:4242 ->
+/// 198.51.100.1:443, with one TLV after the addresses.
+fn v2_tcp4() -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12 + 6]);
+    h.extend_from_slice(&[192, 0, 2, 7, 198, 51, 100, 1]);
+    h.extend_from_slice(&[0x10, 0x92, 0x01, 0xbb]);
+    // PP2_TYPE_AUTHORITY "a.b"
+    h.extend_from_slice(&[0x02, 0, 3, b'a', b'.', b'b']);
+    h
+}
+
+/// The same for TCP over IPv6: 2001:db8::7 port 1 -> 2001:db8::1 port 2.
+fn v2_tcp6() -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x21, 0, 36]);
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    src[15] = 7;
+    let mut dst = src;
+    dst[15] = 1;
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(&[0, 1, 0, 2]);
+    h
+}
+
+/// Send `preamble` then two requests on one connection; the two bodies.
+fn two_requests_after(addr: SocketAddr, preamble: &[u8]) -> (String, String) {
+    let mut s = connect(addr);
+    let mut out = preamble.to_vec();
+    out.extend_from_slice(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    s.write_all(&out).unwrap();
+    let mut r = Reader::new(s);
+    let first = r.response();
+    r.stream
+        .write_all(b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let second = r.response();
+    assert_eq!((first.status, second.status), (200, 200));
+    (first.text(), second.text())
+}
+
+#[test]
+fn the_address_in_a_header_is_the_client_the_backend_is_told_of() {
+    let (backend, _) = xff_echo();
+    let proxy = pp_proxy(backend.addr, "127.0.0.0/8,::1");
+    let addr = proxy.local_addrs()[0];
+    let v1 = b"PROXY TCP4 203.0.113.9 198.51.100.1 51000 443\r\n";
+    assert_eq!(
+        two_requests_after(addr, v1),
+        ("203.0.113.9".into(), "203.0.113.9".into())
+    );
+    let v1_6 = b"PROXY TCP6 2001:db8::9 2001:db8::1 51000 443\r\n";
+    assert_eq!(two_requests_after(addr, v1_6).0, "2001:db8::9");
+    assert_eq!(two_requests_after(addr, &v2_tcp4()).1, "192.0.2.7");
+    assert_eq!(two_requests_after(addr, &v2_tcp6()).0, "2001:db8::7");
+    // UNKNOWN (v1) and LOCAL (v2, the balancer's own check): the connection's
+    // own address.
+    assert_eq!(
+        two_requests_after(addr, b"PROXY UNKNOWN\r\n").0,
+        "127.0.0.1"
+    );
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    assert_eq!(two_requests_after(addr, &local).0, "127.0.0.1");
+    // The plain listener beside it takes no header.
+    assert_eq!(get(proxy.local_addrs()[1], "/").text(), "127.0.0.1");
+    assert_eq!(
+        metric(&proxy, "corelb_proxy_headers_total{", "version=\"1\""),
+        3
+    );
+    assert_eq!(
+        metric(&proxy, "corelb_proxy_headers_total{", "version=\"2\""),
+        3
+    );
+}
+
+#[test]
+fn a_header_that_comes_in_pieces_is_read_whole() {
+    let (backend, _) = xff_echo();
+    let proxy = pp_proxy(backend.addr, "127.0.0.1");
+    let mut s = connect(proxy.local_addrs()[0]);
+    let header = v2_tcp4();
+    for piece in header.chunks(5) {
+        s.write_all(piece).unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(Reader::new(s).response().text(), "192.0.2.7");
+}
+
+/// Each of these is closed without a response, counted under `reason`, and
+/// nothing of it reaches the backend.
+#[test]
+fn connections_without_a_good_header_are_closed_and_counted() {
+    let (backend, seen) = xff_echo();
+    let proxy = pp_proxy(backend.addr, "127.0.0.1");
+    let addr = proxy.local_addrs()[0];
+    let request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut oversized = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    oversized.extend_from_slice(&[0x21, 0x11, 0x10, 0x00]);
+    oversized.extend_from_slice(&[0; 4096]);
+    let mut truncated_tlv = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    truncated_tlv.extend_from_slice(&[0x21, 0x11, 0, 15]);
+    truncated_tlv.extend_from_slice(&[192, 0, 2, 7, 198, 51, 100, 1, 0, 1, 0, 2]);
+    truncated_tlv.extend_from_slice(&[0x02, 0, 9]);
+    let mut long_v1 = b"PROXY UNKNOWN ".to_vec();
+    long_v1.resize(200, b'x');
+    long_v1.extend_from_slice(b"\r\n");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("no header", request.to_vec(), "missing"),
+        (
+            "TLS instead",
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00".to_vec(),
+            "missing",
+        ),
+        (
+            "v1 without CR",
+            b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\n".to_vec(),
+            "malformed",
+        ),
+        ("v1 over 107 bytes", long_v1, "malformed"),
+        (
+            "v1 bad address",
+            b"PROXY TCP4 192.0.2.999 192.0.2.2 1 2\r\n".to_vec(),
+            "malformed",
+        ),
+        ("v2 over its limit", oversized, "malformed"),
+        ("v2 TLV past its end", truncated_tlv, "malformed"),
+        (
+            "v2 version 1",
+            {
+                let mut h = v2_tcp4();
+                h[12] = 0x11;
+                h
+            },
+            "malformed",
+        ),
+        (
+            "v2 UDP",
+            {
+                let mut h = v2_tcp4();
+                h[13] = 0x12;
+                h
+            },
+            "malformed",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let before = metric(
+            &proxy,
+            "corelb_proxy_header_failures_total{",
+            &format!("reason=\"{reason}\""),
+        );
+        let mut s = connect(addr);
+        let mut out = bytes.clone();
+        out.extend_from_slice(request);
+        let _ = s.write_all(&out);
+        let (got, _) = read_until_end(&mut s);
+        assert!(
+            got.is_empty(),
+            "{what}: answered {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        wait_until(
+            || {
+                metric(
+                    &proxy,
+                    "corelb_proxy_header_failures_total{",
+                    &format!("reason=\"{reason}\""),
+                ) == before + 1
+            },
+            &format!("{what} counted as {reason}"),
+        );
+    }
+    // A header cut short and then nothing: closed at the header timeout.
+    let mut s = connect(addr);
+    s.write_all(&v2_tcp4()[..20]).unwrap();
+    let (got, _) = read_until_end(&mut s);
+    assert!(got.is_empty());
+    wait_until(
+        || {
+            metric(
+                &proxy,
+                "corelb_proxy_header_failures_total{",
+                "reason=\"timeout\"",
+            ) == 1
+        },
+        "the late header counted as a timeout",
+    );
+    // A header cut short by the close.
+    let mut s = connect(addr);
+    s.write_all(b"PROXY TCP4 192.0").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let (got, _) = read_until_end(&mut s);
+    assert!(got.is_empty());
+    wait_until(
+        || {
+            metric(
+                &proxy,
+                "corelb_proxy_header_failures_total{",
+                "reason=\"closed\"",
+            ) == 1
+        },
+        "the header cut by a close counted as closed",
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "a request reached the backend"
+    );
+    assert_no_open_connections(&proxy);
+}
+
+#[test]
+fn a_peer_not_allowed_to_send_headers_is_closed_unread() {
+    let (backend, seen) = xff_echo();
+    // Only a network that is not loopback may send headers.
+    let proxy = pp_proxy(backend.addr, "10.0.0.0/8");
+    let mut s = connect(proxy.local_addrs()[0]);
+    let _ = s.write_all(
+        b"PROXY TCP4 203.0.113.9 198.51.100.1 51000 443\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let (got, _) = read_until_end(&mut s);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    wait_until(
+        || {
+            metric(
+                &proxy,
+                "corelb_proxy_header_failures_total{",
+                "reason=\"untrusted\"",
+            ) == 1
+        },
+        "the untrusted peer counted",
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+}
+
+/// A second header on the same connection, or one sent to a plain listener, is
+/// no request: 400, the connection closes, and the backend sees nothing of it.
+#[test]
+fn a_header_where_a_request_belongs_is_a_bad_request() {
+    let (backend, seen) = xff_echo();
+    let proxy = pp_proxy(backend.addr, "127.0.0.1");
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(
+        b"PROXY TCP4 203.0.113.9 198.51.100.1 51000 443\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    let mut r = Reader::new(s);
+    assert_eq!(r.response().text(), "203.0.113.9");
+    r.stream
+        .write_all(
+            b"PROXY TCP4 192.0.2.66 198.51.100.1 1 443\r\nGET /evil HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(r.response().status, 400);
+    r.expect_closed();
+    for header in [
+        v2_tcp4(),
+        b"PROXY TCP4 192.0.2.66 198.51.100.1 1 443\r\n".to_vec(),
+    ] {
+        let mut s = connect(proxy.local_addrs()[1]);
+        let mut out = header;
+        out.extend_from_slice(b"GET /evil HTTP/1.1\r\nHost: t\r\n\r\n");
+        s.write_all(&out).unwrap();
+        let mut r = Reader::new(s);
+        assert_eq!(r.response().status, 400);
+        r.expect_closed();
+    }
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "only the first request went through"
+    );
+}
+
+#[test]
+fn tls_comes_after_the_header() {
+    use common::tls::*;
+    let (backend, _) = xff_echo();
+    let ca = Ca::new("pp CA");
+    let dir = TempDir::new("pp-tls");
+    let files = write_pair(&dir, "site", &ca.leaf(&["localhost"]));
+    let proxy = proxy_with(&[backend.addr], |c| {
+        c.listen = vec![Listen {
+            tls: true,
+            ..pp_listen()
+        }];
+        c.tls = vec![files];
+        c.proxy_protocol_from = vec![Cidr::parse("127.0.0.1").unwrap()];
+    });
+    let mut sock = TcpStream::connect(proxy.local_addrs()[0]).unwrap();
+    sock.write_all(&v2_tcp6()).unwrap();
+    let stream = tls_over(sock, "localhost", &client_config(&ca.pem)).unwrap();
+    let mut r = Reader::new(stream);
+    r.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.response().text(), "2001:db8::7");
+}
