@@ -153,27 +153,6 @@ fn decode(data: &[u8], step: usize) -> (bool, usize, bool) {
     (true, used, d.is_done())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_checks_accept_ordinary_input() {
-        request_head(b"POST http://a.example/x HTTP/1.1\r\nHost: b\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\n");
-        request_head(
-            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-        );
-        response_head(b"\x00HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        response_head(
-            b"\x06HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-        );
-        chunked(b"\x023\r\nabc\r\n0\r\nT: v\r\n\r\nextra");
-        assert_eq!(decode(b"3\r\nabc\r\n0\r\n\r\nGET", 2), (true, 13, true));
-        assert_eq!(decode(b"3\r\nab", 1), (true, 5, false));
-        assert_eq!(decode(b"z\r\n", 1), (false, 0, false));
-    }
-}
-
 /// A PROXY protocol header: whatever the bytes, reading one never panics, a
 /// header read whole lies inside the bytes and reads the same from exactly its
 /// own bytes, more bytes are asked for only while fewer than the longest header
@@ -195,5 +174,26 @@ pub fn proxy_header(data: &[u8]) {
             data.len()
         ),
         Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checks_accept_ordinary_input() {
+        request_head(b"POST http://a.example/x HTTP/1.1\r\nHost: b\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\n");
+        request_head(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        );
+        response_head(b"\x00HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        response_head(
+            b"\x06HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        );
+        chunked(b"\x023\r\nabc\r\n0\r\nT: v\r\n\r\nextra");
+        assert_eq!(decode(b"3\r\nabc\r\n0\r\n\r\nGET", 2), (true, 13, true));
+        assert_eq!(decode(b"3\r\nab", 1), (true, 5, false));
+        assert_eq!(decode(b"z\r\n", 1), (false, 0, false));
     }
 }
