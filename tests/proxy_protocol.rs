@@ -359,3 +359,81 @@ fn tls_comes_after_the_header() {
         .unwrap();
     assert_eq!(r.response().text(), "2001:db8::7");
 }
+
+/// A free loopback port (bound once and let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A GET through `addr` from the local address `from`; the body.
+fn get_from(from: &str, addr: SocketAddr) -> String {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(from.parse().unwrap(), 0).into())
+        .unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut r = Reader::new(s);
+    let resp = r.response();
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    resp.text()
+}
+
+/// HAProxy in `mode tcp` in front, as a real L4 balancer: one frontend sends
+/// v1 headers (`send-proxy`), one v2 (`send-proxy-v2`), both from 127.0.0.2,
+/// the one peer corelb believes. A client at 127.0.0.3 is the address the
+/// backend is told of, whichever way it came.
+#[test]
+fn haproxy_in_front_passes_the_client_address_in_v1_and_v2() {
+    if std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: haproxy is not installed (apt-get install haproxy)");
+        return;
+    }
+    let (backend, _) = xff_echo();
+    let proxy = pp_proxy(backend.addr, "127.0.0.2");
+    let corelb = proxy.local_addrs()[0];
+    let (v1, v2) = (free_port(), free_port());
+    let dir = common::tls::TempDir::new("pp-haproxy");
+    let config = dir.write(
+        "haproxy.cfg",
+        &format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             listen v1\n  bind 127.0.0.1:{v1}\n  server corelb {corelb} send-proxy source 127.0.0.2\n\
+             listen v2\n  bind 127.0.0.1:{v2}\n  server corelb {corelb} send-proxy-v2 source 127.0.0.2\n"
+        ),
+    );
+    let mut haproxy = std::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let up = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
+    wait_until(|| up(v1) && up(v2), "haproxy listens");
+    let seen = (
+        get_from("127.0.0.3", SocketAddr::from(([127, 0, 0, 1], v1))),
+        get_from("127.0.0.3", SocketAddr::from(([127, 0, 0, 1], v2))),
+    );
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    assert_eq!(seen, ("127.0.0.3".into(), "127.0.0.3".into()));
+    // (The probes that waited for HAProxy's ports made connections too.)
+    for version in ["version=\"1\"", "version=\"2\""] {
+        assert!(metric(&proxy, "corelb_proxy_headers_total{", version) >= 1);
+    }
+    // The client itself, straight to corelb, is no balancer.
+    let mut s = connect(corelb);
+    let _ = s.write_all(b"PROXY TCP4 203.0.113.9 198.51.100.1 1 2\r\n");
+    assert!(read_until_end(&mut s).0.is_empty());
+}
