@@ -13,7 +13,7 @@
 //!
 //! // A built-in origin and a one-worker proxy in front of it, on ephemeral ports.
 //! let origin = Origin::start("127.0.0.1:0".parse().unwrap(), 1, Some("hello".into())).unwrap();
-//! let backend = Backend { addr: origin.local_addr(), authority: origin.local_addr().to_string(), weight: 1, tls: false };
+//! let backend = Backend::new(origin.local_addr());
 //! let mut config = ProxyConfig::new(vec!["127.0.0.1:0".parse().unwrap()], vec![backend]);
 //! config.workers = 1;
 //! let proxy = Proxy::start(config).unwrap();

@@ -18,6 +18,16 @@ pub const V2_MAX_PAYLOAD: usize = 1024;
 /// The longest header `parse` accepts: what a caller should look at.
 pub const MAX_HEADER: usize = 16 + V2_MAX_PAYLOAD;
 
+/// Whether a backend's connections begin with a PROXY protocol header, and in
+/// which version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SendProxy {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
 /// A header read whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -271,6 +281,17 @@ pub fn write_v2(out: &mut Vec<u8>, src: SocketAddr, dst: SocketAddr) {
             out.extend_from_slice(&s.port().to_be_bytes());
             out.extend_from_slice(&d.port().to_be_bytes());
         }
+    }
+}
+
+/// The header a health check sends to a backend that gets PROXY headers: it
+/// speaks for no client (v1 `UNKNOWN`, v2 `LOCAL`, as the specification has
+/// them for a balancer's own connections); nothing when `version` is off.
+pub fn health_check_header(version: SendProxy) -> &'static [u8] {
+    match version {
+        SendProxy::Off => b"",
+        SendProxy::V1 => b"PROXY UNKNOWN\r\n",
+        SendProxy::V2 => b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
     }
 }
 

@@ -437,3 +437,251 @@ fn haproxy_in_front_passes_the_client_address_in_v1_and_v2() {
     let _ = s.write_all(b"PROXY TCP4 203.0.113.9 198.51.100.1 1 2\r\n");
     assert!(read_until_end(&mut s).0.is_empty());
 }
+
+/// Read a PROXY header at the start of a backend connection, by the
+/// specification (not corelb's parser): the client and destination it names as
+/// "ip:port ip:port", or "local" for v1 UNKNOWN and v2 LOCAL; `None` if the
+/// connection does not begin with one.
+fn read_proxy_header(s: &mut TcpStream) -> Option<String> {
+    use std::io::Read;
+    let mut first = [0u8; 6];
+    s.read_exact(&mut first).ok()?;
+    if &first == b"PROXY " {
+        let mut line = first.to_vec();
+        while !line.ends_with(b"\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).ok()?;
+            line.push(b[0]);
+            if line.len() > 107 {
+                return None;
+            }
+        }
+        let line = String::from_utf8(line).ok()?;
+        let f: Vec<&str> = line.trim_end().split(' ').collect();
+        return match f[1] {
+            "UNKNOWN" => Some("local".into()),
+            "TCP4" => Some(format!("{}:{} {}:{}", f[2], f[4], f[3], f[5])),
+            "TCP6" => Some(format!("[{}]:{} [{}]:{}", f[2], f[4], f[3], f[5])),
+            _ => None,
+        };
+    }
+    let mut rest = [0u8; 10];
+    s.read_exact(&mut rest).ok()?;
+    let head: Vec<u8> = first.iter().chain(&rest).copied().collect();
+    if head[..12] != *b"\r\n\r\n\0\r\nQUIT\n" {
+        return None;
+    }
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes([head[14], head[15]]))];
+    s.read_exact(&mut body).ok()?;
+    let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+    match (head[12], head[13]) {
+        (0x20, _) => Some("local".into()),
+        (0x21, 0x11) => {
+            let ip = |at: usize| {
+                std::net::Ipv4Addr::new(body[at], body[at + 1], body[at + 2], body[at + 3])
+            };
+            Some(format!("{}:{} {}:{}", ip(0), port(8), ip(4), port(10)))
+        }
+        (0x21, 0x21) => {
+            let ip = |at: usize| {
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&body[at..at + 16]).unwrap())
+            };
+            Some(format!(
+                "[{}]:{} [{}]:{}",
+                ip(0),
+                port(32),
+                ip(16),
+                port(34)
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A backend that wants a PROXY header first (closing a connection without
+/// one) and answers each request with "<what the header said> conn=<n>".
+fn proxy_aware_backend() -> Scripted {
+    Scripted::start(|mut s, n| {
+        let Some(said) = read_proxy_header(&mut s) else {
+            return;
+        };
+        while let Some(req) = read_request(&mut s) {
+            let body = if req.head.target == "/health" {
+                "ok".to_string()
+            } else {
+                format!("{said} conn={n}")
+            };
+            let out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Each new connection to a `send-proxy` backend tells it the client, and a
+/// connection told one client's address serves that client connection only:
+/// two clients taking turns get two backend connections, each always its own;
+/// when a client leaves, its idle connection closes.
+#[test]
+fn a_send_proxy_backend_never_sees_one_client_on_another_clients_connection() {
+    for version in [corelb::config::SendProxy::V1, corelb::config::SendProxy::V2] {
+        let backend = proxy_aware_backend();
+        let proxy = proxy_with(&[], |c| {
+            c.backends = vec![corelb::Backend {
+                send_proxy: version,
+                ..corelb::Backend::new(backend.addr)
+            }];
+        });
+        let listener = proxy.local_addrs()[0];
+        let (mut a, mut b) = (
+            Reader::new(connect(listener)),
+            Reader::new(connect(listener)),
+        );
+        let (a_addr, b_addr) = (
+            a.stream.local_addr().unwrap(),
+            b.stream.local_addr().unwrap(),
+        );
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            for (r, me) in [(&mut a, a_addr), (&mut b, b_addr)] {
+                r.stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                    .unwrap();
+                let text = r.response().text();
+                assert!(
+                    text.starts_with(&format!("{me} {listener} ")),
+                    "{version:?}: {me} was shown as {text}"
+                );
+                seen.push((me, text));
+            }
+        }
+        // One backend connection per client, the same one every time.
+        for me in [a_addr, b_addr] {
+            let mut conns: Vec<&String> = seen
+                .iter()
+                .filter(|(m, _)| *m == me)
+                .map(|(_, t)| t)
+                .collect();
+            conns.dedup();
+            assert_eq!(
+                conns.len(),
+                1,
+                "{version:?}: {me} used several connections: {conns:?}"
+            );
+        }
+        assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+        drop(a);
+        wait_until(
+            || metric(&proxy, "corelb_upstream_connections{", "") == 1,
+            "the departed client's backend connection closes",
+        );
+    }
+}
+
+/// Behind a balancer and in front of a `send-proxy-v2` backend, corelb passes
+/// on the client and destination its own PROXY header gave.
+#[test]
+fn the_address_a_balancer_gave_is_the_one_passed_on() {
+    let backend = proxy_aware_backend();
+    let proxy = proxy_with(&[], |c| {
+        c.listen = vec![pp_listen()];
+        c.proxy_protocol_from = vec![Cidr::parse("127.0.0.1").unwrap()];
+        c.backends = vec![corelb::Backend {
+            send_proxy: corelb::config::SendProxy::V2,
+            ..corelb::Backend::new(backend.addr)
+        }];
+    });
+    let mut s = connect(proxy.local_addrs()[0]);
+    s.write_all(
+        b"PROXY TCP6 2001:db8::9 2001:db8::1 51000 443\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        Reader::new(s).response().text(),
+        "[2001:db8::9]:51000 [2001:db8::1]:443 conn=0"
+    );
+}
+
+/// Health checks to a backend that wants PROXY headers send the
+/// specification's header for a balancer's own connection, so it stays up.
+#[test]
+fn health_checks_to_a_send_proxy_backend_send_a_header_of_their_own() {
+    for version in [corelb::config::SendProxy::V1, corelb::config::SendProxy::V2] {
+        let backend = proxy_aware_backend();
+        let proxy = proxy_with(&[], |c| {
+            c.backends = vec![corelb::Backend {
+                send_proxy: version,
+                ..corelb::Backend::new(backend.addr)
+            }];
+            let mut check = corelb::config::CheckConfig::new("/health".into());
+            check.interval = Duration::from_millis(50);
+            check.fall = 1;
+            c.health_check = Some(check);
+        });
+        wait_until(
+            || backend.connections.load(Ordering::SeqCst) >= 3,
+            "a few checks ran",
+        );
+        assert!(
+            proxy.stats().status_json().contains("\"up\":true"),
+            "{version:?}"
+        );
+        assert_eq!(get(proxy.local_addrs()[0], "/").status, 200);
+    }
+}
+
+/// HAProxy as the real receiver: an HTTP frontend with `accept-proxy` behind a
+/// `send-proxy-v2` (then `send-proxy`) backend of corelb's sets
+/// X-Forwarded-For from the source it was told; a client at 127.0.0.3 is the
+/// address that arrives.
+#[test]
+fn haproxy_behind_reads_the_headers_corelb_sends() {
+    if std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: haproxy is not installed (apt-get install haproxy)");
+        return;
+    }
+    let (origin, _) = xff_echo();
+    let port = free_port();
+    let dir = common::tls::TempDir::new("pp-haproxy-behind");
+    let config = dir.write(
+        "haproxy.cfg",
+        &format!(
+            "global\n  maxconn 100\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend fe\n  bind 127.0.0.1:{port} accept-proxy\n  http-request set-header X-Forwarded-For %[src]\n  default_backend be\n\
+             backend be\n  server origin {}\n",
+            origin.addr
+        ),
+    );
+    let mut haproxy = std::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "haproxy listens",
+    );
+    let mut seen = Vec::new();
+    for version in [corelb::config::SendProxy::V2, corelb::config::SendProxy::V1] {
+        let proxy = proxy_with(&[], |c| {
+            c.backends = vec![corelb::Backend {
+                send_proxy: version,
+                ..corelb::Backend::new(SocketAddr::from(([127, 0, 0, 1], port)))
+            }];
+        });
+        seen.push(get_from("127.0.0.3", proxy.local_addrs()[0]));
+    }
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    assert_eq!(seen, ["127.0.0.3", "127.0.0.3"]);
+}

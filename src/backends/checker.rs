@@ -109,6 +109,9 @@ struct Probe {
     request: Vec<u8>,
     sent: usize,
     line: Vec<u8>,
+    /// To a backend that gets PROXY headers, the one a health check sends
+    /// first, once connected: the specification's own (v1 `UNKNOWN`, v2 `LOCAL`).
+    preface: &'static [u8],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,6 +268,7 @@ impl Round<'_> {
             request: request(&m.authority, &config.path),
             sent: 0,
             line: Vec::with_capacity(64),
+            preface: crate::proxy_protocol::health_check_header(m.send_proxy),
         });
         Ok(())
     }
@@ -317,7 +321,17 @@ fn advance(p: &mut Probe) -> Option<Result<u16, String>> {
             Ok(None) => {}
         }
         match p.io.tcp().peer_addr() {
-            Ok(_) => p.stage = Stage::Send,
+            Ok(_) => {
+                // Alone on a new connection: the socket takes it whole.
+                if !p.preface.is_empty() {
+                    match io::Write::write(&mut p.io.tcp(), p.preface) {
+                        Ok(n) if n == p.preface.len() => {}
+                        Ok(_) => return Some(Err("connect: the PROXY header did not fit".into())),
+                        Err(e) => return failed(Stage::Connect, e),
+                    }
+                }
+                p.stage = Stage::Send;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
             Err(e) => return failed(Stage::Connect, e),
         }

@@ -17,7 +17,7 @@ use std::sync::atomic::{
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::config::Passive;
+use crate::config::{Passive, SendProxy};
 use crate::counters::{BackendCounts, Padded};
 use crate::log::Level;
 
@@ -95,6 +95,8 @@ pub struct Member {
     /// For an `https://` backend: the name its certificate must be valid for
     /// (sent as SNI).
     pub tls: Option<rustls::pki_types::ServerName<'static>>,
+    /// Each new connection to it begins with a PROXY protocol header.
+    pub send_proxy: SendProxy,
     state: Padded<State>,
     inflight: Padded<AtomicUsize>,
     /// Responses and their latency, by worker (each on its own cache lines).
@@ -107,20 +109,23 @@ pub struct Member {
 impl Member {
     /// A backend, up, with nothing counted, for `workers` workers.
     pub fn new(addr: SocketAddr, authority: String, workers: usize) -> Arc<Member> {
-        Member::reached_by(addr, authority, None, workers)
+        Member::reached_by(addr, authority, None, SendProxy::Off, workers)
     }
 
-    /// `new`, for a backend reached over TLS when `tls` names it.
+    /// `new`, for a backend reached over TLS when `tls` names it, with a PROXY
+    /// header first as `send_proxy` says.
     pub fn reached_by(
         addr: SocketAddr,
         authority: String,
         tls: Option<rustls::pki_types::ServerName<'static>>,
+        send_proxy: SendProxy,
         workers: usize,
     ) -> Arc<Member> {
         Arc::new(Member {
             addr,
             authority,
             tls,
+            send_proxy,
             state: Padded(State {
                 checked_up: AtomicBool::new(true),
                 reported_up: AtomicBool::new(true),

@@ -364,7 +364,7 @@ impl Walk<'_> {
             let Some(table) = self.table(item, &key) else {
                 continue;
             };
-            let (mut backend, mut weight, mut failed) = (None, 1, false);
+            let (mut backend, mut weight, mut send_proxy, mut failed) = (None, None, None, false);
             for (k, v) in table.iter() {
                 let name = k.get_ref().as_ref();
                 let full = format!("{key}.{name}");
@@ -374,15 +374,22 @@ impl Walk<'_> {
                         failed |= backend.is_none();
                     }
                     "weight" => match self.integer(v, &full, values::weight) {
-                        Some(w) => weight = w,
+                        Some(w) => weight = Some(w),
                         None => failed = true,
                     },
-                    _ => self.unknown(k, &full, "address, weight"),
+                    "send_proxy" => match self.string(v, &full, values::send_proxy) {
+                        Some(version) => send_proxy = Some(version),
+                        None => failed = true,
+                    },
+                    _ => self.unknown(k, &full, "address, weight, send_proxy"),
                 }
             }
             match backend {
                 Some(mut b) => {
-                    b.weight = weight;
+                    // The table's keys, or else what the address carries
+                    // (`"host:port,send-proxy"`).
+                    b.weight = weight.unwrap_or(b.weight);
+                    b.send_proxy = send_proxy.unwrap_or(b.send_proxy);
                     out.push(b);
                 }
                 None if !failed => self.error(item, &key, "address is missing"),
@@ -456,6 +463,7 @@ mod tests {
             [[backend]]
             address = "http://127.0.0.1:9001/"
             weight = 7
+            send_proxy = "v2"
             [health]
             path = "/up"
             interval = "3s"
@@ -491,6 +499,7 @@ mod tests {
         assert_eq!(b.handover, Some(PathBuf::from("/run/corelb.sock")));
         assert_eq!(c.backends[0].authority, "127.0.0.1:9001");
         assert_eq!(c.backends[0].weight, 7);
+        assert_eq!(c.backends[0].send_proxy, config::SendProxy::V2);
         let h = c.health_check.as_ref().unwrap();
         assert_eq!(
             (h.path.as_str(), h.interval, h.timeout, h.rise, h.fall),
@@ -620,6 +629,10 @@ mod tests {
             (
                 "[[backend]]\naddress = \"127.0.0.1:1\"\nweight = 0",
                 "line 3: backend[0].weight: 0: must be 1 to 1000",
+            ),
+            (
+                "[[backend]]\naddress = \"127.0.0.1:1\"\nsend_proxy = \"v3\"",
+                "line 3: backend[0].send_proxy: \"v3\": must be \"v1\", \"v2\" or \"off\"",
             ),
             (
                 "[health]\npath = \"up\"",

@@ -49,7 +49,25 @@ pub struct Backend {
     /// `https://`: TLS to this backend, its certificate verified for the host of
     /// `authority` (against `--backend-ca`, or the system's roots).
     pub tls: bool,
+    /// Each new connection to it begins with a PROXY protocol header naming
+    /// the client (`,send-proxy`, `,send-proxy-v2`).
+    pub send_proxy: SendProxy,
 }
+
+impl Backend {
+    /// A plain backend at `addr`, weight 1, named by its address.
+    pub fn new(addr: SocketAddr) -> Backend {
+        Backend {
+            addr,
+            authority: addr.to_string(),
+            weight: 1,
+            tls: false,
+            send_proxy: SendProxy::Off,
+        }
+    }
+}
+
+pub use crate::proxy_protocol::SendProxy;
 
 /// How long the proxy waits before giving up on a peer. The defaults (in the
 /// table) follow common proxy practice (nginx, HAProxy).

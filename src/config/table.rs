@@ -295,7 +295,9 @@ settings! {
             };
         /// a backend, as host:port, http://host:port or https://host:port (TLS,
         /// its certificate verified for host), optionally followed by ,weight=N
-        /// (1 to 1000, for weighted-round-robin and hash); repeat for more
+        /// (1 to 1000, for weighted-round-robin and hash) and ,send-proxy or
+        /// ,send-proxy-v2 (a PROXY protocol header naming the client opens each
+        /// connection to it); repeat for more
         backend: Vec<Backend> = backends(values::backend),
             flag "--backend", key "backend",
             into |b, v| b.config.backends = v;

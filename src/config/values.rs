@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{
     Algorithm, Backend, Listen, MAX_BUSY_POLL_MICROS, MAX_CONNECTIONS, MAX_HEADER_BYTES,
-    MAX_RETRIES, MAX_WEIGHT, MIN_HEADER_BYTES,
+    MAX_RETRIES, MAX_WEIGHT, MIN_HEADER_BYTES, SendProxy,
 };
 use crate::access;
 use crate::log::Level;
@@ -226,19 +226,38 @@ pub fn address(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// A backend: `host:port` or `http://host:port` (a trailing `/` is fine; any other
-/// path, or any other scheme, is refused), optionally followed by `,weight=N`.
+/// path, or any other scheme, is refused), optionally followed by `,weight=N`,
+/// `,send-proxy` or `,send-proxy-v2`.
 pub fn backend(full: &str) -> Result<Backend, String> {
-    let (text, weight) = match full.split_once(',') {
-        None => (full, 1),
-        Some((text, option)) => {
-            let weight = option
-                .strip_prefix("weight=")
-                .and_then(|w| w.parse::<u32>().ok())
+    let mut parts = full.split(',');
+    let text = parts.next().unwrap_or_default();
+    let (mut weight, mut send_proxy) = (None, None);
+    for option in parts {
+        if let Some(w) = option.strip_prefix("weight=") {
+            let w = w
+                .parse::<u32>()
+                .ok()
                 .filter(|w| (1..=MAX_WEIGHT).contains(w))
-                .ok_or_else(|| format!("the only option is weight=N, N from 1 to {MAX_WEIGHT}"))?;
-            (text, weight)
+                .ok_or_else(|| format!("weight=N takes N from 1 to {MAX_WEIGHT}"))?;
+            if weight.replace(w).is_some() {
+                return Err("weight is given twice".into());
+            }
+            continue;
         }
-    };
+        let version = match option {
+            "send-proxy" => SendProxy::V1,
+            "send-proxy-v2" => SendProxy::V2,
+            _ => {
+                return Err(format!(
+                    "unknown option {option:?}: the options are weight=N (1 to {MAX_WEIGHT}), send-proxy and send-proxy-v2"
+                ));
+            }
+        };
+        if send_proxy.replace(version).is_some() {
+            return Err("send-proxy is given twice".into());
+        }
+    }
+    let weight = weight.unwrap_or(1);
     let (rest, tls) = match text.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (rest, false),
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (rest, true),
@@ -261,7 +280,19 @@ pub fn backend(full: &str) -> Result<Backend, String> {
         authority: authority.to_string(),
         weight,
         tls,
+        send_proxy: send_proxy.unwrap_or_default(),
     })
+}
+
+/// A backend's `send_proxy` key in the config file: `"v1"` or `"v2"` (or
+/// `"off"`).
+pub fn send_proxy(text: &str) -> Result<SendProxy, String> {
+    match text {
+        "v1" => Ok(SendProxy::V1),
+        "v2" => Ok(SendProxy::V2),
+        "off" => Ok(SendProxy::Off),
+        _ => Err("must be \"v1\", \"v2\" or \"off\"".into()),
+    }
 }
 
 /// A duration: a whole number with a unit, `ms`, `s` or `m` (`500ms`, `30s`,
@@ -401,6 +432,12 @@ mod tests {
             "127.0.0.1:9000"
         );
         assert_eq!(backend("127.0.0.1:9000,weight=7").unwrap().weight, 7);
+        let b = backend("127.0.0.1:9000,send-proxy-v2,weight=3").unwrap();
+        assert_eq!((b.send_proxy, b.weight), (SendProxy::V2, 3));
+        assert_eq!(
+            backend("127.0.0.1:9000,send-proxy").unwrap().send_proxy,
+            SendProxy::V1
+        );
         let https = backend("https://localhost:8443,weight=2").unwrap();
         assert!(https.tls && https.weight == 2 && https.authority == "localhost:8443");
         assert!(!backend("http://127.0.0.1:9000").unwrap().tls);
@@ -417,6 +454,9 @@ mod tests {
             "127.0.0.1:1,weight=0",
             "127.0.0.1:1,weight=1001",
             "127.0.0.1:1,max=3",
+            "127.0.0.1:1,send-proxy,send-proxy-v2",
+            "127.0.0.1:1,weight=2,weight=3",
+            "127.0.0.1:1,",
             ":80",
             "bad host:80",
         ] {

@@ -24,12 +24,7 @@ impl Demo {
         ];
         let backends = origins
             .iter()
-            .map(|o| Backend {
-                weight: 1,
-                tls: false,
-                addr: o.local_addr(),
-                authority: o.local_addr().to_string(),
-            })
+            .map(|o| Backend::new(o.local_addr()))
             .collect();
         let proxy = Proxy::start(ProxyConfig::new(vec![listen], backends))?;
         Ok(Demo { proxy, origins })

@@ -98,7 +98,10 @@ impl Plan {
                 members
                     .iter()
                     .find(|m| {
-                        m.addr == b.addr && m.authority == b.authority && m.tls.is_some() == b.tls
+                        m.addr == b.addr
+                            && m.authority == b.authority
+                            && m.tls.is_some() == b.tls
+                            && m.send_proxy == b.send_proxy
                     })
                     .cloned()
                     .unwrap_or_else(|| {
@@ -107,7 +110,13 @@ impl Plan {
                             .tls
                             .then(|| crate::tls::server_name(&b.authority).ok())
                             .flatten();
-                        let m = Member::reached_by(b.addr, b.authority.clone(), tls, workers);
+                        let m = Member::reached_by(
+                            b.addr,
+                            b.authority.clone(),
+                            tls,
+                            b.send_proxy,
+                            workers,
+                        );
                         if number > 0 {
                             // Added by a reload: it starts slowly.
                             m.joined();

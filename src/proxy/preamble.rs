@@ -9,6 +9,7 @@ use std::io::{self, Read};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
+use crate::config::SendProxy;
 use crate::counters::ProxyFailure;
 use crate::proxy_protocol::{self, Invalid};
 
@@ -16,6 +17,33 @@ use super::session::{Fail, Phase, Step, Timer, Wait};
 use super::worker::Worker;
 
 impl Worker {
+    /// The PROXY header that opens a new connection to a `send-proxy` backend
+    /// for session `ck`: its client and destination as its own PROXY header
+    /// gave them, else as its socket has them.
+    pub(super) fn proxy_header_for(
+        &self,
+        ck: usize,
+        version: SendProxy,
+    ) -> Result<Box<[u8]>, Fail> {
+        let c = &self.clients[ck];
+        let (client, dest) = match c.proxied.as_deref() {
+            Some(&addrs) => addrs,
+            None => {
+                let sock = c.io.tcp();
+                match (sock.peer_addr(), sock.local_addr()) {
+                    (Ok(peer), Ok(local)) => (peer, local),
+                    _ => return Err(Fail::Close),
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(proxy_protocol::V1_MAX);
+        match version {
+            SendProxy::V1 => proxy_protocol::write_v1(&mut out, client, dest),
+            _ => proxy_protocol::write_v2(&mut out, client, dest),
+        }
+        Ok(out.into_boxed_slice())
+    }
+
     /// `ip` may send PROXY headers (`--proxy-protocol-from`).
     pub(super) fn proxy_header_allowed(&self, ip: IpAddr) -> bool {
         let from = &self.plan.config.proxy_protocol_from;

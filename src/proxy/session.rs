@@ -148,6 +148,12 @@ pub(super) struct Client {
     /// The client's and the destination's addresses from a PROXY header (for a
     /// `send-proxy` backend); boxed, as most connections have none.
     pub(super) proxied: Option<Box<(SocketAddr, SocketAddr)>>,
+    /// This connection, among all the worker ever had (never reused, unlike
+    /// its slab key): what a backend connection private to it names.
+    pub(super) id: u64,
+    /// Backend connections private to it may be idle in the pool (see
+    /// `Upstream::owner`): they close with it.
+    pub(super) private_upstreams: bool,
     pub(super) ready: Ready,
     pub(super) bufs: Option<Box<Bufs>>,
     pub(super) phase: Phase,
@@ -364,6 +370,9 @@ impl Worker {
         let mut c = self.clients.remove(ck);
         if let Some(uk) = c.take_upstream() {
             self.upstreams.remove(uk);
+        }
+        if c.private_upstreams {
+            self.close_private_upstreams(c.id);
         }
         if let Some(bufs) = c.bufs.take() {
             self.bufs.give(bufs);

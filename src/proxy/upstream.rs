@@ -12,6 +12,7 @@ use mio::Interest;
 use mio::net::TcpStream;
 
 use crate::backends::Member;
+use crate::config::SendProxy;
 use crate::http::Reject;
 use crate::io::Ready;
 use crate::io::stream::{Stream, Tls, TlsFailure};
@@ -35,6 +36,13 @@ pub(super) struct Upstream {
     /// TLS to the backend failed (its handshake, a record), and why: logged and
     /// counted when the exchange fails with it.
     pub(super) tls_failed: Option<(TlsFailure, String)>,
+    /// The client connection (`Client::id`) it is private to: to a backend
+    /// that gets PROXY headers, a connection told one client's address serves
+    /// that client connection only. 0: shared by all.
+    pub(super) owner: u64,
+    /// The PROXY header to send first, once the TCP connect is done (before a
+    /// TLS handshake too).
+    pub(super) preface: Option<Box<[u8]>>,
 }
 
 /// What a backend connection is doing, with what that needs.
@@ -166,16 +174,76 @@ impl Worker {
     /// or an end of stream (seen in this batch's events, or by a read now) is
     /// closed and the next is tried. With `max_idle`, only a connection idle for
     /// at most that long is taken (older ones stay for other requests).
-    pub(super) fn checkout(&mut self, backend: usize, max_idle: Option<Duration>) -> Option<usize> {
+    /// `owner` is the client connection asking (`Client::id`) when the backend
+    /// gets PROXY headers, else 0: only a connection of that owner is taken.
+    pub(super) fn checkout(
+        &mut self,
+        backend: usize,
+        max_idle: Option<Duration>,
+        owner: u64,
+    ) -> Option<usize> {
         // The usual case, kept short: the newest idle connection, nothing on it.
         let idle = &mut self.locals[backend].idle;
         let &uk = idle.last()?;
-        let ready = self.upstreams[uk].ready;
-        if max_idle.is_none() && !ready.readable && !ready.read_closed {
+        let u = &self.upstreams[uk];
+        if owner == 0 && max_idle.is_none() && !u.ready.readable && !u.ready.read_closed {
+            debug_assert_eq!(u.owner, 0);
             idle.pop();
             return Some(uk);
         }
+        if owner != 0 {
+            return self.checkout_own(backend, max_idle, owner);
+        }
         self.checkout_carefully(backend, max_idle)
+    }
+
+    /// `checkout` of a connection private to the client connection `owner`.
+    #[cold]
+    #[inline(never)]
+    fn checkout_own(
+        &mut self,
+        backend: usize,
+        max_idle: Option<Duration>,
+        owner: u64,
+    ) -> Option<usize> {
+        loop {
+            let idle = &mut self.locals[backend].idle;
+            let at = idle
+                .iter()
+                .rposition(|&k| self.upstreams[k].owner == owner)?;
+            let uk = idle[at];
+            let u = &mut self.upstreams[uk];
+            if max_idle.is_some_and(|max| u.idle_for(self.now) > max) {
+                // Too old for this request (its others are older still); it
+                // stays for the next one of this client that may take it.
+                return None;
+            }
+            idle.remove(at);
+            let found = if max_idle.is_some() {
+                leftover(u)
+            } else {
+                leftover_seen(u)
+            };
+            if found == Leftover::Nothing {
+                return Some(uk);
+            }
+            self.discard_upstream(uk, found);
+        }
+    }
+
+    /// A client connection that ends takes the idle connections private to it
+    /// (to backends that get PROXY headers) along: nobody else may use them.
+    pub(super) fn close_private_upstreams(&mut self, owner: u64) {
+        let upstreams = &mut self.upstreams;
+        for local in &mut self.locals {
+            local.idle.retain(|&uk| {
+                let mine = upstreams[uk].owner == owner;
+                if mine {
+                    upstreams.remove(uk);
+                }
+                !mine
+            });
+        }
     }
 
     #[cold]
@@ -243,8 +311,13 @@ impl Worker {
         // for the backend to be closing them as it arrives (see README, upstream pool).
         let idempotent = self.clients[ck].exchange().is_none_or(|x| x.req.idempotent);
         let max_idle = (!idempotent).then_some(NON_IDEMPOTENT_MAX_IDLE);
+        let send_proxy = self.locals[backend].member.send_proxy;
+        let owner = match send_proxy {
+            SendProxy::Off => 0,
+            _ => self.clients[ck].id,
+        };
         let pooled = if reuse {
-            self.checkout(backend, max_idle)
+            self.checkout(backend, max_idle, owner)
         } else {
             None
         };
@@ -268,6 +341,10 @@ impl Worker {
                 uk
             }
             None => {
+                let preface = match send_proxy {
+                    SendProxy::Off => None,
+                    version => Some(self.proxy_header_for(ck, version)?),
+                };
                 let member = &self.locals[backend].member;
                 let sock = TcpStream::connect(member.addr).map_err(|_| Fail::Backend {
                     reject: Reject::BadGateway,
@@ -304,7 +381,12 @@ impl Worker {
                     eof: false,
                     reset: false,
                     tls_failed: None,
+                    owner,
+                    preface,
                 });
+                if owner != 0 {
+                    self.clients[ck].private_upstreams = true;
+                }
                 self.clients[ck].timer =
                     Timer::new(self.now + self.timeouts.connect, Wait::Connect);
                 uk
@@ -388,6 +470,14 @@ pub(super) fn check_connected(u: &mut Upstream) -> Step {
         }
         match u.io.tcp().peer_addr() {
             Ok(_) => {
+                // The PROXY header goes first, alone on the new connection: a
+                // socket that has sent nothing takes a hundred bytes whole.
+                if let Some(preface) = u.preface.take() {
+                    let sent = io::Write::write(&mut u.io.tcp(), &preface);
+                    if !sent.is_ok_and(|n| n == preface.len()) {
+                        return Err(REFUSED);
+                    }
+                }
                 u.role = Role::Busy {
                     client,
                     reused: false,

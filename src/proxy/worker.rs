@@ -78,6 +78,8 @@ pub(super) struct Worker {
     pub(super) quiet_tls_until: Instant,
     /// When the sweep next gives back memory a burst left (`trim_memory`).
     pub(super) next_trim: Instant,
+    /// Client connections accepted so far: the next one's `Client::id`.
+    connections_made: u64,
     /// Which of `ctx.listeners` speak TLS, and which expect a PROXY header
     /// first (by the address each is bound to).
     listener_kinds: Vec<(bool, bool)>,
@@ -116,6 +118,7 @@ impl Worker {
             quiet_surplus_until: Instant::now(),
             quiet_tls_until: Instant::now(),
             next_trim: Instant::now() + TRIM_INTERVAL,
+            connections_made: 0,
             listener_kinds: Vec::new(),
         };
         w.listener_kinds = (w.ctx.listeners.iter())
@@ -466,6 +469,11 @@ impl Worker {
                 io,
                 ip: peer.ip(),
                 proxied: None,
+                id: {
+                    self.connections_made += 1;
+                    self.connections_made
+                },
+                private_upstreams: false,
                 ready: Ready::default(),
                 bufs: None,
                 // A PROXY header comes at once, ahead of everything: the header

@@ -51,12 +51,7 @@ pub fn origins(n: usize) -> Vec<Origin> {
 }
 
 pub fn backend_of(addr: SocketAddr) -> Backend {
-    Backend {
-        weight: 1,
-        addr,
-        authority: addr.to_string(),
-        tls: false,
-    }
+    Backend::new(addr)
 }
 
 pub fn proxy_for(addrs: &[SocketAddr], workers: usize) -> Proxy {

@@ -241,10 +241,9 @@ impl TlsBackend {
     /// How corelb is told of it: `https://localhost:PORT`, at 127.0.0.1.
     pub fn backend(&self) -> corelb::Backend {
         corelb::Backend {
-            addr: self.addr,
             authority: format!("localhost:{}", self.addr.port()),
-            weight: 1,
             tls: true,
+            ..corelb::Backend::new(self.addr)
         }
     }
 }
