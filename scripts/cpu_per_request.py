@@ -17,6 +17,10 @@ Usage: scripts/cpu_per_request.py [--baseline PATH] [--rounds N] [--seconds S]
                                   [--args="--splice"] [--baseline-args="..."]
        (--baseline-args without --baseline runs the same binary twice, to
        compare two settings)
+       scripts/cpu_per_request.py --proxy-protocol [--scenarios close_c50,...]
+       (HAProxy in mode tcp in front of both: corelb on a ,proxy-protocol
+       listener gets a v2 header per connection, the baseline, the same binary,
+       none: what reading the header costs; needs haproxy)
        (run `cargo build --release` first; wrk from Debian's packages)
 """
 import argparse
@@ -69,7 +73,13 @@ def main():
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--args", default="", help="extra arguments for corelb serve")
     ap.add_argument("--baseline-args", default=None, help="extra arguments for the baseline")
+    ap.add_argument("--proxy-protocol", action="store_true",
+                    help="HAProxy (mode tcp) in front; corelb reads a PROXY v2 header per connection")
     args = ap.parse_args()
+    if args.proxy_protocol:
+        if not shutil.which("haproxy"):
+            sys.exit("cpu_per_request: haproxy is missing: apt-get install -y haproxy")
+        args.baseline_args = args.baseline_args or ""
     if not shutil.which("wrk"):
         sys.exit("cpu_per_request: wrk is missing: apt-get install -y wrk")
     if not os.path.exists(BIN):
@@ -86,12 +96,31 @@ def main():
             procs.append(subprocess.Popen([BIN, "backend", "--listen", "%s:%d" % addr], stderr=subprocess.DEVNULL))
             wait_port(addr, "cpu_per_request")
         pids = {}
+        fronts = []
         for name, path, port, extra in builds:
-            p = subprocess.Popen([path, "serve", "--listen", "127.0.0.1:%d" % port, "--workers", "1"] + backends + extra,
+            listen = "127.0.0.1:%d" % port
+            if args.proxy_protocol and name == "corelb":
+                listen += ",proxy-protocol"
+                extra = extra + ["--proxy-protocol-from", "127.0.0.1"]
+            p = subprocess.Popen([path, "serve", "--listen", listen, "--workers", "1"] + backends + extra,
                                  stderr=subprocess.DEVNULL)
             procs.append(p)
             wait_port(("127.0.0.1", port), "cpu_per_request")
-            pids[name] = (p.pid, port)
+            target = port
+            if args.proxy_protocol:
+                # HAProxy's port for this build: 100 above its own.
+                target = port + 100
+                send = " send-proxy-v2" if name == "corelb" else ""
+                fronts.append("listen %s\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d%s\n" % (name, target, port, send))
+            pids[name] = (p.pid, target)
+        if fronts:
+            cfg = "/tmp/cpu_per_request-haproxy.cfg"
+            with open(cfg, "w") as f:
+                f.write("global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 2s\n"
+                        "  timeout client 30s\n  timeout server 30s\n" + "".join(fronts))
+            procs.append(subprocess.Popen(["haproxy", "-db", "-f", cfg], stderr=subprocess.DEVNULL))
+            for _, (_, target) in pids.items():
+                wait_port(("127.0.0.1", target), "cpu_per_request (haproxy)")
         results = {}
         for r in range(args.rounds):
             for scenario in args.scenarios.split(","):
