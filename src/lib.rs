@@ -37,6 +37,7 @@ pub mod backends;
 pub mod checks;
 pub mod config;
 pub mod counters;
+pub mod discovery;
 pub mod http;
 pub mod io;
 pub mod log;

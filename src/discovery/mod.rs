@@ -1,0 +1,3 @@
+//! Backends from DNS.
+
+pub mod dns;
