@@ -230,7 +230,12 @@ fn upgrade(has_handover: bool) {
 
 /// SIGHUP: read the config file again and apply it. A file with problems changes
 /// nothing: the running configuration stays, and the log says why.
-fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloader) {
+fn reload(
+    cli: &Settings,
+    file: Option<&Path>,
+    reloader: &corelb::proxy::Reloader,
+    discovery: Option<&corelb::discovery::Discovery>,
+) {
     let Some(path) = file else {
         // The command line stays, but certificate files are read again.
         if !reloader.serves_tls() {
@@ -265,7 +270,12 @@ fn reload(cli: &Settings, file: Option<&Path>, reloader: &corelb::proxy::Reloade
     };
     let level_changed = log::level() != built.log_level;
     log::set_level(built.log_level);
-    match reloader.reload(built.config) {
+    let applied = match discovery {
+        // The new configuration's names are asked for, then it applies expanded.
+        Some(d) => d.reload(built.config),
+        None => reloader.reload(built.config),
+    };
+    match applied {
         Err(e) => log!(
             Level::Error,
             "corelb: reload: {e}; still running the previous configuration"
@@ -334,7 +344,16 @@ fn serve(args: Serve) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let open_files = raise_open_files_limit();
-    let cfg = built.config.clone();
+    let configured = built.config.clone();
+    // Backends from DNS: the first round of questions, before the start.
+    let (cfg, found) = if corelb::discovery::wanted(&configured) {
+        match corelb::discovery::first_round(&configured) {
+            Ok((expanded, found)) => (expanded, Some(found)),
+            Err(e) => return usage_error(format!("DNS: {e}")),
+        }
+    } else {
+        (configured.clone(), None)
+    };
     let workers = cfg.workers;
     let handover_path = built.handover.clone();
     let taken = match &handover_path {
@@ -410,9 +429,9 @@ fn serve(args: Serve) -> ExitCode {
         .iter()
         .map(|b| {
             if b.weight == 1 {
-                b.authority.clone()
+                b.name().to_string()
             } else {
-                format!("{} (weight {})", b.authority, b.weight)
+                format!("{} (weight {})", b.name(), b.weight)
             }
         })
         .collect();
@@ -433,13 +452,20 @@ fn serve(args: Serve) -> ExitCode {
     systemd::ready(took_over);
     let stats = proxy.stats();
     let reloader = proxy.reloader();
+    let discovery = match found
+        .map(|found| corelb::discovery::Discovery::spawn(configured, found, reloader.clone()))
+        .transpose()
+    {
+        Ok(d) => d,
+        Err(e) => return usage_error(format!("DNS: cannot start its thread: {e}")),
+    };
     let counts = run_until_signal(
         signals,
         "corelb",
         || report_counts(&stats.counts()),
         || {
             systemd::reloading();
-            reload(&cli, config_path.as_deref(), &reloader);
+            reload(&cli, config_path.as_deref(), &reloader, discovery.as_ref());
             systemd::ready(false);
         },
         || upgrade(handover_path.is_some()),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -152,4 +153,162 @@ fn the_client_reads_addresses_and_services_with_their_ttls() {
         dns::addresses(addr, "app.test").is_err(),
         "a stopped server is an error"
     );
+}
+
+/// Two origins on one port, at 127.0.0.5 and 127.0.0.6, answering "five" and
+/// "six".
+fn two_origins() -> (corelb::Origin, corelb::Origin, u16) {
+    let five =
+        corelb::Origin::start("127.0.0.5:0".parse().unwrap(), 1, Some("five".into())).unwrap();
+    let port = five.local_addr().port();
+    let six = corelb::Origin::start(
+        SocketAddr::from(([127, 0, 0, 6], port)),
+        1,
+        Some("six".into()),
+    )
+    .unwrap();
+    (five, six, port)
+}
+
+/// A proxy whose backends `configured` names, found through `server` every
+/// 100 ms, as `corelb serve` starts one.
+fn discovering(
+    server: &Dnsmasq,
+    configured: impl FnOnce(&mut corelb::ProxyConfig),
+) -> (corelb::Proxy, corelb::discovery::Discovery) {
+    let mut c = corelb::ProxyConfig::new(vec![loopback()], Vec::new());
+    c.workers = 1;
+    c.resolve_interval = Some(std::time::Duration::from_millis(100));
+    c.dns_server = Some(server.addr);
+    configured(&mut c);
+    let (expanded, found) = corelb::discovery::first_round(&c).unwrap();
+    let proxy = corelb::Proxy::start(expanded).unwrap();
+    let d = corelb::discovery::Discovery::spawn(c, found, proxy.reloader()).unwrap();
+    (proxy, d)
+}
+
+fn named(port: u16) -> corelb::Backend {
+    corelb::Backend {
+        authority: format!("app.test:{port}"),
+        ..corelb::Backend::new(SocketAddr::from(([127, 0, 0, 5], port)))
+    }
+}
+
+/// Bodies of `n` requests in a row.
+fn bodies(proxy: &corelb::Proxy, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| get(proxy.local_addrs()[0], "/").text())
+        .collect()
+}
+
+#[test]
+fn every_address_of_a_name_is_a_member_and_the_set_follows_the_records() {
+    let (_five, _six, port) = two_origins();
+    let Some(server) = Dnsmasq::start("127.0.0.5 app.test\n127.0.0.6 app.test\n", &[]) else {
+        return;
+    };
+    let (proxy, _discovery) = discovering(&server, |c| c.backends = vec![named(port)]);
+    let seen = bodies(&proxy, 4);
+    assert!(
+        seen.contains(&"five".into()) && seen.contains(&"six".into()),
+        "{seen:?}"
+    );
+    let status = proxy.stats().status_json();
+    assert!(
+        status.contains(&format!("app.test:{port}@127.0.0.5")),
+        "{status}"
+    );
+    // Load all along: a member leaving drains, and no request fails.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (running, addr) = (std::sync::Arc::clone(&running), proxy.local_addrs()[0]);
+        std::thread::spawn(move || {
+            // One keep-alive connection: each request is balanced anew.
+            let mut failed = 0;
+            let mut r = Reader::new(connect(addr));
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                r.stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                    .unwrap();
+                if r.response().status != 200 {
+                    failed += 1;
+                }
+            }
+            failed
+        })
+    };
+    server.set_hosts("127.0.0.6 app.test\n");
+    wait_until(
+        || !proxy.stats().status_json().contains("@127.0.0.5"),
+        "the address that left is no member",
+    );
+    let now = bodies(&proxy, 4);
+    assert!(now.iter().all(|b| b == "six"), "{now:?}");
+    // The server stops: the last set stays.
+    let mut server = server;
+    server.stop();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = bodies(&proxy, 4);
+    assert!(after.iter().all(|b| b == "six"), "{after:?}");
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        load.join().unwrap(),
+        0,
+        "requests failed while the set changed"
+    );
+}
+
+#[test]
+fn srv_records_give_the_members_their_ports_and_weights() {
+    let (_five, _six, port) = two_origins();
+    let Some(server) = Dnsmasq::start(
+        "127.0.0.5 five.test\n127.0.0.6 six.test\n",
+        &[
+            &format!("_web._tcp.svc.test,five.test,{port},1,3"),
+            &format!("_web._tcp.svc.test,six.test,{port},1,1"),
+            // A higher priority value is a fallback: not a member while the
+            // others are there.
+            &format!("_web._tcp.svc.test,other.test,{port},9,1"),
+        ],
+    ) else {
+        return;
+    };
+    let (proxy, _discovery) = discovering(&server, |c| {
+        c.backend_srv = vec!["_web._tcp.svc.test".into()];
+        c.algorithm = corelb::config::Algorithm::WeightedRoundRobin;
+    });
+    let seen = bodies(&proxy, 8);
+    let fives = seen.iter().filter(|b| *b == "five").count();
+    assert_eq!((fives, seen.len() - fives), (6, 2), "{seen:?}");
+    let status = proxy.stats().status_json();
+    assert!(
+        status.contains(&format!("five.test:{port}@127.0.0.5")),
+        "{status}"
+    );
+    assert!(!status.contains("other.test"), "{status}");
+}
+
+#[test]
+fn a_name_that_does_not_resolve_at_start_is_one_line_and_exit_2() {
+    let Some(server) = Dnsmasq::start("", &[]) else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_corelb"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:1",
+            "--backend",
+            "nowhere.test:80",
+            "--resolve-interval",
+            "1s",
+        ])
+        .arg("--dns-server")
+        .arg(server.addr.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("nowhere.test"), "{err}");
 }

@@ -90,8 +90,12 @@ fn epoch() -> Instant {
 #[derive(Debug)]
 pub struct Member {
     pub addr: SocketAddr,
-    /// `host:port` as the operator wrote it (log lines, metrics, `--rewrite-host`).
+    /// `host:port` as the operator wrote it (`--rewrite-host`, health checks'
+    /// Host).
     pub authority: String,
+    /// What log lines, metrics and the admin endpoint call it: its authority,
+    /// or for one address of a name, `name:port@address`.
+    pub name: String,
     /// For an `https://` backend: the name its certificate must be valid for
     /// (sent as SNI).
     pub tls: Option<rustls::pki_types::ServerName<'static>>,
@@ -109,20 +113,29 @@ pub struct Member {
 impl Member {
     /// A backend, up, with nothing counted, for `workers` workers.
     pub fn new(addr: SocketAddr, authority: String, workers: usize) -> Arc<Member> {
-        Member::reached_by(addr, authority, None, SendProxy::Off, workers)
+        Member::reached_by(
+            addr,
+            authority.clone(),
+            authority,
+            None,
+            SendProxy::Off,
+            workers,
+        )
     }
 
-    /// `new`, for a backend reached over TLS when `tls` names it, with a PROXY
-    /// header first as `send_proxy` says.
+    /// `new`, called `name`, for a backend reached over TLS when `tls` names
+    /// it, with a PROXY header first as `send_proxy` says.
     pub fn reached_by(
         addr: SocketAddr,
         authority: String,
+        name: String,
         tls: Option<rustls::pki_types::ServerName<'static>>,
         send_proxy: SendProxy,
         workers: usize,
     ) -> Arc<Member> {
         Arc::new(Member {
             addr,
+            name,
             authority,
             tls,
             send_proxy,
@@ -377,7 +390,7 @@ impl Health {
             crate::log!(
                 Level::Info,
                 "corelb: backend {} is set to {} ({why})",
-                m.authority,
+                m.name,
                 state.name()
             );
         }
@@ -414,7 +427,7 @@ impl Health {
                 crate::log!(
                     Level::Warn,
                     "corelb: backend {} failed {fails} times within {:?} but is the last one up: kept in",
-                    m.authority,
+                    m.name,
                     p.window
                 );
             }
@@ -514,7 +527,7 @@ impl Health {
             if self.log {
                 let state = if up { "up" } else { "down" };
                 let level = if up { Level::Info } else { Level::Warn };
-                crate::log!(level, "corelb: backend {} is {state} ({why})", m.authority);
+                crate::log!(level, "corelb: backend {} is {state} ({why})", m.name);
             }
         }
     }

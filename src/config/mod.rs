@@ -37,6 +37,10 @@ pub const MAX_RETRIES: u32 = 16;
 /// setting).
 pub const LINGER: Duration = Duration::from_secs(5);
 
+/// How often SRV records are asked for again when `--resolve-interval` is not
+/// given.
+pub const DEFAULT_SRV_INTERVAL: Duration = Duration::from_secs(30);
+
 /// One backend of the pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {
@@ -52,6 +56,10 @@ pub struct Backend {
     /// Each new connection to it begins with a PROXY protocol header naming
     /// the client (`,send-proxy`, `,send-proxy-v2`).
     pub send_proxy: SendProxy,
+    /// What logs, metrics and the admin endpoint call it when `authority` is
+    /// not enough: one of the addresses a name resolved to is
+    /// `name:port@address` (see `discovery`). `None`: its authority.
+    pub label: Option<String>,
 }
 
 impl Backend {
@@ -63,7 +71,13 @@ impl Backend {
             weight: 1,
             tls: false,
             send_proxy: SendProxy::Off,
+            label: None,
         }
+    }
+
+    /// Its name in logs, metrics and the admin endpoint.
+    pub fn name(&self) -> &str {
+        self.label.as_deref().unwrap_or(&self.authority)
     }
 }
 
@@ -236,6 +250,13 @@ pub struct ProxyConfig {
     /// Addresses to listen on; every worker binds each of them (SO_REUSEPORT).
     /// Port 0 is allowed here (tests): the first bind picks the port, the rest share it.
     pub listen: Vec<Listen>,
+    /// Backends from the SRV records of these names (see `discovery`).
+    pub backend_srv: Vec<String>,
+    /// Find backends given by name (and SRV members) again this often.
+    pub resolve_interval: Option<Duration>,
+    /// The DNS server asked for A, AAAA and SRV records (else getaddrinfo for
+    /// addresses and /etc/resolv.conf's first server for SRV).
+    pub dns_server: Option<SocketAddr>,
     /// The peers a `proxy_protocol` listener accepts (their PROXY headers are
     /// believed); anyone else is closed at once.
     pub proxy_protocol_from: Vec<crate::proxy_protocol::Cidr>,
@@ -287,6 +308,9 @@ impl ProxyConfig {
         ProxyConfig {
             listen: listen.into_iter().map(Listen::plain).collect(),
             proxy_protocol_from: Vec::new(),
+            backend_srv: Vec::new(),
+            resolve_interval: None,
+            dns_server: None,
             tls: Vec::new(),
             backend_ca: None,
             backends,
@@ -373,9 +397,11 @@ impl Settings {
     /// The configuration: the defaults, with every value that is set put in
     /// place, after the checks that involve more than one setting.
     pub fn build(&self) -> Result<Built, String> {
-        if self.backend.as_ref().is_none_or(|b| b.is_empty()) {
+        if self.backend.as_ref().is_none_or(|b| b.is_empty())
+            && self.backend_srv.as_ref().is_none_or(|b| b.is_empty())
+        {
             return Err(
-                "no backend: give --backend, or [[backend]] tables in the config file".into(),
+                "no backend: give --backend or --backend-srv, or [[backend]] tables in the config file".into(),
             );
         }
         let mut built = Built {
@@ -397,6 +423,9 @@ impl Settings {
         }
         built.config.listen = defaults::listen();
         self.apply(&mut built);
+        if !built.config.backend_srv.is_empty() && built.config.resolve_interval.is_none() {
+            built.config.resolve_interval = Some(DEFAULT_SRV_INTERVAL);
+        }
         let cfg = &built.config;
         if cfg.serves_tls() && cfg.tls.is_empty() {
             return Err(format!(

@@ -301,6 +301,25 @@ settings! {
         backend: Vec<Backend> = backends(values::backend),
             flag "--backend", key "backend",
             into |b, v| b.config.backends = v;
+        /// members from the SRV records of this name (_service._tcp.example.org):
+        /// each target's addresses, with its port and weight (the lowest
+        /// priority present), found again every --resolve-interval; repeatable
+        backend_srv: Vec<String> = list(values::srv_name),
+            flag "--backend-srv", key "backend_srv",
+            into |b, v| b.config.backend_srv = v, restart backend_srv;
+        /// find backends given by name again this often (sooner when a record's
+        /// TTL says so, not under 1s): each address of a name is a member, and
+        /// members that disappear drain as a reload removes them (default with
+        /// --backend-srv: 30s; else names are resolved at start and on reload)
+        resolve_interval: Duration = duration(values::duration),
+            flag "--resolve-interval", key "resolve_interval",
+            into |b, v| b.config.resolve_interval = Some(v), restart resolve_interval;
+        /// the DNS server to ask (host:port), for A, AAAA and SRV records with
+        /// their TTLs; default: getaddrinfo for addresses, and the first
+        /// nameserver of /etc/resolv.conf for SRV
+        dns_server: SocketAddr = text(values::address),
+            flag "--dns-server", key "dns_server",
+            into |b, v| b.config.dns_server = Some(v), restart dns_server;
         /// a PEM file of the certificate authorities whose certificates
         /// https:// backends must chain to (default: the system's roots); read
         /// again on every reload
@@ -514,6 +533,9 @@ mod tests {
             "tls_cert" => "/etc/corelb/cert.pem".into(),
             "backend_ca" => "/etc/corelb/backend-ca.pem".into(),
             "proxy_protocol_from" => "10.0.0.0/8".into(),
+            "backend_srv" => "_http._tcp.app.test".into(),
+            "resolve_interval" => "5s".into(),
+            "dns_server" => "127.0.0.1:53".into(),
             "tls_key" => "/etc/corelb/key.pem".into(),
             _ => (s.default)().unwrap_or_else(|| panic!("{}: no sample", s.name)),
         }
@@ -618,6 +640,9 @@ mod tests {
             restart,
             [
                 "listen",
+                "backend_srv",
+                "resolve_interval",
+                "dns_server",
                 "workers",
                 "admin",
                 "rewrite_host",

@@ -182,6 +182,24 @@ pub fn listen(text: &str) -> Result<Listen, String> {
     Ok(listen)
 }
 
+/// An SRV name: `_service._proto.domain`.
+pub fn srv_name(text: &str) -> Result<String, String> {
+    let labels: Vec<&str> = text.trim_end_matches('.').split('.').collect();
+    let valid = labels.len() >= 3
+        && labels[0].starts_with('_')
+        && labels[1].starts_with('_')
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err("expected an SRV name like _http._tcp.example.org".into());
+    }
+    Ok(text.trim_end_matches('.').to_string())
+}
+
 /// Networks, `CIDR[,CIDR...]`.
 pub fn networks(text: &str) -> Result<Vec<Cidr>, String> {
     text.split(',').map(Cidr::parse).collect()
@@ -281,6 +299,7 @@ pub fn backend(full: &str) -> Result<Backend, String> {
         weight,
         tls,
         send_proxy: send_proxy.unwrap_or_default(),
+        label: None,
     })
 }
 
@@ -412,7 +431,7 @@ impl Show for Cidr {
 
 impl Show for Backend {
     fn show(&self) -> String {
-        self.authority.clone()
+        self.name().to_string()
     }
 }
 

@@ -29,12 +29,10 @@ impl Report for Reloader {
         let plan = self.shared.current();
         let health = &plan.health;
         let named: Vec<usize> = (0..health.len())
-            .filter(|&b| health.member(b).authority == backend)
+            .filter(|&b| health.member(b).name == backend)
             .collect();
         if named.is_empty() {
-            let known: Vec<&str> = (health.members().iter())
-                .map(|m| m.authority.as_str())
-                .collect();
+            let known: Vec<&str> = (health.members().iter()).map(|m| m.name.as_str()).collect();
             return Err((
                 404,
                 format!(

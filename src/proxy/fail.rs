@@ -132,8 +132,8 @@ impl Worker {
                 crate::log!(
                     crate::log::Level::Debug,
                     "corelb: request moved from backend {} to {} ({})",
-                    self.locals[failed].member.authority,
-                    self.locals[next].member.authority,
+                    self.locals[failed].member.name,
+                    self.locals[next].member.name,
                     reject.status()
                 );
                 let c = &mut self.clients[ck];
@@ -146,8 +146,8 @@ impl Worker {
                 {
                     rewrite::retarget_host(
                         &mut bufs.req_head,
-                        &self.locals[failed].member.authority,
-                        &self.locals[next].member.authority,
+                        &self.locals[failed].member.name,
+                        &self.locals[next].member.name,
                     );
                 }
                 self.resend(ck, next, true)
@@ -178,7 +178,7 @@ impl Worker {
             crate::log!(
                 crate::log::Level::Warn,
                 "corelb: backend {}: {why} (at most one such line per second per worker)",
-                self.locals[backend].member.authority
+                self.locals[backend].member.name
             );
         }
     }

@@ -251,6 +251,7 @@ impl Proxy {
                 .map(|(l, &addr)| Listen { addr, ..*l })
                 .collect(),
             current: Mutex::new(plan),
+            retired: Mutex::new(Vec::new()),
         });
         let for_workers = Arc::clone(&shared);
         // Read the allowed cores here, before any thread is pinned to one of them.

@@ -49,6 +49,9 @@ pub(super) struct Shared {
     /// The configuration in force: what the admin endpoint shows, and what the
     /// next reload starts from. Workers hold their own `Arc` of it.
     pub(super) current: Mutex<Arc<Plan>>,
+    /// Backends a reload took out, and when: one that comes back soon (an
+    /// address DNS gives again) takes up its state where it left it.
+    pub(super) retired: Mutex<Vec<(std::time::Instant, Arc<crate::backends::Member>)>>,
 }
 
 impl Shared {
@@ -100,6 +103,7 @@ impl Plan {
                     .find(|m| {
                         m.addr == b.addr
                             && m.authority == b.authority
+                            && m.name == b.name()
                             && m.tls.is_some() == b.tls
                             && m.send_proxy == b.send_proxy
                     })
@@ -113,6 +117,7 @@ impl Plan {
                         let m = Member::reached_by(
                             b.addr,
                             b.authority.clone(),
+                            b.name().to_string(),
                             tls,
                             b.send_proxy,
                             workers,
@@ -135,7 +140,7 @@ impl Plan {
             .map(|(i, b)| health.member(i).weight_for(b.weight))
             .collect();
         let backends: Vec<(&str, u32)> = (config.backends.iter().zip(&weights))
-            .map(|(b, &w)| (b.authority.as_str(), w))
+            .map(|(b, &w)| (b.name(), w))
             .collect();
         let selector = select::build(config.algorithm, &backends);
         Plan {
@@ -178,7 +183,7 @@ impl ProxyStats {
                 .iter()
                 .enumerate()
                 .map(|(b, m)| metrics::BackendView {
-                    name: &m.authority,
+                    name: &m.name,
                     up: health.is_up(b),
                     admin_state: m.admin_state().name(),
                     weight: plan.weights[b],

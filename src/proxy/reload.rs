@@ -11,6 +11,10 @@ use crate::runtime::{self, Control, StartError};
 
 use super::plan::{Plan, Shared};
 
+/// How long a backend a reload took out is remembered, and how many at most.
+const RETIRED_FOR: Duration = Duration::from_secs(600);
+const MAX_RETIRED: usize = 1024;
+
 /// What a reload did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reloaded {
@@ -105,23 +109,45 @@ impl Reloader {
         }
         let has = |list: &[crate::config::Backend], b: &crate::config::Backend| {
             list.iter()
-                .any(|o| o.addr == b.addr && o.authority == b.authority && o.tls == b.tls)
+                .any(|o| o.addr == b.addr && o.name() == b.name() && o.tls == b.tls)
         };
         result.added = (config.backends.iter())
             .filter(|b| !has(&old.backends, b))
-            .map(|b| b.authority.clone())
+            .map(|b| b.name().to_string())
             .collect();
         result.removed = (old.backends.iter())
             .filter(|b| !has(&config.backends, b))
-            .map(|b| b.authority.clone())
+            .map(|b| b.name().to_string())
             .collect();
+        // The members in force, and those retired lately, may carry on.
+        let mut retired = self
+            .shared
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        retired.retain(|(at, _)| now.duration_since(*at) < RETIRED_FOR);
+        let mut members = current.health.members().to_vec();
+        members.extend(retired.iter().map(|(_, m)| Arc::clone(m)));
         let plan = Arc::new(Plan::build(
             current.number + 1,
             config,
             (tls, backend_tls),
             self.controls.len(),
-            current.health.members(),
+            &members,
         ));
+        let kept = |m: &Arc<crate::backends::Member>| {
+            plan.health.members().iter().any(|n| Arc::ptr_eq(n, m))
+        };
+        retired.retain(|(_, m)| !kept(m));
+        for m in current.health.members() {
+            if !kept(m) {
+                retired.push((now, Arc::clone(m)));
+            }
+        }
+        let over = retired.len().saturating_sub(MAX_RETIRED);
+        retired.drain(..over);
+        drop(retired);
         // The old checks stop before the workers switch; the new ones start on the
         // new set, each backend from its last verdict.
         let mut checker = self.checker.lock().unwrap_or_else(|e| e.into_inner());

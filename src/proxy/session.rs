@@ -621,8 +621,8 @@ impl Worker {
             {
                 crate::http::rewrite::retarget_host(
                     &mut bufs.req_head,
-                    &self.locals[gone].member.authority,
-                    &self.locals[backend].member.authority,
+                    &self.locals[gone].member.name,
+                    &self.locals[backend].member.name,
                 );
             }
         }

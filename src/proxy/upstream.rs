@@ -160,7 +160,7 @@ impl Worker {
                 crate::log!(
                     crate::log::Level::Warn,
                     "corelb: backend {} sent bytes beyond the end of a response; worker {} closes its connections to it and reuses none for {} s (at most one such line per second per worker)",
-                    local.member.authority,
+                    local.member.name,
                     self.id,
                     DISTRUST.as_secs()
                 );

@@ -312,7 +312,7 @@ impl Worker {
             user_agent: &bufs.log_user_agent,
             status,
             bytes: if local { 0 } else { bufs.resp_bytes },
-            backend: backend.map(|b| self.locals[b].member.authority.as_str()),
+            backend: backend.map(|b| self.locals[b].member.name.as_str()),
             upstream: bufs
                 .head_at
                 .filter(|_| !local)
