@@ -24,6 +24,7 @@ dir=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
+trap "exit 1" INT TERM
 
 for port in $origin_a $origin_b; do
   $bin backend --listen "127.0.0.1:$port" 2>"$dir/origin-$port.log" &

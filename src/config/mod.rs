@@ -426,6 +426,17 @@ impl Settings {
         if !built.config.backend_srv.is_empty() && built.config.resolve_interval.is_none() {
             built.config.resolve_interval = Some(DEFAULT_SRV_INTERVAL);
         }
+        // Backends given by name: their first address now (getaddrinfo), unless
+        // a DNS server of our own finds them all (`discovery`) before the start.
+        let own_dns = built.config.dns_server.is_some() && built.config.resolve_interval.is_some();
+        for b in &mut built.config.backends {
+            if b.addr.ip().is_unspecified() && !own_dns {
+                let (host, port) = b.authority.rsplit_once(':').unwrap_or((&b.authority, "0"));
+                let port = port.parse().unwrap_or(b.addr.port());
+                b.addr = values::resolve(host.trim_start_matches('[').trim_end_matches(']'), port)
+                    .map_err(|e| format!("{} {}: {e}", self.spelled("backend"), b.authority))?;
+            }
+        }
         let cfg = &built.config;
         if cfg.serves_tls() && cfg.tls.is_empty() {
             return Err(format!(

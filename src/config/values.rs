@@ -217,6 +217,24 @@ pub fn file(path: &str) -> Result<PathBuf, String> {
 /// address. Port 0 is refused: a listener or backend on a random port is a mistake
 /// in a configuration.
 pub fn address(text: &str) -> Result<SocketAddr, String> {
+    match literal_address(text)? {
+        Ok(addr) => Ok(addr),
+        Err((host, port)) => resolve(host, port),
+    }
+}
+
+/// The first address of `host` (getaddrinfo).
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| "name has no addresses".into()),
+        Err(e) => Err(format!("cannot resolve: {e}")),
+    }
+}
+
+/// `host:port` checked: the address if `host` is an IP literal, else the name
+/// and port, not resolved yet.
+#[allow(clippy::type_complexity)]
+fn literal_address(text: &str) -> Result<Result<SocketAddr, (&str, u16)>, String> {
     let (host, port) = match text.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() => (h, p),
         _ => return Err("expected host:port".into()),
@@ -232,15 +250,12 @@ pub fn address(text: &str) -> Result<SocketAddr, String> {
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
+        return Ok(Ok(SocketAddr::new(ip, port)));
     }
-    if host.contains(['[', ']', '/', ' ']) {
+    if host.is_empty() || host.contains(['[', ']', '/', ' ']) {
         return Err("not a valid host name".into());
     }
-    match (host, port).to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| "name has no addresses".into()),
-        Err(e) => Err(format!("cannot resolve: {e}")),
-    }
+    Ok(Err((host, port)))
 }
 
 /// A backend: `host:port` or `http://host:port` (a trailing `/` is fine; any other
@@ -293,8 +308,14 @@ pub fn backend(full: &str) -> Result<Backend, String> {
     if tls {
         crate::tls::server_name(authority)?;
     }
+    // A name is resolved once the whole configuration is known (see
+    // `Settings::build`): with --dns-server, not by getaddrinfo at all.
+    let addr = match literal_address(authority)? {
+        Ok(addr) => addr,
+        Err((_, port)) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port),
+    };
     Ok(Backend {
-        addr: address(authority)?,
+        addr,
         authority: authority.to_string(),
         weight,
         tls,
