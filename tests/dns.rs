@@ -312,3 +312,104 @@ fn a_name_that_does_not_resolve_at_start_is_one_line_and_exit_2() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("nowhere.test"), "{err}");
 }
+
+/// The requests `/status` counts for the member called `name`.
+fn requests_of(proxy: &corelb::Proxy, name: &str) -> Option<u64> {
+    let status = proxy.stats().status_json();
+    let at = status.find(&format!("\"address\":\"{name}\""))?;
+    let rest = &status[at..];
+    let n = rest.find("\"requests\":")? + "\"requests\":".len();
+    rest[n..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A record's TTL shorter than the interval brings the next question sooner,
+/// and a member that leaves and comes back takes up its state (its request
+/// count goes on from where it was).
+#[test]
+fn a_short_ttl_is_honoured_and_a_member_that_returns_keeps_its_state() {
+    let (_five, _six, port) = two_origins();
+    let Some(server) = Dnsmasq::start("127.0.0.5 app.test\n127.0.0.6 app.test\n", &[]) else {
+        return;
+    };
+    // An interval far longer than the test: only the TTL (1 s) can bring changes.
+    let (proxy, _discovery) = discovering(&server, |c| {
+        c.backends = vec![named(port)];
+        c.resolve_interval = Some(std::time::Duration::from_secs(600));
+    });
+    bodies(&proxy, 6);
+    let five = format!("app.test:{port}@127.0.0.5");
+    let before = requests_of(&proxy, &five).unwrap();
+    assert!(before >= 3, "{before}");
+    server.set_hosts("127.0.0.6 app.test\n");
+    wait_until(
+        || requests_of(&proxy, &five).is_none(),
+        "the record's TTL brings the change",
+    );
+    server.set_hosts("127.0.0.5 app.test\n127.0.0.6 app.test\n");
+    wait_until(
+        || requests_of(&proxy, &five).is_some(),
+        "the address is back",
+    );
+    assert!(
+        requests_of(&proxy, &five).unwrap() >= before,
+        "the returning member starts over"
+    );
+}
+
+/// `corelb serve --config`: a SIGHUP that adds a backend by name asks for the
+/// name before the new configuration applies.
+#[test]
+fn a_reload_resolves_the_new_names_through_the_dns_server() {
+    let (_five, _six, port) = two_origins();
+    let seven = corelb::Origin::start(
+        SocketAddr::from(([127, 0, 0, 7], port)),
+        1,
+        Some("seven".into()),
+    )
+    .unwrap();
+    let Some(server) = Dnsmasq::start("127.0.0.5 app.test\n127.0.0.7 new.test\n", &[]) else {
+        return;
+    };
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = TempDir::new("dns-reload");
+    let config = |names: &[&str]| {
+        let mut text = format!(
+            "listen = \"{listen}\"\nworkers = 1\nresolve_interval = \"1s\"\ndns_server = \"{}\"\n",
+            server.addr
+        );
+        for n in names {
+            text.push_str(&format!("[[backend]]\naddress = \"{n}:{port}\"\n"));
+        }
+        dir.write("corelb.toml", &text)
+    };
+    let path = config(&["app.test"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corelb"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        || std::net::TcpStream::connect(listen).is_ok(),
+        "corelb listens",
+    );
+    assert_eq!(get(listen, "/").text(), "five");
+    config(&["app.test", "new.test"]);
+    let _ = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status();
+    wait_until(
+        || (0..4).any(|_| get(listen, "/").text() == "seven"),
+        "the new name's address serves",
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(seven);
+}

@@ -38,6 +38,8 @@ pub struct Resolved {
     /// Names whose last question failed, and why (logged once until the name
     /// resolves again).
     failing: Vec<(String, String)>,
+    /// The shortest TTL of the answers (when the server gave TTLs).
+    ttl: Option<u32>,
 }
 
 /// The host of an authority (`name:port`, `[v6]:port`), if it is a name and not
@@ -133,6 +135,7 @@ pub fn resolve(config: &ProxyConfig, last: &Resolved) -> (Resolved, Option<u32>)
             }
         }
     }
+    next.ttl = ttl;
     (next, ttl)
 }
 
@@ -289,8 +292,20 @@ impl Drop for Discovery {
     }
 }
 
+/// How long to wait before the next round: the interval, or the answers' TTL if
+/// shorter, never under `MIN_INTERVAL`.
+fn next_wait(interval: Duration, ttl: Option<u32>) -> Duration {
+    ttl.map_or(interval, |t| {
+        interval.min(Duration::from_secs(u64::from(t)))
+    })
+    .max(MIN_INTERVAL)
+}
+
 fn run(state: &Mutex<State>, reloader: &Reloader, interval: Duration, stopped: &Receiver<()>) {
-    let mut wait = interval;
+    let mut wait = {
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        next_wait(interval, state.resolved.ttl)
+    };
     loop {
         match stopped.recv_timeout(wait) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -299,11 +314,7 @@ fn run(state: &Mutex<State>, reloader: &Reloader, interval: Duration, stopped: &
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let (resolved, ttl) = resolve(&state.configured, &state.resolved);
         log_failures(&resolved, &state.resolved);
-        wait = ttl
-            .map_or(interval, |t| {
-                interval.min(Duration::from_secs(u64::from(t)))
-            })
-            .max(MIN_INTERVAL);
+        wait = next_wait(interval, ttl);
         if resolved.names == state.resolved.names && resolved.services == state.resolved.services {
             state.resolved = resolved;
             continue;
