@@ -229,11 +229,16 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, Invalid> {
     header(addrs)
 }
 
-/// A version 1 header for a connection from `src` to `dst` (`UNKNOWN` when
-/// their families differ), appended to `out`.
+/// A version 1 header for a connection from `src` to `dst`, appended to `out`
+/// (`TCP6` with the IPv4 one mapped when their families differ, as HAProxy
+/// writes it).
 pub fn write_v1(out: &mut Vec<u8>, src: SocketAddr, dst: SocketAddr) {
     use std::io::Write;
-    let (src, dst) = (canonical(src), canonical(dst));
+    let (src, dst) = match (canonical(src), canonical(dst)) {
+        (s @ SocketAddr::V4(_), d @ SocketAddr::V6(_)) => (mapped(s), d),
+        (s @ SocketAddr::V6(_), d @ SocketAddr::V4(_)) => (s, mapped(d)),
+        same => same,
+    };
     let _ = match (src, dst) {
         (SocketAddr::V4(s), SocketAddr::V4(d)) => write!(
             out,
@@ -295,6 +300,14 @@ pub fn health_check_header(version: SendProxy) -> &'static [u8] {
     }
 }
 
+/// An address as IPv6 (an IPv4 one mapped).
+fn mapped(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), addr.port()),
+        IpAddr::V6(_) => addr,
+    }
+}
+
 /// An IPv4 peer on a dual-stack socket shows as IPv4-mapped IPv6: as IPv4.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
@@ -317,6 +330,24 @@ impl Cidr {
         let net: IpAddr = ip
             .parse()
             .map_err(|_| format!("{text:?}: not an address or network like 10.0.0.0/8"))?;
+        // IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) is the IPv4 network: peers
+        // are matched in their IPv4 form.
+        if let IpAddr::V6(v6) = net
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            let bits = match bits {
+                None => 32,
+                Some(b) => b
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|b| (96..=128).contains(b))
+                    .map(|b| b - 96)
+                    .ok_or_else(|| {
+                        format!("{text:?}: an IPv4-mapped network needs a prefix of 96 to 128")
+                    })?,
+            };
+            return Cidr::parse(&format!("{v4}/{bits}"));
+        }
         let max = if net.is_ipv4() { 32 } else { 128 };
         let bits = match bits {
             None => max,
@@ -537,7 +568,7 @@ mod tests {
         }
         let mut out = Vec::new();
         write_v1(&mut out, sa("192.0.2.1:1"), sa("[2001:db8::2]:2"));
-        assert_eq!(out, b"PROXY UNKNOWN\r\n");
+        assert_eq!(out, b"PROXY TCP6 ::ffff:192.0.2.1 2001:db8::2 1 2\r\n");
     }
 
     #[test]
@@ -571,5 +602,9 @@ mod tests {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Cidr::parse("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        let mapped = Cidr::parse("::ffff:127.0.0.0/104").unwrap();
+        assert_eq!(mapped.to_string(), "127.0.0.0/8");
+        assert!(mapped.contains("127.0.0.9".parse().unwrap()));
+        assert!(Cidr::parse("::ffff:127.0.0.0/64").is_err());
     }
 }

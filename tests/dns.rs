@@ -32,48 +32,61 @@ impl Dnsmasq {
         let dir = TempDir::new("dns");
         // A name of its own tells that it answers.
         let hosts_file = dir.write("hosts", &format!("127.0.0.1 ready.test\n{hosts}"));
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--no-daemon",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--no-resolv",
-            "--no-hosts",
-            "--local-ttl=1",
-            // Authoritative for .test: a question it has no record for gets
-            // an empty answer, not a refusal (it has no server to forward to).
-            "--local=/test/",
-            "--log-facility=-",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--addn-hosts={}", hosts_file.display()))
-        .arg(format!("--pid-file={}", dir.0.join("pid").display()));
-        for s in srv {
-            cmd.arg(format!("--srv-host={s}"));
+        // dnsmasq binds UDP and TCP on its port, and other tests take TCP
+        // ports all along: a start that lost the race is tried again.
+        for _ in 0..5 {
+            let port = loop {
+                let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let port = udp.local_addr().unwrap().port();
+                if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                    break port;
+                }
+            };
+            let mut cmd = Command::new("dnsmasq");
+            cmd.args([
+                "--keep-in-foreground",
+                "--no-daemon",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--local-ttl=1",
+                // Authoritative for .test: a question it has no record for gets
+                // an empty answer, not a refusal (it has no server to forward to).
+                "--local=/test/",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", hosts_file.display()));
+            for s in srv {
+                cmd.arg(format!("--srv-host={s}"));
+            }
+            let mut child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if dns::addresses(addr, "ready.test").is_ok_and(|a| !a.records.is_empty()) {
+                    return Some(Dnsmasq {
+                        child,
+                        addr,
+                        hosts: hosts_file,
+                        _dir: dir,
+                    });
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                // Back-off between two looks.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let d = Dnsmasq {
-            child,
-            addr,
-            hosts: hosts_file,
-            _dir: dir,
-        };
-        wait_until(
-            || dns::addresses(addr, "ready.test").is_ok_and(|a| !a.records.is_empty()),
-            "dnsmasq answers",
-        );
-        Some(d)
+        panic!("dnsmasq did not start in five tries");
     }
 
     /// New A/AAAA records: the hosts file rewritten, and dnsmasq told.

@@ -453,6 +453,12 @@ impl Settings {
                 setting("proxy_protocol_from").flag,
             ));
         }
+        if !cfg.proxy_protocol_from.is_empty() && !cfg.listen.iter().any(|l| l.proxy_protocol) {
+            return Err(format!(
+                "{}: no listener takes PROXY headers; add ,proxy-protocol to a listen address (--listen 0.0.0.0:80,proxy-protocol)",
+                self.spelled("proxy_protocol_from"),
+            ));
+        }
         if !cfg.tls.is_empty() && !cfg.serves_tls() {
             return Err(format!(
                 "{}: no listener serves it; add ,tls to a listen address (--listen 0.0.0.0:443,tls)",

@@ -90,7 +90,12 @@ impl Worker {
                 return Ok(false);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
-            Err(_) => return Err(Fail::Close),
+            // A reset (or another error) before a whole header.
+            Err(_) => {
+                let ip = c.ip;
+                self.proxy_header_failed(ProxyFailure::Closed, ip);
+                return Err(Fail::Close);
+            }
         };
         let header = match proxy_protocol::parse(&buf[..seen]) {
             // Cut short by the peer's end of stream: no more is coming.

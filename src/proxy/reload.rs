@@ -108,8 +108,14 @@ impl Reloader {
             return Ok(result);
         }
         let has = |list: &[crate::config::Backend], b: &crate::config::Backend| {
-            list.iter()
-                .any(|o| o.addr == b.addr && o.name() == b.name() && o.tls == b.tls)
+            // A change of send_proxy makes another backend: its connections
+            // told clients' addresses, and none of them may serve otherwise.
+            list.iter().any(|o| {
+                o.addr == b.addr
+                    && o.name() == b.name()
+                    && o.tls == b.tls
+                    && o.send_proxy == b.send_proxy
+            })
         };
         result.added = (config.backends.iter())
             .filter(|b| !has(&old.backends, b))

@@ -186,8 +186,12 @@ impl Worker {
         let idle = &mut self.locals[backend].idle;
         let &uk = idle.last()?;
         let u = &self.upstreams[uk];
-        if owner == 0 && max_idle.is_none() && !u.ready.readable && !u.ready.read_closed {
-            debug_assert_eq!(u.owner, 0);
+        if owner == 0
+            && u.owner == 0
+            && max_idle.is_none()
+            && !u.ready.readable
+            && !u.ready.read_closed
+        {
             idle.pop();
             return Some(uk);
         }
@@ -260,6 +264,13 @@ impl Worker {
                 return None;
             }
             self.locals[backend].idle.pop();
+            // A connection private to a client is no one else's (a backend
+            // stops or starts getting PROXY headers only as a new member, so
+            // none is here; should one be, it is closed).
+            if u.owner != 0 {
+                self.discard_upstream(uk, Leftover::Closed);
+                continue;
+            }
             // A request that must not be replayed pays for a read that makes sure
             // nothing arrived since the last poll (the flags are as of then).
             let found = if max_idle.is_some() {
