@@ -31,6 +31,20 @@
 //! origin.shutdown();
 //! ```
 
+/// The crate's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit it was built from (empty when built outside a checkout).
+pub const COMMIT: &str = env!("CORELB_COMMIT");
+
+/// `0.1.0 (commit 1a2b3c4d5e6f)`, or the version alone.
+pub fn version() -> String {
+    if COMMIT.is_empty() {
+        VERSION.to_string()
+    } else {
+        format!("{VERSION} (commit {COMMIT})")
+    }
+}
+
 pub mod access;
 pub mod admin;
 pub mod backends;

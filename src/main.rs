@@ -22,8 +22,12 @@ use corelb::{Origin, Proxy};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
+/// The subcommands, as `corelb --help` lists them.
+const COMMANDS: [&str; 4] = ["serve", "backend", "demo", "check-config"];
+
 #[derive(FromArgs)]
-/// corelb: a thread-per-core HTTP/1.1 load balancer.
+/// corelb: a thread-per-core HTTP/1.1 load balancer. corelb --version (-V)
+/// prints the version and the git commit it was built from.
 struct Cli {
     #[argh(subcommand)]
     command: Command,
@@ -336,7 +340,7 @@ fn serve(args: Serve) -> ExitCode {
     let config_path = args.config;
     let built = match load(&cli, config_path.as_deref()) {
         Ok(b) => b,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error(format!("{e} (see corelb serve --help)")),
     };
     log::set_level(built.log_level);
     let signals = match stop_signals() {
@@ -441,7 +445,8 @@ fn serve(args: Serve) -> ExitCode {
     };
     log!(
         Level::Info,
-        "corelb: listening on {} with {} worker{} (open files limit {}), {} over {}{source}",
+        "corelb {}: listening on {} with {} worker{} (open files limit {}), {} over {}{source}",
+        corelb::version(),
         addrs.join(", "),
         workers,
         if workers == 1 { "" } else { "s" },
@@ -588,7 +593,29 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    // `-h` is `--help`, as everywhere else.
+    let strs: Vec<&str> = args
+        .iter()
+        .map(|a| if a == "-h" { "--help" } else { a.as_str() })
+        .collect();
+    match strs.get(1).copied() {
+        Some("--version" | "-V") => {
+            println!("corelb {}", corelb::version());
+            return ExitCode::SUCCESS;
+        }
+        Some(cmd) if !cmd.starts_with('-') && !COMMANDS.contains(&cmd) => {
+            return usage_error(format!(
+                "unknown command {cmd:?}: the commands are {} (see corelb --help)",
+                COMMANDS.join(", ")
+            ));
+        }
+        _ => {}
+    }
+    // Where a usage error points for help: the subcommand's own.
+    let help = match strs.get(1) {
+        Some(cmd) if COMMANDS.contains(cmd) => format!("corelb {cmd} --help"),
+        _ => "corelb --help".to_string(),
+    };
     let cli = match Cli::from_args(&["corelb"], strs.get(1..).unwrap_or(&[])) {
         Ok(cli) => cli,
         Err(early) => {
@@ -598,13 +625,18 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 // argh's messages can span lines; the contract is one line.
-                Err(()) => usage_error(
-                    early
+                Err(()) => {
+                    let msg = early
                         .output
                         .split_whitespace()
                         .collect::<Vec<_>>()
-                        .join(" "),
-                ),
+                        .join(" ");
+                    if msg.contains("--help") {
+                        usage_error(msg)
+                    } else {
+                        usage_error(format!("{} (see {help})", msg.trim_end_matches('.')))
+                    }
+                }
             };
         }
     };

@@ -58,6 +58,18 @@ pub fn prometheus(v: &View<'_>) -> String {
     let mut out = String::with_capacity(4096);
     family(
         &mut out,
+        "corelb_build_info",
+        "gauge",
+        "The build serving: its version and git commit (always 1).",
+    );
+    let _ = writeln!(
+        out,
+        "corelb_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        crate::VERSION,
+        crate::COMMIT
+    );
+    family(
+        &mut out,
         "corelb_requests_total",
         "counter",
         "Responses sent, by worker, backend (\"local\" for corelb's own) and status class.",
@@ -358,6 +370,12 @@ pub fn backend_json(b: &BackendView<'_>) -> String {
 pub fn status_json(v: &View<'_>) -> String {
     let mut out = String::from("{");
     let c = v.config;
+    let _ = write!(
+        out,
+        "\"version\":{},\"commit\":{},",
+        json_string(crate::VERSION),
+        json_string(crate::COMMIT)
+    );
     let _ = write!(
         out,
         "\"algorithm\":{},\"reloads\":{},\"last_backend_kept\":{},\"config\":{{\"listen\":[{}],\"workers\":{},\

@@ -201,6 +201,15 @@ fn metrics_follow_the_text_format_and_count_the_traffic() {
     assert_eq!(status, 200);
     assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
     check_exposition(&before);
+    // Which build serves, as the version flag says.
+    assert!(
+        before.contains(&format!(
+            "corelb_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            corelb::COMMIT
+        )),
+        "{before}"
+    );
 
     let addr = proxy.local_addrs()[0];
     for _ in 0..20 {
@@ -288,8 +297,13 @@ fn status_healthz_and_errors() {
     let admin = proxy.admin_addr().unwrap();
     let (status, ctype, body) = admin_get(admin, "GET", "/status");
     assert_eq!((status, ctype.as_str()), (200, "application/json"));
+    let build = format!(
+        "{{\"version\":\"{}\",\"commit\":\"{}\",",
+        env!("CARGO_PKG_VERSION"),
+        corelb::COMMIT
+    );
     assert!(
-        body.starts_with("{\"algorithm\":\"round-robin\",\"reloads\":0,\"last_backend_kept\":false,\"config\":{\"listen\":[\"127.0.0.1:0\"],\"workers\":2,\"retries\":2,\"health_path\":null,"),
+        body.strip_prefix(&build).is_some_and(|rest| rest.starts_with("\"algorithm\":\"round-robin\",\"reloads\":0,\"last_backend_kept\":false,\"config\":{\"listen\":[\"127.0.0.1:0\"],\"workers\":2,\"retries\":2,\"health_path\":null,")),
         "{body}"
     );
     assert!(

@@ -1514,3 +1514,51 @@ fn a_config_file_serves_tls_and_an_https_backend_that_fails_verification_is_logg
         .unwrap_or_else(|| panic!("no line about the backend: {err}"));
     assert!(line.contains("certificate"), "{line}");
 }
+
+/// `--version` and `-V` name the version and the commit (git's own word for it
+/// when built from a checkout); `-h` is `--help`; an unknown command says which
+/// exist; every usage error ends by naming the help to read.
+#[test]
+fn version_help_and_usage_messages() {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    for flag in ["--version", "-V"] {
+        let (code, out, _) = run(&[flag]);
+        assert_eq!(code, 0);
+        assert!(
+            out.starts_with(&format!("corelb {}", env!("CARGO_PKG_VERSION"))),
+            "{out}"
+        );
+        if let Some(c) = &commit {
+            assert!(out.contains(&format!("(commit {c})")), "{out}");
+        }
+    }
+    assert_eq!(run(&["-h"]), run(&["--help"]));
+    assert_eq!(run(&["serve", "-h"]), run(&["serve", "--help"]));
+    assert_usage_error(
+        &["frobnicate"],
+        "unknown command \"frobnicate\": the commands are serve",
+    );
+    for args in [
+        &["serve", "--bogus"][..],
+        &["serve"],
+        &["serve", "--backend", "127.0.0.1:9", "--idle-timeout", "5h"],
+        &["backend", "--bogus"],
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(
+            err.trim_end().ends_with("--help)") || err.contains("--help lists"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_usage_error(
+        &["serve", "--backend", "127.0.0.1:9", "--idle-timeout", "5h"],
+        "unknown unit h: use ms, s or m",
+    );
+}

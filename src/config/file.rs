@@ -652,7 +652,7 @@ mod tests {
             ),
             (
                 "[timeouts]\nconnect = \"2h\"",
-                "timeouts.connect: \"2h\": needs a unit",
+                "timeouts.connect: \"2h\": unknown unit h: use ms, s or m",
             ),
             (
                 "[timeouts]\nidle = \"61m\"",

@@ -349,7 +349,12 @@ pub fn duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err("needs a unit: ms, s or m (500ms, 30s, 2m)".into()),
+        "" => return Err("needs a unit: ms, s or m (500ms, 30s, 2m)".into()),
+        other => {
+            return Err(format!(
+                "unknown unit {other}: use ms, s or m (500ms, 30s, 2m)"
+            ));
+        }
     };
     if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
         return Err("must be between 1ms and 60m".into());
