@@ -57,6 +57,7 @@ pub mod io;
 pub mod log;
 pub mod metrics;
 pub mod origin;
+pub mod process;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod runtime;

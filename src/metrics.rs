@@ -232,6 +232,7 @@ pub fn prometheus(v: &View<'_>) -> String {
         "Configuration reloads applied (SIGHUP with --config).",
     );
     let _ = writeln!(out, "corelb_config_reloads_total {}", v.reloads);
+    crate::process::exposition(&mut out);
     family(
         &mut out,
         "corelb_last_backend_kept",

@@ -444,3 +444,72 @@ fn a_slow_admin_client_stalls_nobody() {
         assert!(raw.starts_with("HTTP/1.1 408 "), "{raw}");
     }
 }
+
+/// The process families every Prometheus client exports, checked against
+/// /proc as read here, and the whole scrape through promtool when it is
+/// installed (Debian's prometheus package; CI installs it).
+#[test]
+fn process_metrics_and_promtool() {
+    let origins = origins(1);
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| c.admin = Some(loopback()));
+    get(proxy.local_addrs()[0], "/");
+    let (_, _, body) = admin_get(proxy.admin_addr().unwrap(), "GET", "/metrics");
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    // This test's process is the proxy's.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let rss = value("process_resident_memory_bytes");
+    assert!(
+        rss > rss_kb * 1024.0 / 2.0 && rss < rss_kb * 1024.0 * 2.0,
+        "{rss} vs {rss_kb} kB"
+    );
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count() as f64;
+    assert!((value("process_open_fds") - fds).abs() < 20.0, "{fds}");
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    assert_eq!(value("process_max_fds"), soft as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = value("process_start_time_seconds");
+    assert!(
+        start <= now + 1.0 && start > now - 3600.0,
+        "{start} vs {now}"
+    );
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            let said = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && said.trim().is_empty(),
+                "promtool: {said}"
+            );
+        }
+        Err(e) => eprintln!("skipped promtool ({e}): apt-get install prometheus"),
+    }
+}
