@@ -109,9 +109,13 @@ fn stop_signals() -> Result<Signals, String> {
 /// Print each worker's counters: an uneven SO_REUSEPORT spread shows here.
 fn report_counts(counts: &[WorkerCounts]) {
     for (i, c) in counts.iter().enumerate() {
-        eprintln!(
-            "corelb: worker {i}: {} connections, {} requests, {} open",
-            c.accepted, c.requests, c.open
+        // Asked for (SIGUSR1, the exit): written whatever the level.
+        log::write(
+            Level::Info,
+            format_args!(
+                "corelb: worker {i}: {} connections, {} requests, {} open",
+                c.accepted, c.requests, c.open
+            ),
         );
     }
 }
@@ -149,7 +153,10 @@ fn run_until_signal<R: Send + 'static>(
             return result;
         }
         if signals.pending().any(|s| s == SIGINT || s == SIGTERM) {
-            eprintln!("{what}: stopped without waiting for requests in flight");
+            log::write(
+                Level::Warn,
+                format_args!("{what}: stopped without waiting for requests in flight"),
+            );
             std::process::exit(1);
         }
     }
@@ -507,12 +514,20 @@ fn backend(args: BackendCmd) -> ExitCode {
         Ok(o) => o,
         Err(e) => return start_error(&e, |name| config::setting(name).flag.to_string()),
     };
-    eprintln!("corelb backend: listening on {}", origin.local_addr());
+    log::write(
+        Level::Info,
+        format_args!("corelb backend: listening on {}", origin.local_addr()),
+    );
     let (addr, requests) = (origin.local_addr(), origin.requests_counter());
     run_until_signal(
         signals,
         "corelb backend",
-        || eprintln!("corelb backend: {addr}: {} requests", requests()),
+        || {
+            log::write(
+                Level::Info,
+                format_args!("corelb backend: {addr}: {} requests", requests()),
+            )
+        },
         || nothing_to_reload("corelb backend"),
         || nothing_to_upgrade("corelb backend"),
         move || origin.shutdown(),

@@ -1562,3 +1562,67 @@ fn version_help_and_usage_messages() {
         "unknown unit h: use ms, s or m",
     );
 }
+
+/// Log lines carry an RFC 3339 time in UTC with milliseconds and the level;
+/// into the journal (JOURNAL_STREAM naming stderr's device and inode, as
+/// systemd sets it) they carry the syslog priority prefix instead.
+#[test]
+fn log_lines_are_stamped_or_prefixed_for_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let (origin, origin_addr) = start_origin(&[]);
+    let backend = origin_addr.to_string();
+    let dir = common::tls::TempDir::new("log-format");
+    for journal in [false, true] {
+        let addr = free_port();
+        let listen = addr.to_string();
+        let path = dir.0.join(format!("stderr-{journal}"));
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "serve",
+            "--listen",
+            &listen,
+            "--backend",
+            &backend,
+            "--workers",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file);
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        } else {
+            cmd.env_remove("JOURNAL_STREAM");
+        }
+        let mut child = cmd.spawn().unwrap();
+        wait_until(
+            || std::fs::read_to_string(&path).is_ok_and(|s| s.contains("listening on")),
+            "the start-up line",
+        );
+        signal(&child.id().to_string(), "-TERM");
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap();
+        if journal {
+            assert!(first.starts_with("<6>corelb "), "{first}");
+            assert!(text.lines().all(|l| l.starts_with('<')), "{text}");
+        } else {
+            // 2026-12-07T20:04:50.597Z info  corelb ...
+            let b = first.as_bytes();
+            let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+            assert!(
+                digits(0..4)
+                    && b[4] == b'-'
+                    && b[10] == b'T'
+                    && b[19] == b'.'
+                    && digits(20..23)
+                    && b[23] == b'Z',
+                "{first}"
+            );
+            assert!(first[24..].starts_with(" info  corelb "), "{first}");
+        }
+    }
+    stop(origin, "-TERM");
+}
