@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Line format.
@@ -46,14 +46,19 @@ pub struct Config {
 /// The open log, shared by the workers.
 #[derive(Debug)]
 pub struct Sink {
-    file: Option<File>,
+    /// The file, and its path (reopened on a reload: see `reopen`).
+    file: Option<(RwLock<File>, PathBuf)>,
     pub format: Format,
+}
+
+fn open_append(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl Sink {
     pub fn open(config: &Config) -> io::Result<Arc<Sink>> {
         let file = match &config.path {
-            Some(p) => Some(OpenOptions::new().create(true).append(true).open(p)?),
+            Some(p) => Some((RwLock::new(open_append(p)?), p.clone())),
             None => None,
         };
         Ok(Arc::new(Sink {
@@ -65,9 +70,22 @@ impl Sink {
     /// Write whole lines at once (O_APPEND keeps workers' writes from interleaving).
     pub fn write(&self, bytes: &[u8]) {
         let _ = match &self.file {
-            Some(f) => (&*f).write_all(bytes),
+            Some((f, _)) => (&*f.read().unwrap_or_else(|e| e.into_inner())).write_all(bytes),
             None => io::stdout().lock().write_all(bytes),
         };
+    }
+
+    /// Open the file at its path again, for the lines from now on: after
+    /// logrotate moved it away, the log goes on in a new file of that name (no
+    /// `copytruncate` needed). Standard output has nothing to reopen.
+    /// Returns the path reopened.
+    pub fn reopen(&self) -> io::Result<Option<&PathBuf>> {
+        let Some((f, path)) = &self.file else {
+            return Ok(None);
+        };
+        let fresh = open_append(path)?;
+        *f.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(Some(path))
     }
 }
 

@@ -247,6 +247,20 @@ fn reload(
     reloader: &corelb::proxy::Reloader,
     discovery: Option<&corelb::discovery::Discovery>,
 ) {
+    // logrotate's postrotate sends SIGHUP (systemctl reload): the access log
+    // goes on in a new file at its path.
+    match reloader.reopen_access_log() {
+        Ok(Some(path)) => log!(
+            Level::Info,
+            "corelb: opened the access log {} again",
+            path.display()
+        ),
+        Ok(None) => {}
+        Err(e) => log!(
+            Level::Error,
+            "corelb: reload: cannot open the access log again: {e}; it goes on in the file it had"
+        ),
+    }
     let Some(path) = file else {
         // The command line stays, but certificate files are read again.
         if !reloader.serves_tls() {

@@ -1626,3 +1626,62 @@ fn log_lines_are_stamped_or_prefixed_for_the_journal() {
     }
     stop(origin, "-TERM");
 }
+
+/// logrotate's way: the access log is moved away, SIGHUP, and the lines from
+/// then on go to a new file at the path; none is lost or written twice.
+#[test]
+fn sighup_opens_the_access_log_again_after_a_rotation() {
+    let (origin, origin_addr) = start_origin(&[]);
+    let dir = common::tls::TempDir::new("logrotate");
+    let log = dir.0.join("access.log");
+    let addr = free_port();
+    let (listen, backend, log_arg) = (
+        addr.to_string(),
+        origin_addr.to_string(),
+        common::tls::arg(&log),
+    );
+    let proxy = start(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--backend",
+            &backend,
+            "--workers",
+            "1",
+            "--access-log",
+            &log_arg,
+        ],
+        addr,
+    );
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.lines().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(get(addr, "/before").status, 200);
+    wait_until(|| lines(&log).len() == 1, "the first line is written");
+    let rotated = dir.0.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    signal(&proxy.id().to_string(), "-HUP");
+    wait_until(|| log.exists(), "a new file at the path");
+    assert_eq!(get(addr, "/after").status, 200);
+    wait_until(
+        || lines(&log).len() == 1,
+        "the next line goes to the new file",
+    );
+    assert!(
+        lines(&rotated)[0].contains("GET /before "),
+        "{:?}",
+        lines(&rotated)
+    );
+    assert!(lines(&log)[0].contains("GET /after "), "{:?}", lines(&log));
+    let out = stop(proxy, "-TERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("opened the access log") && err.contains("again"),
+        "{err}"
+    );
+    assert_eq!(lines(&rotated).len(), 1);
+    stop(origin, "-TERM");
+}

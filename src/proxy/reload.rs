@@ -62,6 +62,16 @@ impl Reloader {
         self.apply(None)
     }
 
+    /// Open the access log file again (after logrotate moved it): lines from
+    /// now on go to a new file at its path. Nothing when it is off or stdout.
+    /// Returns the file's path, if one was opened.
+    pub fn reopen_access_log(&self) -> std::io::Result<Option<std::path::PathBuf>> {
+        match &self.shared.access {
+            Some(sink) => sink.reopen().map(|p| p.cloned()),
+            None => Ok(None),
+        }
+    }
+
     /// Some listener speaks TLS.
     pub fn serves_tls(&self) -> bool {
         self.shared.current().config.serves_tls()
