@@ -21,6 +21,7 @@
 # Usage: scripts/bench.sh [--origin corelb|nginx] [--rounds N] [--duration SECONDS]
 #                         [--workers LIST] [--scenarios LIST] [--targets LIST]
 #                         [--rates LIST] [--no-memory] [--baseline REV] [--smoke]
+#                         [--corelb PATH]
 #   --origin     origins to proxy to: two `corelb backend`s (default) or two nginx
 #   --rounds     interleaved rounds, at least 3 for a report (default 5)
 #   --duration   seconds per run (default 5)
@@ -36,6 +37,8 @@
 #                worktree with its own target directory)
 #   --smoke      1 round of 1 s, 1 worker, rate 25 only, memory part with 5 s wait:
 #                checks the script works, measures nothing
+#   --corelb     benchmark this corelb binary (an installed one, /usr/bin/corelb)
+#                instead of building target/release/corelb
 #
 # Needs wrk, curl and openssl (apt-get install -y wrk curl openssl) and python3; nginx, haproxy and gnuplot are used
 # when installed (apt-get install -y nginx-light haproxy gnuplot-nox). oha (the open-loop
@@ -47,7 +50,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 args="$*"
-origin=corelb rounds=5 duration=5 smoke=0 baseline="" base_bin="" base_dir=""
+origin=corelb rounds=5 duration=5 smoke=0 baseline="" base_bin="" base_dir="" corelb_path=""
 cores=$(nproc)
 workers_list=1
 scenarios="s16_c50,s16_c1000,s16k_c50,s1m_c16,close_c50,tls_c50,tls_close_c50,tls_resume_c50"
@@ -65,7 +68,9 @@ while [ $# -gt 0 ]; do
     --no-memory) memory=0; shift ;;
     --baseline) baseline="$2"; shift 2 ;;
     --smoke) smoke=1; rounds=1; duration=1; workers_list=1; rates=25; after_wait=5; shift ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    --corelb) corelb_path="$2"; shift 2 ;;
+    # The comment block at the top, and nothing else.
+    -h|--help) sed -n '2,/^[^#]/p' "$root/scripts/bench.sh" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -120,8 +125,14 @@ if { [ ${#rlist[@]} -gt 0 ] || [[ ",$scenarios," == *",tls_resume_c50,"* ]]; } \
   cargo install --quiet --locked --version "$oha_version" --root "$root/target/bench-tools" oha
 fi
 
-cargo build --release --quiet
-bin="$root/target/release/corelb"
+if [ -n "$corelb_path" ]; then
+  [ -x "$corelb_path" ] || { echo "bench.sh: --corelb $corelb_path: not an executable file" >&2; exit 2; }
+  bin=$(realpath "$corelb_path")
+  echo "benchmarking $bin ($("$bin" --version)), not building"
+else
+  cargo build --release --quiet
+  bin="$root/target/release/corelb"
+fi
 out="$root/results/$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 work=$(mktemp -d)
