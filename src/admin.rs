@@ -182,6 +182,7 @@ fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
     let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
+    let mut head_only = false;
     let answer = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -209,12 +210,8 @@ fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
-                let head_only = req.method == Some("HEAD");
-                let mut answer = route(&req, stats);
-                if head_only {
-                    answer.body.clear();
-                }
-                break answer;
+                head_only = req.method == Some("HEAD");
+                break route(&req, stats);
             }
             Ok(httparse::Status::Partial) if len < buf.len() => {}
             _ => break Answer::text(400, "bad request\n"),
@@ -230,6 +227,8 @@ fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
         408 => "Request Timeout",
         _ => "Error",
     };
+    // HEAD: the head GET would have, its Content-Length the body's (RFC 9110
+    // §9.3.2), and no body.
     let head = format!(
         "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
         answer.status,
@@ -238,7 +237,9 @@ fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
         answer.extra,
     );
     conn.write_all(head.as_bytes())?;
-    conn.write_all(answer.body.as_bytes())?;
+    if !head_only {
+        conn.write_all(answer.body.as_bytes())?;
+    }
     Ok(())
 }
 

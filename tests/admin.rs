@@ -337,6 +337,27 @@ fn status_healthz_and_errors() {
         (200, "text/plain".into(), "ok\n".into())
     );
     assert_eq!(admin_get(admin, "HEAD", "/healthz").2, "");
+    // HEAD says the length GET's body has (RFC 9110 §9.3.2), and sends none.
+    let length_of = |method: &str, path: &str| {
+        let mut s = connect(admin);
+        s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        (length, body.len())
+    };
+    for path in ["/healthz", "/status", "/nope"] {
+        let (get_length, get_body) = length_of("GET", path);
+        assert_eq!(get_length, get_body, "{path}");
+        assert_eq!(length_of("HEAD", path), (get_length, 0), "{path}");
+    }
     assert_eq!(admin_get(admin, "GET", "/nope").0, 404);
     assert_eq!(admin_get(admin, "POST", "/metrics").0, 405);
 }
