@@ -341,10 +341,15 @@ fn reload(
                 };
                 log!(
                     Level::Info,
-                    "corelb: reloaded {}: backends added: {}; removed: {}{}",
+                    "corelb: reloaded {}: backends added: {}; removed: {}{}{}",
                     path.display(),
                     list(&done.added),
                     list(&done.removed),
+                    if done.changed.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; changed: {}", done.changed.join(", "))
+                    },
                     if done.certificates {
                         "; TLS certificates changed"
                     } else {

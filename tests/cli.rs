@@ -1256,6 +1256,23 @@ fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
     signal(&proxy.id().to_string(), "-HUP");
     let line = expect_line(&rx, "reloaded");
     assert!(line.ends_with(": log level debug"), "{line}");
+    // Every setting a reload changes is named, by the key the file uses.
+    std::fs::write(
+        &file,
+        format!(
+            "log_level = \"debug\"\nalgorithm = \"least-connections\"\nretries = 1\n\
+             [timeouts]\nconnect = \"2s\"\n[limits]\nmax_body_bytes = 1000\n[[backend]]\naddress = \"{b}\"\n"
+        ),
+    )
+    .unwrap();
+    signal(&proxy.id().to_string(), "-HUP");
+    let line = expect_line(&rx, "reloaded");
+    assert!(
+        line.ends_with(
+            "backends added: none; removed: none; changed: algorithm, retries, timeouts.connect, limits.max_body_bytes"
+        ),
+        "{line}"
+    );
     stop(proxy, "-TERM");
     stop(origin_a, "-TERM");
     stop(origin_b, "-TERM");

@@ -302,6 +302,57 @@ pub struct ProxyConfig {
     pub tune: Tunables,
 }
 
+/// The settings a reload applies that differ between `new` and `old`, as the
+/// config file names them (`algorithm`, `timeouts.connect`, `health.rise`):
+/// what a reload's log line lists beside the backends.
+pub fn changed_settings(new: &ProxyConfig, old: &ProxyConfig) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut note = |differs: bool, name: &str| {
+        if differs {
+            out.push(setting(name).key);
+        }
+    };
+    note(new.algorithm != old.algorithm, "algorithm");
+    note(new.hash_header != old.hash_header, "hash_header");
+    note(new.retries != old.retries, "retries");
+    let (t, o) = (&new.timeouts, &old.timeouts);
+    note(t.idle != o.idle, "idle_timeout");
+    note(t.header != o.header, "header_timeout");
+    note(t.connect != o.connect, "connect_timeout");
+    note(t.response != o.response, "response_timeout");
+    note(t.body != o.body, "body_timeout");
+    note(t.upstream_idle != o.upstream_idle, "upstream_idle_timeout");
+    note(t.shutdown != o.shutdown, "shutdown_timeout");
+    note(new.passive.max_fails != old.passive.max_fails, "max_fails");
+    note(new.passive.window != old.passive.window, "fail_window");
+    let (h, g) = (new.health_check.as_ref(), old.health_check.as_ref());
+    note(h.map(|c| &c.path) != g.map(|c| &c.path), "health_path");
+    if let (Some(h), Some(g)) = (h, g) {
+        note(h.interval != g.interval, "health_interval");
+        note(h.timeout != g.timeout, "health_timeout");
+        note(h.rise != g.rise, "rise");
+        note(h.fall != g.fall, "fall");
+    }
+    note(
+        new.max_connections != old.max_connections,
+        "max_connections",
+    );
+    note(new.max_body_bytes != old.max_body_bytes, "max_body_bytes");
+    note(new.admin_token != old.admin_token, "admin_token");
+    note(new.backend_ca != old.backend_ca, "backend_ca");
+    note(
+        new.proxy_protocol_from != old.proxy_protocol_from,
+        "proxy_protocol_from",
+    );
+    note(new.tls != old.tls, "tls_cert");
+    out.extend(
+        table::changed_tunables(&new.tune, &old.tune)
+            .into_iter()
+            .map(|s| s.key),
+    );
+    out
+}
+
 impl ProxyConfig {
     /// A configuration with the table's defaults.
     pub fn new(listen: Vec<SocketAddr>, backends: Vec<Backend>) -> ProxyConfig {

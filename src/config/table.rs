@@ -138,6 +138,15 @@ macro_rules! settings {
             }
         }
 
+        /// The tunables whose value differs between `new` and `old`, by name.
+        pub fn changed_tunables(new: &Tunables, old: &Tunables) -> Vec<&'static Setting> {
+            let mut changed = Vec::new();
+            $(if new.$tfield != old.$tfield {
+                changed.push(setting(stringify!($tfield)));
+            })*
+            changed
+        }
+
         /// Every row, in table order.
         pub static TABLE: &[Setting] = &[
             $(Setting {

@@ -24,6 +24,9 @@ pub struct Reloaded {
     /// Restart-only settings that differ from those in force (not applied), by
     /// name in the settings table (`listen`, `max_header_bytes`).
     pub need_restart: Vec<&'static str>,
+    /// The other settings that changed (applied), by config-file key
+    /// (`algorithm`, `timeouts.connect`).
+    pub changed: Vec<&'static str>,
     /// Nothing that a reload applies changed.
     pub unchanged: bool,
     /// The TLS certificates changed (new handshakes use the new ones).
@@ -102,6 +105,7 @@ impl Reloader {
             ..Reloaded::default()
         };
         config.log_health = old.log_health;
+        result.changed = crate::config::changed_settings(&config, old);
         // Certificates are read again on every reload, so a rotated file is
         // picked up with nothing else changed; a bad one fails the reload whole.
         let (tls, backend_tls) = super::load_tls(&config)?;
