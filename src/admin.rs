@@ -243,6 +243,9 @@ fn serve(mut conn: TcpStream, stats: &dyn Report) -> io::Result<()> {
     Ok(())
 }
 
+/// The status page: one self-contained HTML file (no external assets).
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
 fn route(req: &httparse::Request<'_, '_>, stats: &dyn Report) -> Answer {
     let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
     if let Some(rest) = path.strip_prefix("/backends/") {
@@ -255,6 +258,11 @@ fn route(req: &httparse::Request<'_, '_>, stats: &dyn Report) -> Answer {
         };
     }
     match path {
+        // The page for people: it reads /status itself, every two seconds.
+        "/" => Answer {
+            content_type: "text/html; charset=utf-8",
+            ..Answer::text(200, STATUS_PAGE.to_string())
+        },
         "/metrics" => Answer {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             ..Answer::text(200, stats.prometheus())
@@ -266,7 +274,7 @@ fn route(req: &httparse::Request<'_, '_>, stats: &dyn Report) -> Answer {
         "/healthz" => Answer::text(200, "ok\n"),
         _ => Answer::text(
             404,
-            "try /metrics, /status, /healthz or POST /backends/NAME/(drain|disable|enable|weight/N)\n",
+            "try / (the status page), /metrics, /status, /healthz or POST /backends/NAME/(drain|disable|enable|weight/N)\n",
         ),
     }
 }

@@ -350,19 +350,53 @@ pub fn json_string(s: &str) -> String {
     out
 }
 
+/// The `q` quantile of a latency histogram (non-cumulative counts per bucket of
+/// `BUCKETS`, then above them all), in seconds, interpolated within its bucket
+/// as Prometheus' `histogram_quantile` does; `None` without samples.
+pub fn quantile(buckets: &[u64; BUCKETS.len() + 1], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (i, &n) in buckets.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let Some(&hi) = BUCKETS.get(i) else {
+                // Above the last bound: that bound is all that can be said.
+                return BUCKETS.last().copied();
+            };
+            let lo = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            return Some(lo + (hi - lo) * (rank - below as f64) / n as f64);
+        }
+        below += n;
+    }
+    BUCKETS.last().copied()
+}
+
 /// One backend's state as JSON (in `/status`, and the answer to a runtime
 /// control request).
 pub fn backend_json(b: &BackendView<'_>) -> String {
     let requests: u64 = b.per_worker.iter().flat_map(|s| s.responses).sum();
+    let mut buckets = [0u64; BUCKETS.len() + 1];
+    for s in &b.per_worker {
+        for (sum, n) in buckets.iter_mut().zip(s.latency) {
+            *sum += n;
+        }
+    }
+    let ms =
+        |q: f64| quantile(&buckets, q).map_or("null".to_string(), |s| format!("{:.2}", s * 1e3));
     format!(
-        "{{\"address\":{},\"up\":{},\"admin_state\":\"{}\",\"weight\":{},\"ramp\":{:.3},\"inflight\":{},\"connections\":{},\"requests\":{requests}}}",
+        "{{\"address\":{},\"up\":{},\"admin_state\":\"{}\",\"weight\":{},\"ramp\":{:.3},\"inflight\":{},\"connections\":{},\"requests\":{requests},\"p50_ms\":{},\"p99_ms\":{}}}",
         json_string(b.name),
         b.up,
         b.admin_state,
         b.weight,
         b.ramp,
         b.inflight,
-        b.connections
+        b.connections,
+        ms(0.5),
+        ms(0.99),
     )
 }
 
@@ -457,5 +491,22 @@ mod tests {
         };
         assert!(status_json(&v).ends_with("\"skew\":1.000}"));
         assert_eq!(json_string("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_their_bucket() {
+        let mut b = [0u64; BUCKETS.len() + 1];
+        assert_eq!(quantile(&b, 0.5), None);
+        b[0] = 100;
+        assert!((quantile(&b, 0.5).unwrap() - 0.00025).abs() < 1e-12);
+        b = [0; BUCKETS.len() + 1];
+        // 90 between 0.5 and 1 ms, 10 between 25 and 50 ms.
+        b[1] = 90;
+        b[6] = 10;
+        assert!((quantile(&b, 0.5).unwrap() - (0.0005 + 0.0005 * 50.0 / 90.0)).abs() < 1e-12);
+        assert!((quantile(&b, 0.99).unwrap() - 0.0475).abs() < 1e-12);
+        // Above every bound: the last bound.
+        b[BUCKETS.len()] = 1000;
+        assert_eq!(quantile(&b, 0.99), Some(10.0));
     }
 }

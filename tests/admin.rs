@@ -329,7 +329,7 @@ fn status_healthz_and_errors() {
         // Its pooled connections, as of the workers' last sweeps: one per worker at most.
         let (connections, rest) = rest.split_once(',').unwrap();
         assert!(connections.parse::<u64>().unwrap() <= 2, "{body}");
-        assert!(rest.starts_with("\"requests\":5}"), "{body}");
+        assert!(rest.starts_with("\"requests\":5,\"p50_ms\":"), "{body}");
     }
     assert!(body.contains("\"skew\":"), "{body}");
     assert_eq!(
