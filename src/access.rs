@@ -96,6 +96,10 @@ pub struct Entry<'a> {
     pub request: &'a [u8],
     pub referer: &'a [u8],
     pub user_agent: &'a [u8],
+    /// The request's Host.
+    pub host: &'a [u8],
+    /// The worker that answered.
+    pub worker: usize,
     pub status: u16,
     pub bytes: u64,
     pub backend: Option<&'a str>,
@@ -140,9 +144,10 @@ impl Default for Buffer {
 
 impl Buffer {
     pub fn add(&mut self, format: Format, e: &Entry<'_>) {
-        let now = SystemTime::now()
+        let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .unwrap_or_default();
+        let (now, millis) = (since.as_secs(), since.subsec_millis());
         if now != self.second {
             self.second = now;
             let (y, mo, d, h, mi, s) = civil(now);
@@ -153,7 +158,7 @@ impl Buffer {
                 "{d:02}/{}/{y}:{h:02}:{mi:02}:{s:02} +0000",
                 MONTHS[mo as usize - 1]
             );
-            self.iso_time = format!("{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
+            self.iso_time = format!("{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
         }
         let out = &mut self.out;
         match format {
@@ -183,12 +188,18 @@ impl Buffer {
                 let path = parts.next().unwrap_or(b"");
                 let _ = write!(
                     out,
-                    "{{\"time\":\"{}\",\"client\":\"{}\",\"method\":\"",
-                    self.iso_time, e.client
+                    "{{\"time\":\"{}.{millis:03}Z\",\"client\":\"{}\",\"worker\":{},\"method\":\"",
+                    self.iso_time, e.client, e.worker
                 );
                 quoted_text(out, method, b"", true);
                 out.extend_from_slice(b"\",\"path\":\"");
                 quoted_text(out, path, b"", true);
+                out.extend_from_slice(b"\",\"host\":\"");
+                quoted_text(out, e.host, b"", true);
+                out.extend_from_slice(b"\",\"referer\":\"");
+                quoted_text(out, e.referer, b"", true);
+                out.extend_from_slice(b"\",\"user_agent\":\"");
+                quoted_text(out, e.user_agent, b"", true);
                 let _ = write!(
                     out,
                     "\",\"status\":{},\"bytes\":{},\"backend\":",
@@ -294,6 +305,8 @@ mod tests {
             request: b"GET /a\"b HTTP/1.1",
             referer: b"",
             user_agent: b"curl/8",
+            host: b"a.test",
+            worker: 1,
             status: 200,
             bytes: 5,
             backend: Some("127.0.0.1:9001"),
@@ -316,7 +329,7 @@ mod tests {
         b.add(Format::Json, &entry());
         let line = String::from_utf8(b.out).unwrap();
         assert!(
-            line.ends_with("\"client\":\"10.0.0.1\",\"method\":\"GET\",\"path\":\"/a\\\"b\",\"status\":200,\"bytes\":5,\"backend\":\"127.0.0.1:9001\",\"upstream_time\":0.001500,\"request_time\":0.002000}\n"),
+            line.ends_with("\"client\":\"10.0.0.1\",\"worker\":1,\"method\":\"GET\",\"path\":\"/a\\\"b\",\"host\":\"a.test\",\"referer\":\"\",\"user_agent\":\"curl/8\",\"status\":200,\"bytes\":5,\"backend\":\"127.0.0.1:9001\",\"upstream_time\":0.001500,\"request_time\":0.002000}\n"),
             "{line}"
         );
     }

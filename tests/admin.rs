@@ -400,17 +400,29 @@ fn the_access_log_has_a_line_per_request_in_either_format() {
         assert_eq!(lines.len(), 4, "{log}");
         match format {
             corelb::access::Format::Json => {
-                assert!(lines[0].starts_with("{\"time\":\"20"), "{}", lines[0]);
+                // A time to the millisecond: "2026-12-07T20:21:46.363Z".
+                let time = &lines[0]["{\"time\":\"".len()..][..24];
+                assert!(
+                    time.starts_with("20") && time.as_bytes()[19] == b'.' && time.ends_with('Z'),
+                    "{}",
+                    lines[0]
+                );
+                assert!(
+                    lines[0].contains("\"client\":\"127.0.0.1\",\"worker\":"),
+                    "{}",
+                    lines[0]
+                );
                 assert!(
                     lines[0].contains(&format!(
-                        "\"client\":\"127.0.0.1\",\"method\":\"GET\",\"path\":\"/size/5\",\"status\":200,\"bytes\":5,\"backend\":\"{backend}\",\"upstream_time\":0."
+                        "\"method\":\"GET\",\"path\":\"/size/5\",\"host\":\"test\",\"referer\":\"\",\"user_agent\":\"\",\"status\":200,\"bytes\":5,\"backend\":\"{backend}\",\"upstream_time\":0."
                     )),
                     "{}",
                     lines[0]
                 );
                 assert!(lines[1].contains("\"status\":404"), "{}", lines[1]);
                 assert!(
-                    lines[2].contains("\"method\":\"GET\",\"path\":\"/bad\",\"status\":400,\"bytes\":0,\"backend\":null,\"upstream_time\":null"),
+                    // corelb's own answer counts its body ("Bad Request\n").
+                    lines[2].contains("\"method\":\"GET\",\"path\":\"/bad\",\"host\":\"\",\"referer\":\"\",\"user_agent\":\"\",\"status\":400,\"bytes\":12,\"backend\":null,\"upstream_time\":null"),
                     "{}",
                     lines[2]
                 );
@@ -425,7 +437,7 @@ fn the_access_log_has_a_line_per_request_in_either_format() {
                 );
                 assert!(
                     lines[2].contains(
-                        "\"GET /bad HTTP/1.1\" 400 0 \"-\" \"-\" backend=- upstream_time=-"
+                        "\"GET /bad HTTP/1.1\" 400 12 \"-\" \"-\" backend=- upstream_time=-"
                     ),
                     "{}",
                     lines[2]
@@ -540,5 +552,79 @@ fn process_metrics_and_promtool() {
             );
         }
         Err(e) => eprintln!("skipped promtool ({e}): apt-get install prometheus"),
+    }
+}
+
+/// goaccess, a standard log analyser, reads every line of the combined log
+/// with its COMBINED format (CI installs it; skipped when missing), refusals
+/// included: a head too large for the buffer is logged with its request line
+/// and the length of the 431's body.
+#[test]
+fn goaccess_reads_every_access_log_line() {
+    let origins = origins(1);
+    let dir = common::tls::TempDir::new("goaccess");
+    let path = dir.0.join("access.log");
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| {
+        c.access_log = Some(corelb::access::Config {
+            path: Some(path.clone()),
+            format: corelb::access::Format::Combined,
+        });
+    });
+    let addr = proxy.local_addrs()[0];
+    get(addr, "/a");
+    get(addr, "/status/404");
+    roundtrip(
+        addr,
+        b"GET /q?x=\"1\" HTTP/1.1\r\nHost: t\r\nUser-Agent: a \"quoted\" agent\r\nReferer: http://r/\r\n\r\n",
+    );
+    roundtrip(addr, b"GET /bad HTTP/1.1\r\n\r\n");
+    let mut big = b"GET /big HTTP/1.1\r\nHost: t\r\nX: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 40_000));
+    big.extend_from_slice(b"\r\n\r\n");
+    let mut s = connect(addr);
+    let _ = s.write_all(&big);
+    let mut r = Reader::new(s);
+    assert_eq!(r.response().status, 431);
+    drop(r);
+    proxy.shutdown();
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(log.lines().count(), 5, "{log}");
+    let big_line = log.lines().find(|l| l.contains(" 431 ")).unwrap();
+    assert!(
+        big_line.contains("\"GET /big HTTP/1.1\" 431 32 "),
+        "{big_line}"
+    );
+    let report = dir.0.join("report.json");
+    match std::process::Command::new("goaccess")
+        .arg(&path)
+        .args(["--log-format=COMBINED", "--no-global-config", "-o"])
+        .arg(&report)
+        .output()
+    {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let json = std::fs::read_to_string(&report).unwrap();
+            let general = &json[json.find("\"general\"").unwrap()..];
+            let field = |name: &str| -> u64 {
+                let at = general.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
+                general[at..]
+                    .trim_start()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            assert_eq!(
+                (field("total_requests"), field("failed_requests")),
+                (5, 0),
+                "{general:.300}"
+            );
+        }
+        Err(e) => eprintln!("skipped goaccess ({e}): apt-get install goaccess"),
     }
 }

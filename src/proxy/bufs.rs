@@ -33,6 +33,7 @@ pub(super) struct Bufs {
     pub(super) log_request: Vec<u8>,
     pub(super) log_referer: Vec<u8>,
     pub(super) log_user_agent: Vec<u8>,
+    pub(super) log_host: Vec<u8>,
     pub(super) resp_bytes: u64,
     pub(super) head_at: Option<Instant>,
 }
@@ -53,6 +54,7 @@ impl Bufs {
             log_request: Vec::new(),
             log_referer: Vec::new(),
             log_user_agent: Vec::new(),
+            log_host: Vec::new(),
             resp_bytes: 0,
             head_at: None,
         })
@@ -90,6 +92,7 @@ impl Recycle for Box<Bufs> {
             &mut self.log_request,
             &mut self.log_referer,
             &mut self.log_user_agent,
+            &mut self.log_host,
         ] {
             field.clear();
             if field.capacity() > MAX_KEPT_HEAD {
@@ -113,6 +116,7 @@ impl Recycle for Box<Bufs> {
             && self.log_request.is_empty()
             && self.log_referer.is_empty()
             && self.log_user_agent.is_empty()
+            && self.log_host.is_empty()
             && self.resp_bytes == 0
             && self.head_at.is_none()
     }

@@ -32,6 +32,7 @@ pub(super) fn parse_request_head(
         log_request,
         log_referer,
         log_user_agent,
+        log_host,
         ..
     } = bufs;
     if logging {
@@ -39,6 +40,7 @@ pub(super) fn parse_request_head(
         log_request.clear();
         log_referer.clear();
         log_user_agent.clear();
+        log_host.clear();
     }
     let limits = Limits {
         max_header_bytes: shared.max_header_bytes,
@@ -46,7 +48,7 @@ pub(super) fn parse_request_head(
     };
     let seen = |req: &httparse::Request<'_, '_>| {
         if logging {
-            capture_for_log([log_request, log_referer, log_user_agent], req);
+            capture_for_log([log_request, log_referer, log_user_agent, log_host], req);
         }
     };
     let accept = |req: &httparse::Request<'_, '_>, info: &RequestInfo| {
@@ -84,8 +86,8 @@ pub(super) fn parse_request_head(
 /// Keep what the access log shows of a request (copied: the head is consumed).
 #[cold]
 #[inline(never)]
-pub(super) fn capture_for_log(into: [&mut Vec<u8>; 3], req: &httparse::Request<'_, '_>) {
-    let [line, referer, user_agent] = into;
+pub(super) fn capture_for_log(into: [&mut Vec<u8>; 4], req: &httparse::Request<'_, '_>) {
+    let [line, referer, user_agent, host] = into;
     line.extend_from_slice(req.method.unwrap_or("").as_bytes());
     line.push(b' ');
     line.extend_from_slice(req.path.unwrap_or("").as_bytes());
@@ -99,6 +101,8 @@ pub(super) fn capture_for_log(into: [&mut Vec<u8>; 3], req: &httparse::Request<'
             referer.extend_from_slice(h.value);
         } else if h.name.eq_ignore_ascii_case("user-agent") {
             user_agent.extend_from_slice(h.value);
+        } else if h.name.eq_ignore_ascii_case("host") {
+            host.extend_from_slice(h.value);
         }
     }
 }

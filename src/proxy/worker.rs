@@ -305,13 +305,27 @@ impl Worker {
             return;
         };
         let local = backend.is_none();
+        // A refused head that did not parse whole may still have a request
+        // line that says what was asked.
+        let request = if bufs.log_request.is_empty() {
+            request_line(bufs.req.filled())
+        } else {
+            &bufs.log_request[..]
+        };
         let entry = access::Entry {
             client: c.ip,
-            request: &bufs.log_request,
+            request,
             referer: &bufs.log_referer,
             user_agent: &bufs.log_user_agent,
+            host: &bufs.log_host,
+            worker: self.id,
             status,
-            bytes: if local { 0 } else { bufs.resp_bytes },
+            // corelb's own answer: the body of the response queued for it.
+            bytes: if local {
+                own_body_len(&bufs.resp_head)
+            } else {
+                bufs.resp_bytes
+            },
             backend: backend.map(|b| self.locals[b].member.name.as_str()),
             upstream: bufs
                 .head_at
@@ -701,4 +715,38 @@ impl Worker {
             buffer::release_free_memory();
         }
     }
+}
+
+/// The first line of `head` if it has a request line's shape (`METHOD TARGET
+/// HTTP/1.x`, printable ASCII), for the log of a head refused before it parsed.
+fn request_line(head: &[u8]) -> &[u8] {
+    let Some(end) = head
+        .iter()
+        .take(8192)
+        .position(|&b| b == b'\r' || b == b'\n')
+    else {
+        return b"";
+    };
+    let line = &head[..end];
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return b"";
+    };
+    let shaped = !method.is_empty()
+        && method.iter().all(u8::is_ascii_uppercase)
+        && !target.is_empty()
+        && target.iter().all(u8::is_ascii_graphic)
+        && matches!(version, b"HTTP/1.0" | b"HTTP/1.1");
+    if shaped { line } else { b"" }
+}
+
+/// The body length of a whole response queued in `response` (head and body):
+/// what corelb's own answers send.
+fn own_body_len(response: &[u8]) -> u64 {
+    response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |at| (response.len() - at - 4) as u64)
 }
