@@ -29,6 +29,7 @@ fn parse_and_rewrite(c: &mut Criterion) {
             client_ip: "127.0.0.1".parse().unwrap(),
             host: None,
             https: false,
+            request_id: 0x5eed,
         };
         group.throughput(Throughput::Bytes(head.len() as u64));
         group.bench_function(name, |b| {

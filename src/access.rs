@@ -98,6 +98,8 @@ pub struct Entry<'a> {
     pub user_agent: &'a [u8],
     /// The request's Host.
     pub host: &'a [u8],
+    /// The X-Request-Id it went to its backend with (empty when it went to none).
+    pub request_id: &'a [u8],
     /// The worker that answered.
     pub worker: usize,
     pub status: u16,
@@ -175,7 +177,12 @@ impl Buffer {
                     e.backend.unwrap_or("-")
                 );
                 seconds(out, e.upstream, b"-");
-                let _ = write!(out, " request_time={:.6}", e.total.as_secs_f64());
+                let _ = write!(
+                    out,
+                    " request_time={:.6} request_id=",
+                    e.total.as_secs_f64()
+                );
+                quoted_text(out, e.request_id, b"-", false);
                 if let Some(tls) = &e.tls {
                     let _ = write!(out, " tls={} cipher={} sni=", tls.version, tls.cipher);
                     quoted_text(out, tls.sni.unwrap_or("").as_bytes(), b"-", false);
@@ -200,6 +207,8 @@ impl Buffer {
                 quoted_text(out, e.referer, b"", true);
                 out.extend_from_slice(b"\",\"user_agent\":\"");
                 quoted_text(out, e.user_agent, b"", true);
+                out.extend_from_slice(b"\",\"request_id\":\"");
+                quoted_text(out, e.request_id, b"", true);
                 let _ = write!(
                     out,
                     "\",\"status\":{},\"bytes\":{},\"backend\":",
@@ -306,6 +315,7 @@ mod tests {
             referer: b"",
             user_agent: b"curl/8",
             host: b"a.test",
+            request_id: b"r1",
             worker: 1,
             status: 200,
             bytes: 5,
@@ -323,13 +333,13 @@ mod tests {
         let line = String::from_utf8(std::mem::take(&mut b.out)).unwrap();
         assert!(line.starts_with("10.0.0.1 - - ["), "{line}");
         assert!(
-            line.ends_with("] \"GET /a\\\"b HTTP/1.1\" 200 5 \"-\" \"curl/8\" backend=127.0.0.1:9001 upstream_time=0.001500 request_time=0.002000\n"),
+            line.ends_with("] \"GET /a\\\"b HTTP/1.1\" 200 5 \"-\" \"curl/8\" backend=127.0.0.1:9001 upstream_time=0.001500 request_time=0.002000 request_id=r1\n"),
             "{line}"
         );
         b.add(Format::Json, &entry());
         let line = String::from_utf8(b.out).unwrap();
         assert!(
-            line.ends_with("\"client\":\"10.0.0.1\",\"worker\":1,\"method\":\"GET\",\"path\":\"/a\\\"b\",\"host\":\"a.test\",\"referer\":\"\",\"user_agent\":\"curl/8\",\"status\":200,\"bytes\":5,\"backend\":\"127.0.0.1:9001\",\"upstream_time\":0.001500,\"request_time\":0.002000}\n"),
+            line.ends_with("\"client\":\"10.0.0.1\",\"worker\":1,\"method\":\"GET\",\"path\":\"/a\\\"b\",\"host\":\"a.test\",\"referer\":\"\",\"user_agent\":\"curl/8\",\"request_id\":\"r1\",\"status\":200,\"bytes\":5,\"backend\":\"127.0.0.1:9001\",\"upstream_time\":0.001500,\"request_time\":0.002000}\n"),
             "{line}"
         );
     }
@@ -347,7 +357,7 @@ mod tests {
         let line = String::from_utf8(std::mem::take(&mut b.out)).unwrap();
         assert!(
             line.ends_with(
-                " request_time=0.002000 tls=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256 sni=a.test\n"
+                " request_time=0.002000 request_id=r1 tls=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256 sni=a.test\n"
             ),
             "{line}"
         );

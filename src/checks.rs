@@ -34,6 +34,7 @@ pub fn request_head(data: &[u8]) {
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         host: None,
         https: false,
+        request_id: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
     };
     let accepted = head::read_request(
         data,

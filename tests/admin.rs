@@ -413,8 +413,15 @@ fn the_access_log_has_a_line_per_request_in_either_format() {
                     lines[0]
                 );
                 assert!(
+                    lines[0].contains(
+                        "\"method\":\"GET\",\"path\":\"/size/5\",\"host\":\"test\",\"referer\":\"\",\"user_agent\":\"\",\"request_id\":\""
+                    ),
+                    "{}",
+                    lines[0]
+                );
+                assert!(
                     lines[0].contains(&format!(
-                        "\"method\":\"GET\",\"path\":\"/size/5\",\"host\":\"test\",\"referer\":\"\",\"user_agent\":\"\",\"status\":200,\"bytes\":5,\"backend\":\"{backend}\",\"upstream_time\":0."
+                        "\",\"status\":200,\"bytes\":5,\"backend\":\"{backend}\",\"upstream_time\":0."
                     )),
                     "{}",
                     lines[0]
@@ -422,7 +429,7 @@ fn the_access_log_has_a_line_per_request_in_either_format() {
                 assert!(lines[1].contains("\"status\":404"), "{}", lines[1]);
                 assert!(
                     // corelb's own answer counts its body ("Bad Request\n").
-                    lines[2].contains("\"method\":\"GET\",\"path\":\"/bad\",\"host\":\"\",\"referer\":\"\",\"user_agent\":\"\",\"status\":400,\"bytes\":12,\"backend\":null,\"upstream_time\":null"),
+                    lines[2].contains("\"method\":\"GET\",\"path\":\"/bad\",\"host\":\"\",\"referer\":\"\",\"user_agent\":\"\",\"request_id\":\"\",\"status\":400,\"bytes\":12,\"backend\":null,\"upstream_time\":null"),
                     "{}",
                     lines[2]
                 );
@@ -626,5 +633,64 @@ fn goaccess_reads_every_access_log_line() {
             );
         }
         Err(e) => eprintln!("skipped goaccess ({e}): apt-get install goaccess"),
+    }
+}
+
+/// X-Request-Id: a client's valid one is kept, else one is made; the backend
+/// gets it and the access log line says the same one, so a request can be
+/// followed from the client to the backend's own log.
+#[test]
+fn a_request_id_reaches_the_backend_and_the_log() {
+    let backend = Scripted::start(|mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            let ids: Vec<&str> = req.head.all("x-request-id").collect();
+            let body = ids.join("|");
+            let out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let dir = common::tls::TempDir::new("request-id");
+    let path = dir.0.join("access.log");
+    let proxy = proxy_with(&[backend.addr], |c| {
+        c.workers = 1;
+        c.access_log = Some(corelb::access::Config {
+            path: Some(path.clone()),
+            format: corelb::access::Format::Json,
+        });
+    });
+    let addr = proxy.local_addrs()[0];
+    let made: Vec<String> = (0..3).map(|_| get(addr, "/").text()).collect();
+    for id in &made {
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    assert!(made[0] != made[1] && made[1] != made[2], "{made:?}");
+    let (kept, _) = roundtrip(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Request-Id: client-7\r\nX-Request-Id: again\r\n\r\n",
+    );
+    assert_eq!(kept.text(), "client-7");
+    let (replaced, _) = roundtrip(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Request-Id: a,b\r\n\r\n",
+    );
+    assert_eq!(replaced.text().len(), 32, "{}", replaced.text());
+    proxy.shutdown();
+    let log = std::fs::read_to_string(&path).unwrap();
+    for id in made
+        .iter()
+        .chain([&"client-7".to_string(), &replaced.text()])
+    {
+        assert!(
+            log.contains(&format!("\"request_id\":\"{id}\"")),
+            "{id}: {log}"
+        );
     }
 }

@@ -417,6 +417,7 @@ fn compared(name: &str) -> bool {
             | "content-length"
             | "x-forwarded-for"
             | "x-forwarded-proto"
+            | "x-request-id"
     )
 }
 

@@ -16,6 +16,7 @@ pub enum FieldKind {
     HopByHop,
     XForwardedFor,
     XForwardedProto,
+    XRequestId,
     Other,
 }
 
@@ -31,6 +32,7 @@ pub fn field_kind(name: &str) -> FieldKind {
         7 if is("trailer") => FieldKind::HopByHop,
         10 if is("connection") => FieldKind::Connection,
         10 if is("keep-alive") => FieldKind::HopByHop,
+        12 if is("x-request-id") => FieldKind::XRequestId,
         14 if is("content-length") => FieldKind::ContentLength,
         15 if is("x-forwarded-for") => FieldKind::XForwardedFor,
         16 if is("proxy-connection") => FieldKind::HopByHop,
@@ -291,6 +293,7 @@ mod tests {
             "proxy-connection",
             "transfer-encoding",
             "x-forwarded-proto",
+            "x-request-id",
         ];
         for lower in names {
             for target in names {

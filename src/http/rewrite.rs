@@ -76,6 +76,18 @@ pub struct Forwarding<'a> {
     pub host: Option<&'a str>,
     /// The client spoke TLS to us: `X-Forwarded-Proto: https`.
     pub https: bool,
+    /// The X-Request-Id to send when the client sent none that is valid.
+    pub request_id: u128,
+}
+
+/// A client's X-Request-Id is kept if it is 1 to 128 visible ASCII characters
+/// other than `"`, `,` and `\` (what logs and other proxies can carry as one
+/// token); another one is replaced.
+fn valid_request_id(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b'\\'))
 }
 
 /// Write the request head sent to the backend. The request line keeps the client's
@@ -84,12 +96,14 @@ pub struct Forwarding<'a> {
 /// target is sent in origin-form, with its authority as the Host (RFC 9112 §3.2.2:
 /// the target's authority wins over the Host field), so the backend cannot see two
 /// different hosts. A 1.0 request's Expect is dropped: it is to be ignored.
+/// Returns where the X-Request-Id's value is in `out` (the client's, or the
+/// one made from `fwd.request_id`), for the access log.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     req: &httparse::Request<'_, '_>,
     info: &RequestInfo,
     fwd: Forwarding<'_>,
-) {
+) -> std::ops::Range<usize> {
     out.clear();
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
     out.push(b' ');
@@ -116,10 +130,20 @@ pub fn write_request_head(
     });
     let check_options = has_connection_options(req.headers);
     let mut forwarded_for = false;
+    let mut request_id = None;
     for h in req.headers.iter() {
         match field_kind(h.name) {
             FieldKind::Connection | FieldKind::HopByHop | FieldKind::ContentLength => {}
             FieldKind::XForwardedProto => {}
+            // The first valid one is kept as it came; the rest are dropped, so
+            // the backend and the log see one id.
+            FieldKind::XRequestId => {
+                if request_id.is_none() && valid_request_id(h.value) {
+                    let start = out.len() + h.name.len() + 2;
+                    put_field(out, h.name.as_bytes(), h.value);
+                    request_id = Some(start..start + h.value.len());
+                }
+            }
             FieldKind::XForwardedFor => forwarded_for = true,
             FieldKind::Host if host.is_some() => {}
             FieldKind::Expect if info.version == 0 => {}
@@ -166,10 +190,34 @@ pub fn write_request_head(
     put_ip(out, fwd.client_ip);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(if fwd.https {
-        b"X-Forwarded-Proto: https\r\n\r\n"
+        b"X-Forwarded-Proto: https\r\n"
     } else {
-        b"X-Forwarded-Proto: http\r\n\r\n"
+        b"X-Forwarded-Proto: http\r\n"
     });
+    match request_id {
+        Some(range) => {
+            out.extend_from_slice(b"\r\n");
+            range
+        }
+        None => {
+            out.extend_from_slice(b"X-Request-Id: ");
+            let start = out.len();
+            put_hex128(out, fwd.request_id);
+            out.extend_from_slice(b"\r\n\r\n");
+            start..start + 32
+        }
+    }
+}
+
+/// 32 lowercase hex digits, made on the stack and appended in one copy.
+#[inline]
+fn put_hex128(out: &mut Vec<u8>, v: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((v >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    out.extend_from_slice(&digits);
 }
 
 /// With `--rewrite-host`, a request moved to another backend must name that one:
@@ -262,6 +310,7 @@ mod tests {
             client_ip: "10.1.2.3".parse().unwrap(),
             host,
             https: false,
+            request_id: 0xfeed,
         };
         write_request_head(&mut out, &req, &info, fwd);
         String::from_utf8(out).unwrap()
@@ -284,7 +333,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "GET /a?b HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+            "GET /a?b HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Request-Id: 0000000000000000000000000000feed\r\n\r\n"
         );
     }
 
@@ -296,7 +345,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "POST / HTTP/1.1\r\nHost: backend:81\r\nContent-Length: 3\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+            "POST / HTTP/1.1\r\nHost: backend:81\r\nContent-Length: 3\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Request-Id: 0000000000000000000000000000feed\r\n\r\n"
         );
     }
 
@@ -305,7 +354,7 @@ mod tests {
         let out = rewrite(b"GET / HTTP/1.0\r\n\r\n", None);
         assert_eq!(
             out,
-            "GET / HTTP/1.0\r\nConnection: keep-alive\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+            "GET / HTTP/1.0\r\nConnection: keep-alive\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Request-Id: 0000000000000000000000000000feed\r\n\r\n"
         );
     }
 
@@ -363,5 +412,24 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_valid_request_id_is_kept_and_another_replaced() {
+        let kept = rewrite(
+            b"GET / HTTP/1.1\r\nHost: x\r\nx-request-id: abc-123\r\nX-Request-Id: second\r\n\r\n",
+            None,
+        );
+        assert!(kept.contains("\r\nx-request-id: abc-123\r\n"), "{kept}");
+        assert!(!kept.contains("second") && !kept.contains("feed"), "{kept}");
+        for bad in ["a,b", "a\"b", "", &"x".repeat(129)] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: {bad}\r\n\r\n");
+            let out = rewrite(raw.as_bytes(), None);
+            assert!(
+                out.ends_with("X-Request-Id: 0000000000000000000000000000feed\r\n\r\n")
+                    && out.matches("equest-Id").count() == 1,
+                "{bad:?}: {out}"
+            );
+        }
     }
 }

@@ -34,6 +34,7 @@ pub(super) struct Bufs {
     pub(super) log_referer: Vec<u8>,
     pub(super) log_user_agent: Vec<u8>,
     pub(super) log_host: Vec<u8>,
+    pub(super) log_request_id: Vec<u8>,
     pub(super) resp_bytes: u64,
     pub(super) head_at: Option<Instant>,
 }
@@ -55,6 +56,7 @@ impl Bufs {
             log_referer: Vec::new(),
             log_user_agent: Vec::new(),
             log_host: Vec::new(),
+            log_request_id: Vec::new(),
             resp_bytes: 0,
             head_at: None,
         })
@@ -93,6 +95,7 @@ impl Recycle for Box<Bufs> {
             &mut self.log_referer,
             &mut self.log_user_agent,
             &mut self.log_host,
+            &mut self.log_request_id,
         ] {
             field.clear();
             if field.capacity() > MAX_KEPT_HEAD {
@@ -117,6 +120,7 @@ impl Recycle for Box<Bufs> {
             && self.log_referer.is_empty()
             && self.log_user_agent.is_empty()
             && self.log_host.is_empty()
+            && self.log_request_id.is_empty()
             && self.resp_bytes == 0
             && self.head_at.is_none()
     }

@@ -24,6 +24,7 @@ pub(super) fn parse_request_head(
     shared: &Shared,
     plan: &Plan,
     now: Instant,
+    request_id: u128,
 ) -> Result<Option<(usize, RequestInfo, usize)>, Fail> {
     let logging = shared.access.is_some();
     let Bufs {
@@ -33,6 +34,7 @@ pub(super) fn parse_request_head(
         log_referer,
         log_user_agent,
         log_host,
+        log_request_id,
         ..
     } = bufs;
     if logging {
@@ -41,6 +43,7 @@ pub(super) fn parse_request_head(
         log_referer.clear();
         log_user_agent.clear();
         log_host.clear();
+        log_request_id.clear();
     }
     let limits = Limits {
         max_header_bytes: shared.max_header_bytes,
@@ -76,8 +79,12 @@ pub(super) fn parse_request_head(
             host: shared
                 .rewrite_host
                 .then(|| plan.health.member(backend).authority.as_str()),
+            request_id,
         };
-        rewrite::write_request_head(req_head, req, info, fwd);
+        let id = rewrite::write_request_head(req_head, req, info, fwd);
+        if logging {
+            log_request_id.extend_from_slice(&req_head[id]);
+        }
         Ok(backend)
     };
     head::read_request(data.filled(), limits, seen, accept).map_err(Fail::Reject)

@@ -394,6 +394,11 @@ impl Worker {
                 &self.shared,
                 &self.plan,
                 self.now,
+                {
+                    // A new id per parse: this worker's random half, then a count.
+                    self.requests_seen = self.requests_seen.wrapping_add(1);
+                    self.request_id_seed | u128::from(self.requests_seen)
+                },
             )?
         {
             bufs.req.consume(n);

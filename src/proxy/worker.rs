@@ -80,6 +80,10 @@ pub(super) struct Worker {
     pub(super) next_trim: Instant,
     /// Client connections accepted so far: the next one's `Client::id`.
     connections_made: u64,
+    /// X-Request-Ids made here: a random upper half for this worker (ids of
+    /// other workers and other runs differ), and a count below it.
+    pub(super) request_id_seed: u128,
+    pub(super) requests_seen: u64,
     /// Which of `ctx.listeners` speak TLS, and which expect a PROXY header
     /// first (by the address each is bound to).
     listener_kinds: Vec<(bool, bool)>,
@@ -119,6 +123,8 @@ impl Worker {
             quiet_tls_until: Instant::now(),
             next_trim: Instant::now() + TRIM_INTERVAL,
             connections_made: 0,
+            request_id_seed: u128::from(random_u64()) << 64,
+            requests_seen: 0,
             listener_kinds: Vec::new(),
         };
         w.listener_kinds = (w.ctx.listeners.iter())
@@ -318,6 +324,7 @@ impl Worker {
             referer: &bufs.log_referer,
             user_agent: &bufs.log_user_agent,
             host: &bufs.log_host,
+            request_id: &bufs.log_request_id,
             worker: self.id,
             status,
             // corelb's own answer: the body of the response queued for it.
@@ -749,4 +756,18 @@ fn own_body_len(response: &[u8]) -> u64 {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(0, |at| (response.len() - at - 4) as u64)
+}
+
+/// 64 bits nobody can guess in advance (std's per-process random keys, mixed
+/// with the time).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
 }
