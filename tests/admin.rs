@@ -694,3 +694,38 @@ fn a_request_id_reaches_the_backend_and_the_log() {
         );
     }
 }
+
+/// A worker writes its access log lines in the order it answered, so their
+/// times never go back (one worker, four clients at once).
+#[test]
+fn access_log_lines_of_a_worker_are_in_time_order() {
+    let origins = origins(1);
+    let dir = common::tls::TempDir::new("log-order");
+    let path = dir.0.join("access.log");
+    let proxy = proxy_with(&[origins[0].local_addr()], |c| {
+        c.workers = 1;
+        c.access_log = Some(corelb::access::Config {
+            path: Some(path.clone()),
+            format: corelb::access::Format::Json,
+        });
+    });
+    let addr = proxy.local_addrs()[0];
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    assert_eq!(get(addr, "/").status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    proxy.shutdown();
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(log.lines().count(), 400, "{log}");
+    // `{"time":"2026-12-07T20:21:46.363Z"`: the time is bytes 9 to 33.
+    let times: Vec<&str> = log.lines().map(|l| &l[9..33]).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{log}");
+}
