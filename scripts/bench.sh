@@ -68,7 +68,8 @@ while [ $# -gt 0 ]; do
     --no-memory) memory=0; shift ;;
     --baseline) baseline="$2"; shift 2 ;;
     --smoke) smoke=1; rounds=1; duration=1; workers_list=1; rates=25; after_wait=5; shift ;;
-    --corelb) corelb_path="$2"; shift 2 ;;
+    --corelb) [ $# -ge 2 ] || { echo "bench.sh: --corelb needs a path (see --help)" >&2; exit 2; }
+      corelb_path="$2"; shift 2 ;;
     # The comment block at the top, and nothing else.
     -h|--help) sed -n '2,/^[^#]/p' "$root/scripts/bench.sh" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;

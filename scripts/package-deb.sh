@@ -68,6 +68,25 @@ fi
 exit 0
 EOF
 chmod 755 "$root/DEBIAN/postinst"
+cat >"$root/DEBIAN/prerm" <<'EOF'
+#!/bin/sh
+set -e
+# Removal stops and disables the service first: nothing runs a deleted binary.
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+  systemctl stop corelb.service >/dev/null 2>&1 || true
+  systemctl disable corelb.service >/dev/null 2>&1 || true
+fi
+exit 0
+EOF
+cat >"$root/DEBIAN/postrm" <<'EOF'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload >/dev/null 2>&1 || true
+fi
+exit 0
+EOF
+chmod 755 "$root/DEBIAN/prerm" "$root/DEBIAN/postrm"
 
 mkdir -p target/debian
 deb="target/debian/corelb_${version}_${arch}.deb"

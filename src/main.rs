@@ -345,10 +345,18 @@ fn reload(
                     path.display(),
                     list(&done.added),
                     list(&done.removed),
-                    if done.changed.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; changed: {}", done.changed.join(", "))
+                    {
+                        let mut changed: Vec<String> =
+                            done.changed.iter().map(|s| s.to_string()).collect();
+                        changed.extend(done.reweighted.iter().map(|w| format!("weight {w}")));
+                        if level_changed {
+                            changed.push(format!("log level {}", built.log_level.name()));
+                        }
+                        if changed.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; changed: {}", changed.join(", "))
+                        }
                     },
                     if done.certificates {
                         "; TLS certificates changed"
@@ -628,16 +636,25 @@ fn main() -> ExitCode {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     // `-h` is `--help`, as everywhere else.
+    // (Only where help is asked for: `corelb -h`, `corelb serve -h`; further
+    // on, `-h` may be a flag's value.)
     let strs: Vec<&str> = args
         .iter()
-        .map(|a| if a == "-h" { "--help" } else { a.as_str() })
+        .enumerate()
+        .map(|(i, a)| {
+            if a == "-h" && i <= 2 {
+                "--help"
+            } else {
+                a.as_str()
+            }
+        })
         .collect();
     match strs.get(1).copied() {
         Some("--version" | "-V") => {
             println!("corelb {}", corelb::version());
             return ExitCode::SUCCESS;
         }
-        Some(cmd) if !cmd.starts_with('-') && !COMMANDS.contains(&cmd) => {
+        Some(cmd) if !cmd.starts_with('-') && cmd != "help" && !COMMANDS.contains(&cmd) => {
             return usage_error(format!(
                 "unknown command {cmd:?}: the commands are {} (see corelb --help)",
                 COMMANDS.join(", ")

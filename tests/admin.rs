@@ -522,7 +522,8 @@ fn process_metrics_and_promtool() {
         "{rss} vs {rss_kb} kB"
     );
     let fds = std::fs::read_dir("/proc/self/fd").unwrap().count() as f64;
-    assert!((value("process_open_fds") - fds).abs() < 20.0, "{fds}");
+    // Other tests of this binary open and close sockets meanwhile.
+    assert!((value("process_open_fds") - fds).abs() < 200.0, "{fds}");
     let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
     assert_eq!(value("process_max_fds"), soft as f64);
     let now = std::time::SystemTime::now()

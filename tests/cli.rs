@@ -1273,6 +1273,19 @@ fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
         ),
         "{line}"
     );
+    // The log level beside another change is named too. (The backends come
+    // from the command line here, so the file's weight is not in force.)
+    std::fs::write(
+        &file,
+        format!(
+            "log_level = \"info\"\nalgorithm = \"least-connections\"\nretries = 2\n\
+             [timeouts]\nconnect = \"2s\"\n[limits]\nmax_body_bytes = 1000\n[[backend]]\naddress = \"{b}\"\n"
+        ),
+    )
+    .unwrap();
+    signal(&proxy.id().to_string(), "-HUP");
+    let line = expect_line(&rx, "reloaded");
+    assert!(line.ends_with("changed: retries, log level info"), "{line}");
     stop(proxy, "-TERM");
     stop(origin_a, "-TERM");
     stop(origin_b, "-TERM");

@@ -448,3 +448,16 @@ fn a_reload_does_not_wait_for_a_round_of_slow_health_checks() {
         started.elapsed()
     );
 }
+
+/// A reload says which backends it gave another weight.
+#[test]
+fn a_reload_names_the_weights_it_changed() {
+    let origins = origins(2);
+    let addrs: Vec<_> = origins.iter().map(|o| o.local_addr()).collect();
+    let proxy = Proxy::start(config_for(&addrs)).unwrap();
+    let mut c = config_for(&addrs);
+    c.backends[1].weight = 5;
+    let done = proxy.reload(c).unwrap();
+    assert_eq!(done.reweighted, vec![format!("{} 1->5", addrs[1])]);
+    assert!(done.added.is_empty() && done.removed.is_empty());
+}

@@ -138,7 +138,10 @@ pub fn write_request_head(
             // The first valid one is kept as it came; the rest are dropped, so
             // the backend and the log see one id.
             FieldKind::XRequestId => {
-                if request_id.is_none() && valid_request_id(h.value) {
+                if request_id.is_none()
+                    && valid_request_id(h.value)
+                    && !(check_options && named_by_connection(req.headers, h.name))
+                {
                     let start = out.len() + h.name.len() + 2;
                     put_field(out, h.name.as_bytes(), h.value);
                     request_id = Some(start..start + h.value.len());

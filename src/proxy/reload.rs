@@ -27,6 +27,8 @@ pub struct Reloaded {
     /// The other settings that changed (applied), by config-file key
     /// (`algorithm`, `timeouts.connect`).
     pub changed: Vec<&'static str>,
+    /// Backends that stayed with another weight: `name old->new`.
+    pub reweighted: Vec<String>,
     /// Nothing that a reload applies changed.
     pub unchanged: bool,
     /// The TLS certificates changed (new handshakes use the new ones).
@@ -106,6 +108,15 @@ impl Reloader {
         };
         config.log_health = old.log_health;
         result.changed = crate::config::changed_settings(&config, old);
+        result.reweighted = (config.backends.iter())
+            .filter_map(|b| {
+                let was = old
+                    .backends
+                    .iter()
+                    .find(|o| o.addr == b.addr && o.name() == b.name() && o.weight != b.weight)?;
+                Some(format!("{} {}->{}", b.name(), was.weight, b.weight))
+            })
+            .collect();
         // Certificates are read again on every reload, so a rotated file is
         // picked up with nothing else changed; a bad one fails the reload whole.
         let (tls, backend_tls) = super::load_tls(&config)?;
