@@ -223,16 +223,28 @@ impl Worker {
                 return None;
             }
             idle.remove(at);
-            let found = if max_idle.is_some() {
-                leftover(u)
-            } else {
-                leftover_seen(u)
-            };
-            if found == Leftover::Nothing {
+            if let Some(uk) = self.vet(uk, max_idle.is_some()) {
                 return Some(uk);
             }
-            self.discard_upstream(uk, found);
         }
+    }
+
+    /// An idle connection just taken off its list: it, if nothing came on it
+    /// since its last response, else it is closed and `None`. A request that
+    /// must not be replayed (`careful`) pays for a read that makes sure
+    /// nothing arrived since the last poll (the flags are as of then).
+    fn vet(&mut self, uk: usize, careful: bool) -> Option<usize> {
+        let u = &mut self.upstreams[uk];
+        let found = if careful {
+            leftover(u)
+        } else {
+            leftover_seen(u)
+        };
+        if found == Leftover::Nothing {
+            return Some(uk);
+        }
+        self.discard_upstream(uk, found);
+        None
     }
 
     /// A client connection that ends takes the idle connections private to it
@@ -271,17 +283,9 @@ impl Worker {
                 self.discard_upstream(uk, Leftover::Closed);
                 continue;
             }
-            // A request that must not be replayed pays for a read that makes sure
-            // nothing arrived since the last poll (the flags are as of then).
-            let found = if max_idle.is_some() {
-                leftover(u)
-            } else {
-                leftover_seen(u)
-            };
-            if found == Leftover::Nothing {
+            if let Some(uk) = self.vet(uk, max_idle.is_some()) {
                 return Some(uk);
             }
-            self.discard_upstream(uk, found);
         }
         None
     }
