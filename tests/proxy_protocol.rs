@@ -143,6 +143,7 @@ fn a_header_that_comes_in_pieces_is_read_whole() {
     for piece in header.chunks(5) {
         s.write_all(piece).unwrap();
         s.flush().unwrap();
+        // Pacing, not a wait: each piece goes out in a segment of its own.
         std::thread::sleep(Duration::from_millis(10));
     }
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
@@ -385,48 +386,79 @@ fn get_from(from: &str, addr: SocketAddr) -> String {
     resp.text()
 }
 
+/// HAProxy (`haproxy -db`) running `sections` after a shared global and
+/// defaults part in `mode`, until dropped; `None` (and a line saying the test
+/// skipped) when it is not installed. Waits until every port in `listens`
+/// accepts connections.
+struct Haproxy {
+    child: std::process::Child,
+    _dir: common::tls::TempDir,
+}
+
+impl Haproxy {
+    fn start(tag: &str, mode: &str, sections: &str, listens: &[u16]) -> Option<Haproxy> {
+        if std::process::Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: haproxy is not installed (apt-get install haproxy)");
+            return None;
+        }
+        let dir = common::tls::TempDir::new(tag);
+        let config = dir.write(
+            "haproxy.cfg",
+            &format!(
+                "global\n  maxconn 100\ndefaults\n  mode {mode}\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n{sections}"
+            ),
+        );
+        let child = std::process::Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let haproxy = Haproxy { child, _dir: dir };
+        let up = |port: &u16| TcpStream::connect(("127.0.0.1", *port)).is_ok();
+        wait_until(|| listens.iter().all(up), "haproxy listens");
+        Some(haproxy)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// HAProxy in `mode tcp` in front, as a real L4 balancer: one frontend sends
 /// v1 headers (`send-proxy`), one v2 (`send-proxy-v2`), both from 127.0.0.2,
 /// the one peer corelb believes. A client at 127.0.0.3 is the address the
 /// backend is told of, whichever way it came.
 #[test]
 fn haproxy_in_front_passes_the_client_address_in_v1_and_v2() {
-    if std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: haproxy is not installed (apt-get install haproxy)");
-        return;
-    }
     let (backend, _) = xff_echo();
     let proxy = pp_proxy(backend.addr, "127.0.0.2");
     let corelb = proxy.local_addrs()[0];
     let (v1, v2) = (free_port(), free_port());
-    let dir = common::tls::TempDir::new("pp-haproxy");
-    let config = dir.write(
-        "haproxy.cfg",
+    let Some(haproxy) = Haproxy::start(
+        "pp-haproxy",
+        "tcp",
         &format!(
-            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
-             listen v1\n  bind 127.0.0.1:{v1}\n  server corelb {corelb} send-proxy source 127.0.0.2\n\
+            "listen v1\n  bind 127.0.0.1:{v1}\n  server corelb {corelb} send-proxy source 127.0.0.2\n\
              listen v2\n  bind 127.0.0.1:{v2}\n  server corelb {corelb} send-proxy-v2 source 127.0.0.2\n"
         ),
-    );
-    let mut haproxy = std::process::Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let up = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
-    wait_until(|| up(v1) && up(v2), "haproxy listens");
+        &[v1, v2],
+    ) else {
+        return;
+    };
     let seen = (
         get_from("127.0.0.3", SocketAddr::from(([127, 0, 0, 1], v1))),
         get_from("127.0.0.3", SocketAddr::from(([127, 0, 0, 1], v2))),
     );
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
+    drop(haproxy);
     assert_eq!(seen, ("127.0.0.3".into(), "127.0.0.3".into()));
     // (The probes that waited for HAProxy's ports made connections too.)
     for version in ["version=\"1\"", "version=\"2\""] {
@@ -640,37 +672,20 @@ fn health_checks_to_a_send_proxy_backend_send_a_header_of_their_own() {
 /// address that arrives.
 #[test]
 fn haproxy_behind_reads_the_headers_corelb_sends() {
-    if std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: haproxy is not installed (apt-get install haproxy)");
-        return;
-    }
     let (origin, _) = xff_echo();
     let port = free_port();
-    let dir = common::tls::TempDir::new("pp-haproxy-behind");
-    let config = dir.write(
-        "haproxy.cfg",
+    let Some(haproxy) = Haproxy::start(
+        "pp-haproxy-behind",
+        "http",
         &format!(
-            "global\n  maxconn 100\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
-             frontend fe\n  bind 127.0.0.1:{port} accept-proxy\n  http-request set-header X-Forwarded-For %[src]\n  default_backend be\n\
+            "frontend fe\n  bind 127.0.0.1:{port} accept-proxy\n  http-request set-header X-Forwarded-For %[src]\n  default_backend be\n\
              backend be\n  server origin {}\n",
             origin.addr
         ),
-    );
-    let mut haproxy = std::process::Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(
-        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        "haproxy listens",
-    );
+        &[port],
+    ) else {
+        return;
+    };
     let mut seen = Vec::new();
     for version in [corelb::config::SendProxy::V2, corelb::config::SendProxy::V1] {
         let proxy = proxy_with(&[], |c| {
@@ -681,7 +696,6 @@ fn haproxy_behind_reads_the_headers_corelb_sends() {
         });
         seen.push(get_from("127.0.0.3", proxy.local_addrs()[0]));
     }
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
+    drop(haproxy);
     assert_eq!(seen, ["127.0.0.3", "127.0.0.3"]);
 }
