@@ -220,7 +220,7 @@ fn every_address_of_a_name_is_a_member_and_the_set_follows_the_records() {
     let Some(server) = Dnsmasq::start("127.0.0.5 app.test\n127.0.0.6 app.test\n", &[]) else {
         return;
     };
-    let (proxy, _discovery) = discovering(&server, |c| c.backends = vec![named(port)]);
+    let (proxy, discovery) = discovering(&server, |c| c.backends = vec![named(port)]);
     let seen = bodies(&proxy, 4);
     assert!(
         seen.contains(&"five".into()) && seen.contains(&"six".into()),
@@ -260,7 +260,11 @@ fn every_address_of_a_name_is_a_member_and_the_set_follows_the_records() {
     // The server stops: the last set stays.
     let mut server = server;
     server.stop();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let round = discovery.rounds();
+    wait_until(
+        || discovery.rounds() > round + 1,
+        "a whole round of questions to the stopped server",
+    );
     let after = bodies(&proxy, 4);
     assert!(after.iter().all(|b| b == "six"), "{after:?}");
     running.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -131,7 +131,12 @@ fn records(s: &mut ServerStream, plain: &[u8]) -> Vec<u8> {
 /// the next request comes on the connection, ahead of that request's true
 /// answer. Whatever rustls holds of a record shows in no read: a connection
 /// left so must not be pooled, or the forged response is the next client's.
-fn half_record_backend(pair: &(String, String), split: usize, idle_first: bool) -> TlsBackend {
+fn half_record_backend(
+    pair: &(String, String),
+    split: usize,
+    idle_first: bool,
+    go: crossbeam_channel::Receiver<()>,
+) -> TlsBackend {
     use std::io::Write;
     TlsBackend::scripted(pair, move |mut s, n| {
         let mut first = true;
@@ -154,7 +159,8 @@ fn half_record_backend(pair: &(String, String), split: usize, idle_first: bool) 
                 rest = forged[split..].to_vec();
                 if idle_first {
                     s.sock.write_all(&out).unwrap();
-                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    // Once the client has its answer (the connection is idle).
+                    let _ = go.recv_timeout(std::time::Duration::from_secs(10));
                     out.clear();
                 }
                 out.extend_from_slice(&forged[..split]);
@@ -173,11 +179,13 @@ fn a_backend_connection_with_half_a_record_held_is_never_reused() {
     let ca_file = dir.write("ca.pem", &ca.pem);
     let pair = ca.leaf(&["localhost"]);
     for (split, idle_first) in [(1, false), (3, false), (5, false), (40, false), (3, true)] {
-        let backend = half_record_backend(&pair, split, idle_first);
+        let (go, wait) = crossbeam_channel::bounded(1);
+        let backend = half_record_backend(&pair, split, idle_first, wait);
         let proxy = proxy_to(backend.backend(), Some(ca_file.clone()));
         let addr = proxy.local_addrs()[0];
         let first = get(addr, "/a");
         assert_eq!(first.text(), "/a conn=0");
+        let _ = go.send(());
         if idle_first {
             // The half record arrives while the connection is idle: wait until
             // corelb has looked at it (it closes the connection).
@@ -278,15 +286,16 @@ fn a_broken_record_mid_body_is_counted() {
     use std::io::Write;
     let dir = TempDir::new("https-mid-body");
     let ca = Ca::new("backend CA");
-    let backend = TlsBackend::scripted(&ca.leaf(&["localhost"]), |mut s, _| {
+    let (go, wait) = crossbeam_channel::bounded::<()>(1);
+    let backend = TlsBackend::scripted(&ca.leaf(&["localhost"]), move |mut s, _| {
         if read_tls_head(&mut s).is_some() {
             let out = records(
                 &mut s,
                 b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf",
             );
             let _ = s.sock.write_all(&out);
-            // The broken record comes after the part the client gets.
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            // The broken record comes once the client has the part before it.
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(10));
             let mut out = vec![0x17, 0x03, 0x03, 0x00, 0x20];
             out.extend_from_slice(&[0x55; 0x20]);
             let _ = s.sock.write_all(&out);
@@ -296,7 +305,16 @@ fn a_broken_record_mid_body_is_counted() {
     let proxy = proxy_to(backend.backend(), Some(dir.write("ca.pem", &ca.pem)));
     let mut s = connect(proxy.local_addrs()[0]);
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let (got, _) = read_until_end(&mut s);
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !got.ends_with(b"half") {
+        match std::io::Read::read(&mut s, &mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    go.send(()).unwrap();
+    got.extend(read_until_end(&mut s).0);
     let text = String::from_utf8_lossy(&got);
     assert!(
         text.starts_with("HTTP/1.1 200 OK") && text.ends_with("half"),

@@ -222,6 +222,8 @@ struct State {
 /// through. Stops when dropped.
 pub struct Discovery {
     state: Arc<Mutex<State>>,
+    /// Rounds of questions asked so far by the thread.
+    rounds: Arc<std::sync::atomic::AtomicU64>,
     reloader: Reloader,
     stop: Option<Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -257,18 +259,26 @@ impl Discovery {
             resolved,
         }));
         let (stop, stopped) = bounded(1);
+        let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let thread = {
-            let (state, reloader) = (Arc::clone(&state), reloader.clone());
+            let (state, reloader, count) =
+                (Arc::clone(&state), reloader.clone(), Arc::clone(&rounds));
             std::thread::Builder::new()
                 .name("corelb-dns".into())
-                .spawn(move || run(&state, &reloader, interval, &stopped))?
+                .spawn(move || run(&state, &reloader, interval, &stopped, &count))?
         };
         Ok(Discovery {
             state,
+            rounds,
             reloader,
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// Rounds of questions the thread has asked (and dealt with) so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A reload: `config`'s names asked now, then applied expanded.
@@ -301,7 +311,13 @@ fn next_wait(interval: Duration, ttl: Option<u32>) -> Duration {
     .max(MIN_INTERVAL)
 }
 
-fn run(state: &Mutex<State>, reloader: &Reloader, interval: Duration, stopped: &Receiver<()>) {
+fn run(
+    state: &Mutex<State>,
+    reloader: &Reloader,
+    interval: Duration,
+    stopped: &Receiver<()>,
+    rounds: &std::sync::atomic::AtomicU64,
+) {
     let mut wait = {
         let state = state.lock().unwrap_or_else(|e| e.into_inner());
         next_wait(interval, state.resolved.ttl)
@@ -312,6 +328,8 @@ fn run(state: &Mutex<State>, reloader: &Reloader, interval: Duration, stopped: &
             _ => return,
         }
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        // Counted once the round is dealt with (the guard drops at its end).
+        let _counted = Counted(rounds);
         let (resolved, ttl) = resolve(&state.configured, &state.resolved);
         log_failures(&resolved, &state.resolved);
         wait = next_wait(interval, ttl);
@@ -355,5 +373,14 @@ fn list(names: &[String]) -> String {
         "none".into()
     } else {
         names.join(", ")
+    }
+}
+
+/// Adds one round when dropped (however the round ends).
+struct Counted<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
