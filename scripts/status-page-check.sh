@@ -2,7 +2,7 @@
 # The admin status page in a real browser: corelb with two backends and its
 # admin endpoint, some traffic (wrk, 2 s), then headless chromium loads
 # http://ADMIN/ and runs its script: the page's text (the DOM after the script
-# ran) must name every backend, as up, with its requests and latency, and every
+# ran) must name every backend, as up, with its requests, latency and bytes, and every
 # worker; a screenshot is saved for a person to look at. Loopback only; about
 # 15 s; stops by itself.
 #
@@ -48,9 +48,14 @@ for backend in "127.0.0.1:$a" "127.0.0.1:$b"; do
   row=$(sed 's#</tr>#</tr>\n#g' "$dir/dom.html" | grep "<tr><td>$backend</td>" | head -1 | sed 's/<[^>]*>/ /g' | tr -s ' ')
   echo "backend row: $row"
   echo "$row" | grep -q " up ready " || { echo "FAIL: $backend is not shown up and ready" >&2; fail=1; }
+  # The last two cells: bytes from and to it, after the load some KiB at least.
+  echo "$row" | grep -Eq " [0-9.]+ (KiB|MiB|GiB) [0-9.]+ (KiB|MiB|GiB) ?$" || { echo "FAIL: $backend's bytes are not shown" >&2; fail=1; }
 done
 for worker in 0 1; do
-  grep -q "<tr><td>$worker</td>" "$dir/dom.html" || { echo "FAIL: worker $worker is not shown" >&2; fail=1; }
+  row=$(sed 's#</tr>#</tr>\n#g' "$dir/dom.html" | grep "<tr><td>$worker</td>" | head -1 | sed 's/<[^>]*>/ /g' | tr -s ' ')
+  echo "worker row: $row"
+  [ -n "$row" ] || { echo "FAIL: worker $worker is not shown" >&2; fail=1; }
+  echo "$row" | grep -Eq " [0-9.]+ (KiB|MiB|GiB) [0-9.]+ (KiB|MiB|GiB) ?$" || { echo "FAIL: worker $worker's bytes are not shown" >&2; fail=1; }
 done
 echo "$text" | grep -q "corelb $($bin --version | cut -d' ' -f2)" || { echo "FAIL: the version is not shown" >&2; fail=1; }
 echo "$text" | grep -q "weighted-round-robin" || { echo "FAIL: the algorithm is not shown" >&2; fail=1; }

@@ -55,6 +55,44 @@ impl Histogram {
     }
 }
 
+/// Bytes one worker moved over one kind of connection: read from the peer and
+/// written to it, as HTTP (plaintext: TLS records' overhead, a PROXY header
+/// and a health check's probe are not counted).
+///
+/// Only its worker ever adds to it, so an add is a load and a store, not a
+/// locked read-modify-write: it is on every read and write a relay makes.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Traffic {
+    #[inline]
+    pub fn received(&self, n: usize) {
+        add_own(&self.received, n);
+    }
+
+    #[inline]
+    pub fn sent(&self, n: usize) {
+        add_own(&self.sent, n);
+    }
+
+    /// Bytes received and sent so far.
+    pub fn get(&self) -> (u64, u64) {
+        (get(&self.received), get(&self.sent))
+    }
+}
+
+/// Add to a counter only the calling thread writes (see `Traffic`).
+#[inline]
+fn add_own(a: &AtomicU64, n: usize) {
+    a.store(
+        a.load(Ordering::Relaxed).wrapping_add(n as u64),
+        Ordering::Relaxed,
+    );
+}
+
 /// What one worker counts for one backend (kept in the backend's
 /// `health::Member`, so it survives reloads).
 #[derive(Debug, Default)]
@@ -65,6 +103,8 @@ pub struct BackendCounts {
     /// Open connections to the backend, busy or idle, as of the worker's last
     /// timer sweep.
     pub connections: AtomicU64,
+    /// Bytes read from the backend and written to it.
+    pub traffic: Traffic,
 }
 
 impl BackendCounts {
@@ -73,6 +113,7 @@ impl BackendCounts {
             responses: self.responses.get(),
             latency: self.latency.buckets.each_ref().map(get),
             latency_sum_micros: get(&self.latency.sum_micros),
+            traffic: self.traffic.get(),
         }
     }
 }
@@ -83,6 +124,8 @@ pub struct Snapshot {
     pub responses: [u64; 5],
     pub latency: [u64; BUCKETS.len() + 1],
     pub latency_sum_micros: u64,
+    /// Bytes received from the backend and sent to it.
+    pub traffic: (u64, u64),
 }
 
 /// One worker's counters (those of a backend are in its `health::Member`).
@@ -90,6 +133,8 @@ pub struct Snapshot {
 pub struct WorkerMetrics {
     /// Responses corelb made itself (refusals, 502, 503 ...).
     pub local: Classes,
+    /// Bytes read from clients and written to them (all listeners).
+    pub client: Traffic,
     pub upstream_connects: AtomicU64,
     pub upstream_reuses: AtomicU64,
     pub retries: AtomicU64,

@@ -92,7 +92,7 @@ pub fn prometheus(v: &View<'_>) -> String {
     }
     // One series per worker each: (name, type, help, value).
     type PerWorker = fn(&WorkerMetrics, &(u64, u64, u64)) -> u64;
-    let per_worker: [(&str, &str, &str, PerWorker); 8] = [
+    let per_worker: [(&str, &str, &str, PerWorker); 10] = [
         (
             "corelb_client_connections",
             "gauge",
@@ -140,6 +140,18 @@ pub fn prometheus(v: &View<'_>) -> String {
             "counter",
             "Responses whose body went backend -> pipe -> client with splice(2) (--splice), by worker.",
             |m, _| get(&m.spliced),
+        ),
+        (
+            "corelb_client_received_bytes_total",
+            "counter",
+            "Bytes read from clients, by worker (HTTP as it arrived, after TLS decryption; PROXY headers not counted).",
+            |m, _| m.client.get().0,
+        ),
+        (
+            "corelb_client_sent_bytes_total",
+            "counter",
+            "Bytes written to clients, by worker (HTTP, relayed responses and corelb's own answers, before TLS encryption).",
+            |m, _| m.client.get().1,
         ),
     ];
     for (name, kind, help, value) in per_worker {
@@ -304,6 +316,33 @@ pub fn prometheus(v: &View<'_>) -> String {
             );
         }
     }
+    // One series per worker and backend each.
+    type Moved = fn(&Snapshot) -> u64;
+    let traffic: [(&str, &str, Moved); 2] = [
+        (
+            "corelb_backend_received_bytes_total",
+            "Bytes read from the backend, by worker and backend (HTTP, after TLS decryption).",
+            |s| s.traffic.0,
+        ),
+        (
+            "corelb_backend_sent_bytes_total",
+            "Bytes written to the backend, by worker and backend (HTTP, rewritten heads and bodies, before TLS encryption; PROXY headers and health checks not counted).",
+            |s| s.traffic.1,
+        ),
+    ];
+    for (name, help, value) in traffic {
+        family(&mut out, name, "counter", help);
+        for w in 0..v.metrics.len() {
+            for b in &v.backends {
+                let _ = writeln!(
+                    out,
+                    "{name}{{worker=\"{w}\",backend=\"{}\"}} {}",
+                    label(b.name),
+                    value(&b.per_worker[w])
+                );
+            }
+        }
+    }
     family(
         &mut out,
         "corelb_request_duration_seconds",
@@ -384,10 +423,12 @@ pub fn backend_json(b: &BackendView<'_>) -> String {
             *sum += n;
         }
     }
+    let (received, sent) =
+        (b.per_worker.iter()).fold((0, 0), |(r, s), w| (r + w.traffic.0, s + w.traffic.1));
     let ms =
         |q: f64| quantile(&buckets, q).map_or("null".to_string(), |s| format!("{:.2}", s * 1e3));
     format!(
-        "{{\"address\":{},\"up\":{},\"admin_state\":\"{}\",\"weight\":{},\"ramp\":{:.3},\"inflight\":{},\"connections\":{},\"requests\":{requests},\"p50_ms\":{},\"p99_ms\":{}}}",
+        "{{\"address\":{},\"up\":{},\"admin_state\":\"{}\",\"weight\":{},\"ramp\":{:.3},\"inflight\":{},\"connections\":{},\"requests\":{requests},\"received_bytes\":{received},\"sent_bytes\":{sent},\"p50_ms\":{},\"p99_ms\":{}}}",
         json_string(b.name),
         b.up,
         b.admin_state,
@@ -453,13 +494,15 @@ pub fn status_json(v: &View<'_>) -> String {
         out.push_str(&backend_json(b));
     }
     out.push_str("],\"workers\":[");
-    for (w, (accepted, requests, open)) in v.workers.iter().enumerate() {
+    for (w, ((accepted, requests, open), m)) in v.workers.iter().zip(&v.metrics).enumerate() {
         if w > 0 {
             out.push(',');
         }
+        let (received, sent) = m.client.get();
         let _ = write!(
             out,
-            "{{\"worker\":{w},\"accepted\":{accepted},\"requests\":{requests},\"open\":{open}}}"
+            "{{\"worker\":{w},\"accepted\":{accepted},\"requests\":{requests},\"open\":{open},\
+             \"received_bytes\":{received},\"sent_bytes\":{sent}}}"
         );
     }
     let total: u64 = v.workers.iter().map(|w| w.1).sum();

@@ -329,7 +329,11 @@ fn status_healthz_and_errors() {
         // Its pooled connections, as of the workers' last sweeps: one per worker at most.
         let (connections, rest) = rest.split_once(',').unwrap();
         assert!(connections.parse::<u64>().unwrap() <= 2, "{body}");
-        assert!(rest.starts_with("\"requests\":5,\"p50_ms\":"), "{body}");
+        assert!(
+            rest.starts_with("\"requests\":5,\"received_bytes\":"),
+            "{body}"
+        );
+        assert!(rest.contains(",\"sent_bytes\":"), "{body}");
     }
     assert!(body.contains("\"skew\":"), "{body}");
     assert_eq!(
@@ -729,4 +733,181 @@ fn access_log_lines_of_a_worker_are_in_time_order() {
     // `{"time":"2026-12-07T20:21:46.363Z"`: the time is bytes 9 to 33.
     let times: Vec<&str> = log.lines().map(|l| &l[9..33]).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{log}");
+}
+
+/// What one scripted backend read and wrote, counted on its own sockets.
+#[derive(Default)]
+struct Wire {
+    read: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
+}
+
+/// A backend that counts every byte it reads and writes: `/big` gets a 200 KiB
+/// body (long enough to go through the pipe with splice on), an `Upgrade: echo`
+/// request a 101 and then its bytes back until the client's side ends, anything
+/// else a short answer. Requests carry a Content-Length body or none.
+fn counting_backend(wire: std::sync::Arc<Wire>) -> Scripted {
+    use std::sync::atomic::Ordering::SeqCst;
+    Scripted::start(move |mut s, _| {
+        while let Some(head) = read_head(&mut s) {
+            let lower = head.to_ascii_lowercase();
+            let length: usize = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            let mut body = vec![0u8; length];
+            s.read_exact(&mut body).unwrap();
+            wire.read.fetch_add((head.len() + length) as u64, SeqCst);
+            let answer = if lower.contains("upgrade: echo") {
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+                    .to_vec()
+            } else if head.starts_with("GET /big ") {
+                let mut a = b"HTTP/1.1 200 OK\r\nContent-Length: 204800\r\n\r\n".to_vec();
+                a.resize(a.len() + 204_800, b'b');
+                a
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec()
+            };
+            s.write_all(&answer).unwrap();
+            wire.written.fetch_add(answer.len() as u64, SeqCst);
+            if lower.contains("upgrade: echo") {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            wire.read.fetch_add(n as u64, SeqCst);
+                            s.write_all(&buf[..n]).unwrap();
+                            wire.written.fetch_add(n as u64, SeqCst);
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn bytes_are_counted_per_backend_as_both_ends_saw_them() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::SeqCst;
+    let wires = [Arc::new(Wire::default()), Arc::new(Wire::default())];
+    let backends = wires.each_ref().map(|w| counting_backend(Arc::clone(w)));
+    let proxy = proxy_with(&[backends[0].addr, backends[1].addr], |c| {
+        c.workers = 2;
+        c.admin = Some(loopback());
+        c.tune.splice = true;
+    });
+    let addr = proxy.local_addrs()[0];
+    // What the clients wrote and read, counted on their sockets.
+    let (mut wrote, mut got) = (0u64, 0u64);
+
+    // Pipelined on one connection: a GET, an upload, a large body (spliced).
+    for _ in 0..3 {
+        let mut s = connect(addr);
+        let mut raw = b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+        raw.extend_from_slice(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 10000\r\n\r\n");
+        raw.resize(raw.len() + 10_000, b'u');
+        raw.extend_from_slice(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        s.write_all(&raw).unwrap();
+        wrote += raw.len() as u64;
+        let answers = read_until_closed(&mut s);
+        assert!(answers.ends_with(&[b'b'; 100]), "the large body came whole");
+        got += answers.len() as u64;
+    }
+    // A tunnel after a 101: bytes both ways.
+    let mut s = connect(addr);
+    let head = b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    s.write_all(head).unwrap();
+    let ping = [b'p'; 3000];
+    s.write_all(&ping).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    wrote += (head.len() + ping.len()) as u64;
+    let answer = read_until_closed(&mut s);
+    assert!(answer.starts_with(b"HTTP/1.1 101 ") && answer.ends_with(&ping));
+    got += answer.len() as u64;
+    // corelb's own answer to a request without a Host.
+    let mut s = connect(addr);
+    let bad = b"GET / HTTP/1.1\r\n\r\n";
+    s.write_all(bad).unwrap();
+    let answer = read_until_closed(&mut s);
+    assert!(answer.starts_with(b"HTTP/1.1 400 ") && answer.len() > 60);
+    wrote += bad.len() as u64;
+    got += answer.len() as u64;
+
+    // What each end saw, against what corelb counted (a worker counts just after
+    // its write returns, so the clients may see bytes a moment before).
+    let admin = proxy.admin_addr().unwrap();
+    let expected = |samples: &Samples| {
+        let mut pairs = vec![
+            (
+                "client received".to_string(),
+                wrote,
+                sum(samples, "corelb_client_received_bytes_total", &[]),
+            ),
+            (
+                "client sent".to_string(),
+                got,
+                sum(samples, "corelb_client_sent_bytes_total", &[]),
+            ),
+        ];
+        for (b, w) in backends.iter().zip(&wires) {
+            let name = b.addr.to_string();
+            let at = [("backend", name.as_str())];
+            pairs.push((
+                format!("{name} received"),
+                w.written.load(SeqCst),
+                sum(samples, "corelb_backend_received_bytes_total", &at),
+            ));
+            pairs.push((
+                format!("{name} sent"),
+                w.read.load(SeqCst),
+                sum(samples, "corelb_backend_sent_bytes_total", &at),
+            ));
+        }
+        pairs
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let pairs = loop {
+        let samples = check_exposition(&admin_get(admin, "GET", "/metrics").2);
+        let pairs = expected(&samples);
+        if pairs.iter().all(|(_, want, have)| *want as f64 == *have)
+            || std::time::Instant::now() > deadline
+        {
+            break pairs;
+        }
+        // Back-off between two scrapes.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    for (what, want, have) in &pairs {
+        assert_eq!(*want as f64, *have, "{what}: {pairs:?}");
+    }
+    // Both backends carried traffic, and the large bodies went through the pipe.
+    assert!(wires.iter().all(|w| w.written.load(SeqCst) > 0));
+    assert!(metric(&proxy, "corelb_spliced_responses_total", "") >= 1);
+    // The status JSON gives each backend's bytes too.
+    let status = admin_get(admin, "GET", "/status").2;
+    for (b, w) in backends.iter().zip(&wires) {
+        let wanted = format!(
+            "\"received_bytes\":{},\"sent_bytes\":{},",
+            w.written.load(SeqCst),
+            w.read.load(SeqCst)
+        );
+        let at = status.find(&format!("\"address\":\"{}\"", b.addr)).unwrap();
+        let entry = &status[at..at + status[at..].find('}').unwrap()];
+        assert!(entry.contains(&wanted), "{wanted} not in {entry}");
+    }
+    // And each worker's bytes with clients, which add up to what the clients saw.
+    let workers = &status[status.find("\"workers\":[").unwrap()..];
+    let total = |key: &str| -> u64 {
+        let key = format!("\"{key}\":");
+        (workers.match_indices(&key))
+            .map(|(at, _)| {
+                let digits = &workers[at + key.len()..];
+                let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap();
+                digits[..end].parse::<u64>().unwrap()
+            })
+            .sum()
+    };
+    assert_eq!((total("received_bytes"), total("sent_bytes")), (wrote, got));
 }

@@ -148,6 +148,32 @@ fn a_large_response_over_tls_arrives_whole_and_a_close_ends_with_close_notify() 
 }
 
 #[test]
+fn bytes_over_tls_are_counted_as_plaintext() {
+    let s = setup("bytes");
+    let origin = Origin::start(loopback(), 1, None).unwrap();
+    let files = write_pair(&s.dir, "default", &s.default);
+    let proxy = tls_proxy(vec![files], &[origin.local_addr()], |_| {});
+    let mut stream = tls_connect(proxy.local_addrs()[0], "localhost", &s.client).unwrap();
+    let request = b"GET /size/100000 HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n";
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200 ") && answer.len() > 100_000);
+    // The HTTP bytes each way, not the records that carried them (and so not
+    // the handshake): a worker counts just after its write returns.
+    let counted = |name: &str| metric(&proxy, name, "");
+    wait_until(
+        || counted("corelb_client_sent_bytes_total") == answer.len() as u64,
+        "the response's plaintext is counted",
+    );
+    assert_eq!(
+        counted("corelb_client_received_bytes_total"),
+        request.len() as u64
+    );
+    origin.shutdown();
+}
+
+#[test]
 fn the_certificate_is_chosen_by_sni_and_the_first_is_the_default() {
     let s = setup("sni");
     let b = s.ca.leaf(&["b.test"]);

@@ -222,6 +222,12 @@ impl Member {
         c.latency.observe(took);
     }
 
+    /// The bytes worker `worker` moves to and from this backend.
+    #[inline]
+    pub fn traffic(&self, worker: usize) -> &crate::counters::Traffic {
+        &self.per_worker[worker].0.traffic
+    }
+
     /// Worker `worker` has `n` connections open to this backend.
     pub fn set_connections(&self, worker: usize, n: u64) {
         self.per_worker[worker]

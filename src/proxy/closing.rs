@@ -67,6 +67,7 @@ impl Worker {
             let n =
                 c.io.write_two(head, &[], &mut c.ready)
                     .map_err(|_| Fail::Close)?;
+            self.shared.metrics[self.id].0.client.sent(n);
             bufs.resp_head_sent += n;
             if bufs.resp_head_sent < bufs.resp_head.len() {
                 return Ok(n > 0);
@@ -105,6 +106,10 @@ impl Worker {
         bufs.req.clear();
         match c.io.read_into(&mut bufs.req, &mut c.ready) {
             Ok(ReadOutcome::Data) => {
+                self.shared.metrics[self.id]
+                    .0
+                    .client
+                    .received(bufs.req.len());
                 c.drained += bufs.req.len() as u32;
                 bufs.req.clear();
                 if c.drained > MAX_DRAIN_BYTES {

@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
+use crate::counters::Traffic;
 use crate::http::{BodyScanner, Reject};
 use crate::io::ReadOutcome;
 use crate::io::buffer::Buf;
@@ -18,6 +19,23 @@ use super::session::{Client, Fail, Phase, Step, read_client};
 use super::upstream::Upstream;
 use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP, SPLICE_STEP_BYTES};
 
+/// Where an exchange's relay counts the bytes it moves: its worker's client
+/// traffic, and its worker's traffic with the exchange's backend.
+#[derive(Clone, Copy)]
+pub(super) struct Meters<'a> {
+    pub(super) client: &'a Traffic,
+    pub(super) backend: &'a Traffic,
+}
+
+/// A read from a backend: how much of `buf` it filled.
+#[inline]
+fn read_backend(u: &mut Upstream, buf: &mut Buf, t: &Traffic) -> io::Result<ReadOutcome> {
+    let before = buf.len();
+    let read = u.io.read_into(buf, &mut u.ready);
+    t.received(buf.len() - before);
+    read
+}
+
 /// The first response bytes arrived: the request will not be sent again, so the
 /// body bytes kept for a replay are let go.
 pub(super) fn answer_began(x: &mut Exchange, req: &mut Buf, u: &mut Upstream) {
@@ -31,7 +49,7 @@ pub(super) fn answer_began(x: &mut Exchange, req: &mut Buf, u: &mut Upstream) {
 /// Always inlined into `relay_request`, on every exchange's path: as a call
 /// it cost about 130 more instructions per request (scripts/instructions.sh).
 #[inline(always)]
-pub(super) fn take_request(c: &mut Client, max_body: u64) -> Step {
+pub(super) fn take_request(c: &mut Client, max_body: u64, client: &Traffic) -> Step {
     let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_mut()) else {
         return Err(Fail::Close);
     };
@@ -43,7 +61,7 @@ pub(super) fn take_request(c: &mut Client, max_body: u64) -> Step {
     }
     // Client -> buffer: request body, or pipelined requests (bounded by the buffer).
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
-        progress |= read_client(&mut c.io, &mut bufs.req, &mut c.ready, &mut c.eof)?;
+        progress |= read_client(&mut c.io, &mut bufs.req, &mut c.ready, &mut c.eof, client)?;
     }
     // Find where the body ends, in what is buffered after the bytes already known.
     let (body, known) = match &mut x.sending {
@@ -88,8 +106,14 @@ pub(super) fn take_request(c: &mut Client, max_body: u64) -> Step {
 
 /// Client -> backend: take what the client sent (`take_request`), then send the
 /// head and body bytes.
-pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_body: u64) -> Step {
-    let mut progress = take_request(c, max_body)?;
+pub(super) fn relay_request(
+    c: &mut Client,
+    u: &mut Upstream,
+    defer: bool,
+    max_body: u64,
+    m: Meters<'_>,
+) -> Step {
+    let mut progress = take_request(c, max_body, m.client)?;
     let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_mut()) else {
         return Err(Fail::Close);
     };
@@ -114,6 +138,7 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
             .write_two(head, &bufs.req.filled()[at..at + pending], &mut u.ready)
         {
             Ok(n) => {
+                m.backend.sent(n);
                 let from_head = n.min(head.len());
                 let from_body = n - from_head;
                 bufs.req_head_sent += from_head;
@@ -137,7 +162,7 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
                 // reset) leaves the answer waiting behind the failed write.
                 if !u.received
                     && !bufs.resp.is_full()
-                    && let Ok(ReadOutcome::Data) = u.io.read_into(&mut bufs.resp, &mut u.ready)
+                    && let Ok(ReadOutcome::Data) = read_backend(u, &mut bufs.resp, m.backend)
                 {
                     answer_began(x, &mut bufs.req, u);
                 }
@@ -169,18 +194,18 @@ pub(super) fn relay_request(c: &mut Client, u: &mut Upstream, defer: bool, max_b
 
 /// Backend -> client: read, parse the response head (interim ones too), find where
 /// the body ends, and write the heads and body bytes to the client.
-pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> Step {
+pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool, m: Meters<'_>) -> Step {
     let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_mut()) else {
         return Err(Fail::Close);
     };
     // A pipe moves bytes between two sockets: not out of a TLS backend's.
     if !u.io.is_tls() && splicing(bufs, x) {
-        return splice_body(c, u);
+        return splice_body(c, u, m);
     }
     let mut progress = false;
     // Backend -> buffer.
     if u.connected() && u.ready.readable && !u.eof && !bufs.resp.is_full() {
-        match u.io.read_into(&mut bufs.resp, &mut u.ready) {
+        match read_backend(u, &mut bufs.resp, m.backend) {
             Ok(ReadOutcome::Data) => {
                 answer_began(x, &mut bufs.req, u);
                 progress = true;
@@ -269,6 +294,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
         let body = &bufs.resp.filled()[..pending];
         match c.io.write_two(head, body, &mut c.ready) {
             Ok(n) => {
+                m.client.sent(n);
                 let from_head = n.min(head.len());
                 let from_body = n - from_head;
                 bufs.resp_head_sent += from_head;
@@ -294,7 +320,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool) -> S
 /// side ends its stream and everything it sent is delivered, the other side's
 /// sending half is shut; once both are, the session closes. The backend connection
 /// is never reused.
-pub(super) fn relay_tunnel(c: &mut Client, u: &mut Upstream) -> Step {
+pub(super) fn relay_tunnel(c: &mut Client, u: &mut Upstream, m: Meters<'_>) -> Step {
     let Phase::Exchange(Exchange {
         resp:
             RespState::Tunnel {
@@ -306,7 +332,7 @@ pub(super) fn relay_tunnel(c: &mut Client, u: &mut Upstream) -> Step {
     else {
         return Err(Fail::Close);
     };
-    let result = tunnel_step(c, u, &mut backend_shut, &mut client_shut);
+    let result = tunnel_step(c, u, &mut backend_shut, &mut client_shut, m);
     if let Some(x) = c.exchange_mut() {
         x.resp = RespState::Tunnel {
             backend_shut,
@@ -323,12 +349,13 @@ fn tunnel_step(
     u: &mut Upstream,
     backend_shut: &mut bool,
     client_shut: &mut bool,
+    m: Meters<'_>,
 ) -> Step {
     let bufs = c.bufs.as_mut().ok_or(Fail::Close)?;
     let mut progress = false;
     // Client -> backend.
     if c.ready.readable && !c.eof && !bufs.req.is_full() {
-        progress |= read_client(&mut c.io, &mut bufs.req, &mut c.ready, &mut c.eof)?;
+        progress |= read_client(&mut c.io, &mut bufs.req, &mut c.ready, &mut c.eof, m.client)?;
     }
     if u.io.pending_out() && u.ready.writable {
         u.io.flush(&mut u.ready).map_err(|_| Fail::Close)?;
@@ -337,6 +364,7 @@ fn tunnel_step(
         let n =
             u.io.write_two(&[], bufs.req.filled(), &mut u.ready)
                 .map_err(|_| Fail::Close)?;
+        m.backend.sent(n);
         bufs.req.consume(n);
         progress |= n > 0;
     }
@@ -346,7 +374,7 @@ fn tunnel_step(
     }
     // Backend -> client.
     if u.ready.readable && !u.eof && !bufs.resp.is_full() {
-        match u.io.read_into(&mut bufs.resp, &mut u.ready) {
+        match read_backend(u, &mut bufs.resp, m.backend) {
             Ok(ReadOutcome::Data) => progress = true,
             Ok(ReadOutcome::Eof) | Err(_) => {
                 u.eof = true;
@@ -360,6 +388,7 @@ fn tunnel_step(
         let n =
             c.io.write_two(head, bufs.resp.filled(), &mut c.ready)
                 .map_err(|_| Fail::Close)?;
+        m.client.sent(n);
         let from_head = n.min(head.len());
         bufs.resp_head_sent += from_head;
         bufs.resp.consume(n - from_head);
@@ -411,7 +440,7 @@ pub(super) fn splicing(bufs: &mut Bufs, x: &Exchange) -> bool {
 }
 
 /// Backend -> pipe -> client, for the rest of a Content-Length body.
-pub(super) fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
+pub(super) fn splice_body(c: &mut Client, u: &mut Upstream, m: Meters<'_>) -> Step {
     let (Some(bufs), Phase::Exchange(x)) = (c.bufs.as_mut(), &mut c.phase) else {
         return Err(Fail::Close);
     };
@@ -430,6 +459,7 @@ pub(super) fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
         match pipe.drain(c.io.tcp().as_raw_fd()) {
             Ok(n) => {
                 moved |= n > 0;
+                m.client.sent(n);
                 bufs.resp_bytes += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.ready.writable = false,
@@ -442,6 +472,7 @@ pub(super) fn splice_body(c: &mut Client, u: &mut Upstream) -> Step {
         match pipe.fill(u.io.tcp().as_raw_fd(), max) {
             Ok(0) => u.eof = true,
             Ok(n) => {
+                m.backend.received(n);
                 *remaining -= n as u64;
                 moved = true;
                 bufs.spliced = true;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::counters::TLS_FAILED_CLOSED;
+use crate::counters::{TLS_FAILED_CLOSED, Traffic};
 use crate::http::{BodyScanner, Framing, Reject, RequestInfo};
 use crate::io::buffer::Buf;
 use crate::io::stream::{Stream, tls_failure};
@@ -17,7 +17,7 @@ use super::bufs::Bufs;
 use super::closing::step_aborting;
 use super::exchange::{Exchange, ReqState, RespState};
 use super::head::parse_request_head;
-use super::relay::{relay_request, relay_response, relay_tunnel, take_request};
+use super::relay::{Meters, relay_request, relay_response, relay_tunnel, take_request};
 use super::upstream::{Leftover, Role, check_connected, leftover_seen};
 use super::worker::Worker;
 use super::{DRAIN_GRACE, MAX_STEPS_PER_TURN};
@@ -29,8 +29,12 @@ pub(super) fn read_client(
     buf: &mut Buf,
     ready: &mut Ready,
     eof: &mut bool,
+    traffic: &Traffic,
 ) -> Result<bool, Fail> {
-    match io.read_into(buf, ready) {
+    let before = buf.len();
+    let read = io.read_into(buf, ready);
+    traffic.received(buf.len() - before);
+    match read {
         Ok(ReadOutcome::Data) => Ok(true),
         Ok(ReadOutcome::Eof) => {
             *eof = true;
@@ -417,7 +421,12 @@ impl Worker {
                 c.timer = Timer::new(self.now + self.timeouts.header, Wait::Head);
             }
             let handshaking = c.io.handshaking();
+            let before = bufs.req.len();
             let read = c.io.read_into(&mut bufs.req, &mut c.ready);
+            self.shared.metrics[self.id]
+                .0
+                .client
+                .received(bufs.req.len() - before);
             if handshaking {
                 self.handshake_step(ck, &read);
             }
@@ -525,8 +534,12 @@ impl Worker {
             return Err(Fail::Reject(Reject::BadGateway));
         };
         let u = &mut self.upstreams[uk];
+        let m = Meters {
+            client: &self.shared.metrics[self.id].0.client,
+            backend: self.locals[u.backend].member.traffic(self.id),
+        };
         if c.exchange().is_none_or(|x| x.resp.is_tunnel()) {
-            return relay_tunnel(c, u);
+            return relay_tunnel(c, u, m);
         }
         let defer = self.defer_writes;
         let max_body = self.plan.config.max_body_bytes;
@@ -539,8 +552,8 @@ impl Worker {
             });
         }
         let progress = check_connected(u)?
-            | relay_request(c, u, defer, max_body)?
-            | relay_response(c, u, defer)?;
+            | relay_request(c, u, defer, max_body, m)?
+            | relay_response(c, u, defer, m)?;
         let Phase::Exchange(x) = &c.phase else {
             return Err(Fail::Close);
         };
@@ -595,7 +608,7 @@ impl Worker {
     fn step_buffering(&mut self, ck: usize) -> Step {
         let max_body = self.plan.config.max_body_bytes;
         let c = &mut self.clients[ck];
-        let progress = take_request(c, max_body)?;
+        let progress = take_request(c, max_body, &self.shared.metrics[self.id].0.client)?;
         let (Phase::Exchange(x), Some(bufs)) = (&mut c.phase, c.bufs.as_ref()) else {
             return Err(Fail::Close);
         };
