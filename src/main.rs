@@ -79,6 +79,43 @@ struct DemoCmd {
 }
 
 /// Print one line on stderr and return exit code 2.
+/// `text` with every line longer than `width` broken between words (argh
+/// prints a command's description as one line); a continuation keeps the
+/// line's indent.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.split_inclusive('\n') {
+        let (body, end) = match line.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (line, ""),
+        };
+        if body.chars().count() <= width {
+            out.push_str(line);
+            continue;
+        }
+        let indent = &body[..body.len() - body.trim_start().len()];
+        let mut used = 0;
+        for word in body.split_whitespace() {
+            let len = word.chars().count();
+            if used > 0 && used + 1 + len > width {
+                out.push('\n');
+                used = 0;
+            }
+            if used == 0 {
+                out.push_str(indent);
+                used = indent.len();
+            } else {
+                out.push(' ');
+                used += 1;
+            }
+            out.push_str(word);
+            used += len;
+        }
+        out.push_str(end);
+    }
+    out
+}
+
 fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("corelb: {msg}");
     ExitCode::from(2)
@@ -672,7 +709,7 @@ fn main() -> ExitCode {
         Err(early) => {
             return match early.status {
                 Ok(()) => {
-                    print!("{}", early.output);
+                    print!("{}", wrap(&early.output, 100));
                     ExitCode::SUCCESS
                 }
                 // argh's messages can span lines; the contract is one line.

@@ -304,6 +304,27 @@ fn help_goes_to_stdout_with_exit_code_0() {
         out.contains("--backend") && out.contains("--rewrite-host"),
         "{out}"
     );
+    // Every help fits 100 columns, words whole.
+    for command in [
+        &[][..],
+        &["serve"],
+        &["backend"],
+        &["demo"],
+        &["check-config"],
+    ] {
+        let args = [command, &["--help"]].concat();
+        let (code, out, _) = run(&args);
+        assert_eq!(code, 0, "{args:?}");
+        for line in out.lines() {
+            assert!(line.chars().count() <= 100, "{args:?}: {line}");
+        }
+    }
+    let (_, out, _) = run(&["backend", "--help"]);
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        text.contains("/echo returns the request it received, /ws echoes WebSocket frames."),
+        "{out}"
+    );
 }
 
 /// A port nothing listens on, for a child process to bind. Taken below the
