@@ -78,7 +78,6 @@ struct DemoCmd {
     listen: String,
 }
 
-/// Print one line on stderr and return exit code 2.
 /// `text` with every line longer than `width` broken between words (argh
 /// prints a command's description as one line); a continuation keeps the
 /// line's indent.
@@ -116,6 +115,7 @@ fn wrap(text: &str, width: usize) -> String {
     out
 }
 
+/// Print one line on stderr and return exit code 2.
 fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("corelb: {msg}");
     ExitCode::from(2)

@@ -276,6 +276,20 @@ fn a_post_passes_over_a_backend_whose_certificate_fails() {
         assert_eq!(resp.status, 200, "{}", resp.head);
     }
     assert!(bad.connections.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // The request rustls held during the failed handshake never went out: it
+    // counts as sent to the backend that got it, not to the one that failed.
+    let bytes = |name: &str, backend: &corelb::Backend| {
+        metric(&proxy, name, &format!("backend=\"{}\"", backend.name()))
+    };
+    let sent = "corelb_backend_sent_bytes_total";
+    let received = "corelb_backend_received_bytes_total";
+    assert_eq!(bytes(sent, &bad.backend()), 0);
+    assert_eq!(bytes(received, &bad.backend()), 0);
+    wait_until(
+        || bytes(received, &good.backend()) > 0,
+        "the answers are counted",
+    );
+    assert!(bytes(sent, &good.backend()) >= 4 * 40);
 }
 
 /// A record that does not decrypt in the middle of a body: the client's

@@ -130,6 +130,9 @@ pub(super) fn relay_request(
     if !u.connected() {
         return Ok(progress);
     }
+    if u.held_in_handshake > 0 && !u.io.handshaking() {
+        m.backend.sent(std::mem::take(&mut u.held_in_handshake));
+    }
     let head = &bufs.req_head[bufs.req_head_sent..];
     if !defer && u.ready.writable && (!head.is_empty() || pending > 0) {
         let at = kept.len();
@@ -138,7 +141,11 @@ pub(super) fn relay_request(
             .write_two(head, &bufs.req.filled()[at..at + pending], &mut u.ready)
         {
             Ok(n) => {
-                m.backend.sent(n);
+                if u.io.handshaking() {
+                    u.held_in_handshake += n;
+                } else {
+                    m.backend.sent(n);
+                }
                 let from_head = n.min(head.len());
                 let from_body = n - from_head;
                 bufs.req_head_sent += from_head;

@@ -43,6 +43,10 @@ pub(super) struct Upstream {
     /// The PROXY header to send first, once the TCP connect is done (before a
     /// TLS handshake too).
     pub(super) preface: Option<Box<[u8]>>,
+    /// Request bytes rustls took while the handshake to an `https://` backend
+    /// was still going: counted as sent once it is done; a failed handshake
+    /// sent none (and the request goes to another backend, counted there).
+    pub(super) held_in_handshake: usize,
 }
 
 /// What a backend connection is doing, with what that needs.
@@ -398,6 +402,7 @@ impl Worker {
                     tls_failed: None,
                     owner,
                     preface,
+                    held_in_handshake: 0,
                 });
                 if owner != 0 {
                     self.clients[ck].private_upstreams = true;
