@@ -78,6 +78,12 @@ impl Traffic {
         add_own(&self.sent, n);
     }
 
+    /// Bytes received and sent so far, together.
+    #[inline]
+    pub fn total(&self) -> u64 {
+        get(&self.received).wrapping_add(get(&self.sent))
+    }
+
     /// Bytes received and sent so far.
     pub fn get(&self) -> (u64, u64) {
         (get(&self.received), get(&self.sent))

@@ -13,24 +13,44 @@ use std::io::{self, Read};
 
 /// A byte buffer with a filled window `[start, end)`: read into the tail, consume
 /// from the head, and slide the window back to the front when the tail runs out.
-/// Its storage (`capacity` bytes) is borrowed from the thread's chunk list only
-/// while the window is not empty.
+/// Its storage is borrowed from the thread's chunk list only while the window is
+/// not empty: `small` bytes, or `capacity` once a read has filled a whole chunk
+/// (a body streaming through, which larger reads and writes move for less CPU;
+/// `settle` goes back to small ones), so the many buffers of short exchanges
+/// borrow small chunks.
 pub struct Buf {
     data: Option<Box<[u8]>>,
+    small: usize,
     capacity: usize,
+    /// A read filled a whole chunk: the next chunk is `capacity` bytes.
+    streaming: bool,
     start: usize,
     end: usize,
 }
 
 impl Buf {
     pub fn with_capacity(capacity: usize) -> Buf {
-        debug_assert!(capacity > 0);
+        Buf::with_sizes(capacity, capacity)
+    }
+
+    /// Chunks of `small` bytes, and of `capacity` while a body streams.
+    pub fn with_sizes(small: usize, capacity: usize) -> Buf {
+        debug_assert!(small > 0 && small <= capacity);
         Buf {
             data: None,
+            small,
             capacity,
+            streaming: false,
             start: 0,
             end: 0,
         }
+    }
+
+    /// The next chunk is a small one again (a new exchange begins); the chunk
+    /// held now, if any, stays until it is empty.
+    #[inline]
+    pub fn settle(&mut self) {
+        self.streaming = false;
     }
 
     /// The bytes held and not yet consumed.
@@ -49,9 +69,9 @@ impl Buf {
         self.start == self.end
     }
 
-    /// No more bytes fit, even after compaction.
+    /// No more bytes fit in the chunk held, even after compaction.
     pub fn is_full(&self) -> bool {
-        self.len() == self.capacity
+        self.data.as_ref().is_some_and(|d| self.len() == d.len())
     }
 
     /// It holds storage (only while it holds bytes, outside `read_from`).
@@ -92,9 +112,14 @@ impl Buf {
     /// returned less than the room it was offered. Storage is taken for the read
     /// and given back if it brought nothing.
     pub fn read_from(&mut self, src: &mut impl Read) -> io::Result<(usize, bool)> {
+        let size = if self.streaming {
+            self.capacity
+        } else {
+            self.small
+        };
         let data = match &mut self.data {
             Some(data) => data,
-            empty @ None => empty.insert(take_chunk(self.capacity)),
+            empty @ None => empty.insert(take_chunk(size)),
         };
         // Slide the window back once the tail is under half the buffer: large reads
         // are cheaper than the copy, which only moves the few unconsumed bytes.
@@ -108,6 +133,7 @@ impl Buf {
         match read {
             Ok(n) if n > 0 => {
                 self.end += n;
+                self.streaming |= self.end == data.len();
                 Ok((n, n < room))
             }
             _ => {
@@ -120,8 +146,8 @@ impl Buf {
     }
 }
 
-/// Chunks kept for reuse per thread at most, whatever `trim` says: 32 MiB of
-/// 32 KiB chunks, as many as one batch of events can hold (a worker polls for up
+/// Chunks of one size kept for reuse per thread at most, whatever `trim` says:
+/// 32 MiB of 32 KiB chunks, as many as one batch of events can hold (a worker polls for up
 /// to 1024 events, and a session's response waits in its chunk until the
 /// batch's writes go out together). With 128, at 1000 connections every batch
 /// allocated (and zeroed) most of its chunks anew and freed them after: 6% of
@@ -162,25 +188,22 @@ impl<T> FreeList<T> {
     }
 }
 
+/// A thread's free chunks, one list per size (a buffer's small and streaming
+/// sizes; after a reload that changed them, the old ones until a trim frees them).
 struct Chunks {
-    list: FreeList<Box<[u8]>>,
+    lists: Vec<(usize, FreeList<Box<[u8]>>)>,
 }
 
 thread_local! {
-    static CHUNKS: RefCell<Chunks> = const { RefCell::new(Chunks { list: FreeList::new() }) };
+    static CHUNKS: RefCell<Chunks> = const { RefCell::new(Chunks { lists: Vec::new() }) };
 }
 
 fn take_chunk(size: usize) -> Box<[u8]> {
     CHUNKS
         .try_with(|c| {
             let mut c = c.borrow_mut();
-            while let Some(chunk) = c.list.pop() {
-                // A reload that changed the buffer size leaves chunks of the old one.
-                if chunk.len() == size {
-                    return Some(chunk);
-                }
-            }
-            None
+            let (_, list) = c.lists.iter_mut().find(|(s, _)| *s == size)?;
+            list.pop()
         })
         .ok()
         .flatten()
@@ -192,8 +215,17 @@ fn give_chunk(chunk: Box<[u8]>) {
     // reads itself (`filled` is the window, and the window starts empty).
     let _ = CHUNKS.try_with(|c| {
         let mut c = c.borrow_mut();
-        if c.list.free.len() < MAX_FREE_CHUNKS {
-            c.list.free.push(chunk);
+        let size = chunk.len();
+        let at = match c.lists.iter().position(|(s, _)| *s == size) {
+            Some(at) => at,
+            None => {
+                c.lists.push((size, FreeList::new()));
+                c.lists.len() - 1
+            }
+        };
+        let list = &mut c.lists[at].1;
+        if list.free.len() < MAX_FREE_CHUNKS {
+            list.free.push(chunk);
         }
     });
 }
@@ -201,7 +233,15 @@ fn give_chunk(chunk: Box<[u8]>) {
 /// Free this thread's chunks that went unused since the last call; returns how
 /// many were freed.
 pub fn trim_chunks() -> usize {
-    CHUNKS.try_with(|c| c.borrow_mut().list.trim()).unwrap_or(0)
+    CHUNKS
+        .try_with(|c| {
+            let mut c = c.borrow_mut();
+            let freed = c.lists.iter_mut().map(|(_, list)| list.trim()).sum();
+            // An empty list goes (made again by the next chunk of its size).
+            c.lists.retain(|(_, list)| !list.free.is_empty());
+            freed
+        })
+        .unwrap_or(0)
 }
 
 /// Hand the allocator's free pages back to the system (glibc keeps memory that
@@ -269,10 +309,11 @@ impl<T: Recycle> Pool<T> {
 impl Recycle for Buf {
     fn reset(&mut self) {
         self.clear();
+        self.settle();
     }
 
     fn is_clean(&self) -> bool {
-        self.is_empty() && !self.holds_storage()
+        self.is_empty() && !self.holds_storage() && !self.streaming
     }
 }
 
@@ -292,6 +333,33 @@ mod tests {
         assert_eq!(b.filled(), b"fghijklm");
         b.consume(8);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_read_that_fills_a_chunk_makes_the_next_one_large_until_settled() {
+        let mut b = Buf::with_sizes(8, 32);
+        let mut src: &[u8] = &[1u8; 100];
+        assert_eq!(b.read_from(&mut src).unwrap(), (8, false));
+        assert!(b.is_full());
+        b.consume(8);
+        assert!(!b.holds_storage());
+        // The next chunk is the streaming size.
+        assert_eq!(b.read_from(&mut src).unwrap(), (32, false));
+        assert!(b.is_full());
+        b.consume(32);
+        // A new exchange: small chunks again, and full means full of the small one.
+        b.settle();
+        let mut short: &[u8] = &[2u8; 3];
+        assert_eq!(b.read_from(&mut short).unwrap(), (3, true));
+        assert_eq!(b.filled(), &[2, 2, 2]);
+        assert!(!b.is_full());
+        let mut rest: &[u8] = &[3u8; 100];
+        assert_eq!(b.read_from(&mut rest).unwrap(), (5, false));
+        assert!(b.is_full());
+        // A pool hands it out again small and empty.
+        b.reset();
+        assert!(b.is_clean());
+        assert_eq!(b.read_from(&mut rest).unwrap(), (8, false));
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub(super) struct Bufs {
 impl Bufs {
     pub(super) fn new(size: usize) -> Box<Bufs> {
         Box::new(Bufs {
-            req: Buf::with_capacity(size),
-            resp: Buf::with_capacity(size),
+            req: Buf::with_sizes(size, size.max(super::STREAM_BUF_SIZE)),
+            resp: Buf::with_sizes(size, size.max(super::STREAM_BUF_SIZE)),
             req_head: Vec::with_capacity(1024),
             req_head_sent: 0,
             resp_head: Vec::with_capacity(1024),
@@ -74,8 +74,8 @@ impl Recycle for Box<Bufs> {
     /// pipe (the pipe itself is dropped then), and the log fields. A head buffer
     /// grown past `MAX_KEPT_HEAD` is given back to the allocator.
     fn reset(&mut self) {
-        self.req.clear();
-        self.resp.clear();
+        self.req.reset();
+        self.resp.reset();
         for head in [&mut self.req_head, &mut self.resp_head] {
             head.clear();
             if head.capacity() > MAX_KEPT_HEAD {

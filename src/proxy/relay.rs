@@ -17,7 +17,7 @@ use super::fail::retry_or;
 use super::head::parse_response_head;
 use super::session::{Client, Fail, Phase, Step, read_client};
 use super::upstream::Upstream;
-use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP, SPLICE_STEP_BYTES};
+use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP};
 
 /// Where an exchange's relay counts the bytes it moves: its worker's client
 /// traffic, and its worker's traffic with the exchange's backend.
@@ -483,9 +483,6 @@ pub(super) fn splice_body(c: &mut Client, u: &mut Upstream, m: Meters<'_>) -> St
                 *remaining -= n as u64;
                 moved = true;
                 bufs.spliced = true;
-                // The step counts one; each further `SPLICE_STEP_BYTES`, one more.
-                let more = n.saturating_sub(1) / SPLICE_STEP_BYTES;
-                c.steps = c.steps.saturating_add(more.min(usize::from(u8::MAX)) as u8);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.ready.readable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

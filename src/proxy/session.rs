@@ -20,7 +20,7 @@ use super::head::parse_request_head;
 use super::relay::{Meters, relay_request, relay_response, relay_tunnel, take_request};
 use super::upstream::{Leftover, Role, check_connected, leftover_seen};
 use super::worker::Worker;
-use super::{DRAIN_GRACE, MAX_STEPS_PER_TURN};
+use super::{DRAIN_GRACE, MAX_STEPS_PER_TURN, STEP_BYTES};
 
 /// Read what the client sent into `buf`; an end of stream sets `eof`. Returns
 /// whether anything happened; a read error closes the session.
@@ -344,6 +344,8 @@ impl Worker {
     pub(super) fn pump(&mut self, ck: usize) -> Result<(bool, bool), Fail> {
         let mut moved = false;
         loop {
+            let client = &self.shared.metrics[self.id].0.client;
+            let before = client.total();
             let c = &mut self.clients[ck];
             if c.steps >= MAX_STEPS_PER_TURN {
                 return Ok((true, moved));
@@ -365,6 +367,18 @@ impl Worker {
                 return Ok((false, moved));
             }
             moved = true;
+            // What the step moved with its client, past the first `STEP_BYTES`,
+            // counts as more steps.
+            let bytes = self.shared.metrics[self.id]
+                .0
+                .client
+                .total()
+                .wrapping_sub(before);
+            if bytes > STEP_BYTES {
+                let more = ((bytes - 1) / STEP_BYTES).min(u64::from(u8::MAX)) as u8;
+                let c = &mut self.clients[ck];
+                c.steps = c.steps.saturating_add(more);
+            }
         }
     }
 
@@ -498,6 +512,9 @@ impl Worker {
         bufs.resp_head.clear();
         bufs.resp_head_sent = 0;
         bufs.resp.clear();
+        // A new exchange begins with small chunks (see `Buf::settle`).
+        bufs.req.settle();
+        bufs.resp.settle();
         bufs.resp_bytes = 0;
         bufs.head_at = None;
         // A pipe moves bytes between sockets; over TLS they must pass through rustls.
