@@ -745,6 +745,10 @@ impl Worker {
             c.timer = Timer::new(now + self.timeouts.linger, Wait::Linger);
         } else {
             c.phase = Phase::Head;
+            // The next head, and a body buffered before its backend is chosen,
+            // are read into small chunks again (see `Buf::settle`).
+            bufs.req.settle();
+            bufs.resp.settle();
             // Bytes of a pipelined request already here are a head begun.
             let wait = if bufs.req.is_empty() {
                 Wait::Idle
