@@ -282,7 +282,7 @@ fn quoted_text(out: &mut Vec<u8>, text: &[u8], empty: &[u8], json: bool) {
 }
 
 /// UTC civil time of a Unix timestamp (Howard Hinnant's days-from-civil inverse).
-fn civil(secs: u64) -> (i64, u32, u32, u64, u64, u64) {
+pub(crate) fn civil(secs: u64) -> (i64, u32, u32, u64, u64, u64) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;
