@@ -196,6 +196,22 @@ fn sum(samples: &Samples, name: &str, with: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Scrape /metrics (each under the strict format check) until `done` holds of
+/// it, or 5 s have passed: workers count just after their writes, so a client
+/// may see bytes a moment before the counters do. Returns the last scrape.
+fn scrape_until(admin: SocketAddr, done: impl Fn(&Samples) -> bool) -> (String, Samples) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = admin_get(admin, "GET", "/metrics").2;
+        let samples = check_exposition(&text);
+        if done(&samples) || std::time::Instant::now() > deadline {
+            return (text, samples);
+        }
+        // Back-off between two scrapes.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn metrics_follow_the_text_format_and_count_the_traffic() {
     let origins = origins(1);
@@ -231,17 +247,9 @@ fn metrics_follow_the_text_format_and_count_the_traffic() {
 
     // A worker counts a request just after writing its last byte: wait for the
     // counts to settle rather than race them.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let (after, samples) = loop {
-        let (_, _, after) = admin_get(admin, "GET", "/metrics");
-        let samples = check_exposition(&after);
-        let done = sum(&samples, "corelb_request_duration_seconds_count", &[]) >= 23.0;
-        if done || std::time::Instant::now() > deadline {
-            break (after, samples);
-        }
-        // Back-off between two scrapes.
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let (after, samples) = scrape_until(admin, |samples| {
+        sum(samples, "corelb_request_duration_seconds_count", &[]) >= 23.0
+    });
     let requests = "corelb_requests_total";
     assert_eq!(
         sum(
@@ -874,18 +882,12 @@ fn bytes_are_counted_per_backend_as_both_ends_saw_them() {
         }
         pairs
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let pairs = loop {
-        let samples = check_exposition(&admin_get(admin, "GET", "/metrics").2);
-        let pairs = expected(&samples);
-        if pairs.iter().all(|(_, want, have)| *want as f64 == *have)
-            || std::time::Instant::now() > deadline
-        {
-            break pairs;
-        }
-        // Back-off between two scrapes.
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let (_, samples) = scrape_until(admin, |samples| {
+        expected(samples)
+            .iter()
+            .all(|(_, want, have)| *want as f64 == *have)
+    });
+    let pairs = expected(&samples);
     for (what, want, have) in &pairs {
         assert_eq!(*want as f64, *have, "{what}: {pairs:?}");
     }
