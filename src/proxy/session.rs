@@ -344,8 +344,6 @@ impl Worker {
     pub(super) fn pump(&mut self, ck: usize) -> Result<(bool, bool), Fail> {
         let mut moved = false;
         loop {
-            let client = &self.shared.metrics[self.id].0.client;
-            let before = client.total();
             let c = &mut self.clients[ck];
             if c.steps >= MAX_STEPS_PER_TURN {
                 return Ok((true, moved));
@@ -358,7 +356,7 @@ impl Worker {
             let progress = match c.phase {
                 Phase::Preamble => self.step_preamble(ck)?,
                 Phase::Head => self.step_head(ck)?,
-                Phase::Exchange(_) => self.step_exchange(ck)?,
+                Phase::Exchange(_) => self.step_exchange_charged(ck)?,
                 Phase::Closing => self.step_closing(ck)?,
                 Phase::Draining => self.step_draining(ck)?,
                 Phase::Aborting => step_aborting(&self.clients[ck])?,
@@ -367,19 +365,22 @@ impl Worker {
                 return Ok((false, moved));
             }
             moved = true;
-            // What the step moved with its client, past the first `STEP_BYTES`,
-            // counts as more steps.
-            let bytes = self.shared.metrics[self.id]
-                .0
-                .client
-                .total()
-                .wrapping_sub(before);
-            if bytes > STEP_BYTES {
-                let more = ((bytes - 1) / STEP_BYTES).min(u64::from(u8::MAX)) as u8;
-                let c = &mut self.clients[ck];
-                c.steps = c.steps.saturating_add(more);
-            }
         }
+    }
+
+    /// `step_exchange`, where what the step moved with its client past the
+    /// first `STEP_BYTES` counts as more steps (the other phases move a buffer
+    /// at most).
+    fn step_exchange_charged(&mut self, ck: usize) -> Step {
+        let before = self.metrics().client.total();
+        let progress = self.step_exchange(ck)?;
+        let bytes = self.metrics().client.total().wrapping_sub(before);
+        if bytes > STEP_BYTES {
+            let more = ((bytes - 1) / STEP_BYTES).min(u64::from(u8::MAX)) as u8;
+            let c = &mut self.clients[ck];
+            c.steps = c.steps.saturating_add(more);
+        }
+        Ok(progress)
     }
 
     pub(super) fn close_client(&mut self, ck: usize) {
