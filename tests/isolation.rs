@@ -745,12 +745,40 @@ fn a_late_surplus_held_back_by_nagle_shifts_no_later_answer() {
     // client after the first would get the one before's. Acknowledged when the
     // connection goes back to the pool, the fake arrives while it is idle and is
     // caught (tests before and after the fix: 20 of 20 victims wrong, then 0).
-    let backend = Scripted::start(|mut s, _| {
+    //
+    // That holds only if the kernel did hold the fake back: a backend thread
+    // descheduled between its two writes (a loaded machine) writes the fake
+    // after the ACK, and so late that it is a late answer, which no HTTP/1.1
+    // proxy can tell from a real one (README, "Isolation"). The backend checks
+    // its own send queue after the second write; a run where the 204 was
+    // already acknowledged is not this case, and is played again.
+    const HELD_BACK: usize = 10;
+    for _ in 0..HELD_BACK {
+        if late_surplus_case_after_a_held_back_fake() {
+            return;
+        }
+    }
+    panic!("in {HELD_BACK} runs the backend's kernel never held the fake back");
+}
+
+/// One run of `a_late_surplus_held_back_by_nagle_shifts_no_later_answer`: false
+/// if the backend's kernel did not hold the fake back (nothing was tested).
+fn late_surplus_case_after_a_held_back_fake() -> bool {
+    const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+    const FAKE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTOLEN";
+    let held_back = Arc::new(AtomicBool::new(false));
+    let held = Arc::clone(&held_back);
+    let backend = Scripted::start(move |mut s, _| {
         while let Some(head) = read_head(&mut s) {
             let target = target_of(&head);
             if target == "/evil" {
-                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTOLEN");
+                let _ = s.write_all(NO_CONTENT);
+                let _ = s.write_all(FAKE);
+                // Both still unacknowledged: the 204 was in flight when the fake
+                // was written, so Nagle held the fake back.
+                if send_queue(&s) == NO_CONTENT.len() + FAKE.len() {
+                    held.store(true, Ordering::SeqCst);
+                }
                 continue;
             }
             let out = format!(
@@ -778,12 +806,27 @@ fn a_late_surplus_held_back_by_nagle_shifts_no_later_answer() {
             wrong.push((path, got));
         }
     }
+    if !held_back.load(Ordering::SeqCst) {
+        return false;
+    }
     assert!(wrong.is_empty(), "answers to other exchanges: {wrong:?}");
     assert_eq!(
         metric(&proxy, "corelb_upstream_surplus_total{", ""),
         1,
         "the fake answer was caught on the idle connection"
     );
+    true
+}
+
+/// Bytes written to `s` that its kernel has not yet had acknowledged (sent or
+/// not), by Linux's `SIOCOUTQ`.
+fn send_queue(s: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ on Linux) writes one int through the pointer.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    assert_eq!(rc, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    usize::try_from(queued).unwrap_or(0)
 }
 
 #[test]
