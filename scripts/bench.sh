@@ -13,9 +13,9 @@
 #                certificate in front of the same plain origins): keep-alive requests,
 #                and new connections per request with full handshakes (wrk) and with
 #                resumed ones (oha, whose client resumes TLS 1.3 sessions)
-#   open loop    oha at fixed offered rates (--rates, percent of the slowest proxy's
-#                s16_c50 capacity measured in the same run), corrected for
-#                coordinated omission: p50, p99, p99.9, max, latency added over direct
+#   open loop    examples/openloop.rs at fixed offered rates (--rates, percent of the
+#                slowest proxy's s16_c50 capacity measured in the same run), corrected
+#                for coordinated omission: p50, p99, p99.9, max, latency added over direct
 #   memory       wrk -t2 -c8000 for 6 s per proxy: RSS before, peak, and 60 s after
 #
 # Usage: scripts/bench.sh [--origin corelb|nginx] [--rounds N] [--duration SECONDS]
@@ -41,8 +41,10 @@
 #                instead of building target/release/corelb
 #
 # Needs wrk, curl and openssl (apt-get install -y wrk curl openssl) and python3; nginx, haproxy and gnuplot are used
-# when installed (apt-get install -y nginx-light haproxy gnuplot-nox). oha (the open-loop
-# generator) is built from crates.io into target/bench-tools on first use (cargo install).
+# when installed (apt-get install -y nginx-light haproxy gnuplot-nox). The open-loop
+# generator is this repository's examples/openloop.rs (cargo build --release --example);
+# oha, for the resumed-TLS scenario, is built from crates.io into target/bench-tools on
+# first use (cargo install).
 # Writes results/<date>/: bench.csv, latency.csv, memory.csv (every run), bench.md (the
 # tables), machine.txt, and with gnuplot cpu.svg/png and latency.svg/png.
 set -euo pipefail
@@ -114,13 +116,21 @@ if [ "$memory" = 1 ] && [ "$(ulimit -n)" -lt 19000 ]; then
   exit 2
 fi
 
-# oha: an open-loop load generator that corrects for coordinated omission (latency is
-# counted from when a request was due, not from when a busy connection got to send it).
-# wrk2 would do the same but is not packaged; oha builds from crates.io with the
-# toolchain that builds corelb (its default TLS features included: it does not build without).
+# The open loop: requests at fixed due times, latency counted from when a request was
+# due, not from when a busy connection got to send it (coordinated omission), recorded
+# into an HdrHistogram. wrk2 does the same but is not packaged; oha (1.14 and 1.16)
+# does too but keeps every result in one growing vector, and each doubling of it
+# stalls the generator for milliseconds, which decided every target's p99.9 here.
+openloop="$root/target/release/examples/openloop"
+if [ ${#rlist[@]} -gt 0 ]; then
+  cargo build --release --quiet --example openloop
+fi
+# oha: its TLS client resumes TLS 1.3 sessions, which the tls_resume_c50 scenario needs.
+# It builds from crates.io with the toolchain that builds corelb (its default TLS
+# features included: it does not build without).
 oha_version=1.14.0
 oha="$root/target/bench-tools/bin/oha"
-if { [ ${#rlist[@]} -gt 0 ] || [[ ",$scenarios," == *",tls_resume_c50,"* ]]; } \
+if [[ ",$scenarios," == *",tls_resume_c50,"* ]] \
   && ! "$oha" --version 2>/dev/null | grep -q "$oha_version"; then
   echo "building oha $oha_version into target/bench-tools (once) ..."
   cargo install --quiet --locked --version "$oha_version" --root "$root/target/bench-tools" oha
@@ -429,7 +439,8 @@ used() {
   echo "corelb: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (modified)')"
   [ -n "$baseline" ] && echo "corelb-base: $baseline ($(git -C "$root" rev-parse --short "$baseline"))"
   echo "wrk: $(wrk -v 2>&1 | head -1)"
-  [ ${#rlist[@]} -gt 0 ] && echo "oha: $("$oha" --version)"
+  [ ${#rlist[@]} -gt 0 ] && echo "open loop: examples/openloop.rs, 50 connections"
+  [[ ",$scenarios," == *",tls_resume_c50,"* ]] && echo "oha: $("$oha" --version)"
   command -v nginx >/dev/null && echo "nginx: $(nginx -v 2>&1)"
   command -v haproxy >/dev/null && echo "haproxy: $(haproxy -v 2>&1 | head -1)"
   echo "origin: $origin; rounds: $rounds; duration: ${duration}s; workers: $workers_list; wrk -t1; rates: ${rates:-none}%"
@@ -511,16 +522,22 @@ PY
           read -r name addr <<< "${tl[$(((i + round) % n))]}"
           only "$name"
           before=$(snap "$name")
-          out_oha=$("$oha" --no-tui --output-format json -z "${duration}s" -c 50 -q "$rate" \
-                    --latency-correction --disable-compression -w "http://$addr/size/16" 2>/dev/null || true)
+          out_open=$("$openloop" --addr "$addr" --path /size/16 --rate "$rate" --connections 50 \
+                     --seconds "$duration" 2>&1 || true)
           cpu=$(used "$before" "$(snap "$name")")
-          row=$(report parse-oha "$rate" <<< "$out_oha")
-          IFS=, read -r rps p50 p99 p999 maxms errors requests <<< "$row"
+          row=$(report parse-openloop "$rate" <<< "$out_open")
+          IFS=, read -r rps p50 p99 p999 maxms errors requests lag <<< "$row"
           echo "$w,rate$pct,$name,$round,$rate,$rps,$p50,$p99,$p999,$maxms,$errors,$requests,$cpu" >> "$lat"
-          echo "workers=$w round=$round rate$pct ($rate/s) $name: p50 $p50 p99 $p99 p99.9 $p999 max $maxms ms, errors $errors"
+          echo "workers=$w round=$round rate$pct ($rate/s) $name: p50 $p50 p99 $p99 p99.9 $p999 max $maxms ms, errors $errors (the generator's own send lag p99 $lag ms)"
         done
       done
     done
+    # The smoke run measures nothing, but every open-loop run must have been
+    # answered in full: this is where the generator itself gets exercised.
+    if [ "$smoke" = 1 ] && ! awk -F, 'NR > 1 { rows++; if ($11 != 0) bad = 1 } END { exit (bad || !rows) }' "$lat"; then
+      echo "bench.sh: an open-loop run failed or had errors (lines above)" >&2
+      exit 1
+    fi
   fi
 
   # Memory: 8,000 active connections per proxy (one worker count only: the first).

@@ -5,6 +5,8 @@ parse-wrk            read `wrk --latency` output on stdin, print
                      "rps,p50_ms,p99_ms,errors,requests"
 parse-oha RATE       read `oha --output-format json` on stdin, print
                      "rps,p50_ms,p99_ms,p999_ms,max_ms,errors,requests"
+parse-openloop RATE  read examples/openloop.rs's JSON line on stdin, print
+                     "rps,p50_ms,p99_ms,p999_ms,max_ms,errors,requests,send_lag_p99_ms"
 snap PID...          the CPU ticks (user, system) and context switches of these
                      processes, their threads and every descendant: "user sys cs"
 rss PID...           resident KiB of these processes and their descendants
@@ -88,6 +90,30 @@ def parse_oha(text, rate):
         rps, ms("p50"), ms("p99"), ms("p99.9"),
         slowest * 1000.0 if isinstance(slowest, (int, float)) else float("nan"),
         bad, ok,
+    )
+
+
+def parse_openloop(text, rate):
+    """examples/openloop.rs's JSON line: latencies in ms. Errors, requests left
+    unanswered and a run that did not reach 95% of its offered rate all count as
+    errors; output that is not its JSON (it failed) is a run with an error."""
+    d = None
+    for line in text.splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+    if not isinstance(d, dict):
+        return "0,nan,nan,nan,nan,-1,0,nan"
+    ok = int(d.get("ok", 0))
+    bad = int(d.get("errors", 0)) + int(d.get("unanswered", 0))
+    rps = float(d.get("rps", 0.0))
+    if rps < 0.95 * rate:
+        bad = max(bad, 1)
+    return "%.0f,%.3f,%.3f,%.3f,%.3f,%d,%d,%.3f" % (
+        rps, d.get("p50_ms", float("nan")), d.get("p99_ms", float("nan")),
+        d.get("p99_9_ms", float("nan")), d.get("max_ms", float("nan")), bad, ok,
+        d.get("send_lag_p99_ms", float("nan")),
     )
 
 
@@ -282,7 +308,7 @@ def report(outdir):
     if os.path.exists(opened):
         lat, lat_order = summarise(opened)
         all_med.update(lat)
-        sections.append("### Latency at a fixed offered rate (open loop, oha with latency correction), medians of rounds\n\n"
+        sections.append("### Latency at a fixed offered rate (open loop, examples/openloop.rs, corrected for coordinated omission), medians of rounds\n\n"
                         + "\n".join(latency_table(lat, lat_order)))
     mem = outdir + "/memory.csv"
     if os.path.exists(mem):
@@ -357,7 +383,7 @@ def charts(med, order, all_med, lat_order, outdir):
                 for pct, field in [("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")]:
                     vals = [all_med.get((workers, scenario, t), {}).get(field, float("nan")) for t in lpresent]
                     f.write("%s-%s/w%d %s\n" % (scenario, pct, workers, " ".join("%.4f" % v if v == v else "NaN" for v in vals)))
-        gnuplot(outdir, "latency", bars(data, len(lpresent), "latency at a fixed offered rate (oha, corrected for coordinated omission), median of rounds",
+        gnuplot(outdir, "latency", bars(data, len(lpresent), "latency at a fixed offered rate (open loop, corrected for coordinated omission), median of rounds",
                                         "ms (log scale)", "set logscale y"))
         charts_made.append("latency")
     print("charts: " + ", ".join("%s/%s.svg and .png" % (outdir, c) for c in charts_made))
@@ -368,6 +394,8 @@ if __name__ == "__main__":
         print(parse_wrk(sys.stdin.read()))
     elif len(sys.argv) == 3 and sys.argv[1] == "parse-oha":
         print(parse_oha(sys.stdin.read(), float(sys.argv[2])))
+    elif len(sys.argv) == 3 and sys.argv[1] == "parse-openloop":
+        print(parse_openloop(sys.stdin.read(), float(sys.argv[2])))
     elif len(sys.argv) >= 3 and sys.argv[1] in ("snap", "rss"):
         pids = [int(p) for p in sys.argv[2:]]
         print(snap(pids) if sys.argv[1] == "snap" else rss(pids))
