@@ -10,15 +10,21 @@
 //! result in one growing vector; each doubling of it stalls the generator and
 //! the stall shows up in every target's tail (README, "Latest run").
 //!
-//! Due times are kept to the nanosecond with a timerfd (tokio's and epoll's
-//! timers round to the millisecond, which bunches requests). How late the
-//! generator itself was in sending a request that found its connection free
-//! is reported as `send_lag_*`: a figure near the latencies means the
-//! generator, not the target, was measured.
+//! The timer is a timerfd armed to the nanosecond (tokio's and epoll's timers
+//! round to the millisecond, which bunches requests). How late the generator
+//! itself was in sending a request that found its connection free is reported
+//! as `send_lag_*`: a figure near the latencies means the generator, not the
+//! target, was measured.
 //!
-//! One thread, one `mio` loop, keep-alive connections, `GET` only, answers
-//! framed by `Content-Length` (the bench origins'); any other framing, status
-//! or a closed connection counts as an error. Prints one JSON object.
+//! One thread, one `mio` loop, keep-alive connections (a connection lost or
+//! closed by `Connection: close` is opened again without blocking the loop),
+//! `GET` only, answers framed by `Content-Length` (the bench origins'). A
+//! status other than 200, other framing, bytes nobody asked for and a
+//! connection lost with a request on it count as errors; requests still owed
+//! when the grace period ends, as unanswered. `rps` is the answers divided by
+//! the time from the first due time to the last answer, so a target that falls
+//! behind shows below the offered rate. Prints one JSON object; a bad argument
+//! is one line on stderr and exit code 2.
 //!
 //! `cargo run --release --example openloop -- --addr 127.0.0.1:8080 --path /size/16 --rate 10000 --connections 50 --seconds 10`
 
@@ -42,31 +48,42 @@ struct Args {
     /// the request target (default /)
     #[argh(option, default = "String::from(\"/\")")]
     path: String,
-    /// requests per second, over all connections
+    /// requests per second, over all connections (at most 10,000,000)
     #[argh(option)]
     rate: f64,
-    /// keep-alive connections (default 50)
+    /// keep-alive connections (default 50, at most 100,000)
     #[argh(option, default = "50")]
     connections: usize,
-    /// seconds during which requests fall due (default 10)
+    /// seconds during which requests fall due (default 10, at most 86,400)
     #[argh(option, default = "10.0")]
     seconds: f64,
-    /// seconds to wait after the last due time for answers still owed (default 5)
+    /// seconds to wait after the last due time for answers still owed (default 5,
+    /// at most 3,600)
     #[argh(option, default = "5.0")]
     grace: f64,
 }
 
 const TIMER: Token = Token(usize::MAX);
+/// Requests owed at most: a target this far behind ends the run (memory stays
+/// bounded whatever the rate and duration).
+const MAX_OWED: u64 = 1_000_000;
 /// Longest latency recorded: a minute, in nanoseconds.
 const MAX_NS: u64 = 60_000_000_000;
 
 struct Conn {
+    /// None after a connection could not be made; the next request due on it
+    /// tries again.
     stream: Option<mio::net::TcpStream>,
+    /// A connect is under way: nothing is sent until it completes.
+    connecting: bool,
     /// Due times of requests for this connection not yet answered; the first
     /// is on the wire when `sent` is set.
     due: VecDeque<Instant>,
     sent: bool,
+    /// Bytes of the request on the wire already written.
     out: usize,
+    /// Registered for writable events (a write would have blocked).
+    writing: bool,
     input: Vec<u8>,
 }
 
@@ -77,21 +94,47 @@ struct Run {
     send_lag: Histogram<u64>,
     ok: u64,
     errors: u64,
+    last_answer: Option<Instant>,
     first_error: Option<String>,
 }
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
-    if !(args.rate > 0.0 && args.rate.is_finite())
-        || args.connections == 0
-        || !(args.seconds > 0.0 && args.seconds.is_finite())
-        || !(args.grace >= 0.0 && args.grace.is_finite())
-        || !args.addr.ip().is_loopback()
-    {
-        eprintln!(
-            "openloop: --rate, --connections and --seconds must be above 0, --grace at least 0, and --addr on loopback"
-        );
-        return ExitCode::from(2);
+    let argv: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let args =
+        match <Args as argh::FromArgs>::from_args(&["openloop"], strs.get(1..).unwrap_or(&[])) {
+            Ok(args) => args,
+            Err(early) => {
+                if early.status.is_ok() {
+                    print!("{}", early.output);
+                    return ExitCode::SUCCESS;
+                }
+                // argh's message can span lines; one line, as everywhere here.
+                let msg = early
+                    .output
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                return usage(&msg);
+            }
+        };
+    if !(args.rate > 0.0 && args.rate <= 1e7) {
+        return usage("--rate must be above 0 and at most 10000000");
+    }
+    if !(1..=100_000).contains(&args.connections) {
+        return usage("--connections must be from 1 to 100000");
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
+        return usage("--seconds must be above 0 and at most 86400");
+    }
+    if !(args.grace >= 0.0 && args.grace <= 3_600.0) {
+        return usage("--grace must be from 0 to 3600");
+    }
+    if !args.addr.ip().is_loopback() {
+        return usage("--addr must be a loopback address (127.0.0.0/8 or ::1)");
+    }
+    if !args.path.starts_with('/') || !args.path.bytes().all(|b| b.is_ascii_graphic()) {
+        return usage("--path must start with / and hold only visible ASCII characters");
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +143,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("openloop: {msg} (see openloop --help)");
+    ExitCode::from(2)
 }
 
 fn run(args: &Args) -> io::Result<()> {
@@ -118,57 +166,77 @@ fn run(args: &Args) -> io::Result<()> {
         send_lag: Histogram::new_with_bounds(1, MAX_NS, 3).map_err(io::Error::other)?,
         ok: 0,
         errors: 0,
+        last_answer: None,
         first_error: None,
     };
+    // Every connection is open before the first request falls due.
     let mut conns = Vec::with_capacity(args.connections);
     for k in 0..args.connections {
-        let mut stream = connect(args.addr)?;
+        let stream = std::net::TcpStream::connect(args.addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        let mut stream = mio::net::TcpStream::from_std(stream);
         poll.registry()
             .register(&mut stream, Token(k), Interest::READABLE)?;
         conns.push(Conn {
             stream: Some(stream),
+            connecting: false,
             due: VecDeque::new(),
             sent: false,
             out: 0,
+            writing: false,
             input: Vec::with_capacity(64 * 1024),
         });
     }
 
     let ns_per_request = 1e9 / args.rate;
     let start = Instant::now() + Duration::from_millis(20);
+    // Both bounded in main: a day and an hour at most.
     let end = start + Duration::from_secs_f64(args.seconds);
     let give_up = end + Duration::from_secs_f64(args.grace);
     let due_at = |n: u64| start + Duration::from_nanos((n as f64 * ns_per_request) as u64);
     let mut next: u64 = 0;
     let mut owed: u64 = 0;
+    let mut cut_short = false;
     let mut events = Events::with_capacity(1024);
     loop {
         let now = Instant::now();
         // Every request due by now goes to its connection.
         loop {
             let due = due_at(next);
-            if due > now || due >= end {
+            if due > now || due >= end || cut_short {
                 break;
             }
-            let k = (next % conns.len() as u64) as usize;
-            conns[k].due.push_back(due);
-            owed += 1;
-            if !conns[k].sent {
-                // The connection is free: any delay in sending is the generator's.
-                let lag = now.saturating_duration_since(due).as_nanos().max(1);
-                run.send_lag.saturating_record(lag as u64);
-                send(&mut conns[k], k, &mut run, &poll);
+            if owed >= MAX_OWED {
+                cut_short = true;
+                note(
+                    &mut run,
+                    format!("{MAX_OWED} requests owed at once: the run stopped sending"),
+                );
+                break;
             }
             next += 1;
+            let k = ((next - 1) % conns.len() as u64) as usize;
+            let c = &mut conns[k];
+            c.due.push_back(due);
+            owed += 1;
+            if c.stream.is_none() {
+                owed -= reconnect(c, k, &mut run, &poll);
+            } else if !c.sent && !c.connecting {
+                // The connection is free: any delay in sending is the generator's.
+                let lag = Instant::now().saturating_duration_since(due);
+                run.send_lag.saturating_record(lag.as_nanos().max(1) as u64);
+                owed -= send(c, k, &mut run, &poll);
+            }
         }
-        let scheduling = due_at(next) < end;
+        let scheduling = due_at(next) < end && !cut_short;
         if !scheduling && owed == 0 {
             break;
         }
-        if now >= give_up {
+        if Instant::now() >= give_up {
             break;
         }
-        arm(&timer, if scheduling { due_at(next) } else { give_up }, now)?;
+        arm(&timer, if scheduling { due_at(next) } else { give_up })?;
         match poll.poll(&mut events, None) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             r => r?,
@@ -182,86 +250,100 @@ fn run(args: &Args) -> io::Result<()> {
                 continue;
             }
             let k = event.token().0;
-            if event.is_writable() && conns[k].sent {
-                flush(&mut conns[k], k, &mut run, &poll);
+            let c = &mut conns[k];
+            if c.connecting {
+                owed -= connected(c, k, &mut run, &poll);
+                if c.connecting || c.stream.is_none() {
+                    continue;
+                }
+            }
+            if event.is_writable() && c.sent {
+                owed -= flush(c, k, &mut run, &poll);
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                owed -= receive(&mut conns[k], k, &mut run, &poll);
+                owed -= receive(c, k, &mut run, &poll);
             }
         }
     }
     let unanswered = owed;
-    let seconds = args.seconds;
     let pct = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
+    let span = run
+        .last_answer
+        .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64());
     println!(
-        "{{\"rate\":{},\"seconds\":{},\"connections\":{},\"ok\":{},\"errors\":{},\"unanswered\":{},\"rps\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p99_9_ms\":{:.3},\"p99_99_ms\":{:.3},\"max_ms\":{:.3},\"send_lag_p99_ms\":{:.3},\"send_lag_max_ms\":{:.3},\"first_error\":{}}}",
+        "{{\"rate\":{},\"seconds\":{},\"connections\":{},\"ok\":{},\"errors\":{},\"unanswered\":{},\"rps\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p99_9_ms\":{:.3},\"p99_99_ms\":{:.3},\"max_ms\":{:.3},\"send_lag_p50_ms\":{:.3},\"send_lag_p99_ms\":{:.3},\"send_lag_max_ms\":{:.3},\"cut_short\":{},\"first_error\":{}}}",
         args.rate,
-        seconds,
+        args.seconds,
         args.connections,
         run.ok,
         run.errors,
         unanswered,
-        run.ok as f64 / seconds,
+        if span > 0.0 {
+            run.ok as f64 / span
+        } else {
+            0.0
+        },
         pct(&run.latency, 0.5),
         pct(&run.latency, 0.9),
         pct(&run.latency, 0.99),
         pct(&run.latency, 0.999),
         pct(&run.latency, 0.9999),
         run.latency.max() as f64 / 1e6,
+        pct(&run.send_lag, 0.5),
         pct(&run.send_lag, 0.99),
         run.send_lag.max() as f64 / 1e6,
+        cut_short,
         match &run.first_error {
-            Some(e) => format!("{e:?}"),
+            Some(e) => json_string(e),
             None => "null".to_string(),
         }
     );
     Ok(())
 }
 
-fn connect(addr: SocketAddr) -> io::Result<mio::net::TcpStream> {
-    let stream = std::net::TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
-    stream.set_nonblocking(true)?;
-    Ok(mio::net::TcpStream::from_std(stream))
-}
-
-/// Put the connection's first owed request on the wire.
-fn send(c: &mut Conn, k: usize, run: &mut Run, poll: &Poll) {
-    if c.due.is_empty() {
-        return;
+/// Put the connection's first owed request on the wire. Returns how many
+/// requests were settled (failed) on the way.
+fn send(c: &mut Conn, k: usize, run: &mut Run, poll: &Poll) -> u64 {
+    if c.due.is_empty() || c.stream.is_none() || c.connecting {
+        return 0;
     }
     c.sent = true;
     c.out = 0;
-    flush(c, k, run, poll);
+    flush(c, k, run, poll)
 }
 
-/// Write what is left of the request on the wire.
-fn flush(c: &mut Conn, k: usize, run: &mut Run, poll: &Poll) {
+/// Write what is left of the request on the wire. Returns how many requests
+/// were settled (failed).
+fn flush(c: &mut Conn, k: usize, run: &mut Run, poll: &Poll) -> u64 {
     let Some(stream) = c.stream.as_mut() else {
-        return;
+        return 0;
     };
     while c.out < run.request.len() {
         match stream.write(&run.request[c.out..]) {
+            Ok(0) => return fail(c, k, run, poll, "write: no progress".into()),
             Ok(n) => c.out += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let _ = poll.registry().reregister(
-                    stream,
-                    Token(k),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                return;
+                if !c.writing {
+                    c.writing = true;
+                    let _ = poll.registry().reregister(
+                        stream,
+                        Token(k),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                }
+                return 0;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // The read side sees the failure too and counts it.
-                note(run, format!("write: {e}"));
-                return;
-            }
+            Err(e) => return fail(c, k, run, poll, format!("write: {e}")),
         }
     }
-    let _ = poll
-        .registry()
-        .reregister(stream, Token(k), Interest::READABLE);
+    if c.writing {
+        c.writing = false;
+        let _ = poll
+            .registry()
+            .reregister(stream, Token(k), Interest::READABLE);
+    }
+    0
 }
 
 /// Read what arrived; count each answer completed. Returns how many requests
@@ -275,53 +357,65 @@ fn receive(c: &mut Conn, k: usize, run: &mut Run, poll: &Poll) -> u64 {
         };
         match stream.read(&mut chunk) {
             Ok(0) => {
-                settled += fail(c, k, run, poll, "the target closed the connection".into());
-                return settled;
+                return settled + fail(c, k, run, poll, "the target closed the connection".into());
             }
             Ok(n) => c.input.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                settled += fail(c, k, run, poll, format!("read: {e}"));
-                return settled;
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return settled,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return settled + fail(c, k, run, poll, format!("read: {e}")),
+        }
+        if !c.sent {
+            run.errors += 1;
+            note(run, "bytes nobody asked for".into());
+            return settled + fail(c, k, run, poll, "bytes nobody asked for".into());
         }
         match answer(&c.input) {
             Ok(None) => {}
-            Ok(Some((len, status))) if len == c.input.len() && c.sent => {
+            Ok(Some(done)) if done.len == c.input.len() => {
                 let now = Instant::now();
                 let due = c.due.pop_front().expect("a sent request is owed");
-                if status == 200 {
+                if done.status == 200 {
                     run.ok += 1;
+                    run.last_answer = Some(now);
                     run.latency
                         .saturating_record(now.duration_since(due).as_nanos().max(1) as u64);
                 } else {
                     run.errors += 1;
-                    note(run, format!("status {status}"));
+                    note(run, format!("status {}", done.status));
                 }
                 settled += 1;
                 c.input.clear();
                 c.sent = false;
-                if !c.due.is_empty() {
-                    send(c, k, run, poll);
+                if done.close {
+                    // Not an error: the next request goes on a new connection.
+                    drop_stream(c, poll);
+                    return settled + reconnect(c, k, run, poll);
+                }
+                settled += send(c, k, run, poll);
+                if c.connecting || c.stream.is_none() {
+                    // Sending failed and a new connection is on its way.
+                    return settled;
                 }
             }
             Ok(Some(_)) => {
-                settled += fail(c, k, run, poll, "bytes beyond the answer".into());
-                return settled;
+                return settled + fail(c, k, run, poll, "bytes beyond the answer".into());
             }
-            Err(e) => {
-                settled += fail(c, k, run, poll, e);
-                return settled;
-            }
+            Err(e) => return settled + fail(c, k, run, poll, e),
         }
     }
-    settled
 }
 
-/// The length and status of the answer at the start of `input` once all of it
-/// is in, `None` while more is needed.
-fn answer(input: &[u8]) -> Result<Option<(usize, u16)>, String> {
+/// An answer all of whose bytes are in.
+struct Done {
+    len: usize,
+    status: u16,
+    /// It said `Connection: close`.
+    close: bool,
+}
+
+/// The answer at the start of `input` once all of it is in, `None` while more
+/// is needed.
+fn answer(input: &[u8]) -> Result<Option<Done>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head = match response.parse(input) {
@@ -331,6 +425,7 @@ fn answer(input: &[u8]) -> Result<Option<(usize, u16)>, String> {
     };
     let status = response.code.unwrap_or(0);
     let mut length = None;
+    let mut close = false;
     for h in response.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err("answer framed by Transfer-Encoding, not Content-Length".into());
@@ -340,15 +435,21 @@ fn answer(input: &[u8]) -> Result<Option<(usize, u16)>, String> {
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok());
         }
+        if h.name.eq_ignore_ascii_case("connection") {
+            close |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
     }
-    let Some(length) = length else {
-        return Err("answer without Content-Length".into());
+    let Some(len) = length.and_then(|l| head.checked_add(l)) else {
+        return Err("answer without a usable Content-Length".into());
     };
-    Ok((input.len() >= head + length).then_some((head + length, status)))
+    Ok((input.len() >= len).then_some(Done { len, status, close }))
 }
 
 /// The connection failed: the request on the wire is an error, the others are
-/// sent again on a new connection (or are errors too if none can be made).
+/// sent on a new connection. Returns how many requests were settled.
 fn fail(c: &mut Conn, k: usize, run: &mut Run, poll: &Poll, why: String) -> u64 {
     let mut settled = 0;
     if c.sent {
@@ -358,36 +459,106 @@ fn fail(c: &mut Conn, k: usize, run: &mut Run, poll: &Poll, why: String) -> u64 
         settled += 1;
     }
     c.sent = false;
-    c.input.clear();
+    drop_stream(c, poll);
+    settled + reconnect(c, k, run, poll)
+}
+
+fn drop_stream(c: &mut Conn, poll: &Poll) {
     if let Some(mut old) = c.stream.take() {
         let _ = poll.registry().deregister(&mut old);
     }
-    let again = connect(run.addr).and_then(|mut stream| {
-        poll.registry()
-            .register(&mut stream, Token(k), Interest::READABLE)?;
+    c.connecting = false;
+    c.writing = false;
+    c.input.clear();
+}
+
+/// Start a connect that does not block the loop; the requests owed wait for it.
+/// If it fails at once they are errors (settled, returned), and the next
+/// request due on this connection tries again.
+fn reconnect(c: &mut Conn, k: usize, run: &mut Run, poll: &Poll) -> u64 {
+    let started = mio::net::TcpStream::connect(run.addr).and_then(|mut stream| {
+        poll.registry().register(
+            &mut stream,
+            Token(k),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         Ok(stream)
     });
-    match again {
+    match started {
         Ok(stream) => {
             c.stream = Some(stream);
-            if !c.due.is_empty() {
-                send(c, k, run, poll);
-            }
+            c.connecting = true;
+            0
         }
-        Err(_) => {
-            settled += c.due.len() as u64;
-            run.errors += c.due.len() as u64;
-            c.due.clear();
-            note(run, "could not connect again".into());
+        Err(e) => give_up_on(c, run, format!("connect: {e}")),
+    }
+}
+
+/// A connect under way reported an event: go on once it is made. Returns how
+/// many requests were settled (failed, if it was not made).
+fn connected(c: &mut Conn, k: usize, run: &mut Run, poll: &Poll) -> u64 {
+    let Some(stream) = c.stream.as_mut() else {
+        return 0;
+    };
+    let outcome = match stream.take_error() {
+        Ok(Some(e)) | Err(e) => Err(e),
+        Ok(None) => match stream.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        },
+    };
+    match outcome {
+        Ok(false) => 0,
+        Ok(true) => {
+            let _ = stream.set_nodelay(true);
+            let _ = poll
+                .registry()
+                .reregister(stream, Token(k), Interest::READABLE);
+            c.connecting = false;
+            c.writing = false;
+            send(c, k, run, poll)
+        }
+        Err(e) => {
+            drop_stream(c, poll);
+            give_up_on(c, run, format!("connect: {e}"))
         }
     }
-    settled
+}
+
+/// No connection could be made: every request owed on it is an error.
+fn give_up_on(c: &mut Conn, run: &mut Run, why: String) -> u64 {
+    let n = c.due.len() as u64;
+    if n > 0 {
+        note(run, why);
+    }
+    run.errors += n;
+    c.due.clear();
+    c.sent = false;
+    n
 }
 
 fn note(run: &mut Run, why: String) {
     if run.first_error.is_none() {
         run.first_error = Some(why);
     }
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn timerfd() -> io::Result<OwnedFd> {
@@ -405,10 +576,12 @@ fn timerfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Make the timer fire at `when` (at once if that has passed).
-fn arm(timer: &OwnedFd, when: Instant, now: Instant) -> io::Result<()> {
+/// Make the timer fire at `when` (at once if that has passed). The clock is
+/// read here, just before arming, so the work done since the loop last read it
+/// does not make the timer late.
+fn arm(timer: &OwnedFd, when: Instant) -> io::Result<()> {
     let wait = when
-        .saturating_duration_since(now)
+        .saturating_duration_since(Instant::now())
         .max(Duration::from_nanos(1));
     let spec = libc::itimerspec {
         it_interval: libc::timespec {

@@ -492,7 +492,7 @@ for w in "${wlist[@]}"; do
 
   # Open loop at fixed rates: a share of the slowest proxy's s16_c50 capacity.
   if [ ${#rlist[@]} -gt 0 ]; then
-    [ -f "$lat" ] || echo "$columns" > "$lat"
+    [ -f "$lat" ] || echo "$columns,send_lag_p99_ms" > "$lat"
     capacity=$(python3 - "$csv" "$w" <<'PY'
 import csv, statistics, sys
 runs = {}
@@ -527,7 +527,7 @@ PY
           cpu=$(used "$before" "$(snap "$name")")
           row=$(report parse-openloop "$rate" <<< "$out_open")
           IFS=, read -r rps p50 p99 p999 maxms errors requests lag <<< "$row"
-          echo "$w,rate$pct,$name,$round,$rate,$rps,$p50,$p99,$p999,$maxms,$errors,$requests,$cpu" >> "$lat"
+          echo "$w,rate$pct,$name,$round,$rate,$rps,$p50,$p99,$p999,$maxms,$errors,$requests,$cpu,$lag" >> "$lat"
           echo "workers=$w round=$round rate$pct ($rate/s) $name: p50 $p50 p99 $p99 p99.9 $p999 max $maxms ms, errors $errors (the generator's own send lag p99 $lag ms)"
         done
       done

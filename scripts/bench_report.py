@@ -96,7 +96,8 @@ def parse_oha(text, rate):
 def parse_openloop(text, rate):
     """examples/openloop.rs's JSON line: latencies in ms. Errors, requests left
     unanswered and a run that did not reach 95% of its offered rate all count as
-    errors; output that is not its JSON (it failed) is a run with an error."""
+    errors, as does a run it cut short (a million requests owed at once); output
+    that is not its JSON (it failed) is a run with an error."""
     d = None
     for line in text.splitlines():
         try:
@@ -108,7 +109,7 @@ def parse_openloop(text, rate):
     ok = int(d.get("ok", 0))
     bad = int(d.get("errors", 0)) + int(d.get("unanswered", 0))
     rps = float(d.get("rps", 0.0))
-    if rps < 0.95 * rate:
+    if rps < 0.95 * rate or d.get("cut_short"):
         bad = max(bad, 1)
     return "%.0f,%.3f,%.3f,%.3f,%.3f,%d,%d,%.3f" % (
         rps, d.get("p50_ms", float("nan")), d.get("p99_ms", float("nan")),
@@ -210,6 +211,7 @@ def summarise(csv_path):
             "p99": median(rows, "p99_ms"),
             "p999": median(rows, "p999_ms"),
             "max": median(rows, "max_ms"),
+            "lag": median(rows, "send_lag_p99_ms") if "send_lag_p99_ms" in rows[0] else float("nan"),
             "errors": -1 if -1 in errors else sum(errors),
             "rounds": len(rows),
             "cpu": cpu[0],
@@ -256,8 +258,8 @@ def cpu_table(med, order):
 
 def latency_table(med, order):
     lines = [
-        "| workers | offered | target | req/s | p50 ms | p99 ms | p99.9 ms | max ms | added p50 / p99 ms | CPU µs/req | errors |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | offered | target | req/s | p50 ms | p99 ms | p99.9 ms | max ms | added p50 / p99 ms | CPU µs/req | generator's send lag p99 ms | errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for workers, scenario in order:
         direct = med.get((workers, scenario, "direct"))
@@ -270,9 +272,9 @@ def latency_table(med, order):
                 added = "%.3f / %.3f" % (m["p50"] - direct["p50"], m["p99"] - direct["p99"])
             errors = "failed" if m["errors"] < 0 else str(m["errors"])
             lines.append(
-                "| %d | %s (%.0f/s) | %s | %.0f | %.3f | %.3f | %.3f | %.2f | %s | %s | %s |"
+                "| %d | %s (%.0f/s) | %s | %.0f | %.3f | %.3f | %.3f | %.2f | %s | %s | %s | %s |"
                 % (workers, scenario, m["rate"], target, m["rps"], m["p50"], m["p99"], m["p999"], m["max"],
-                   added, fmt(m["cpu"], "%.1f"), errors)
+                   added, fmt(m["cpu"], "%.1f"), fmt(m["lag"], "%.3f"), errors)
             )
     return lines
 
