@@ -8,7 +8,7 @@
 //! as in wrk2). Latencies go into an HdrHistogram: fixed memory, no allocation
 //! while the run goes on. oha, which the script used before, keeps every
 //! result in one growing vector; each doubling of it stalls the generator and
-//! the stall shows up in every target's tail (README, "Latest run").
+//! the stall shows up in every target's tail (README, "Earlier full run").
 //!
 //! The timer is a timerfd armed to the nanosecond (tokio's and epoll's timers
 //! round to the millisecond, which bunches requests). How late the generator
