@@ -10,7 +10,7 @@ use crate::io::ReadOutcome;
 
 use super::MAX_DRAIN_BYTES;
 use super::exchange::RespState;
-use super::session::{Client, Fail, Phase, Step, Timer, Wait};
+use super::session::{Client, Fail, Phase, Step, Timer, Wait, read_counted};
 use super::worker::Worker;
 
 impl Client {
@@ -104,12 +104,9 @@ impl Worker {
             return Ok(false);
         }
         bufs.req.clear();
-        match c.io.read_into(&mut bufs.req, &mut c.ready) {
+        let client = &self.shared.metrics[self.id].0.client;
+        match read_counted(&mut c.io, &mut bufs.req, &mut c.ready, client) {
             Ok(ReadOutcome::Data) => {
-                self.shared.metrics[self.id]
-                    .0
-                    .client
-                    .received(bufs.req.len());
                 c.drained += bufs.req.len() as u32;
                 bufs.req.clear();
                 if c.drained > MAX_DRAIN_BYTES {

@@ -15,7 +15,7 @@ use super::bufs::Bufs;
 use super::exchange::{Exchange, Kept, ReqState, RespState};
 use super::fail::retry_or;
 use super::head::parse_response_head;
-use super::session::{Client, Fail, Phase, Step, read_client};
+use super::session::{Client, Fail, Phase, Step, read_client, read_counted};
 use super::upstream::Upstream;
 use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP};
 
@@ -25,15 +25,6 @@ use super::{MAX_INTERIM, SPLICE_MIN, SPLICE_STEP};
 pub(super) struct Meters<'a> {
     pub(super) client: &'a Traffic,
     pub(super) backend: &'a Traffic,
-}
-
-/// A read from a backend: how much of `buf` it filled.
-#[inline]
-fn read_backend(u: &mut Upstream, buf: &mut Buf, t: &Traffic) -> io::Result<ReadOutcome> {
-    let before = buf.len();
-    let read = u.io.read_into(buf, &mut u.ready);
-    t.received(buf.len() - before);
-    read
 }
 
 /// The first response bytes arrived: the request will not be sent again, so the
@@ -169,7 +160,8 @@ pub(super) fn relay_request(
                 // reset) leaves the answer waiting behind the failed write.
                 if !u.received
                     && !bufs.resp.is_full()
-                    && let Ok(ReadOutcome::Data) = read_backend(u, &mut bufs.resp, m.backend)
+                    && let Ok(ReadOutcome::Data) =
+                        read_counted(&mut u.io, &mut bufs.resp, &mut u.ready, m.backend)
                 {
                     answer_began(x, &mut bufs.req, u);
                 }
@@ -212,7 +204,7 @@ pub(super) fn relay_response(c: &mut Client, u: &mut Upstream, defer: bool, m: M
     let mut progress = false;
     // Backend -> buffer.
     if u.connected() && u.ready.readable && !u.eof && !bufs.resp.is_full() {
-        match read_backend(u, &mut bufs.resp, m.backend) {
+        match read_counted(&mut u.io, &mut bufs.resp, &mut u.ready, m.backend) {
             Ok(ReadOutcome::Data) => {
                 answer_began(x, &mut bufs.req, u);
                 progress = true;
@@ -381,7 +373,7 @@ fn tunnel_step(
     }
     // Backend -> client.
     if u.ready.readable && !u.eof && !bufs.resp.is_full() {
-        match read_backend(u, &mut bufs.resp, m.backend) {
+        match read_counted(&mut u.io, &mut bufs.resp, &mut u.ready, m.backend) {
             Ok(ReadOutcome::Data) => progress = true,
             Ok(ReadOutcome::Eof) | Err(_) => {
                 u.eof = true;

@@ -22,6 +22,21 @@ use super::upstream::{Leftover, Role, check_connected, leftover_seen};
 use super::worker::Worker;
 use super::{DRAIN_GRACE, MAX_STEPS_PER_TURN, STEP_BYTES};
 
+/// A read from `io` into `buf`, the bytes it brought counted as received on
+/// `traffic` (a client's or a backend's).
+#[inline]
+pub(super) fn read_counted(
+    io: &mut Stream,
+    buf: &mut Buf,
+    ready: &mut Ready,
+    traffic: &Traffic,
+) -> std::io::Result<ReadOutcome> {
+    let before = buf.len();
+    let read = io.read_into(buf, ready);
+    traffic.received(buf.len() - before);
+    read
+}
+
 /// Read what the client sent into `buf`; an end of stream sets `eof`. Returns
 /// whether anything happened; a read error closes the session.
 pub(super) fn read_client(
@@ -31,10 +46,7 @@ pub(super) fn read_client(
     eof: &mut bool,
     traffic: &Traffic,
 ) -> Result<bool, Fail> {
-    let before = buf.len();
-    let read = io.read_into(buf, ready);
-    traffic.received(buf.len() - before);
-    match read {
+    match read_counted(io, buf, ready, traffic) {
         Ok(ReadOutcome::Data) => Ok(true),
         Ok(ReadOutcome::Eof) => {
             *eof = true;
@@ -436,12 +448,8 @@ impl Worker {
                 c.timer = Timer::new(self.now + self.timeouts.header, Wait::Head);
             }
             let handshaking = c.io.handshaking();
-            let before = bufs.req.len();
-            let read = c.io.read_into(&mut bufs.req, &mut c.ready);
-            self.shared.metrics[self.id]
-                .0
-                .client
-                .received(bufs.req.len() - before);
+            let client = &self.shared.metrics[self.id].0.client;
+            let read = read_counted(&mut c.io, &mut bufs.req, &mut c.ready, client);
             if handshaking {
                 self.handshake_step(ck, &read);
             }
