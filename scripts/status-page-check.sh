@@ -44,15 +44,19 @@ mkdir -p "$(dirname "$shot")"
 browse --window-size=1200,900 --screenshot="$shot" >/dev/null
 fail=0
 text=$(sed 's/<[^>]*>/ /g' "$dir/dom.html")
+# The text of the table row whose first cell is $1 (empty if there is none).
+row_of() {
+  sed 's#</tr>#</tr>\n#g' "$dir/dom.html" | grep "<tr><td>$1</td>" | head -1 | sed 's/<[^>]*>/ /g' | tr -s ' '
+}
 for backend in "127.0.0.1:$a" "127.0.0.1:$b"; do
-  row=$(sed 's#</tr>#</tr>\n#g' "$dir/dom.html" | grep "<tr><td>$backend</td>" | head -1 | sed 's/<[^>]*>/ /g' | tr -s ' ')
+  row=$(row_of "$backend")
   echo "backend row: $row"
   echo "$row" | grep -q " up ready " || { echo "FAIL: $backend is not shown up and ready" >&2; fail=1; }
   # The last two cells: bytes from and to it, after the load some KiB at least.
   echo "$row" | grep -Eq " [0-9.]+ (KiB|MiB|GiB) [0-9.]+ (KiB|MiB|GiB) ?$" || { echo "FAIL: $backend's bytes are not shown" >&2; fail=1; }
 done
 for worker in 0 1; do
-  row=$(sed 's#</tr>#</tr>\n#g' "$dir/dom.html" | grep "<tr><td>$worker</td>" | head -1 | sed 's/<[^>]*>/ /g' | tr -s ' ')
+  row=$(row_of "$worker")
   echo "worker row: $row"
   [ -n "$row" ] || { echo "FAIL: worker $worker is not shown" >&2; fail=1; }
   # (SO_REUSEPORT may give a worker few of wrk's ten connections: any size.)
